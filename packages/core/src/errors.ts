@@ -1,0 +1,218 @@
+import type { LockKey, LockMode, LockScope } from './types.js'
+
+/**
+ * The stable code of every error pglock raises. Match on `error.code` rather than on messages.
+ *
+ * - `INVALID_KEY`: the key is not a safe integer, a bigint in int64 range, an int32 pair or a string.
+ * - `INVALID_ARGUMENT`: an option or argument has the wrong type or range (refused before any SQL).
+ * - `TIMEOUT`: `timeoutMs` elapsed before the lock was granted.
+ * - `LOST`: the connection holding the lock failed or ended, so Postgres no longer holds it for us.
+ * - `ALREADY_HELD`: `acquire()` or `tryAcquire()` on a handle that already holds its lock.
+ * - `UNSUPPORTED`: the driver handle cannot do what was asked (for example transaction scope on a
+ *   bare pool with `createLock`).
+ * - `RELEASE_FAILED`: the unlock statement failed on a connection pglock may not close; the lock is
+ *   still held and `release()` may be called again.
+ */
+export type PgLockErrorCode =
+  | 'INVALID_KEY'
+  | 'INVALID_ARGUMENT'
+  | 'TIMEOUT'
+  | 'LOST'
+  | 'ALREADY_HELD'
+  | 'UNSUPPORTED'
+  | 'RELEASE_FAILED'
+
+/** What an error knows about the lock it concerns; every field is optional. */
+export interface PgLockErrorDetails {
+  /** The key as the caller gave it. */
+  readonly key?: LockKey | undefined
+  /** The lock mode involved. */
+  readonly mode?: LockMode | undefined
+  /** The lock scope involved. */
+  readonly scope?: LockScope | undefined
+  /** The underlying error (a driver error, an abort reason). */
+  readonly cause?: unknown
+}
+
+const brand = Symbol.for('@pglock/core/PgLockError')
+
+/**
+ * The base class of every error pglock raises. Each has a stable {@link PgLockErrorCode} in
+ * `code`, and the key, mode and scope it concerns where known.
+ *
+ * `instanceof` works across two loaded copies of `@pglock/core` (ESM and CJS, or two versions),
+ * because classes recognise each other by a global symbol rather than by identity.
+ *
+ * @example
+ * ```ts
+ * import { PgLockError, withLock } from '@pglock/pg'
+ *
+ * try {
+ *   await withLock(pool, 'report:daily', build, { timeoutMs: 1_000 })
+ * } catch (error) {
+ *   if (error instanceof PgLockError && error.code === 'TIMEOUT') console.log('busy, try later')
+ *   else throw error
+ * }
+ * ```
+ */
+export class PgLockError extends Error {
+  /** The stable machine-readable code. */
+  readonly code: PgLockErrorCode
+  /** The key as the caller gave it, when the error concerns one lock. */
+  readonly key: LockKey | undefined
+  /** The lock mode, when known. */
+  readonly mode: LockMode | undefined
+  /** The lock scope, when known. */
+  readonly scope: LockScope | undefined
+
+  constructor(code: PgLockErrorCode, message: string, details: PgLockErrorDetails = {}) {
+    super(message, 'cause' in details ? { cause: details.cause } : undefined)
+    this.name = new.target.name
+    this.code = code
+    this.key = details.key
+    this.mode = details.mode
+    this.scope = details.scope
+  }
+
+  /** @internal Marks instances so that `instanceof` works across copies of the package. */
+  get [brand](): string {
+    return this.code
+  }
+
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    if (typeof value !== 'object' || value === null || !(brand in value)) return false
+    if (this === PgLockError) return true
+    return (value as PgLockError).name === this.name
+  }
+}
+
+/**
+ * The key cannot name an advisory lock (`NaN`, `1.5`, `2n ** 64n`, a pair that is not two int32,
+ * `null`, an object). Raised by `createLock`/`withLock` before any SQL is sent.
+ *
+ * @example
+ * ```ts
+ * createLock(pool, 1.5) // throws InvalidKeyError, code 'INVALID_KEY'
+ * ```
+ */
+export class InvalidKeyError extends PgLockError {
+  constructor(message: string, details: PgLockErrorDetails = {}) {
+    super('INVALID_KEY', message, details)
+  }
+}
+
+/**
+ * An option or argument has the wrong type or range, for example a negative `timeoutMs` or a
+ * `fn` that is not a function. Raised before any SQL is sent.
+ *
+ * @example
+ * ```ts
+ * await withLock(pool, 'k', fn, { timeoutMs: -1 }) // rejects with InvalidArgumentError
+ * ```
+ */
+export class InvalidArgumentError extends PgLockError {
+  constructor(message: string, details: PgLockErrorDetails = {}) {
+    super('INVALID_ARGUMENT', message, details)
+  }
+}
+
+/**
+ * The lock was not granted within `timeoutMs`. Nothing is left held or waiting.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await createLock(pool, 'job:7').acquire({ timeoutMs: 500 })
+ * } catch (error) {
+ *   if (error instanceof LockTimeoutError) console.log(`still busy after ${error.timeoutMs} ms`)
+ * }
+ * ```
+ */
+export class LockTimeoutError extends PgLockError {
+  /** The timeout that elapsed, in milliseconds. */
+  readonly timeoutMs: number
+
+  constructor(timeoutMs: number, details: PgLockErrorDetails = {}) {
+    super('TIMEOUT', `lock ${describeKey(details.key)} was not granted within ${timeoutMs} ms`, details)
+    this.timeoutMs = timeoutMs
+  }
+}
+
+/**
+ * The lock was lost while held: the connection holding it failed or ended, or the unlock found
+ * it already gone. `lock.signal` and `lease.signal` abort with this error as their reason.
+ *
+ * @example
+ * ```ts
+ * await withLock(pool, 'job:7', async ({ signal }) => {
+ *   for (const item of items) {
+ *     signal.throwIfAborted() // throws LockLostError once the lock is gone
+ *     await handle(item)
+ *   }
+ * })
+ * ```
+ */
+export class LockLostError extends PgLockError {
+  constructor(message: string, details: PgLockErrorDetails = {}) {
+    super('LOST', message, details)
+  }
+}
+
+/**
+ * `acquire()` or `tryAcquire()` was called on a handle that already holds its lock.
+ *
+ * @example
+ * ```ts
+ * const lock = await createLock(pool, 'job:7').acquire()
+ * await lock.acquire() // rejects with AlreadyHeldError
+ * ```
+ */
+export class AlreadyHeldError extends PgLockError {
+  constructor(details: PgLockErrorDetails = {}) {
+    super('ALREADY_HELD', `lock ${describeKey(details.key)} is already held by this handle`, details)
+  }
+}
+
+/**
+ * The driver handle cannot do what was asked, for example transaction scope with `createLock` on
+ * a bare pool, or session scope on a driver that cannot pin a connection.
+ *
+ * @example
+ * ```ts
+ * createLock(pool, 'k', { scope: 'transaction' }) // throws UnsupportedError: use withLock or a transaction
+ * ```
+ */
+export class UnsupportedError extends PgLockError {
+  constructor(message: string, details: PgLockErrorDetails = {}) {
+    super('UNSUPPORTED', message, details)
+  }
+}
+
+/**
+ * The unlock statement failed on a connection that pglock does not own (one you passed in), so
+ * it could not close it to drop the lock. The lock is still held; fix the connection (for
+ * example roll back its failed transaction) and call `release()` again.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await lock.release()
+ * } catch (error) {
+ *   if (error instanceof ReleaseFailedError) await client.query('ROLLBACK').then(() => lock.release())
+ * }
+ * ```
+ */
+export class ReleaseFailedError extends PgLockError {
+  constructor(message: string, details: PgLockErrorDetails = {}) {
+    super('RELEASE_FAILED', message, details)
+  }
+}
+
+/** @internal Formats a key for messages: strings quoted, pairs as `[a, b]`. */
+export function describeKey(key: LockKey | undefined): string {
+  if (key === undefined) return '(unknown key)'
+  if (typeof key === 'string') return JSON.stringify(key)
+  if (typeof key === 'bigint') return `${key}n`
+  if (Array.isArray(key)) return `[${key.join(', ')}]`
+  return String(key)
+}

@@ -1,0 +1,120 @@
+/**
+ * A row as a driver returns it: column name to value. pglock reads only the columns it names
+ * in its own statements (`acquired`, `released`).
+ */
+export type Row = Readonly<Record<string, unknown>>
+
+/**
+ * One physical connection, pinned for the life of a lock. Adapters implement this; the core
+ * never sees the driver behind it.
+ *
+ * @typeParam Db - the driver-native handle bound to this connection, given to users as `lease.db`.
+ *
+ * @example
+ * ```ts
+ * // the shape of node-postgres' adapter, abridged
+ * const connection: LockConnection<PoolClient> = {
+ *   db: client,
+ *   owned: true,
+ *   query: async (sql) => lastRows(await client.query(sql)),
+ *   cancel: () => cancelBackend(client.processID),
+ *   onLost: (listener) => { client.on('error', listener); return () => client.off('error', listener) },
+ *   release: ({ destroy, cause }) => client.release(destroy ? (cause ?? true) : undefined),
+ * }
+ * ```
+ */
+export interface LockConnection<Db> {
+  /** The handle users get as `lease.db`: queries through it run on this connection. */
+  readonly db: Db
+
+  /**
+   * Whether pglock checked this connection out and may close it. `true` for a connection taken
+   * from a pool; `false` for a connection or transaction the caller passed in, which pglock
+   * never closes.
+   */
+  readonly owned: boolean
+
+  /**
+   * Runs SQL text that pglock wrote itself (lock ids are validated integer literals, never user
+   * text), without parameters, so that drivers can send it with the simple query protocol.
+   * The text may hold several statements separated by `;`; they must be sent in one round trip
+   * when the driver can (node-postgres and postgres.js can). Resolves to the rows of the last
+   * statement; rejects with the driver's error, whose SQLSTATE must be readable as `code`.
+   */
+  query(sql: string): Promise<readonly Row[]>
+
+  /**
+   * Asks the server to cancel whatever this connection is running now (`pg_cancel_backend`,
+   * or the protocol's CancelRequest). Resolves once the request has been delivered; the
+   * statement it cancels then rejects with SQLSTATE `57014` (or completes, if it finished
+   * first; the core handles both). Never rejects for a connection that is already gone.
+   */
+  cancel(): Promise<void>
+
+  /**
+   * Calls `listener` once when the connection fails or ends while pinned (a socket error, the
+   * server terminating the backend). Returns a function that stops listening. Adapters must
+   * keep the driver from treating such an error as unhandled while pglock listens.
+   */
+  onLost(listener: (cause: unknown) => void): () => void
+
+  /**
+   * Gives the connection back. With `destroy: false` an owned connection returns to its pool;
+   * with `destroy: true` it is closed instead, so that a session whose lock state is unknown
+   * never goes back to the pool. For connections pglock does not own, both are no-ops. Only
+   * the first call counts: later calls for the same checkout must do nothing.
+   */
+  release(options: { readonly destroy: boolean; readonly cause?: unknown }): void | Promise<void>
+}
+
+/**
+ * What an adapter tells the core about one driver handle. Built fresh (and cheaply) for each
+ * `createLock`/`withLock` call; the `scope` object is what ties calls together.
+ *
+ * @typeParam Db - the driver-native handle type given to users as `lease.db`.
+ *
+ * @example
+ * ```ts
+ * const executor: LockExecutor<PoolClient> = {
+ *   kind: 'pool',
+ *   scope: pool,
+ *   connect: async () => pinned(await pool.connect(), { owned: true }),
+ * }
+ * ```
+ */
+export interface LockExecutor<Db> {
+  /**
+   * `'pool'`: every `connect()` yields a connection of its own that pglock owns (a pool, a
+   * postgres.js `Sql`, a Kysely instance).
+   * `'connection'`: every `connect()` yields the same connection, which the caller owns (a
+   * client, a reserved connection, a transaction).
+   */
+  readonly kind: 'pool' | 'connection'
+
+  /**
+   * An object identifying the pool or the connection. Handles whose executors share a scope
+   * object and a lock id are queued in memory: on a connection Postgres would let a second
+   * handle re-enter the lock, and on a pool at most one exclusive waiter per key occupies a
+   * connection. Use the driver object itself (the pool, the client), never a fresh object.
+   */
+  readonly scope: object
+
+  /** Pins a connection: checks one out of a pool, or returns the one connection. */
+  connect(): Promise<LockConnection<Db>>
+
+  /**
+   * For `'connection'` executors: whether the connection is inside a transaction block now.
+   * Return `undefined` when the driver cannot tell; the core then finds out from Postgres
+   * (a `SAVEPOINT` fails outside a transaction block).
+   */
+  inTransaction?(): boolean | undefined
+
+  /**
+   * Optional. Runs `body` inside a transaction that the driver opens, commits when `body`
+   * resolves and rolls back when it throws, on one connection whose `db` is the driver's
+   * transaction handle (a Drizzle `tx`, a Kysely `Transaction`). Without it the core opens
+   * the transaction itself on a pinned connection, sending `BEGIN` together with the lock in
+   * one round trip.
+   */
+  transaction?<T>(body: (connection: LockConnection<Db>) => Promise<T>): Promise<T>
+}

@@ -1,0 +1,98 @@
+import { interruptible } from './wait.js'
+
+/** @internal A place in an in-memory gate; `leave()` lets the next waiter in. */
+export interface GateTicket {
+  leave(): void
+}
+
+interface Waiter {
+  readonly exclusive: boolean
+  readonly admit: (ticket: GateTicket) => void
+}
+
+interface Entry {
+  exclusive: boolean
+  shared: number
+  readonly queue: Waiter[]
+}
+
+const gates = new WeakMap<object, Map<string, Entry>>()
+
+function entryFor(scope: object, token: string): Entry {
+  let byToken = gates.get(scope)
+  if (byToken === undefined) {
+    byToken = new Map()
+    gates.set(scope, byToken)
+  }
+  let entry = byToken.get(token)
+  if (entry === undefined) {
+    entry = { exclusive: false, shared: 0, queue: [] }
+    byToken.set(token, entry)
+  }
+  return entry
+}
+
+function compatible(entry: Entry, exclusive: boolean): boolean {
+  return exclusive ? !entry.exclusive && entry.shared === 0 : !entry.exclusive
+}
+
+function ticketFor(scope: object, token: string, entry: Entry, exclusive: boolean): GateTicket {
+  if (exclusive) entry.exclusive = true
+  else entry.shared += 1
+  let left = false
+  return {
+    leave() {
+      if (left) return
+      left = true
+      if (exclusive) entry.exclusive = false
+      else entry.shared -= 1
+      admitWaiting(scope, token, entry)
+    },
+  }
+}
+
+function admitWaiting(scope: object, token: string, entry: Entry): void {
+  while (entry.queue.length > 0) {
+    const next = entry.queue[0] as Waiter
+    if (!compatible(entry, next.exclusive)) return
+    entry.queue.shift()
+    next.admit(ticketFor(scope, token, entry, next.exclusive))
+  }
+  if (!entry.exclusive && entry.shared === 0) gates.get(scope)?.delete(token)
+}
+
+/**
+ * @internal Enters the in-memory gate for `token` (a lock id) within `scope` (a pool or a
+ * connection). Exclusive entrants exclude everyone; shared ones exclude only exclusive ones.
+ * Waiters are admitted first come, first served. With `attempt`, resolves `undefined` at once
+ * instead of queueing when the gate is busy.
+ */
+export function enterGate(
+  scope: object,
+  token: string,
+  exclusive: boolean,
+  wait: { readonly attempt: boolean; readonly signal?: AbortSignal | undefined; readonly deadline?: number | undefined },
+): Promise<GateTicket | undefined> {
+  const entry = entryFor(scope, token)
+  if (entry.queue.length === 0 && compatible(entry, exclusive)) {
+    return Promise.resolve(ticketFor(scope, token, entry, exclusive))
+  }
+  if (wait.attempt) return Promise.resolve(undefined)
+  let waiter: Waiter | undefined
+  const admitted = new Promise<GateTicket>((admit) => {
+    waiter = { exclusive, admit }
+    entry.queue.push(waiter)
+  })
+  return interruptible(admitted, {
+    signal: wait.signal,
+    deadline: wait.deadline,
+    abandon: (ticket) => ticket.leave(),
+  }).catch((reason: unknown) => {
+    const index = entry.queue.indexOf(waiter as Waiter)
+    if (index !== -1) {
+      entry.queue.splice(index, 1)
+      admitWaiting(scope, token, entry)
+    }
+    throw reason
+  })
+}

@@ -1,0 +1,211 @@
+import { LockLostError, LockTimeoutError, type PgLockErrorDetails, ReleaseFailedError } from './errors.js'
+import type { LockConnection, Row } from './executor.js'
+import type { LockId } from './keys.js'
+import {
+  type AcquirePlan,
+  acquireSql,
+  LOCK_NOT_AVAILABLE,
+  NO_ACTIVE_SQL_TRANSACTION,
+  QUERY_CANCELED,
+  rollbackToSavepointSql,
+  unlockIfHeldSql,
+} from './sql.js'
+import type { LockMode } from './types.js'
+import { DeadlineExceeded, remainingMs } from './wait.js'
+
+/** @internal The SQLSTATE of a driver error, if it has one. */
+export function sqlState(error: unknown): string | undefined {
+  const code = (error as { code?: unknown } | null)?.code
+  return typeof code === 'string' ? code : undefined
+}
+
+/** @internal Raised when a savepoint shows that no transaction is open. */
+export class NotInTransaction extends Error {
+  constructor() {
+    super('no transaction is open on this connection')
+  }
+}
+
+/** How a lock statement is framed, which decides how a failed one is undone. */
+export type Framing =
+  /** a session lock: a failed wait may still have been granted, so unlock it if held */
+  | { readonly kind: 'session' }
+  /** `BEGIN` sent with the lock: roll the whole transaction back */
+  | { readonly kind: 'begin' }
+  /** inside the caller's transaction, under a savepoint (kept open when the caller must decide later) */
+  | { readonly kind: 'savepoint'; readonly name: string; readonly keepOpen: boolean }
+  /** inside a transaction the driver manages: throwing makes the driver roll back */
+  | { readonly kind: 'driver-transaction' }
+
+/** What one attempt to take a lock on a pinned connection needs to know. */
+export interface TakeRequest {
+  readonly id: LockId
+  readonly mode: LockMode
+  readonly framing: Framing
+  /** the non-blocking form: resolves false instead of waiting */
+  readonly attempt: boolean
+  readonly deadline: number | undefined
+  readonly timeoutMs: number | undefined
+  readonly signal: AbortSignal | undefined
+  readonly details: PgLockErrorDetails
+}
+
+let savepoints = 0
+
+/** @internal A savepoint name unique within this process. */
+export function nextSavepoint(): string {
+  savepoints += 1
+  return `pglock_${savepoints}`
+}
+
+async function runCancellable(
+  connection: LockConnection<unknown>,
+  sql: string,
+  signal: AbortSignal | undefined,
+): Promise<{ ok: true; rows: readonly Row[]; cancelled: Promise<void> | undefined } | { ok: false; error: unknown; cancelled: Promise<void> | undefined }> {
+  let cancelled: Promise<void> | undefined
+  const onAbort = () => {
+    cancelled = connection.cancel().catch(() => undefined)
+  }
+  signal?.addEventListener('abort', onAbort, { once: true })
+  try {
+    return { ok: true, rows: await connection.query(sql), cancelled }
+  } catch (error) {
+    return { ok: false, error, cancelled }
+  } finally {
+    signal?.removeEventListener('abort', onAbort)
+  }
+}
+
+/** Runs `sql` again while a late cancel request keeps hitting it; a cancel is delivered once. */
+async function queryPastCancel(connection: LockConnection<unknown>, sql: string): Promise<readonly Row[]> {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await connection.query(sql)
+    } catch (error) {
+      if (sqlState(error) !== QUERY_CANCELED || attempt >= 3) throw error
+    }
+  }
+}
+
+/**
+ * Leaves the connection as it was before a failed or abandoned lock statement: nothing held,
+ * the caller's transaction usable. A connection whose state cannot be restored is destroyed if
+ * owned; on a connection the caller owns, the failure is reported as `RELEASE_FAILED`.
+ */
+async function undo(connection: LockConnection<unknown>, request: TakeRequest, failure: unknown): Promise<void> {
+  const { framing } = request
+  if (framing.kind === 'driver-transaction') return
+  if (framing.kind === 'savepoint' && sqlState(failure) === NO_ACTIVE_SQL_TRANSACTION) return
+  const sql =
+    framing.kind === 'session'
+      ? unlockIfHeldSql(request.id, request.mode)
+      : framing.kind === 'begin'
+        ? 'ROLLBACK'
+        : rollbackToSavepointSql(framing.name)
+  try {
+    await queryPastCancel(connection, sql)
+  } catch (error) {
+    if (connection.owned) {
+      await connection.release({ destroy: true, cause: error })
+      return
+    }
+    throw new ReleaseFailedError(
+      `could not undo a failed lock attempt on the connection you passed in; it may still hold the lock: ${String((error as Error)?.message ?? error)}`,
+      { ...request.details, cause: error },
+    )
+  }
+}
+
+function failureFor(error: unknown, request: TakeRequest): unknown {
+  if (request.signal?.aborted) return request.signal.reason
+  if (request.framing.kind === 'savepoint' && sqlState(error) === NO_ACTIVE_SQL_TRANSACTION) return new NotInTransaction()
+  if (sqlState(error) === LOCK_NOT_AVAILABLE || error instanceof DeadlineExceeded) {
+    return new LockTimeoutError(request.timeoutMs ?? 0, { ...request.details, cause: error })
+  }
+  return error
+}
+
+/**
+ * @internal Takes a lock on a pinned connection in one round trip. Resolves `true` when granted,
+ * `false` when the non-blocking form found it taken; rejects with `LockTimeoutError`, the abort
+ * reason, or the driver's error, having first undone whatever the failed statement may have left
+ * (Postgres can grant a lock and still report a timeout or a cancel).
+ */
+export async function takeLock(connection: LockConnection<unknown>, request: TakeRequest): Promise<boolean> {
+  const left = remainingMs(request.deadline)
+  const attempt = request.attempt || (left !== undefined && left < 1)
+  const { framing } = request
+  const plan: AcquirePlan = {
+    id: request.id,
+    mode: request.mode,
+    scope: framing.kind === 'session' ? 'session' : 'transaction',
+    attempt,
+    timeoutMs: attempt ? undefined : left,
+    begin: framing.kind === 'begin',
+    savepoint: framing.kind === 'savepoint' ? { name: framing.name, keepOpen: framing.keepOpen } : undefined,
+  }
+  const outcome = await runCancellable(connection, acquireSql(plan), request.signal)
+  if (outcome.ok && !request.signal?.aborted) {
+    if (!attempt || outcome.rows[0]?.acquired === true) return true
+    if (framing.kind === 'begin' || (framing.kind === 'savepoint' && framing.keepOpen)) await undo(connection, request, undefined)
+    return attemptRefused(request)
+  }
+  await outcome.cancelled
+  const failure = outcome.ok ? undefined : outcome.error
+  await undo(connection, request, failure)
+  throw failureFor(failure, request)
+}
+
+function attemptRefused(request: TakeRequest): false {
+  if (request.attempt) return false
+  throw new LockTimeoutError(request.timeoutMs ?? 0, request.details)
+}
+
+/** @internal Ends the savepoint a lock was taken under, keeping the lock in the transaction. */
+export async function keepSavepoint(connection: LockConnection<unknown>, name: string): Promise<void> {
+  await connection.query(`RELEASE SAVEPOINT ${name}`)
+}
+
+/**
+ * @internal Watches a held lock's connection: calls `onLost` once if the connection fails, ends,
+ * or (with `keepAliveMs`) does not answer a probe in time. Returns a function that stops watching.
+ */
+export function watchConnection(
+  connection: LockConnection<unknown>,
+  keepAliveMs: number | undefined,
+  onLost: (error: LockLostError) => void,
+  details: PgLockErrorDetails,
+): () => void {
+  let stopped = false
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const lost = (cause: unknown, why: string) => {
+    if (stopped) return
+    stop()
+    onLost(new LockLostError(`lock was lost: ${why}`, { ...details, cause }))
+  }
+  const unsubscribe = connection.onLost((cause) =>
+    lost(cause, `the connection holding it failed (${String((cause as Error)?.message ?? cause)})`),
+  )
+  const probe = () => {
+    if (stopped || keepAliveMs === undefined) return
+    const overdue = setTimeout(() => lost(undefined, `the connection did not answer a probe within ${keepAliveMs} ms`), keepAliveMs)
+    connection.query('SELECT 1').then(
+      () => {
+        clearTimeout(overdue)
+        if (!stopped) timer = setTimeout(probe, keepAliveMs)
+      },
+      (error: unknown) => {
+        clearTimeout(overdue)
+        lost(error, `a keep-alive probe failed (${String((error as Error)?.message ?? error)})`)
+      },
+    )
+  }
+  if (keepAliveMs !== undefined) timer = setTimeout(probe, keepAliveMs)
+  function stop() {
+    stopped = true
+    if (timer !== undefined) clearTimeout(timer)
+    unsubscribe()
+  }
+  return stop
+}

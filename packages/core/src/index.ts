@@ -1,0 +1,28 @@
+export { type BoundLockFunctions, bindExecutor } from './adapter.js'
+export {
+  AlreadyHeldError,
+  InvalidArgumentError,
+  InvalidKeyError,
+  LockLostError,
+  LockTimeoutError,
+  PgLockError,
+  type PgLockErrorCode,
+  type PgLockErrorDetails,
+  ReleaseFailedError,
+  UnsupportedError,
+} from './errors.js'
+export type { LockConnection, LockExecutor, Row } from './executor.js'
+export { type LockId, pgLocksRow, postgresLock01, resolveLockId, sha1Int64 } from './keys.js'
+export { Lock } from './lock.js'
+export type {
+  AcquireOptions,
+  KeyHash,
+  Lease,
+  LockKey,
+  LockMode,
+  LockOptions,
+  LockScope,
+  TryWithLockResult,
+  WithLockOptions,
+} from './types.js'
+export type { LeaseFn } from './with-lock.js'

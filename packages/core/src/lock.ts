@@ -1,0 +1,301 @@
+import {
+  AlreadyHeldError,
+  describeKey,
+  LockLostError,
+  LockTimeoutError,
+  type PgLockErrorDetails,
+  ReleaseFailedError,
+  UnsupportedError,
+} from './errors.js'
+import type { LockConnection, LockExecutor } from './executor.js'
+import { enterGate, type GateTicket } from './gate.js'
+import { type Framing, keepSavepoint, NotInTransaction, nextSavepoint, sqlState, takeLock, watchConnection } from './hold.js'
+import { type LockId, lockIdToken, resolveLockId } from './keys.js'
+import { type ResolvedLockOptions, resolveAcquireOptions, resolveLockOptions } from './options.js'
+import { QUERY_CANCELED, unlockSql } from './sql.js'
+import type { AcquireOptions, LockKey, LockMode, LockOptions, LockScope } from './types.js'
+import { DeadlineExceeded, interruptible } from './wait.js'
+
+interface Held<Db> {
+  readonly connection: LockConnection<Db>
+  readonly ticket: GateTicket
+  readonly stopWatching: () => void
+}
+
+type State = 'idle' | 'acquiring' | 'held' | 'releasing'
+
+/**
+ * A handle on one advisory lock, for acquire and release split across code. Create it with
+ * your adapter's `createLock(db, key, options)`; it sends no SQL until you acquire.
+ *
+ * A handle holds its lock at most once. In session scope it pins one connection from acquire
+ * to release (checked out of a pool, or the connection you passed). Handles for the same key on
+ * the same pool or connection queue in memory, so two handles never both hold an exclusive lock,
+ * even on one connection where Postgres itself would let the second re-enter.
+ *
+ * @typeParam Db - the driver-native handle on the lock's connection.
+ *
+ * @example
+ * ```ts
+ * const lock = createLock(pool, 'job:7')
+ * if (await lock.tryAcquire()) {
+ *   try {
+ *     await runJob(lock.signal)
+ *   } finally {
+ *     await lock.release()
+ *   }
+ * }
+ *
+ * // or, released when the block exits:
+ * await using held = await createLock(pool, 'job:7').acquire({ timeoutMs: 5_000 })
+ * ```
+ */
+export class Lock<Db = unknown> implements AsyncDisposable {
+  /** The key as given. */
+  readonly key: LockKey
+  /** The lock id Postgres sees (an int64, or an int32 pair). */
+  readonly id: LockId
+  /** The lock's scope. */
+  readonly scope: LockScope
+  /** The lock's mode. */
+  readonly mode: LockMode
+
+  readonly #executor: LockExecutor<Db>
+  readonly #keepAliveMs: number | undefined
+  readonly #details: PgLockErrorDetails
+  #state: State = 'idle'
+  #held: Held<Db> | undefined
+  #controller = new AbortController()
+
+  /** @internal Use your adapter's `createLock`. */
+  constructor(executor: LockExecutor<Db>, key: LockKey, options: LockOptions | undefined) {
+    const details: PgLockErrorDetails = { key }
+    const resolved: ResolvedLockOptions = resolveLockOptions(options, details)
+    this.id = resolveLockId(key, options)
+    this.key = key
+    this.scope = resolved.scope
+    this.mode = resolved.mode
+    this.#details = { key, mode: resolved.mode, scope: resolved.scope }
+    this.#keepAliveMs = resolved.keepAliveMs
+    this.#executor = executor
+    if (resolved.scope === 'transaction' && executor.kind === 'pool') {
+      throw new UnsupportedError(
+        `transaction scope needs a transaction: use withLock(db, key, fn, { scope: 'transaction' }), which opens one, or pass createLock a client or transaction that is inside one`,
+        this.#details,
+      )
+    }
+  }
+
+  /** Whether this handle holds its lock now. Becomes false on release and when the lock is lost. */
+  get isHeld(): boolean {
+    return this.#state === 'held' || this.#state === 'releasing'
+  }
+
+  /**
+   * Aborts with `LockLostError` when the lock is lost while held (its connection failed or
+   * ended). A fresh signal is made for each acquire; release does not abort it.
+   */
+  get signal(): AbortSignal {
+    return this.#controller.signal
+  }
+
+  /** The driver-native handle on the connection that holds the lock, while held; else `undefined`. */
+  get db(): Db | undefined {
+    return this.#held?.connection.db
+  }
+
+  /**
+   * Takes the lock if it is free, without waiting. Resolves `true` when taken, `false` when
+   * another holder has it (nothing is left held or checked out).
+   *
+   * @throws `AlreadyHeldError` if this handle holds (or is acquiring) its lock.
+   * @example
+   * ```ts
+   * if (await createLock(pool, 'cron:nightly').tryAcquire()) await runNightly()
+   * ```
+   */
+  async tryAcquire(options?: { readonly signal?: AbortSignal | undefined }): Promise<boolean> {
+    const { signal } = resolveAcquireOptions(options, this.#details)
+    return this.#take(true, undefined, signal)
+  }
+
+  /**
+   * Waits until the lock is granted and resolves to this handle. With `timeoutMs` it rejects with
+   * `LockTimeoutError` when time runs out; with `signal` it rejects with `signal.reason` when
+   * aborted, and the wait in Postgres is cancelled. Neither leaves the lock held.
+   *
+   * @throws `AlreadyHeldError` if this handle holds (or is acquiring) its lock.
+   * @example
+   * ```ts
+   * const lock = await createLock(pool, 'job:7').acquire({ timeoutMs: 5_000 })
+   * ```
+   */
+  async acquire(options?: AcquireOptions): Promise<this> {
+    const { timeoutMs, signal } = resolveAcquireOptions(options, this.#details)
+    await this.#take(false, timeoutMs, signal)
+    return this
+  }
+
+  /**
+   * Releases the lock. Resolves `true` when it released it, `false` (sending no SQL) when the
+   * handle did not hold it or the lock had been lost. A pooled connection goes back to its pool
+   * only after Postgres confirmed the unlock; otherwise it is closed, which also drops the lock.
+   * In transaction scope the lock ends with the transaction: `release()` sends no SQL.
+   *
+   * @throws `ReleaseFailedError` when the unlock failed on a connection you passed in; the lock
+   * is still held and you may call `release()` again.
+   * @example
+   * ```ts
+   * await lock.release()
+   * ```
+   */
+  async release(): Promise<boolean> {
+    const held = this.#held
+    if (this.#state !== 'held' || held === undefined) return false
+    this.#state = 'releasing'
+    held.stopWatching()
+    if (this.scope === 'transaction') {
+      this.#settle(held)
+      return false
+    }
+    let released: boolean
+    try {
+      released = await this.#unlock(held.connection)
+    } catch (error) {
+      if (this.#state !== 'releasing') return false
+      if (!held.connection.owned) {
+        this.#state = 'held'
+        this.#held = { ...held, stopWatching: this.#watch(held.connection) }
+        throw new ReleaseFailedError(`could not release lock ${describeKey(this.key)}: ${String((error as Error)?.message ?? error)}`, {
+          ...this.#details,
+          cause: error,
+        })
+      }
+      await held.connection.release({ destroy: true, cause: error })
+      this.#settle(held)
+      return true
+    }
+    if (this.#state !== 'releasing') return false
+    if (!released) {
+      this.#lose(held, new LockLostError(`lock ${describeKey(this.key)} was no longer held when released`, this.#details), false)
+      return false
+    }
+    await held.connection.release({ destroy: false })
+    this.#settle(held)
+    return true
+  }
+
+  /** Releases the lock at the end of an `await using` block. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.release()
+  }
+
+  async #unlock(connection: LockConnection<Db>): Promise<boolean> {
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        const rows = await connection.query(unlockSql(this.id, this.mode))
+        return rows[0]?.released === true
+      } catch (error) {
+        if (sqlState(error) !== QUERY_CANCELED || attempt >= 2) throw error
+      }
+    }
+  }
+
+  async #take(attempt: boolean, timeoutMs: number | undefined, signal: AbortSignal | undefined): Promise<boolean> {
+    if (this.#state !== 'idle') throw new AlreadyHeldError(this.#details)
+    signal?.throwIfAborted()
+    if (this.scope === 'transaction' && this.#executor.inTransaction?.() === false) throw this.#explain(new NotInTransaction(), timeoutMs)
+    this.#state = 'acquiring'
+    const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs
+    let ticket: GateTicket | undefined
+    let connection: LockConnection<Db> | undefined
+    try {
+      ticket = await enterGate(this.#executor.scope, lockIdToken(this.id), this.#gateExclusive(), { attempt, signal, deadline })
+      if (ticket === undefined) {
+        this.#state = 'idle'
+        return false
+      }
+      connection = await interruptible(this.#executor.connect(), {
+        signal,
+        deadline,
+        abandon: (late) => void late.release({ destroy: false }),
+      })
+      const framing = this.#framing(signal)
+      const granted = await takeLock(connection, {
+        id: this.id,
+        mode: this.mode,
+        framing,
+        attempt,
+        deadline,
+        timeoutMs,
+        signal,
+        details: this.#details,
+      })
+      if (!granted) {
+        await connection.release({ destroy: false })
+        ticket.leave()
+        this.#state = 'idle'
+        return false
+      }
+      if (framing.kind === 'savepoint' && framing.keepOpen) await keepSavepoint(connection, framing.name)
+      this.#controller = new AbortController()
+      this.#held = { connection, ticket, stopWatching: this.#watch(connection) }
+      this.#state = 'held'
+      return true
+    } catch (error) {
+      if (connection !== undefined) await connection.release({ destroy: false })
+      ticket?.leave()
+      this.#state = 'idle'
+      throw this.#explain(error, timeoutMs)
+    }
+  }
+
+  #explain(error: unknown, timeoutMs: number | undefined): unknown {
+    if (error instanceof DeadlineExceeded) return new LockTimeoutError(timeoutMs ?? 0, this.#details)
+    if (error instanceof NotInTransaction) {
+      return new UnsupportedError(
+        `transaction scope needs a transaction, and the connection passed to createLock is not inside one: use withLock(db, key, fn, { scope: 'transaction' }) or BEGIN first`,
+        { ...this.#details, cause: error },
+      )
+    }
+    return error
+  }
+
+  /**
+   * On a single connection, Postgres cannot tell two handles apart, so shared handles queue
+   * behind each other too; on a pool each handle has its own connection and shared ones coexist.
+   */
+  #gateExclusive(): boolean {
+    return this.mode === 'exclusive' || this.#executor.kind === 'connection'
+  }
+
+  #framing(signal: AbortSignal | undefined): Framing {
+    if (this.scope === 'session') return { kind: 'session' }
+    return { kind: 'savepoint', name: nextSavepoint(), keepOpen: signal !== undefined }
+  }
+
+  #watch(connection: LockConnection<Db>): () => void {
+    return watchConnection(
+      connection,
+      this.#keepAliveMs,
+      (error) => {
+        const held = this.#held
+        if (held !== undefined && this.isHeld) this.#lose(held, error, true)
+      },
+      this.#details,
+    )
+  }
+
+  #lose(held: Held<Db>, error: LockLostError, destroy: boolean): void {
+    held.stopWatching()
+    void Promise.resolve(held.connection.release({ destroy, cause: error })).catch(() => undefined)
+    this.#settle(held)
+    this.#controller.abort(error)
+  }
+
+  #settle(held: Held<Db>): void {
+    this.#held = undefined
+    this.#state = 'idle'
+    held.ticket.leave()
+  }
+}

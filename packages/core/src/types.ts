@@ -1,0 +1,97 @@
+/**
+ * What names a lock:
+ * - a `number` (safe integer) or `bigint` in int64 range: that integer, as `pg_advisory_lock(bigint)`;
+ * - a pair of int32 numbers: the two-key form `pg_advisory_lock(int4, int4)`;
+ * - a `string`: hashed to an int64 by the `keyHash` option (SHA-1, compatible with Python
+ *   `postgresql-lock`, by default).
+ *
+ * @example
+ * ```ts
+ * createLock(pool, 42)
+ * createLock(pool, 9_007_199_254_740_993n)
+ * createLock(pool, [7, 1001])          // (class, object) pair
+ * createLock(pool, 'invoice:42')       // hashed
+ * ```
+ */
+export type LockKey = number | bigint | string | readonly [number, number]
+
+/**
+ * `'session'`: held by one connection until released (or the connection ends).
+ * `'transaction'`: held until the surrounding transaction commits or rolls back.
+ */
+export type LockScope = 'session' | 'transaction'
+
+/** `'exclusive'`: one holder at a time. `'shared'`: many shared holders, no exclusive holder. */
+export type LockMode = 'exclusive' | 'shared'
+
+/**
+ * How a string key becomes an int64 lock id:
+ * - `'sha1-int64'` (default): the first 8 bytes of SHA-1 over the UTF-8 bytes, big-endian signed.
+ *   The same id as Python `postgresql-lock` >= 0.1.6, so services in both languages share locks.
+ * - `'postgres-lock-0.1'`: the id Python `postgres-lock` 0.1.x computed (SHA-1 as a decimal
+ *   number, first 18 digits).
+ * - a function from the string to a bigint in int64 range.
+ */
+export type KeyHash = 'sha1-int64' | 'postgres-lock-0.1' | ((key: string) => bigint)
+
+/** Options fixed when a lock handle is created. */
+export interface LockOptions {
+  /**
+   * Session locks live on one connection until released; transaction locks end with their
+   * transaction.
+   * @default 'session'
+   */
+  readonly scope?: LockScope | undefined
+  /**
+   * Exclusive excludes everyone else; shared excludes only exclusive holders.
+   * @default 'exclusive'
+   */
+  readonly mode?: LockMode | undefined
+  /**
+   * How string keys become lock ids.
+   * @default 'sha1-int64'
+   */
+  readonly keyHash?: KeyHash | undefined
+  /**
+   * While held, probe the holding connection with `SELECT 1` this often, and treat the lock as
+   * lost when a probe fails or gets no answer within the same interval. Detects a connection
+   * that died silently (no RST). Choose it longer than your longest statement on `lease.db`,
+   * which the probe waits behind. Off by default.
+   */
+  readonly keepAliveMs?: number | undefined
+}
+
+/** Options for one wait. */
+export interface AcquireOptions {
+  /**
+   * Give up after this many milliseconds with `LockTimeoutError`. `0` tries once without
+   * waiting. Enforced by Postgres's own `lock_timeout`; time queued in memory or for a pooled
+   * connection counts too.
+   * @default undefined (wait as long as it takes)
+   */
+  readonly timeoutMs?: number | undefined
+  /** Abort the wait: the promise rejects with `signal.reason` and the server-side wait is cancelled. */
+  readonly signal?: AbortSignal | undefined
+}
+
+/** Options of `withLock` and `tryWithLock`: those of the handle plus those of the wait. */
+export interface WithLockOptions extends LockOptions, AcquireOptions {}
+
+/**
+ * What `withLock` passes to your function.
+ * @typeParam Db - the driver-native handle type of the adapter.
+ */
+export interface Lease<Db> {
+  /**
+   * The driver-native handle on the lock's own connection (session scope) or transaction
+   * (transaction scope). Queries through it run where the lock is held.
+   */
+  readonly db: Db
+  /** Aborts with `LockLostError` if the lock is lost while your function runs. */
+  readonly signal: AbortSignal
+}
+
+/** The result of `tryWithLock`: the function's value when the lock was free, else nothing. */
+export type TryWithLockResult<T> =
+  | { readonly acquired: true; readonly value: T }
+  | { readonly acquired: false }

@@ -1,0 +1,160 @@
+import { InvalidArgumentError, LockTimeoutError, type PgLockErrorDetails } from './errors.js'
+import type { LockConnection, LockExecutor } from './executor.js'
+import { enterGate } from './gate.js'
+import { type Framing, NotInTransaction, nextSavepoint, takeLock, watchConnection } from './hold.js'
+import { type LockId, lockIdToken, resolveLockId } from './keys.js'
+import { Lock } from './lock.js'
+import { resolveAcquireOptions, resolveLockOptions } from './options.js'
+import { rollbackToSavepointSql } from './sql.js'
+import type { Lease, LockKey, LockMode, TryWithLockResult, WithLockOptions } from './types.js'
+import { DeadlineExceeded, interruptible } from './wait.js'
+
+/** @internal The function a user passes to `withLock`. */
+export type LeaseFn<Db, T> = (lease: Lease<Db>) => T | PromiseLike<T>
+
+interface Run<Db, T> {
+  readonly executor: LockExecutor<Db>
+  readonly id: LockId
+  readonly mode: LockMode
+  readonly keepAliveMs: number | undefined
+  readonly timeoutMs: number | undefined
+  readonly signal: AbortSignal | undefined
+  readonly deadline: number | undefined
+  readonly attempt: boolean
+  readonly details: PgLockErrorDetails
+  readonly fn: LeaseFn<Db, T>
+}
+
+/**
+ * @internal Runs `fn` while holding the lock `key` on `executor`'s database: the engine behind
+ * every adapter's `withLock` (`attempt: false`) and `tryWithLock` (`attempt: true`).
+ */
+export async function runWithLock<Db, T>(
+  executor: LockExecutor<Db>,
+  key: LockKey,
+  fn: LeaseFn<Db, T>,
+  options: WithLockOptions | undefined,
+  attempt: boolean,
+): Promise<TryWithLockResult<T>> {
+  const resolved = resolveLockOptions(options, { key })
+  const details: PgLockErrorDetails = { key, mode: resolved.mode, scope: resolved.scope }
+  const id = resolveLockId(key, options)
+  const { timeoutMs, signal } = resolveAcquireOptions(options, details)
+  if (typeof fn !== 'function') {
+    throw new InvalidArgumentError(`fn must be a function, got ${fn === null ? 'null' : typeof fn}`, details)
+  }
+  if (resolved.scope === 'session') return runInSession(new Lock(executor, key, options), fn, attempt, timeoutMs, signal)
+  signal?.throwIfAborted()
+  const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs
+  const run: Run<Db, T> = { executor, id, mode: resolved.mode, keepAliveMs: resolved.keepAliveMs, timeoutMs, signal, deadline, attempt, details, fn }
+  try {
+    return await runInTransaction(run)
+  } catch (error) {
+    if (error instanceof DeadlineExceeded) throw new LockTimeoutError(timeoutMs ?? 0, details)
+    throw error
+  }
+}
+
+async function runInSession<Db, T>(
+  lock: Lock<Db>,
+  fn: LeaseFn<Db, T>,
+  attempt: boolean,
+  timeoutMs: number | undefined,
+  signal: AbortSignal | undefined,
+): Promise<TryWithLockResult<T>> {
+  if (attempt ? !(await lock.tryAcquire({ signal })) : !(await lock.acquire({ timeoutMs, signal }))) return { acquired: false }
+  let value: T
+  try {
+    value = await fn({ db: lock.db as Db, signal: lock.signal })
+  } catch (error) {
+    await lock.release().catch(() => undefined)
+    throw error
+  }
+  await lock.release()
+  lock.signal.throwIfAborted()
+  return { acquired: true, value }
+}
+
+async function runInTransaction<Db, T>(run: Run<Db, T>): Promise<TryWithLockResult<T>> {
+  const { executor, signal, deadline, attempt } = run
+  const exclusive = run.mode === 'exclusive' || executor.kind === 'connection'
+  const ticket = await enterGate(executor.scope, lockIdToken(run.id), exclusive, { attempt, signal, deadline })
+  if (ticket === undefined) return { acquired: false }
+  try {
+    if (executor.kind === 'pool' && executor.transaction !== undefined) {
+      return await executor.transaction((connection) => holdWhileRunning(run, connection, { kind: 'driver-transaction' }))
+    }
+    const connection = await interruptible(executor.connect(), {
+      signal,
+      deadline,
+      abandon: (late) => void late.release({ destroy: false }),
+    })
+    try {
+      return await inOpenOrNewTransaction(run, connection)
+    } finally {
+      await connection.release({ destroy: false })
+    }
+  } finally {
+    ticket.leave()
+  }
+}
+
+async function inOpenOrNewTransaction<Db, T>(run: Run<Db, T>, connection: LockConnection<Db>): Promise<TryWithLockResult<T>> {
+  if (run.executor.kind === 'connection' && run.executor.inTransaction?.() !== false) {
+    try {
+      return await holdWhileRunning(run, connection, { kind: 'savepoint', name: nextSavepoint(), keepOpen: true })
+    } catch (error) {
+      if (!(error instanceof NotInTransaction)) throw error
+    }
+  }
+  return holdWhileRunning(run, connection, { kind: 'begin' })
+}
+
+/** Takes the transaction lock, runs `fn`, then commits (or releases the savepoint) or rolls back. */
+async function holdWhileRunning<Db, T>(run: Run<Db, T>, connection: LockConnection<Db>, framing: Framing): Promise<TryWithLockResult<T>> {
+  const granted = await takeLock(connection, { ...run, framing })
+  if (!granted) return { acquired: false }
+  const controller = new AbortController()
+  const stopWatching = watchConnection(connection, run.keepAliveMs, (error) => controller.abort(error), run.details)
+  let value: T
+  try {
+    value = await run.fn({ db: connection.db, signal: controller.signal })
+  } catch (error) {
+    stopWatching()
+    await finish(connection, framing, false).catch(() => undefined)
+    throw error
+  }
+  stopWatching()
+  try {
+    await finish(connection, framing, true)
+  } catch (error) {
+    controller.signal.throwIfAborted()
+    throw error
+  }
+  controller.signal.throwIfAborted()
+  return { acquired: true, value }
+}
+
+/**
+ * Ends what `holdWhileRunning` began: commit (or release the savepoint) or roll back. A
+ * connection left in an unknown state by a failure here is closed if pglock owns it.
+ */
+async function finish(connection: LockConnection<unknown>, framing: Framing, commit: boolean): Promise<void> {
+  const sql =
+    framing.kind === 'begin'
+      ? commit
+        ? 'COMMIT'
+        : 'ROLLBACK'
+      : framing.kind === 'savepoint'
+        ? commit
+          ? `RELEASE SAVEPOINT ${framing.name}`
+          : rollbackToSavepointSql(framing.name)
+        : undefined
+  if (sql === undefined) return
+  try {
+    await connection.query(sql)
+  } catch (error) {
+    await connection.release({ destroy: true, cause: error })
+    throw error
+  }
+}

@@ -1,0 +1,89 @@
+import {
+  bindExecutor,
+  type Lease,
+  type Lock,
+  type LockKey,
+  type LockOptions,
+  type TryWithLockResult,
+  type WithLockOptions,
+} from '@pglock/core'
+import { type PgHandle, type PgLeaseDb, pgExecutor } from './pg-executor.js'
+
+export * from '@pglock/core'
+export { type PgHandle, type PgLeaseDb, pgExecutor } from './pg-executor.js'
+
+const bound = bindExecutor(pgExecutor<PgHandle>)
+
+/**
+ * Creates a handle on one advisory lock for a node-postgres `Pool`, `PoolClient` or `Client`.
+ * It sends no SQL until you acquire. On a pool, session scope checks out one client from
+ * acquire to release and returns it only after a confirmed unlock.
+ *
+ * @throws `InvalidKeyError` for a key that cannot name a lock, `UnsupportedError` for
+ * transaction scope on a pool (use `withLock`, or a client inside a transaction).
+ * @example
+ * ```ts
+ * import pg from 'pg'
+ * import { createLock } from '@pglock/pg'
+ *
+ * const pool = new pg.Pool()
+ * const lock = createLock(pool, 'job:7')
+ * if (await lock.tryAcquire()) {
+ *   try {
+ *     await lock.db?.query('UPDATE jobs SET started_at = now() WHERE id = 7')
+ *   } finally {
+ *     await lock.release()
+ *   }
+ * }
+ * ```
+ */
+export function createLock<H extends PgHandle>(db: H, key: LockKey, options?: LockOptions): Lock<PgLeaseDb<H>> {
+  return bound.createLock(db, key, options) as Lock<PgLeaseDb<H>>
+}
+
+/**
+ * Runs `fn` while holding the lock and always releases it; resolves to `fn`'s value. In session
+ * scope `lease.db` is the client holding the lock; in transaction scope pglock opens a
+ * transaction (`BEGIN` travels with the lock in one round trip), runs `fn` inside it, commits when
+ * `fn` resolves and rolls back when it throws. If the lock is lost while `fn` runs, `lease.signal`
+ * aborts and `withLock` rejects with `LockLostError`.
+ *
+ * @example
+ * ```ts
+ * import { withLock } from '@pglock/pg'
+ *
+ * const total = await withLock(pool, 'invoice:42', async ({ db }) => {
+ *   const { rows } = await db.query('SELECT total FROM invoices WHERE id = 42')
+ *   return rows[0].total
+ * }, { timeoutMs: 5_000 })
+ * ```
+ */
+export function withLock<H extends PgHandle, T>(
+  db: H,
+  key: LockKey,
+  fn: (lease: Lease<PgLeaseDb<H>>) => T | PromiseLike<T>,
+  options?: WithLockOptions,
+): Promise<T> {
+  return bound.withLock(db, key, fn as (lease: Lease<unknown>) => T, options)
+}
+
+/**
+ * Like {@link withLock}, but never waits: resolves `{ acquired: false }` at once when another
+ * holder has the lock, else `{ acquired: true, value }`.
+ *
+ * @example
+ * ```ts
+ * import { tryWithLock } from '@pglock/pg'
+ *
+ * const run = await tryWithLock(pool, 'cron:nightly', () => nightly())
+ * if (!run.acquired) console.log('another instance is on it')
+ * ```
+ */
+export function tryWithLock<H extends PgHandle, T>(
+  db: H,
+  key: LockKey,
+  fn: (lease: Lease<PgLeaseDb<H>>) => T | PromiseLike<T>,
+  options?: WithLockOptions,
+): Promise<TryWithLockResult<T>> {
+  return bound.tryWithLock(db, key, fn as (lease: Lease<unknown>) => T, options)
+}
