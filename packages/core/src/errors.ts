@@ -13,14 +13,7 @@ import type { LockKey, LockMode, LockScope } from './types.js'
  * - `RELEASE_FAILED`: the unlock statement failed on a connection pglock may not close; the lock is
  *   still held and `release()` may be called again.
  */
-export type PgLockErrorCode =
-  | 'INVALID_KEY'
-  | 'INVALID_ARGUMENT'
-  | 'TIMEOUT'
-  | 'LOST'
-  | 'ALREADY_HELD'
-  | 'UNSUPPORTED'
-  | 'RELEASE_FAILED'
+export type PgLockErrorCode = 'INVALID_KEY' | 'INVALID_ARGUMENT' | 'TIMEOUT' | 'LOST' | 'ALREADY_HELD' | 'UNSUPPORTED' | 'RELEASE_FAILED'
 
 /** What an error knows about the lock it concerns; every field is optional. */
 export interface PgLockErrorDetails {
@@ -81,8 +74,8 @@ export class PgLockError extends Error {
 
   static override [Symbol.hasInstance](value: unknown): boolean {
     if (typeof value !== 'object' || value === null || !(brand in value)) return false
-    if (this === PgLockError) return true
-    return (value as PgLockError).name === this.name
+    // biome-ignore lint/complexity/noThisInStatic: `this` is the subclass that `instanceof` asks about
+    return this === PgLockError || (value as PgLockError).name === this.name
   }
 }
 

@@ -62,7 +62,10 @@ async function runCancellable(
   connection: LockConnection<unknown>,
   sql: string,
   signal: AbortSignal | undefined,
-): Promise<{ ok: true; rows: readonly Row[]; cancelled: Promise<void> | undefined } | { ok: false; error: unknown; cancelled: Promise<void> | undefined }> {
+): Promise<
+  | { ok: true; rows: readonly Row[]; cancelled: Promise<void> | undefined }
+  | { ok: false; error: unknown; cancelled: Promise<void> | undefined }
+> {
   let cancelled: Promise<void> | undefined
   const onAbort = () => {
     cancelled = connection.cancel().catch(() => undefined)

@@ -91,9 +91,7 @@ export function resolveLockId(key: unknown, options: { readonly keyHash?: KeyHas
       key: key as unknown as LockKey,
     })
   }
-  throw new InvalidKeyError(
-    `key must be a string, a safe integer, a bigint or a pair of int32, got ${key === null ? 'null' : typeof key}`,
-  )
+  throw new InvalidKeyError(`key must be a string, a safe integer, a bigint or a pair of int32, got ${key === null ? 'null' : typeof key}`)
 }
 
 function isInt32(value: unknown): value is number {

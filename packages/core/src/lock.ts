@@ -14,7 +14,7 @@ import { type LockId, lockIdToken, resolveLockId } from './keys.js'
 import { type ResolvedLockOptions, resolveAcquireOptions, resolveLockOptions } from './options.js'
 import { QUERY_CANCELED, unlockSql } from './sql.js'
 import type { AcquireOptions, LockKey, LockMode, LockOptions, LockScope } from './types.js'
-import { DeadlineExceeded, interruptible } from './wait.js'
+import { checkOut, DeadlineExceeded } from './wait.js'
 
 interface Held<Db> {
   readonly connection: LockConnection<Db>
@@ -206,7 +206,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     signal?.throwIfAborted()
     if (this.scope === 'transaction' && this.#executor.inTransaction?.() === false) throw this.#explain(new NotInTransaction(), timeoutMs)
     this.#state = 'acquiring'
-    const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs
+    let deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs
     let ticket: GateTicket | undefined
     let connection: LockConnection<Db> | undefined
     try {
@@ -215,11 +215,9 @@ export class Lock<Db = unknown> implements AsyncDisposable {
         this.#state = 'idle'
         return false
       }
-      connection = await interruptible(this.#executor.connect(), {
-        signal,
-        deadline,
-        abandon: (late) => void late.release({ destroy: false }),
-      })
+      const checkout = await checkOut(this.#executor, signal, deadline)
+      connection = checkout.connection
+      deadline = checkout.deadline
       const framing = this.#framing(signal)
       const granted = await takeLock(connection, {
         id: this.id,

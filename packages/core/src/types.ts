@@ -64,9 +64,10 @@ export interface LockOptions {
 /** Options for one wait. */
 export interface AcquireOptions {
   /**
-   * Give up after this many milliseconds with `LockTimeoutError`. `0` tries once without
-   * waiting. Enforced by Postgres's own `lock_timeout`; time queued in memory or for a pooled
-   * connection counts too.
+   * Give up after this many milliseconds of waiting for the lock with `LockTimeoutError`. `0`
+   * tries once without waiting. Enforced by Postgres's own `lock_timeout`; time queued in memory
+   * behind other handles of this process counts too. Checking a connection out of a pool does not
+   * count: that wait is bounded by the pool's own setting (node-postgres: `connectionTimeoutMillis`).
    * @default undefined (wait as long as it takes)
    */
   readonly timeoutMs?: number | undefined
@@ -92,6 +93,4 @@ export interface Lease<Db> {
 }
 
 /** The result of `tryWithLock`: the function's value when the lock was free, else nothing. */
-export type TryWithLockResult<T> =
-  | { readonly acquired: true; readonly value: T }
-  | { readonly acquired: false }
+export type TryWithLockResult<T> = { readonly acquired: true; readonly value: T } | { readonly acquired: false }

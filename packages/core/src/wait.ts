@@ -1,3 +1,5 @@
+import type { LockConnection, LockExecutor } from './executor.js'
+
 /** @internal Thrown by {@link interruptible} when the deadline passes first. */
 export class DeadlineExceeded extends Error {
   constructor() {
@@ -51,4 +53,19 @@ export function interruptible<T>(
     )
     if (signal?.aborted) onAbort()
   })
+}
+
+/**
+ * @internal Pins a connection for a lock. Waiting for a pooled connection is bounded by the
+ * pool's own settings and by `signal`, not by the lock's timeout, which counts time spent waiting
+ * for the lock: the deadline moves by the time the checkout took.
+ */
+export async function checkOut<Db>(
+  executor: LockExecutor<Db>,
+  signal: AbortSignal | undefined,
+  deadline: number | undefined,
+): Promise<{ connection: LockConnection<Db>; deadline: number | undefined }> {
+  const started = performance.now()
+  const connection = await interruptible(executor.connect(), { signal, abandon: (late) => void late.release({ destroy: false }) })
+  return { connection, deadline: deadline === undefined ? undefined : deadline + performance.now() - started }
 }

@@ -7,7 +7,7 @@ import { Lock } from './lock.js'
 import { resolveAcquireOptions, resolveLockOptions } from './options.js'
 import { rollbackToSavepointSql } from './sql.js'
 import type { Lease, LockKey, LockMode, TryWithLockResult, WithLockOptions } from './types.js'
-import { DeadlineExceeded, interruptible } from './wait.js'
+import { checkOut, DeadlineExceeded } from './wait.js'
 
 /** @internal The function a user passes to `withLock`. */
 export type LeaseFn<Db, T> = (lease: Lease<Db>) => T | PromiseLike<T>
@@ -46,7 +46,18 @@ export async function runWithLock<Db, T>(
   if (resolved.scope === 'session') return runInSession(new Lock(executor, key, options), fn, attempt, timeoutMs, signal)
   signal?.throwIfAborted()
   const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs
-  const run: Run<Db, T> = { executor, id, mode: resolved.mode, keepAliveMs: resolved.keepAliveMs, timeoutMs, signal, deadline, attempt, details, fn }
+  const run: Run<Db, T> = {
+    executor,
+    id,
+    mode: resolved.mode,
+    keepAliveMs: resolved.keepAliveMs,
+    timeoutMs,
+    signal,
+    deadline,
+    attempt,
+    details,
+    fn,
+  }
   try {
     return await runInTransaction(run)
   } catch (error) {
@@ -84,13 +95,9 @@ async function runInTransaction<Db, T>(run: Run<Db, T>): Promise<TryWithLockResu
     if (executor.kind === 'pool' && executor.transaction !== undefined) {
       return await executor.transaction((connection) => holdWhileRunning(run, connection, { kind: 'driver-transaction' }))
     }
-    const connection = await interruptible(executor.connect(), {
-      signal,
-      deadline,
-      abandon: (late) => void late.release({ destroy: false }),
-    })
+    const { connection, deadline: lockDeadline } = await checkOut(executor, signal, deadline)
     try {
-      return await inOpenOrNewTransaction(run, connection)
+      return await inOpenOrNewTransaction({ ...run, deadline: lockDeadline }, connection)
     } finally {
       await connection.release({ destroy: false })
     }

@@ -1,0 +1,62 @@
+import type { Lease, Lock, LockKey, LockOptions, TryWithLockResult, WithLockOptions } from '@pglock/core'
+
+/** A driver handle the suite opened, and how to close it. */
+export interface Opened<H> {
+  readonly db: H
+  close(): Promise<void>
+}
+
+/** How the suite opens handles: each test gets backends tagged with its own `application_name`. */
+export interface OpenOptions {
+  readonly url: string
+  readonly applicationName: string
+  /** the pool size; ignored for single connections */
+  readonly max: number
+}
+
+/** The lock functions an adapter exports, as the suite calls them. */
+export interface LockFunctions {
+  createLock(db: any, key: LockKey, options?: LockOptions): Lock<any>
+  withLock<T>(db: any, key: LockKey, fn: (lease: Lease<any>) => T | PromiseLike<T>, options?: WithLockOptions): Promise<T>
+  tryWithLock<T>(
+    db: any,
+    key: LockKey,
+    fn: (lease: Lease<any>) => T | PromiseLike<T>,
+    options?: WithLockOptions,
+  ): Promise<TryWithLockResult<T>>
+}
+
+/**
+ * What a driver cannot do. Each flag turns off the tests that need it (`it.skipIf(!caps.x)`);
+ * there are no lists of test names to skip.
+ */
+export interface Capabilities {
+  /** `createLock(pool, key)` in session scope pins a connection of the pool. */
+  readonly sessionOnPool: boolean
+  /** The adapter accepts one dedicated connection (a client, a reserved connection). */
+  readonly singleConnection: boolean
+  /** The adapter accepts a handle inside a transaction, for `createLock(tx, key, { scope: 'transaction' })`. */
+  readonly transactionHandle: boolean
+}
+
+/**
+ * One adapter under test: its lock functions, how to open its handles, how to run SQL through a
+ * `lease.db`, and what it cannot do. Each adapter's test file builds one and passes it to
+ * `describeConformance`. It must be the default export of `module`, so that worker processes
+ * can load it too.
+ */
+export interface AdapterUnderTest {
+  readonly name: string
+  /** Absolute path of the module whose default export is this object (for worker processes). */
+  readonly module: string
+  readonly lib: LockFunctions
+  readonly caps: Capabilities
+  /** Opens a pooled handle (a `Pool`, a `Sql`, a `Kysely`, a drizzle database). */
+  openPool(options: OpenOptions): Promise<Opened<unknown>>
+  /** Opens one dedicated connection; required when `caps.singleConnection`. */
+  openConnection?(options: OpenOptions): Promise<Opened<unknown>>
+  /** Runs `body` with a handle inside a transaction on `pool`; required when `caps.transactionHandle`. */
+  inTransaction?<T>(pool: unknown, body: (tx: unknown) => Promise<T>): Promise<T>
+  /** Runs one SQL statement (no parameters) through a driver handle, such as `lease.db`; resolves to its rows. */
+  query(db: unknown, sql: string): Promise<Record<string, unknown>[]>
+}

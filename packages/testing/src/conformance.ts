@@ -1,0 +1,584 @@
+import { fork } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { fileURLToPath } from 'node:url'
+import { type LockKey, LockLostError, LockTimeoutError, PgLockError, pgLocksRow, resolveLockId } from '@pglock/core'
+import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest'
+import type { AdapterUnderTest, Opened } from './adapter.ts'
+import { Observer } from './observer.ts'
+
+const WORKER = fileURLToPath(new URL('./process-worker.ts', import.meta.url))
+
+/** Resolves after `ms` milliseconds. */
+export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+
+/** Resolves with the reason once `signal` aborts, or rejects after `timeoutMs`. */
+export function aborted(signal: AbortSignal, timeoutMs = 5_000): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return resolve(signal.reason)
+    const timer = setTimeout(() => reject(new Error(`signal did not abort within ${timeoutMs} ms`)), timeoutMs)
+    signal.addEventListener('abort', () => {
+      clearTimeout(timer)
+      resolve(signal.reason)
+    })
+  })
+}
+
+/** Settles a promise into a value, so that tests can assert on either outcome. */
+async function outcome<T>(promise: Promise<T>): Promise<{ ok: true; value: T } | { ok: false; error: unknown }> {
+  try {
+    return { ok: true, value: await promise }
+  } catch (error) {
+    return { ok: false, error }
+  }
+}
+
+/**
+ * The conformance suite: every behaviour DESIGN.md promises, against a real Postgres, for one
+ * adapter. Each adapter's test file calls it once with its factories and capability flags.
+ *
+ * @example
+ * ```ts
+ * import { describeConformance } from '@pglock/testing'
+ * import adapter from './adapter.ts'
+ *
+ * describeConformance(adapter)
+ * ```
+ */
+export function describeConformance(adapter: AdapterUnderTest): void {
+  const { lib, caps } = adapter
+  const prefix = `pglock-test:${adapter.name}:${randomBytes(4).toString('hex')}`
+  let url = ''
+  let observer: Observer
+  let serial = 0
+
+  beforeAll(() => {
+    url = inject('databaseUrl')
+    observer = new Observer(url)
+  })
+  afterAll(async () => {
+    await observer.close()
+  })
+
+  const key = (label: string): string => {
+    serial += 1
+    return `${prefix}:${label}:${serial}`
+  }
+
+  /** Opens a handle for this test, and checks at its end that it leaked nothing. */
+  async function open(kind: 'pool' | 'connection' = 'pool', max = 5): Promise<Opened<any> & { applicationName: string }> {
+    const applicationName = `pglock-t-${randomBytes(5).toString('hex')}`
+    const options = { url, applicationName, max }
+    const opened =
+      kind === 'pool'
+        ? await adapter.openPool(options)
+        : await (adapter.openConnection as NonNullable<typeof adapter.openConnection>)(options)
+    onTestFinished(async () => {
+      try {
+        await observer.until('no advisory lock or open transaction is left behind', async () => {
+          const locks = await observer.locksOf(applicationName)
+          const backends = await observer.backends(applicationName)
+          return locks.length === 0 && backends.every((backend) => backend.state !== 'idle in transaction')
+        })
+      } finally {
+        await opened.close()
+      }
+    })
+    return { ...opened, applicationName }
+  }
+
+  const pid = async (db: unknown): Promise<number> => Number((await adapter.query(db, 'SELECT pg_backend_pid() AS pid'))[0]?.pid)
+
+  describe(`${adapter.name}: conformance`, () => {
+    describe('mutual exclusion', () => {
+      it('lets one withLock run at a time across separate pools', async () => {
+        const pools = [await open(), await open()]
+        const k = key('exclusive')
+        let inside = 0
+        let most = 0
+        await Promise.all(
+          Array.from({ length: 24 }, (_, i) =>
+            lib.withLock((pools[i % 2] as Opened<unknown>).db, k, async () => {
+              inside += 1
+              most = Math.max(most, inside)
+              await sleep(2)
+              inside -= 1
+            }),
+          ),
+        )
+        expect(most).toBe(1)
+      })
+
+      it('loses no update when OS processes increment one row under withLock', async () => {
+        const table = `pglock_counter_${randomBytes(4).toString('hex')}`
+        await observer.query(`CREATE TABLE ${table} (id int PRIMARY KEY, value int NOT NULL)`)
+        await observer.query(`INSERT INTO ${table} VALUES (1, 0)`)
+        try {
+          const processes = 3
+          const increments = 25
+          const k = key('processes')
+          const exits = Array.from({ length: processes }, () => runWorker({ url, table, key: k, increments, adapter: adapter.module }))
+          const codes = await Promise.all(exits)
+          expect(codes).toEqual(Array(processes).fill(0))
+          const [row] = await observer.query<{ value: number }>(`SELECT value FROM ${table} WHERE id = 1`)
+          expect(row?.value).toBe(processes * increments)
+        } finally {
+          await observer.query(`DROP TABLE ${table}`)
+        }
+      }, 60_000)
+    })
+
+    describe('tryAcquire and isHeld', () => {
+      it.skipIf(!caps.sessionOnPool)('answers false while another pool holds the lock and true after release', async () => {
+        const [a, b] = [await open(), await open()]
+        const k = key('try')
+        const first = lib.createLock(a.db, k)
+        const second = lib.createLock(b.db, k)
+        expect(first.isHeld).toBe(false)
+        expect(await first.tryAcquire()).toBe(true)
+        expect(first.isHeld).toBe(true)
+        expect(await observer.holders(k)).toHaveLength(1)
+        expect(await second.tryAcquire()).toBe(false)
+        expect(second.isHeld).toBe(false)
+        expect(await first.release()).toBe(true)
+        expect(first.isHeld).toBe(false)
+        expect(await second.tryAcquire()).toBe(true)
+        expect(await second.release()).toBe(true)
+        expect(await observer.locks(k)).toEqual([])
+      })
+
+      it.skipIf(!caps.sessionOnPool)('holds the lock on the connection lease.db queries run on', async () => {
+        const pool = await open()
+        const k = key('db')
+        const lock = await lib.createLock(pool.db, k).acquire()
+        expect(await observer.holders(k)).toEqual([await pid(lock.db)])
+        await lock.release()
+      })
+
+      it('tryWithLock runs fn when free and reports acquired false when taken', async () => {
+        const [a, b] = [await open(), await open()]
+        const k = key('try-with')
+        const result = await lib.withLock(a.db, k, () => lib.tryWithLock(b.db, k, () => 'ran'))
+        expect(result).toEqual({ acquired: false })
+        expect(await lib.tryWithLock(b.db, k, () => 'ran')).toEqual({ acquired: true, value: 'ran' })
+      })
+    })
+
+    describe('shared mode', () => {
+      it.skipIf(!caps.sessionOnPool)('lets shared holders coexist and keeps an exclusive one out until all leave', async () => {
+        const [a, b, c] = [await open(), await open(), await open()]
+        const k = key('shared')
+        const reader1 = lib.createLock(a.db, k, { mode: 'shared' })
+        const reader2 = lib.createLock(b.db, k, { mode: 'shared' })
+        const writer = lib.createLock(c.db, k)
+        expect(await reader1.tryAcquire()).toBe(true)
+        expect(await reader2.tryAcquire()).toBe(true)
+        expect((await observer.locks(k)).map((row) => row.mode)).toEqual(['ShareLock', 'ShareLock'])
+        expect(await writer.tryAcquire()).toBe(false)
+        await reader1.release()
+        expect(await writer.tryAcquire()).toBe(false)
+        await reader2.release()
+        expect(await writer.tryAcquire()).toBe(true)
+        expect(await lib.tryWithLock(a.db, k, () => 1, { mode: 'shared' })).toEqual({ acquired: false })
+        await writer.release()
+      })
+
+      it('runs shared withLock calls on one pool side by side', async () => {
+        const pool = await open()
+        const k = key('shared-pool')
+        let inside = 0
+        let most = 0
+        await Promise.all(
+          Array.from({ length: 3 }, () =>
+            lib.withLock(
+              pool.db,
+              k,
+              async () => {
+                inside += 1
+                most = Math.max(most, inside)
+                await sleep(50)
+                inside -= 1
+              },
+              { mode: 'shared' },
+            ),
+          ),
+        )
+        expect(most).toBe(3)
+      })
+    })
+
+    describe('transaction scope', () => {
+      it('holds the lock inside fn and drops it at commit', async () => {
+        const pool = await open()
+        const k = key('xact')
+        const seen = await lib.withLock(pool.db, k, async ({ db }) => ({ holders: await observer.holders(k), pid: await pid(db) }), {
+          scope: 'transaction',
+        })
+        expect(seen.holders).toEqual([seen.pid])
+        expect(await observer.locks(k)).toEqual([])
+      })
+
+      it('commits work done through lease.db when fn resolves and rolls it back when fn throws', async () => {
+        const pool = await open()
+        const table = `pglock_tx_${randomBytes(4).toString('hex')}`
+        await observer.query(`CREATE TABLE ${table} (v int)`)
+        try {
+          const k = key('rollback')
+          const failure = new Error('fn failed')
+          await expect(
+            lib.withLock(
+              pool.db,
+              k,
+              async ({ db }) => {
+                await adapter.query(db, `INSERT INTO ${table} VALUES (1)`)
+                throw failure
+              },
+              { scope: 'transaction' },
+            ),
+          ).rejects.toBe(failure)
+          expect(await observer.query(`SELECT v FROM ${table}`)).toEqual([])
+          await lib.withLock(pool.db, k, ({ db }) => adapter.query(db, `INSERT INTO ${table} VALUES (2)`), { scope: 'transaction' })
+          expect(await observer.query(`SELECT v FROM ${table}`)).toEqual([{ v: 2 }])
+          expect(await observer.locks(k)).toEqual([])
+        } finally {
+          await observer.query(`DROP TABLE ${table}`)
+        }
+      })
+
+      it('refuses createLock with transaction scope on a pool, before any SQL', async () => {
+        const pool = await open()
+        expect(() => lib.createLock(pool.db, key('pool-xact'), { scope: 'transaction' })).toThrow(
+          expect.objectContaining({ code: 'UNSUPPORTED' }),
+        )
+      })
+
+      it.skipIf(!caps.transactionHandle)('takes a lock inside a caller transaction that lasts until it ends', async () => {
+        const pool = await open()
+        const k = key('in-tx')
+        await (adapter.inTransaction as NonNullable<typeof adapter.inTransaction>)(pool.db, async (tx) => {
+          const lock = lib.createLock(tx, k, { scope: 'transaction' })
+          expect(await lock.tryAcquire()).toBe(true)
+          expect(await observer.holders(k)).toEqual([await pid(tx)])
+          expect(await lock.release()).toBe(false)
+          expect(await observer.holders(k)).toHaveLength(1)
+        })
+        expect(await observer.locks(k)).toEqual([])
+      })
+
+      it.skipIf(!caps.transactionHandle)('leaves the caller transaction usable after a transaction-scope timeout', async () => {
+        const [a, b] = [await open(), await open()]
+        const k = key('in-tx-timeout')
+        const holder = await lib.createLock(a.db, k).acquire()
+        const value = await (adapter.inTransaction as NonNullable<typeof adapter.inTransaction>)(b.db, async (tx) => {
+          const lock = lib.createLock(tx, k, { scope: 'transaction' })
+          await expect(lock.acquire({ timeoutMs: 100 })).rejects.toBeInstanceOf(LockTimeoutError)
+          return (await adapter.query(tx, 'SELECT 41 + 1 AS answer'))[0]?.answer
+        })
+        expect(value).toBe(42)
+        await holder.release()
+      })
+
+      it.skipIf(!caps.singleConnection)('refuses a transaction-scope acquire on a connection outside a transaction', async () => {
+        const connection = await open('connection')
+        const lock = lib.createLock(connection.db, key('no-tx'), { scope: 'transaction' })
+        await expect(lock.acquire()).rejects.toMatchObject({ code: 'UNSUPPORTED' })
+        expect(lock.isHeld).toBe(false)
+      })
+    })
+
+    describe('timeouts', () => {
+      for (const scope of ['session', 'transaction'] as const) {
+        it(`rejects with LockTimeoutError close to timeoutMs and leaves nothing waiting (${scope} scope)`, async () => {
+          const [a, b] = [await open(), await open()]
+          const k = key(`timeout-${scope}`)
+          await lib.withLock(a.db, k, async () => {
+            const started = performance.now()
+            const result = await outcome(lib.withLock(b.db, k, () => 'ran', { scope, timeoutMs: 300 }))
+            const elapsed = performance.now() - started
+            expect(result.ok).toBe(false)
+            expect(result.ok ? undefined : result.error).toBeInstanceOf(LockTimeoutError)
+            expect((result as { error: LockTimeoutError }).error).toMatchObject({ code: 'TIMEOUT', timeoutMs: 300, key: k })
+            expect(elapsed).toBeGreaterThanOrEqual(290)
+            expect(elapsed).toBeLessThan(2_000)
+            expect(await observer.waiters(k)).toEqual([])
+          })
+          expect(await lib.withLock(b.db, k, () => 'usable', { scope })).toBe('usable')
+        })
+      }
+
+      it('treats timeoutMs 0 as a single try', async () => {
+        const [a, b] = [await open(), await open()]
+        const k = key('timeout-zero')
+        await lib.withLock(a.db, k, async () => {
+          await expect(lib.withLock(b.db, k, () => 1, { timeoutMs: 0 })).rejects.toBeInstanceOf(LockTimeoutError)
+        })
+        expect(await lib.withLock(b.db, k, () => 1, { timeoutMs: 0 })).toBe(1)
+      })
+    })
+
+    describe('abort', () => {
+      for (const scope of ['session', 'transaction'] as const) {
+        it(`cancels the wait in Postgres, not just the promise (${scope} scope)`, async () => {
+          const [a, b] = [await open(), await open()]
+          const k = key(`abort-${scope}`)
+          await lib.withLock(a.db, k, async () => {
+            const controller = new AbortController()
+            const waiting = outcome(lib.withLock(b.db, k, () => 'ran', { scope, signal: controller.signal }))
+            await observer.until('the second pool waits in Postgres', async () => (await observer.waiters(k)).length === 1)
+            const reason = new Error('caller gave up')
+            controller.abort(reason)
+            expect(await waiting).toEqual({ ok: false, error: reason })
+            expect(await observer.waiters(k)).toEqual([])
+          })
+          expect(await lib.withLock(b.db, k, () => 'usable', { scope })).toBe('usable')
+        })
+      }
+
+      it('rejects at once with the reason of an already aborted signal', async () => {
+        const pool = await open()
+        const reason = new Error('too late')
+        await expect(lib.withLock(pool.db, key('pre-aborted'), () => 1, { signal: AbortSignal.abort(reason) })).rejects.toBe(reason)
+      })
+
+      for (const scope of ['session', 'transaction'] as const) {
+        it(`never leaves a lock held when abort or timeout races the grant (${scope} scope)`, async () => {
+          const [a, b] = [await open(), await open()]
+          const k = key(`race-${scope}`)
+          const rounds = 40
+          let granted = 0
+          let refused = 0
+          for (let round = 0; round < rounds; round += 1) {
+            const holder = await lib.createLock(a.db, k).acquire()
+            const controller = new AbortController()
+            const byTimeout = round % 2 === 0
+            const waiter = outcome(
+              lib.withLock(b.db, k, () => 'ran', byTimeout ? { scope, timeoutMs: 15 } : { scope, signal: controller.signal }),
+            )
+            if (byTimeout) await sleep(13 + (round % 5))
+            else {
+              await observer.until('the waiter waits in Postgres', async () => (await observer.waiters(k)).length === 1)
+              setTimeout(() => controller.abort(new Error('raced')), (round >> 1) % 3)
+              await sleep(round % 3)
+            }
+            await holder.release()
+            const result = await waiter
+            if (result.ok) granted += 1
+            else {
+              refused += 1
+              expect(result.error instanceof LockTimeoutError || (result.error as Error).message === 'raced').toBe(true)
+            }
+            expect(await observer.locks(k)).toEqual([])
+          }
+          expect(granted + refused).toBe(rounds)
+        }, 60_000)
+      }
+    })
+
+    describe('lost locks', () => {
+      it.skipIf(!caps.sessionOnPool)('aborts lock.signal with LockLostError when the holding backend is terminated', async () => {
+        const pool = await open()
+        const k = key('lost')
+        const lock = await lib.createLock(pool.db, k).acquire()
+        const [holder] = await observer.holders(k)
+        await observer.terminate(holder as number)
+        const reason = await aborted(lock.signal)
+        expect(reason).toBeInstanceOf(LockLostError)
+        expect(reason).toMatchObject({ code: 'LOST', key: k })
+        expect(lock.isHeld).toBe(false)
+        expect(await lock.release()).toBe(false)
+        expect(await lib.withLock(pool.db, k, () => 'pool still works')).toBe('pool still works')
+      })
+
+      for (const scope of ['session', 'transaction'] as const) {
+        it(`aborts lease.signal and rejects withLock with LockLostError when the holder dies (${scope} scope)`, async () => {
+          const pool = await open()
+          const k = key(`lost-lease-${scope}`)
+          const result = await outcome(
+            lib.withLock(
+              pool.db,
+              k,
+              async ({ signal }) => {
+                const [holder] = await observer.holders(k)
+                await observer.terminate(holder as number)
+                await aborted(signal)
+                return 'finished anyway'
+              },
+              { scope },
+            ),
+          )
+          expect(result.ok).toBe(false)
+          expect((result as { error: unknown }).error).toBeInstanceOf(LockLostError)
+          expect(await lib.withLock(pool.db, k, () => 'pool still works', { scope })).toBe('pool still works')
+        })
+      }
+    })
+
+    describe('one connection', () => {
+      it.skipIf(!caps.singleConnection)('does not let two handles on one connection both hold an exclusive lock', async () => {
+        const connection = await open('connection')
+        const k = key('same-connection')
+        const first = lib.createLock(connection.db, k)
+        const second = lib.createLock(connection.db, k)
+        expect(await first.tryAcquire()).toBe(true)
+        expect(await second.tryAcquire()).toBe(false)
+        await expect(second.acquire({ timeoutMs: 100 })).rejects.toBeInstanceOf(LockTimeoutError)
+        const waiting = second.acquire()
+        await sleep(20)
+        expect(second.isHeld).toBe(false)
+        expect(await first.release()).toBe(true)
+        await waiting
+        expect(second.isHeld).toBe(true)
+        expect(await observer.holders(k)).toEqual([await pid(connection.db)])
+        expect(await second.release()).toBe(true)
+        expect(await observer.locks(k)).toEqual([])
+      })
+
+      it.skipIf(!caps.singleConnection)('runs withLock on a connection the caller owns without closing it', async () => {
+        const connection = await open('connection')
+        const k = key('own-connection')
+        expect(await lib.withLock(connection.db, k, ({ db }) => pid(db))).toBe(await pid(connection.db))
+        expect(await lib.withLock(connection.db, k, () => 'again', { scope: 'transaction' })).toBe('again')
+        expect(await adapter.query(connection.db, 'SELECT 1 AS one')).toEqual([{ one: 1 }])
+      })
+    })
+
+    describe('handle state', () => {
+      it('rejects acquire on a handle that holds its lock with ALREADY_HELD', async () => {
+        const pool = await open()
+        const lock = caps.sessionOnPool ? lib.createLock(pool.db, key('held')) : undefined
+        if (lock === undefined) return
+        await lock.acquire()
+        await expect(lock.acquire()).rejects.toMatchObject({ code: 'ALREADY_HELD' })
+        await expect(lock.tryAcquire()).rejects.toMatchObject({ code: 'ALREADY_HELD' })
+        await lock.release()
+      })
+
+      it('resolves release false without SQL when not held', async () => {
+        const pool = await open()
+        const lock = lib.createLock(pool.db, key('not-held'))
+        await pool.close()
+        expect(await lock.release()).toBe(false)
+      })
+
+      it.skipIf(!caps.sessionOnPool)('releases at the end of an await using block', async () => {
+        const pool = await open()
+        const k = key('using')
+        {
+          await using held = await lib.createLock(pool.db, k).acquire()
+          expect(held.isHeld).toBe(true)
+          expect(await observer.holders(k)).toHaveLength(1)
+        }
+        expect(await observer.locks(k)).toEqual([])
+      })
+    })
+
+    describe('keys', () => {
+      const invalid: [string, unknown][] = [
+        ['NaN', Number.NaN],
+        ['1.5', 1.5],
+        ['2^64', 2n ** 64n],
+        ['2^53', 2 ** 53],
+        ['a pair out of int32', [2 ** 31, 0]],
+        ['a pair of three', [1, 2, 3]],
+        ['null', null],
+        ['undefined', undefined],
+        ['an object', { id: 1 }],
+      ]
+      for (const [label, bad] of invalid) {
+        it(`refuses ${label} as a key with INVALID_KEY before any SQL`, async () => {
+          const pool = await open()
+          await pool.close()
+          expect(() => lib.createLock(pool.db, bad as LockKey)).toThrow(PgLockError)
+          expect(() => lib.createLock(pool.db, bad as LockKey)).toThrow(expect.objectContaining({ code: 'INVALID_KEY' }))
+          await expect(lib.withLock(pool.db, bad as LockKey, () => 1)).rejects.toMatchObject({ code: 'INVALID_KEY' })
+        })
+      }
+
+      it('hashes string keys like Python postgresql-lock and reproduces postgres-lock 0.1 on request', async () => {
+        const pool = await open()
+        const expected = {
+          'sha1-int64': -464685171814670893n,
+          'postgres-lock-0.1': 142468548502040132n,
+        } as const
+        for (const [keyHash, id] of Object.entries(expected) as [keyof typeof expected, bigint][]) {
+          const rows = await lib.withLock(
+            pool.db,
+            'shared-identifier',
+            async ({ db }) =>
+              observer.query<{ classid: string; objid: string }>(
+                `SELECT classid::int8 AS classid, objid::int8 AS objid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND pid = ${await pid(db)}`,
+              ),
+            { keyHash },
+          )
+          const row = pgLocksRow({ kind: 'int64', value: id })
+          expect(rows).toEqual([{ classid: String(row.classid), objid: String(row.objid) }])
+        }
+      })
+
+      it('locks integer, bigint and pair keys under the ids Postgres would use', async () => {
+        const pool = await open()
+        const base = Number.parseInt(randomBytes(3).toString('hex'), 16)
+        const keys: LockKey[] = [base, -BigInt(base) * 2n ** 40n, [base, -base]]
+        for (const k of keys) {
+          const holders = await lib.withLock(pool.db, k, () => observer.holders(k))
+          expect(holders).toHaveLength(1)
+          expect(resolveLockId(k).kind).toBe(Array.isArray(k) ? 'pair' : 'int64')
+        }
+      })
+    })
+
+    describe('pools under load', () => {
+      it('leaks no connection and no lock after many concurrent withLock cycles', async () => {
+        const pool = await open('pool', 10)
+        const keys = Array.from({ length: 5 }, (_, i) => key(`load-${i}`))
+        let done = 0
+        await Promise.all(
+          Array.from({ length: 200 }, (_, i) =>
+            lib.withLock(
+              pool.db,
+              keys[i % keys.length] as string,
+              async ({ db }) => {
+                await adapter.query(db, 'SELECT 1')
+                done += 1
+              },
+              { scope: i % 3 === 0 ? 'transaction' : 'session', mode: i % 5 === 0 ? 'shared' : 'exclusive' },
+            ),
+          ),
+        )
+        expect(done).toBe(200)
+        const backends = await observer.backends(pool.applicationName)
+        expect(backends.length).toBeLessThanOrEqual(10)
+        expect(backends.filter((backend) => backend.state !== 'idle')).toEqual([])
+        for (const k of keys) expect(await observer.locks(k)).toEqual([])
+      }, 60_000)
+
+      it('does not starve the pool when many waiters share one key and fn needs another connection', async () => {
+        const pool = await open('pool', 10)
+        const k = key('starve')
+        let done = 0
+        await Promise.all(
+          Array.from({ length: 200 }, () =>
+            lib.withLock(pool.db, k, async ({ db }) => {
+              await adapter.query(db, 'SELECT 1')
+              await adapter.query(pool.db, 'SELECT 2')
+              done += 1
+            }),
+          ),
+        )
+        expect(done).toBe(200)
+        expect((await observer.backends(pool.applicationName)).length).toBeLessThanOrEqual(10)
+      }, 60_000)
+    })
+  })
+
+  function runWorker(options: { url: string; table: string; key: string; increments: number; adapter: string }): Promise<number | null> {
+    return new Promise((resolve, reject) => {
+      const child = fork(WORKER, [], {
+        execArgv: ['--import', 'tsx'],
+        env: { ...process.env, PGLOCK_WORKER: JSON.stringify(options) },
+        stdio: 'inherit',
+      })
+      child.on('error', reject)
+      child.on('exit', (code) => resolve(code))
+    })
+  }
+}

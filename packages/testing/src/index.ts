@@ -1,0 +1,3 @@
+export type { AdapterUnderTest, Capabilities, LockFunctions, Opened, OpenOptions } from './adapter.ts'
+export { aborted, describeConformance, sleep } from './conformance.ts'
+export { type BackendRow, type LockRow, Observer } from './observer.ts'
