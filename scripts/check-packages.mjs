@@ -1,0 +1,105 @@
+#!/usr/bin/env node
+/**
+ * Checks what users install, not what the workspace sees: packs every public package, runs
+ * publint --strict and attw on it, installs the tarballs with npm into an empty folder, and loads
+ * each one from CommonJS and ESM and type-checks a file of each kind against its types.
+ *
+ * Usage: node scripts/check-packages.mjs [package-dir ...]   (default: every public package)
+ */
+import { execFileSync } from 'node:child_process'
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+
+const root = resolve(import.meta.dirname, '..')
+const run = (command, args, options = {}) => execFileSync(command, args, { stdio: 'pipe', encoding: 'utf8', ...options })
+
+const dirs = process.argv.slice(2).length > 0 ? process.argv.slice(2).map((dir) => resolve(dir)) : publicPackages()
+const work = mkdtempSync(join(tmpdir(), 'pglock-pack-'))
+let failures = 0
+
+try {
+  const packed = dirs.map((dir) => {
+    const manifest = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8'))
+    const output = run('pnpm', ['pack', '--pack-destination', work], { cwd: dir })
+    const tarball = output.trim().split('\n').pop()
+    return { dir, manifest, tarball: resolve(dir, tarball) }
+  })
+
+  for (const { dir, manifest } of packed) {
+    step(`${manifest.name}: publint --strict`, () => run('pnpm', ['exec', 'publint', '--strict', dir], { cwd: root }))
+    step(`${manifest.name}: attw --pack`, () =>
+      run('pnpm', ['exec', 'attw', '--pack', dir, '--profile', 'node16', '--format', 'table-flipped'], { cwd: root }),
+    )
+  }
+
+  const app = join(work, 'app')
+  run('mkdir', ['-p', app])
+  writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'pglock-smoke', private: true, version: '0.0.0' }))
+  const peers = new Set(['typescript@5', '@types/node@20'])
+  for (const { manifest } of packed) {
+    for (const [name, range] of Object.entries(manifest.peerDependencies ?? {})) {
+      if (!name.startsWith('@pglock/')) peers.add(`${name}@${range}`)
+    }
+  }
+  step('npm install of the packed tarballs and their peers', () =>
+    run('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', ...packed.map((p) => p.tarball), ...peers], { cwd: app }),
+  )
+
+  for (const { manifest } of packed) {
+    const name = manifest.name
+    const adapter = name !== '@pglock/core'
+    const names = [
+      'PgLockError',
+      'LockTimeoutError',
+      'resolveLockId',
+      ...(adapter ? ['withLock', 'tryWithLock', 'createLock'] : ['bindExecutor', 'Lock']),
+    ]
+    const probe = `const m = MODULE; for (const n of ${JSON.stringify(names)}) { if (!(n in m)) throw new Error('${name} lacks ' + n) }`
+    step(`${name}: require()`, () => run('node', ['-e', probe.replace('MODULE', `require('${name}')`)], { cwd: app }))
+    step(`${name}: import`, () =>
+      run('node', ['--input-type=module', '-e', probe.replace('const m = MODULE;', `const m = await import('${name}');`)], { cwd: app }),
+    )
+    const entry = adapter ? 'createLock' : 'bindExecutor'
+    const source = `import { ${entry}, LockTimeoutError, type LockKey } from '${name}'\nconst key: LockKey = 'k'\nexport const check: [typeof ${entry}, typeof LockTimeoutError, LockKey] = [${entry}, LockTimeoutError, key]\n`
+    writeFileSync(join(app, 'check.mts'), source)
+    writeFileSync(join(app, 'check.cts'), source)
+    step(`${name}: types from .mts and .cts`, () =>
+      run(
+        join(app, 'node_modules/.bin/tsc'),
+        ['--noEmit', '--strict', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--types', 'node', 'check.mts', 'check.cts'],
+        { cwd: app },
+      ),
+    )
+  }
+} finally {
+  rmSync(work, { recursive: true, force: true })
+}
+
+if (failures > 0) {
+  console.error(`check-packages: ${failures} check(s) failed`)
+  process.exit(1)
+}
+console.log(`check-packages: ${dirs.length} package(s) packed, linted, installed and loaded from CJS and ESM`)
+
+function publicPackages() {
+  return readdirSync(join(root, 'packages'))
+    .map((name) => join(root, 'packages', name))
+    .filter((dir) => {
+      try {
+        return !JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')).private
+      } catch {
+        return false
+      }
+    })
+}
+
+function step(label, action) {
+  try {
+    action()
+    console.log(`  ok   ${label}`)
+  } catch (error) {
+    failures += 1
+    console.error(`  FAIL ${label}\n${error.stdout ?? ''}${error.stderr ?? error.message}`)
+  }
+}
