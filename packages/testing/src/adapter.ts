@@ -37,6 +37,11 @@ export interface Capabilities {
   readonly singleConnection: boolean
   /** The adapter accepts a handle inside a transaction, for `createLock(tx, key, { scope: 'transaction' })`. */
   readonly transactionHandle: boolean
+  /**
+   * `withLock` in transaction scope sends `BEGIN` together with the lock, in one round trip
+   * (false where the driver opens its transactions itself, as Drizzle and Kysely do).
+   */
+  readonly beginWithLock: boolean
 }
 
 /**

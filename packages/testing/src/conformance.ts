@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url'
 import { type LockKey, LockLostError, LockTimeoutError, PgLockError, pgLocksRow, resolveLockId } from '@pglock/core'
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest'
 import type { AdapterUnderTest, Opened } from './adapter.ts'
+import { FaultProxy } from './fault-proxy.ts'
 import { Observer } from './observer.ts'
 
 const WORKER = fileURLToPath(new URL('./process-worker.ts', import.meta.url))
@@ -65,9 +66,9 @@ export function describeConformance(adapter: AdapterUnderTest): void {
   }
 
   /** Opens a handle for this test, and checks at its end that it leaked nothing. */
-  async function open(kind: 'pool' | 'connection' = 'pool', max = 5): Promise<Opened<any> & { applicationName: string }> {
+  async function open(kind: 'pool' | 'connection' = 'pool', max = 5, through = url): Promise<Opened<any> & { applicationName: string }> {
     const applicationName = `pglock-t-${randomBytes(5).toString('hex')}`
-    const options = { url, applicationName, max }
+    const options = { url: through, applicationName, max }
     const opened =
       kind === 'pool'
         ? await adapter.openPool(options)
@@ -517,12 +518,34 @@ export function describeConformance(adapter: AdapterUnderTest): void {
       it('locks integer, bigint and pair keys under the ids Postgres would use', async () => {
         const pool = await open()
         const base = Number.parseInt(randomBytes(3).toString('hex'), 16)
-        const keys: LockKey[] = [base, -BigInt(base) * 2n ** 40n, [base, -base]]
+        const keys: LockKey[] = [base, -BigInt(base) * 2n ** 32n - 1n, [base, -base]]
         for (const k of keys) {
           const holders = await lib.withLock(pool.db, k, () => observer.holders(k))
           expect(holders).toHaveLength(1)
           expect(resolveLockId(k).kind).toBe(Array.isArray(k) ? 'pair' : 'int64')
         }
+      })
+    })
+
+    describe('round trips', () => {
+      it('costs one round trip to take a session lock and one to release it', async () => {
+        const proxy = await FaultProxy.start(url)
+        onTestFinished(() => proxy.close())
+        const pool = await open('pool', 2, proxy.url)
+        const k = key('round-trips')
+        await lib.withLock(pool.db, k, () => undefined)
+        const counted = async (action: () => Promise<unknown>) => {
+          const before = proxy.roundTrips
+          await action()
+          return proxy.roundTrips - before
+        }
+        const lock = lib.createLock(pool.db, k)
+        expect(await counted(() => lock.acquire())).toBe(1)
+        expect(await counted(() => lock.release())).toBe(1)
+        expect(await counted(() => lock.tryAcquire())).toBe(1)
+        expect(await counted(() => lock.release())).toBe(1)
+        expect(await counted(() => lib.withLock(pool.db, k, () => undefined, { timeoutMs: 1_000 }))).toBe(2)
+        expect(await counted(() => lib.withLock(pool.db, k, () => undefined, { scope: 'transaction' }))).toBe(caps.beginWithLock ? 2 : 3)
       })
     })
 
