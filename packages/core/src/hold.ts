@@ -4,6 +4,7 @@ import type { LockId } from './keys.js'
 import {
   type AcquirePlan,
   acquireSql,
+  IN_FAILED_SQL_TRANSACTION,
   LOCK_NOT_AVAILABLE,
   NO_ACTIVE_SQL_TRANSACTION,
   QUERY_CANCELED,
@@ -98,7 +99,7 @@ async function queryPastCancel(connection: LockConnection<unknown>, sql: string)
  */
 async function undo(connection: LockConnection<unknown>, request: TakeRequest, failure: unknown): Promise<void> {
   const { framing } = request
-  if (framing.kind === 'driver-transaction') return
+  if (framing.kind === 'driver-transaction' || sqlState(failure) === IN_FAILED_SQL_TRANSACTION) return
   if (framing.kind === 'savepoint' && sqlState(failure) === NO_ACTIVE_SQL_TRANSACTION) return
   const sql =
     framing.kind === 'session'
@@ -148,6 +149,7 @@ export async function takeLock(connection: LockConnection<unknown>, request: Tak
     begin: framing.kind === 'begin',
     savepoint: framing.kind === 'savepoint' ? { name: framing.name, keepOpen: framing.keepOpen } : undefined,
   }
+  request.signal?.throwIfAborted()
   const outcome = await runCancellable(connection, acquireSql(plan), request.signal)
   if (outcome.ok && !request.signal?.aborted) {
     if (!attempt || outcome.rows[0]?.acquired === true) return true

@@ -7,6 +7,8 @@ export const LOCK_NOT_AVAILABLE = '55P03'
 export const QUERY_CANCELED = '57014'
 /** The SQLSTATE of `SAVEPOINT` outside a transaction block. */
 export const NO_ACTIVE_SQL_TRANSACTION = '25P01'
+/** The SQLSTATE of any statement sent inside a transaction that has already failed. */
+export const IN_FAILED_SQL_TRANSACTION = '25P02'
 
 type LockFunction = 'lock' | 'try' | 'xact' | 'try_xact' | 'unlock'
 
