@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } fro
 import type { AdapterUnderTest, Opened } from './adapter.ts'
 import { FaultProxy } from './fault-proxy.ts'
 import { Observer } from './observer.ts'
+import type {} from './provided-context.ts'
 
 const WORKER = fileURLToPath(new URL('./process-worker.ts', import.meta.url))
 
@@ -278,22 +279,25 @@ export function describeConformance(adapter: AdapterUnderTest): void {
         await holder.release()
       })
 
-      it.skipIf(!caps.transactionHandle)('reports the driver error, holding nothing, inside a transaction that already failed', async () => {
-        const pool = await open()
-        const k = key('failed-tx')
-        for (const scope of ['session', 'transaction'] as const) {
-          const failure = await outcome(
-            (adapter.inTransaction as NonNullable<typeof adapter.inTransaction>)(pool.db, async (tx) => {
-              await adapter.query(tx, 'SELECT 1 / 0').catch(() => undefined)
-              await lib.createLock(tx, k, { scope }).acquire()
-            }),
-          )
-          expect(failure.ok).toBe(false)
-          expect((failure as { error: unknown }).error).toMatchObject({ code: '25P02' })
-        }
-        expect(await observer.locks(k)).toEqual([])
-        expect(await lib.withLock(pool.db, k, () => 'usable')).toBe('usable')
-      })
+      it.skipIf(!caps.transactionHandle)(
+        'reports the driver error, holding nothing, inside a transaction that already failed',
+        async () => {
+          const pool = await open()
+          const k = key('failed-tx')
+          for (const scope of ['session', 'transaction'] as const) {
+            const failure = await outcome(
+              (adapter.inTransaction as NonNullable<typeof adapter.inTransaction>)(pool.db, async (tx) => {
+                await adapter.query(tx, 'SELECT 1 / 0').catch(() => undefined)
+                await lib.createLock(tx, k, { scope }).acquire()
+              }),
+            )
+            expect(failure.ok).toBe(false)
+            expect((failure as { error: unknown }).error).toMatchObject({ code: '25P02' })
+          }
+          expect(await observer.locks(k)).toEqual([])
+          expect(await lib.withLock(pool.db, k, () => 'usable')).toBe('usable')
+        },
+      )
 
       it.skipIf(!caps.singleConnection)('refuses a transaction-scope acquire on a connection outside a transaction', async () => {
         const connection = await open('connection')

@@ -1,12 +1,6 @@
-import type {} from 'vitest'
 import type { TestProject } from 'vitest/node'
 import { resolveTestDatabase } from './database.ts'
-
-declare module 'vitest' {
-  export interface ProvidedContext {
-    databaseUrl: string
-  }
-}
+import type {} from './provided-context.ts'
 
 /** Vitest global setup: resolves one database for the whole run and hands its URL to every test file. */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
