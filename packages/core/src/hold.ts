@@ -20,6 +20,16 @@ export function sqlState(error: unknown): string | undefined {
   return typeof code === 'string' ? code : undefined
 }
 
+/**
+ * @internal Whether an error means the connection itself failed (no SQLSTATE, a connection
+ * exception `08xxx`, or an operator intervention `57P0x` such as a terminated backend), as opposed
+ * to a statement that failed on a healthy connection.
+ */
+export function isConnectionFailure(error: unknown): boolean {
+  const code = sqlState(error)
+  return code === undefined || !/^[0-9A-Z]{5}$/.test(code) || code.startsWith('08') || code.startsWith('57P')
+}
+
 /** @internal Raised when a savepoint shows that no transaction is open. */
 export class NotInTransaction extends Error {
   constructor() {

@@ -9,7 +9,16 @@ import {
 } from './errors.js'
 import type { LockConnection, LockExecutor } from './executor.js'
 import { enterGate, type GateTicket } from './gate.js'
-import { type Framing, keepSavepoint, NotInTransaction, nextSavepoint, sqlState, takeLock, watchConnection } from './hold.js'
+import {
+  type Framing,
+  isConnectionFailure,
+  keepSavepoint,
+  NotInTransaction,
+  nextSavepoint,
+  sqlState,
+  takeLock,
+  watchConnection,
+} from './hold.js'
 import { type LockId, lockIdToken, resolveLockId } from './keys.js'
 import { type ResolvedLockOptions, resolveAcquireOptions, resolveLockOptions } from './options.js'
 import { QUERY_CANCELED, unlockSql } from './sql.js'
@@ -153,7 +162,6 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     const held = this.#held
     if (this.#state !== 'held' || held === undefined) return false
     this.#state = 'releasing'
-    held.stopWatching()
     if (this.scope === 'transaction') {
       this.#settle(held)
       return false
@@ -163,9 +171,16 @@ export class Lock<Db = unknown> implements AsyncDisposable {
       released = await this.#unlock(held.connection)
     } catch (error) {
       if (this.#state !== 'releasing') return false
+      if (isConnectionFailure(error)) {
+        this.#lose(
+          held,
+          new LockLostError(`lock ${describeKey(this.key)} was lost: its connection failed`, { ...this.#details, cause: error }),
+          true,
+        )
+        return false
+      }
       if (!held.connection.owned) {
         this.#state = 'held'
-        this.#held = { ...held, stopWatching: this.#watch(held.connection) }
         throw new ReleaseFailedError(`could not release lock ${describeKey(this.key)}: ${String((error as Error)?.message ?? error)}`, {
           ...this.#details,
           cause: error,
@@ -285,13 +300,13 @@ export class Lock<Db = unknown> implements AsyncDisposable {
   }
 
   #lose(held: Held<Db>, error: LockLostError, destroy: boolean): void {
-    held.stopWatching()
     void Promise.resolve(held.connection.release({ destroy, cause: error })).catch(() => undefined)
     this.#settle(held)
     this.#controller.abort(error)
   }
 
   #settle(held: Held<Db>): void {
+    held.stopWatching()
     this.#held = undefined
     this.#state = 'idle'
     held.ticket.leave()

@@ -454,6 +454,20 @@ export function describeConformance(adapter: AdapterUnderTest): void {
         expect(await observer.locks(k)).toEqual([])
       })
 
+      it.skipIf(!caps.singleConnection)('reports RELEASE_FAILED and keeps the lock when the caller left its transaction failed', async () => {
+        const connection = await open('connection')
+        const k = key('release-failed')
+        const lock = await lib.createLock(connection.db, k).acquire()
+        await adapter.query(connection.db, 'BEGIN')
+        await adapter.query(connection.db, 'SELECT 1 / 0').catch(() => undefined)
+        await expect(lock.release()).rejects.toMatchObject({ code: 'RELEASE_FAILED', key: k })
+        expect(lock.isHeld).toBe(true)
+        expect(await observer.holders(k)).toHaveLength(1)
+        await adapter.query(connection.db, 'ROLLBACK')
+        expect(await lock.release()).toBe(true)
+        expect(await observer.locks(k)).toEqual([])
+      })
+
       it.skipIf(!caps.singleConnection)('runs withLock on a connection the caller owns without closing it', async () => {
         const connection = await open('connection')
         const k = key('own-connection')
