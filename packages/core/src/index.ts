@@ -1,4 +1,11 @@
-export { type BoundLockFunctions, bindExecutor } from './adapter.js'
+export {
+  type BoundLockFunctions,
+  bindExecutor,
+  bindScopedExecutor,
+  type LeaseDb,
+  type LeaseDbOf,
+  type ScopedLockFunctions,
+} from './adapter.js'
 export {
   AlreadyHeldError,
   InvalidArgumentError,
@@ -22,6 +29,8 @@ export type {
   LockMode,
   LockOptions,
   LockScope,
+  NoOptions,
+  ScopeOf,
   TryWithLockResult,
   WithLockOptions,
 } from './types.js'

@@ -1,13 +1,4 @@
-import {
-  bindExecutor,
-  type Lease,
-  type Lock,
-  type LockKey,
-  type LockOptions,
-  type LockScope,
-  type TryWithLockResult,
-  type WithLockOptions,
-} from '@pglock/core'
+import { bindScopedExecutor, type LeaseDbOf } from '@pglock/core'
 import { type PostgresJsHandle, type PostgresJsLeaseDb, postgresJsExecutor } from './postgres-js-executor.js'
 
 export * from '@pglock/core'
@@ -20,12 +11,12 @@ export {
   runInPostgresJsTransaction,
 } from './postgres-js-executor.js'
 
-const bound = bindExecutor(postgresJsExecutor<PostgresJsHandle>)
+/** `lease.db` of a postgres.js handle, as a type-level function for the core's bound functions. */
+interface PostgresJsLease extends LeaseDbOf {
+  readonly db: PostgresJsLeaseDb<this['handle'], this['scope']>
+}
 
-/** The scope an options object asks for: `'session'` when it has no `scope`, either when it may have one. */
-type ScopeOf<O> = O extends { readonly scope: infer S extends LockScope } ? S : 'scope' extends keyof O ? LockScope : 'session'
-
-type NoOptions = Record<never, never>
+const bound = bindScopedExecutor<PostgresJsHandle, PostgresJsLease>(postgresJsExecutor)
 
 /**
  * Creates a handle on one advisory lock for a postgres.js `Sql`, `ReservedSql` or
@@ -51,13 +42,7 @@ type NoOptions = Record<never, never>
  * }
  * ```
  */
-export function createLock<H extends PostgresJsHandle, O extends LockOptions = NoOptions>(
-  db: H,
-  key: LockKey,
-  options?: O,
-): Lock<PostgresJsLeaseDb<H, ScopeOf<O>>> {
-  return bound.createLock(db, key, options) as Lock<PostgresJsLeaseDb<H, ScopeOf<O>>>
-}
+export const createLock = bound.createLock
 
 /**
  * Runs `fn` while holding the lock and always releases it; resolves to `fn`'s value. On a `Sql`,
@@ -77,14 +62,7 @@ export function createLock<H extends PostgresJsHandle, O extends LockOptions = N
  * }, { scope: 'transaction', timeoutMs: 5_000 })
  * ```
  */
-export function withLock<H extends PostgresJsHandle, T, O extends WithLockOptions = NoOptions>(
-  db: H,
-  key: LockKey,
-  fn: (lease: Lease<PostgresJsLeaseDb<H, ScopeOf<O>>>) => T | PromiseLike<T>,
-  options?: O,
-): Promise<T> {
-  return bound.withLock(db, key, fn as (lease: Lease<unknown>) => T, options)
-}
+export const withLock = bound.withLock
 
 /**
  * Like {@link withLock}, but never waits: resolves `{ acquired: false }` at once when another
@@ -98,11 +76,4 @@ export function withLock<H extends PostgresJsHandle, T, O extends WithLockOption
  * if (!run.acquired) console.log('another instance is on it')
  * ```
  */
-export function tryWithLock<H extends PostgresJsHandle, T, O extends WithLockOptions = NoOptions>(
-  db: H,
-  key: LockKey,
-  fn: (lease: Lease<PostgresJsLeaseDb<H, ScopeOf<O>>>) => T | PromiseLike<T>,
-  options?: O,
-): Promise<TryWithLockResult<T>> {
-  return bound.tryWithLock(db, key, fn as (lease: Lease<unknown>) => T, options)
-}
+export const tryWithLock = bound.tryWithLock

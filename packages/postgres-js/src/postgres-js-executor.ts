@@ -8,7 +8,7 @@ export type PostgresJsHandle = Sql<any> | ReservedSql<any> | TransactionSql<any>
  * What `lease.db` is for a handle in a scope: on a `Sql`, the `ReservedSql` pinned for a session
  * lock or the `TransactionSql` of `sql.begin()` for a transaction lock; else the handle itself.
  */
-export type PostgresJsLeaseDb<H extends PostgresJsHandle, S extends LockScope = LockScope> =
+export type PostgresJsLeaseDb<H, S extends LockScope = LockScope> =
   H extends ReservedSql<any>
     ? H
     : H extends TransactionSql<any>
