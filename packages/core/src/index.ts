@@ -21,6 +21,7 @@ export {
 export type { LockConnection, LockExecutor, Row } from './executor.js'
 export { type LockId, pgLocksRow, postgresLock01, resolveLockId, sha1Int64 } from './keys.js'
 export { Lock } from './lock.js'
+export { type LossTracker, trackLoss } from './loss.js'
 export type {
   AcquireOptions,
   KeyHash,

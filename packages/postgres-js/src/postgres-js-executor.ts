@@ -1,4 +1,4 @@
-import { InvalidArgumentError, type LockConnection, type LockExecutor, type LockScope, type Row } from '@pglock/core'
+import { InvalidArgumentError, type LockConnection, type LockExecutor, type LockScope, type Row, trackLoss } from '@pglock/core'
 import type { PendingQuery, ReservedSql, Sql, TransactionSql, UnsafeQueryOptions } from 'postgres'
 
 /** A postgres.js handle pglock can lock with: a `Sql` (a pool), a `ReservedSql` or a `TransactionSql`. */
@@ -123,17 +123,12 @@ export function pinPostgresJs<Db>(
   options: { readonly owned: boolean; readonly giveBack?: (() => void) | undefined },
 ): PostgresJsConnection<Db> {
   const { owned, giveBack } = options
-  const listeners = new Set<(cause: unknown) => void>()
+  const loss = trackLoss()
   let raw: RawConnection | undefined
   let unhook: (() => void) | undefined
-  let lostCause: { cause: unknown } | undefined
   let running: RawQuery | undefined
   let released = false
-  const onClose = (cause: unknown) => {
-    if (lostCause !== undefined) return
-    lostCause = { cause: cause ?? new Error('postgres.js connection closed') }
-    for (const listener of listeners) listener(lostCause.cause)
-  }
+  const onClose = (cause: unknown) => loss.report(cause ?? new Error('postgres.js connection closed'))
   const onexecute = (connection: RawConnection) => {
     if (raw === undefined && !released) {
       raw = connection
@@ -145,10 +140,10 @@ export function pinPostgresJs<Db>(
     db,
     owned,
     get lost() {
-      return lostCause !== undefined
+      return loss.lost
     },
     async query(sql) {
-      if (lostCause !== undefined) throw lostCause.cause
+      if (loss.lost) throw loss.cause
       const query = handle.unsafe(sql, [], { onexecute } as UnsafeQueryOptions) as RawQuery
       // pglock undoes its own failed statements; inside sql.begin() postgres.js would otherwise fail the whole transaction for them
       ;(query as { catch: unknown }).catch = () => query
@@ -163,22 +158,15 @@ export function pinPostgresJs<Db>(
     },
     async cancel() {
       const query = running
-      if (query !== undefined && lostCause === undefined) await cancelQuery(query).catch(() => undefined)
+      if (query !== undefined && !loss.lost) await cancelQuery(query).catch(() => undefined)
     },
-    onLost(listener) {
-      if (lostCause !== undefined) {
-        listener(lostCause.cause)
-        return () => undefined
-      }
-      listeners.add(listener)
-      return () => listeners.delete(listener)
-    },
+    onLost: loss.onLost,
     release({ destroy }) {
       if (released) return
       released = true
-      listeners.clear()
+      loss.clear()
       unhook?.()
-      if (!owned || lostCause !== undefined) return
+      if (!owned || loss.lost) return
       if (destroy && raw !== undefined) raw.terminate()
       else giveBack?.()
     },
