@@ -77,6 +77,13 @@ export type LeaseDb<F extends LeaseDbOf, H, S extends LockScope> = (F & { readon
 /**
  * {@link BoundLockFunctions} for adapters whose `lease.db` depends on the handle and on the scope
  * the options ask for (see {@link ScopeOf}).
+ *
+ * @example
+ * ```ts
+ * const { withLock } = bindScopedExecutor<PostgresJsHandle, PostgresJsLease>(postgresJsExecutor)
+ * await withLock(sql, 'k', ({ db }) => db`SELECT 1`)                              // db: ReservedSql
+ * await withLock(sql, 'k', ({ db }) => db`SELECT 1`, { scope: 'transaction' })   // db: TransactionSql
+ * ```
  */
 export interface ScopedLockFunctions<Handle, F extends LeaseDbOf> {
   /** A handle on one lock; sends no SQL until acquired. */

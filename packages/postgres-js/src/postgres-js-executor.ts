@@ -1,12 +1,27 @@
 import { InvalidArgumentError, type LockConnection, type LockExecutor, type LockScope, type Row, trackLoss } from '@pglock/core'
 import type { PendingQuery, ReservedSql, Sql, TransactionSql, UnsafeQueryOptions } from 'postgres'
 
-/** A postgres.js handle pglock can lock with: a `Sql` (a pool), a `ReservedSql` or a `TransactionSql`. */
+/**
+ * A postgres.js handle pglock can lock with: a `Sql` (a pool), a `ReservedSql` or a `TransactionSql`.
+ *
+ * @example
+ * ```ts
+ * function lockFor(db: PostgresJsHandle, job: number) {
+ *   return createLock(db, ['job', job].join(':'))
+ * }
+ * ```
+ */
 export type PostgresJsHandle = Sql<any> | ReservedSql<any> | TransactionSql<any>
 
 /**
  * What `lease.db` is for a handle in a scope: on a `Sql`, the `ReservedSql` pinned for a session
  * lock or the `TransactionSql` of `sql.begin()` for a transaction lock; else the handle itself.
+ *
+ * @example
+ * ```ts
+ * type Pinned = PostgresJsLeaseDb<Sql, 'session'>      // ReservedSql
+ * type Tx = PostgresJsLeaseDb<Sql, 'transaction'>      // TransactionSql
+ * ```
  */
 export type PostgresJsLeaseDb<H, S extends LockScope = LockScope> =
   H extends ReservedSql<any>
@@ -100,7 +115,15 @@ async function cancelQuery(query: RawQuery): Promise<void> {
   await query.canceller(query)
 }
 
-/** A pinned postgres.js connection, plus whether it has closed under pglock. */
+/**
+ * A pinned postgres.js connection, plus whether it has closed under pglock.
+ *
+ * @example
+ * ```ts
+ * const connection = pinPostgresJs(tx, tx, { owned: false })
+ * if (!connection.lost) await connection.query('SELECT 1')
+ * ```
+ */
 export interface PostgresJsConnection<Db> extends LockConnection<Db> {
   /** Whether the connection closed while pinned; no statement may be sent on it then. */
   readonly lost: boolean
