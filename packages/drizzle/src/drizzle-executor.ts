@@ -3,16 +3,39 @@ import { pgExecutor } from '@pglock/pg'
 import { postgresJsExecutor, runInPostgresJsTransaction } from '@pglock/postgres-js'
 import type { PgDatabase, PgQueryResultHKT, PgTransaction } from 'drizzle-orm/pg-core'
 
-/** A Drizzle handle pglock can lock with: a Postgres database or a transaction (`tx`) of one. */
+/**
+ * A Drizzle handle pglock can lock with: a Postgres database or a transaction (`tx`) of one.
+ *
+ * @example
+ * ```ts
+ * async function exclusively<T>(db: DrizzleHandle, job: string, fn: () => Promise<T>): Promise<T> {
+ *   return withLock(db, `job:${job}`, fn, { scope: 'transaction' })
+ * }
+ * ```
+ */
 export type DrizzleHandle = PgDatabase<PgQueryResultHKT, any, any>
 
-/** The transaction handle (`tx`) that `db.transaction()` passes to its callback. */
+/**
+ * The transaction handle (`tx`) that `db.transaction()` passes to its callback.
+ *
+ * @example
+ * ```ts
+ * const db = drizzle(pool, { schema })
+ * type Tx = DrizzleTransactionOf<typeof db> // PgTransaction<NodePgQueryResultHKT, typeof schema, ...>
+ * ```
+ */
 export type DrizzleTransactionOf<H extends DrizzleHandle> = Parameters<Parameters<H['transaction']>[0]>[0]
 
 /**
  * What `lease.db` is for a handle in a scope: for a database, a database of the same kind bound
  * to the connection holding a session lock (its `$client` is that connection), or the `tx` of
  * `db.transaction()` for a transaction lock; for a `tx`, the `tx` itself.
+ *
+ * @example
+ * ```ts
+ * type Pinned = DrizzleLeaseDb<typeof db, 'session'>    // like typeof db, without $client
+ * type Tx = DrizzleLeaseDb<typeof db, 'transaction'>    // DrizzleTransactionOf<typeof db>
+ * ```
  */
 export type DrizzleLeaseDb<H, S extends LockScope = LockScope> =
   H extends PgTransaction<any, any, any>
@@ -28,6 +51,7 @@ interface DrizzleShape {
   readonly _: { readonly session: SessionShape }
   readonly $client?: unknown
   readonly $cache?: unknown
+  readonly $primary?: unknown
   transaction<T>(body: (tx: DrizzleShape) => Promise<T>): Promise<T>
   rollback?(): never
 }
@@ -74,11 +98,14 @@ function bindDatabase<Db extends DrizzleShape>(db: Db, client: unknown): Db {
   return Object.assign(bound, { $client: client, $cache: db.$cache })
 }
 
+function kindOf(value: unknown): string {
+  if (value === null || value === undefined) return String(value)
+  return typeof value === 'object' ? (Object.getPrototypeOf(value)?.constructor?.name ?? 'an object') : typeof value
+}
+
 function unsupportedClient(client: unknown): UnsupportedError {
-  const kind =
-    client === null || client === undefined ? String(client) : (Object.getPrototypeOf(client)?.constructor?.name ?? typeof client)
   return new UnsupportedError(
-    `@pglock/drizzle locks through Drizzle databases over node-postgres (drizzle-orm/node-postgres) or postgres.js (drizzle-orm/postgres-js); this one runs on ${kind}`,
+    `@pglock/drizzle locks through Drizzle databases over node-postgres (drizzle-orm/node-postgres) or postgres.js (drizzle-orm/postgres-js); this one runs on ${kindOf(client)}`,
   )
 }
 
@@ -111,7 +138,8 @@ function runInDrizzleTransaction<T>(db: DrizzleShape, body: (connection: LockCon
  * session lock and runs a transaction lock in `db.transaction()`. A database over one connection
  * (a node-postgres `Client`, a postgres.js `ReservedSql`) offers transaction scope only, since
  * its connection is shared by every query of the database. A `tx` is one connection inside a
- * transaction, which pglock never ends.
+ * transaction, which pglock never ends. A database with read replicas (`withReplicas`) locks on
+ * its primary.
  *
  * @throws `UnsupportedError` for a database over another driver, `InvalidArgumentError` for a
  * value that is not a Drizzle Postgres database.
@@ -128,11 +156,8 @@ export function drizzleExecutor<H extends DrizzleHandle>(db: H): LockExecutor<Dr
 }
 
 function executorFor(db: unknown): LockExecutor<unknown> {
-  if (!isDrizzle(db)) {
-    throw new InvalidArgumentError(
-      `db must be a Drizzle Postgres database or transaction, got ${db === null ? 'null' : typeof db === 'object' ? (Object.getPrototypeOf(db)?.constructor?.name ?? 'an object') : typeof db}`,
-    )
-  }
+  if (!isDrizzle(db)) throw new InvalidArgumentError(`db must be a Drizzle Postgres database or transaction, got ${kindOf(db)}`)
+  if (db.$primary !== undefined) return executorFor(db.$primary)
   const client = db._.session.client
   if (isTransaction(db)) {
     const inner = transactionExecutor(db)

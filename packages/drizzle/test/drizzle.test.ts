@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { createLock, withLock } from '@pglock/drizzle'
 import { sql } from 'drizzle-orm'
 import { drizzle as drizzleNodePg } from 'drizzle-orm/node-postgres'
-import { integer, pgTable } from 'drizzle-orm/pg-core'
+import { integer, pgTable, withReplicas } from 'drizzle-orm/pg-core'
 import { drizzle as drizzlePostgresJs } from 'drizzle-orm/postgres-js'
 import pg from 'pg'
 import postgres from 'postgres'
@@ -34,6 +34,14 @@ describe('drizzle specifics', () => {
       const row = await withLock(db, key('schema'), ({ db: locked }) => locked.query.counters.findFirst())
       expect(row).toEqual({ id: 1, value: 0 })
     }
+  })
+
+  it('locks on the primary of a database with read replicas', async () => {
+    const primary = drizzleNodePg({ client: pool, schema: { counters } })
+    const db = withReplicas(primary, [drizzleNodePg({ client: pool, schema: { counters } })])
+    const row = await withLock(db, key('replicas'), ({ db: locked }) => locked.query.counters.findFirst())
+    expect(row).toEqual({ id: 1, value: 0 })
+    expect(await withLock(db, key('replicas-tx'), ({ db: tx }) => tx.query.counters.findFirst(), { scope: 'transaction' })).toEqual(row)
   })
 
   it('refuses session scope on a database over one Client with UNSUPPORTED, before any SQL', () => {
