@@ -1,6 +1,6 @@
 import type { LockExecutor } from './executor.js'
 import { Lock } from './lock.js'
-import type { LockKey, LockOptions, TryWithLockResult, WithLockOptions } from './types.js'
+import type { LockKey, LockOptions, LockScope, NoOptions, ScopeOf, TryWithLockResult, WithLockOptions } from './types.js'
 import { type LeaseFn, runWithLock } from './with-lock.js'
 
 /**
@@ -42,4 +42,82 @@ export function bindExecutor<Handle, Db>(toExecutor: (db: Handle) => LockExecuto
     },
     tryWithLock: async (db, key, fn, options) => runWithLock(toExecutor(db), key, fn, options, true),
   }
+}
+
+/**
+ * A type-level function from a driver handle and a lock scope to the type of `lease.db`, for
+ * adapters where it depends on both (postgres.js: the `ReservedSql` of a session lock, the
+ * `TransactionSql` of a transaction lock). Extend it and compute `db` from `this['handle']` and
+ * `this['scope']`, through a type alias so that a scope left open (`LockScope`) gives a union.
+ *
+ * @example
+ * ```ts
+ * type MyLeaseDb<H, S> = S extends 'transaction' ? MyTransaction : MyConnection
+ * interface MyLease extends LeaseDbOf {
+ *   readonly db: MyLeaseDb<this['handle'], this['scope']>
+ * }
+ * ```
+ */
+export interface LeaseDbOf {
+  readonly handle: unknown
+  readonly scope: LockScope
+  readonly db: unknown
+}
+
+/**
+ * What `lease.db` is for handle `H` in scope `S`, by an adapter's {@link LeaseDbOf}.
+ *
+ * @example
+ * ```ts
+ * type Pinned = LeaseDb<PostgresJsLease, Sql, 'session'> // ReservedSql
+ * ```
+ */
+export type LeaseDb<F extends LeaseDbOf, H, S extends LockScope> = (F & { readonly handle: H; readonly scope: S })['db']
+
+/**
+ * {@link BoundLockFunctions} for adapters whose `lease.db` depends on the handle and on the scope
+ * the options ask for (see {@link ScopeOf}).
+ *
+ * @example
+ * ```ts
+ * const { withLock } = bindScopedExecutor<PostgresJsHandle, PostgresJsLease>(postgresJsExecutor)
+ * await withLock(sql, 'k', ({ db }) => db`SELECT 1`)                              // db: ReservedSql
+ * await withLock(sql, 'k', ({ db }) => db`SELECT 1`, { scope: 'transaction' })   // db: TransactionSql
+ * ```
+ */
+export interface ScopedLockFunctions<Handle, F extends LeaseDbOf> {
+  /** A handle on one lock; sends no SQL until acquired. */
+  createLock<H extends Handle, O extends LockOptions = NoOptions>(db: H, key: LockKey, options?: O): Lock<LeaseDb<F, H, ScopeOf<O>>>
+  /** Runs `fn` while holding the lock and always releases it; resolves to `fn`'s value. */
+  withLock<H extends Handle, T, O extends WithLockOptions = NoOptions>(
+    db: H,
+    key: LockKey,
+    fn: LeaseFn<LeaseDb<F, H, ScopeOf<O>>, T>,
+    options?: O,
+  ): Promise<T>
+  /** Like `withLock`, but does not wait: `{ acquired: false }` when the lock is taken. */
+  tryWithLock<H extends Handle, T, O extends WithLockOptions = NoOptions>(
+    db: H,
+    key: LockKey,
+    fn: LeaseFn<LeaseDb<F, H, ScopeOf<O>>, T>,
+    options?: O,
+  ): Promise<TryWithLockResult<T>>
+}
+
+/**
+ * {@link bindExecutor} for adapters whose `lease.db` type depends on the handle and the scope:
+ * the functions are typed by the adapter's {@link LeaseDbOf}.
+ *
+ * @example
+ * ```ts
+ * interface PostgresJsLease extends LeaseDbOf {
+ *   readonly db: PostgresJsLeaseDb<this['handle'], this['scope']>
+ * }
+ * export const { createLock, withLock, tryWithLock } = bindScopedExecutor<PostgresJsHandle, PostgresJsLease>(postgresJsExecutor)
+ * ```
+ */
+export function bindScopedExecutor<Handle, F extends LeaseDbOf>(
+  toExecutor: (db: Handle) => LockExecutor<unknown>,
+): ScopedLockFunctions<Handle, F> {
+  return bindExecutor(toExecutor) as unknown as ScopedLockFunctions<Handle, F>
 }

@@ -85,7 +85,7 @@ export interface LockConnection<Db> {
 export interface LockExecutor<Db> {
   /**
    * `'pool'`: every `connect()` yields a connection of its own that pglock owns (a pool, a
-   * postgres.js `Sql`, a Kysely instance).
+   * postgres.js `Sql`, a Kysely instance, a Drizzle database).
    * `'connection'`: every `connect()` yields the same connection, which the caller owns (a
    * client, a reserved connection, a transaction).
    */
@@ -99,8 +99,13 @@ export interface LockExecutor<Db> {
    */
   readonly scope: object
 
-  /** Pins a connection: checks one out of a pool, or returns the one connection. */
-  connect(): Promise<LockConnection<Db>>
+  /**
+   * Pins a connection: checks one out of a pool, or returns the one connection. Leave it out
+   * when the handle cannot keep one connection from acquire to release (a Drizzle database over
+   * an HTTP driver or over a single shared client): session scope then fails with `UNSUPPORTED`
+   * before any SQL, and a `'pool'` executor must offer {@link LockExecutor.transaction}.
+   */
+  connect?(): Promise<LockConnection<Db>>
 
   /**
    * For `'connection'` executors: whether the connection is inside a transaction block now.

@@ -1,4 +1,11 @@
-export { type BoundLockFunctions, bindExecutor } from './adapter.js'
+export {
+  type BoundLockFunctions,
+  bindExecutor,
+  bindScopedExecutor,
+  type LeaseDb,
+  type LeaseDbOf,
+  type ScopedLockFunctions,
+} from './adapter.js'
 export {
   AlreadyHeldError,
   InvalidArgumentError,
@@ -14,6 +21,7 @@ export {
 export type { LockConnection, LockExecutor, Row } from './executor.js'
 export { type LockId, pgLocksRow, postgresLock01, resolveLockId, sha1Int64 } from './keys.js'
 export { Lock } from './lock.js'
+export { type LossTracker, trackLoss } from './loss.js'
 export type {
   AcquireOptions,
   KeyHash,
@@ -22,6 +30,8 @@ export type {
   LockMode,
   LockOptions,
   LockScope,
+  NoOptions,
+  ScopeOf,
   TryWithLockResult,
   WithLockOptions,
 } from './types.js'

@@ -93,6 +93,12 @@ export class Lock<Db = unknown> implements AsyncDisposable {
         this.#details,
       )
     }
+    if (resolved.scope === 'session' && executor.connect === undefined) {
+      throw new UnsupportedError(
+        `session scope needs one connection kept from acquire to release, and this handle cannot pin one: use withLock(db, key, fn, { scope: 'transaction' })`,
+        this.#details,
+      )
+    }
   }
 
   /** Whether this handle holds its lock now. Becomes false on release and when the lock is lost. */

@@ -94,3 +94,27 @@ export interface Lease<Db> {
 
 /** The result of `tryWithLock`: the function's value when the lock was free, else nothing. */
 export type TryWithLockResult<T> = { readonly acquired: true; readonly value: T } | { readonly acquired: false }
+
+/**
+ * The scope an options object asks for, for adapters whose `lease.db` type depends on it:
+ * `S` for `{ scope: S }`, `'session'` for options without `scope` (or none), and either when
+ * the type leaves it open.
+ *
+ * @example
+ * ```ts
+ * type A = ScopeOf<{ scope: 'transaction' }> // 'transaction'
+ * type B = ScopeOf<{ timeoutMs: 500 }>       // 'session'
+ * type C = ScopeOf<WithLockOptions>          // LockScope
+ * ```
+ */
+export type ScopeOf<O> = O extends { readonly scope: infer S extends LockScope } ? S : 'scope' extends keyof O ? LockScope : 'session'
+
+/**
+ * The options type an adapter's functions infer when called without options.
+ *
+ * @example
+ * ```ts
+ * function withLock<O extends WithLockOptions = NoOptions>(db: Db, key: LockKey, fn: LeaseFn, options?: O): Promise<void>
+ * ```
+ */
+export type NoOptions = Record<never, never>

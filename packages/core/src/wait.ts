@@ -1,3 +1,4 @@
+import { UnsupportedError } from './errors.js'
 import type { LockConnection, LockExecutor } from './executor.js'
 
 /** @internal Thrown by {@link interruptible} when the deadline passes first. */
@@ -66,6 +67,7 @@ export async function checkOut<Db>(
   deadline: number | undefined,
 ): Promise<{ connection: LockConnection<Db>; deadline: number | undefined }> {
   const started = performance.now()
+  if (executor.connect === undefined) throw new UnsupportedError('this handle cannot pin a connection for a lock')
   const connection = await interruptible(executor.connect(), { signal, abandon: (late) => void late.release({ destroy: false }) })
   return { connection, deadline: deadline === undefined ? undefined : deadline + performance.now() - started }
 }

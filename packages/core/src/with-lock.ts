@@ -92,9 +92,7 @@ async function runInTransaction<Db, T>(run: Run<Db, T>): Promise<TryWithLockResu
   const ticket = await enterGate(executor.scope, lockIdToken(run.id), exclusive, { attempt, signal, deadline })
   if (ticket === undefined) return { acquired: false }
   try {
-    if (executor.kind === 'pool' && executor.transaction !== undefined) {
-      return await executor.transaction((connection) => holdWhileRunning(run, connection, { kind: 'driver-transaction' }))
-    }
+    if (executor.kind === 'pool' && executor.transaction !== undefined) return await inDriverTransaction(run, executor.transaction)
     const { connection, deadline: lockDeadline } = await checkOut(executor, signal, deadline)
     try {
       return await inOpenOrNewTransaction({ ...run, deadline: lockDeadline }, connection)
@@ -103,6 +101,29 @@ async function runInTransaction<Db, T>(run: Run<Db, T>): Promise<TryWithLockResu
     }
   } finally {
     ticket.leave()
+  }
+}
+
+/**
+ * Runs the lock and `fn` inside a transaction the driver opens. When they fail, their failure is
+ * what `withLock` reports, even if the driver then fails too: its `ROLLBACK` on a connection that
+ * died (which is how the lock was lost) would otherwise replace `LockLostError`, and postgres.js
+ * rejects `sql.begin()` as soon as the connection closes, before `fn` has even returned.
+ */
+async function inDriverTransaction<Db, T>(
+  run: Run<Db, T>,
+  transaction: NonNullable<LockExecutor<Db>['transaction']>,
+): Promise<TryWithLockResult<T>> {
+  let held: Promise<TryWithLockResult<T>> | undefined
+  try {
+    return await transaction((connection) => (held = holdWhileRunning(run, connection, { kind: 'driver-transaction' })))
+  } catch (error) {
+    if (held === undefined) throw error
+    const failure = await held.then(
+      () => undefined,
+      (reason: unknown) => ({ reason }),
+    )
+    throw failure === undefined ? error : failure.reason
   }
 }
 

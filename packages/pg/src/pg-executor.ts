@@ -1,4 +1,4 @@
-import { InvalidArgumentError, type LockConnection, type LockExecutor, type Row } from '@pglock/core'
+import { InvalidArgumentError, type LockConnection, type LockExecutor, type Row, trackLoss } from '@pglock/core'
 import type { ClientBase, Pool, PoolClient, QueryResult } from 'pg'
 
 /** A node-postgres handle pglock can lock with: a `Pool`, a `PoolClient` or a `Client`. */
@@ -46,14 +46,9 @@ async function cancelBackend(client: AnyClient): Promise<void> {
 }
 
 function pin<C extends AnyClient>(client: C, owned: boolean): LockConnection<C> {
-  const listeners = new Set<(cause: unknown) => void>()
-  let lostCause: { cause: unknown } | undefined
+  const loss = trackLoss()
   let released = false
-  const onError = (error: unknown) => {
-    if (lostCause !== undefined) return
-    lostCause = { cause: error }
-    for (const listener of listeners) listener(error)
-  }
+  const onError = (error: unknown) => loss.report(error)
   const onEnd = () => onError(new Error('Connection terminated'))
   client.on('error', onError)
   client.on('end', onEnd)
@@ -62,20 +57,13 @@ function pin<C extends AnyClient>(client: C, owned: boolean): LockConnection<C> 
     owned,
     query: async (sql) => lastRows(await (client.query(sql) as unknown as Promise<QueryResult | QueryResult[]>)),
     cancel: () => cancelBackend(client).catch(() => undefined),
-    onLost(listener) {
-      if (lostCause !== undefined) {
-        listener(lostCause.cause)
-        return () => undefined
-      }
-      listeners.add(listener)
-      return () => listeners.delete(listener)
-    },
+    onLost: loss.onLost,
     release({ destroy, cause }) {
       if (released) return
       released = true
-      listeners.clear()
-      if (owned) client.release?.(destroy || lostCause !== undefined ? ((cause ?? lostCause?.cause ?? true) as Error | boolean) : undefined)
-      if (lostCause === undefined || !owned) {
+      loss.clear()
+      if (owned) client.release?.(destroy || loss.lost ? ((cause ?? loss.cause ?? true) as Error | boolean) : undefined)
+      if (!loss.lost || !owned) {
         client.removeListener('error', onError)
         client.removeListener('end', onEnd)
       }

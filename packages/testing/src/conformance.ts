@@ -292,7 +292,8 @@ export function describeConformance(adapter: AdapterUnderTest): void {
               }),
             )
             expect(failure.ok).toBe(false)
-            expect((failure as { error: unknown }).error).toMatchObject({ code: '25P02' })
+            // the lock statement's own 25P02, or the first failure where the driver reports that (postgres.js)
+            expect(['25P02', '22012']).toContain((failure as { error: { code?: unknown } }).error.code)
           }
           expect(await observer.locks(k)).toEqual([])
           expect(await lib.withLock(pool.db, k, () => 'usable')).toBe('usable')
@@ -454,19 +455,22 @@ export function describeConformance(adapter: AdapterUnderTest): void {
         expect(await observer.locks(k)).toEqual([])
       })
 
-      it.skipIf(!caps.singleConnection)('reports RELEASE_FAILED and keeps the lock when the caller left its transaction failed', async () => {
-        const connection = await open('connection')
-        const k = key('release-failed')
-        const lock = await lib.createLock(connection.db, k).acquire()
-        await adapter.query(connection.db, 'BEGIN')
-        await adapter.query(connection.db, 'SELECT 1 / 0').catch(() => undefined)
-        await expect(lock.release()).rejects.toMatchObject({ code: 'RELEASE_FAILED', key: k })
-        expect(lock.isHeld).toBe(true)
-        expect(await observer.holders(k)).toHaveLength(1)
-        await adapter.query(connection.db, 'ROLLBACK')
-        expect(await lock.release()).toBe(true)
-        expect(await observer.locks(k)).toEqual([])
-      })
+      it.skipIf(!caps.singleConnection)(
+        'reports RELEASE_FAILED and keeps the lock when the caller left its transaction failed',
+        async () => {
+          const connection = await open('connection')
+          const k = key('release-failed')
+          const lock = await lib.createLock(connection.db, k).acquire()
+          await adapter.query(connection.db, 'BEGIN')
+          await adapter.query(connection.db, 'SELECT 1 / 0').catch(() => undefined)
+          await expect(lock.release()).rejects.toMatchObject({ code: 'RELEASE_FAILED', key: k })
+          expect(lock.isHeld).toBe(true)
+          expect(await observer.holders(k)).toHaveLength(1)
+          await adapter.query(connection.db, 'ROLLBACK')
+          expect(await lock.release()).toBe(true)
+          expect(await observer.locks(k)).toEqual([])
+        },
+      )
 
       it.skipIf(!caps.singleConnection)('runs withLock on a connection the caller owns without closing it', async () => {
         const connection = await open('connection')

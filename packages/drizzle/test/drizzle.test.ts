@@ -1,0 +1,83 @@
+import { randomBytes } from 'node:crypto'
+import { createLock, withLock } from '@pglock/drizzle'
+import { sql } from 'drizzle-orm'
+import { drizzle as drizzleNodePg } from 'drizzle-orm/node-postgres'
+import { integer, pgTable, withReplicas } from 'drizzle-orm/pg-core'
+import { drizzle as drizzlePostgresJs } from 'drizzle-orm/postgres-js'
+import pg from 'pg'
+import postgres from 'postgres'
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
+
+const key = (label: string) => `pglock-test:drizzle:${randomBytes(4).toString('hex')}:${label}`
+const table = `pglock_drizzle_${randomBytes(4).toString('hex')}`
+const counters = pgTable(table, { id: integer('id').primaryKey(), value: integer('value').notNull() })
+
+describe('drizzle specifics', () => {
+  let url = ''
+  let pool: pg.Pool
+  let client: postgres.Sql
+
+  beforeAll(async () => {
+    url = inject('databaseUrl')
+    pool = new pg.Pool({ connectionString: url, max: 3 })
+    client = postgres(url, { max: 3, onnotice: () => undefined })
+    await pool.query(`CREATE TABLE ${table} (id int PRIMARY KEY, value int NOT NULL)`)
+    await pool.query(`INSERT INTO ${table} VALUES (1, 0)`)
+  })
+  afterAll(async () => {
+    await pool.query(`DROP TABLE ${table}`)
+    await Promise.all([pool.end(), client.end()])
+  })
+
+  it('gives session-scope fn a database on the locked connection that keeps the schema', async () => {
+    for (const db of [drizzleNodePg({ client: pool, schema: { counters } }), drizzlePostgresJs({ client, schema: { counters } })]) {
+      const row = await withLock(db, key('schema'), ({ db: locked }) => locked.query.counters.findFirst())
+      expect(row).toEqual({ id: 1, value: 0 })
+    }
+  })
+
+  it('locks on the primary of a database with read replicas', async () => {
+    const primary = drizzleNodePg({ client: pool, schema: { counters } })
+    const db = withReplicas(primary, [drizzleNodePg({ client: pool, schema: { counters } })])
+    const row = await withLock(db, key('replicas'), ({ db: locked }) => locked.query.counters.findFirst())
+    expect(row).toEqual({ id: 1, value: 0 })
+    expect(await withLock(db, key('replicas-tx'), ({ db: tx }) => tx.query.counters.findFirst(), { scope: 'transaction' })).toEqual(row)
+  })
+
+  it('refuses session scope on a database over one Client with UNSUPPORTED, before any SQL', () => {
+    const db = drizzleNodePg({ client: new pg.Client({ connectionString: url }) })
+    expect(() => createLock(db, key('single-client'))).toThrow(
+      expect.objectContaining({ code: 'UNSUPPORTED', message: expect.stringContaining("scope: 'transaction'") }),
+    )
+  })
+
+  it('runs transaction scope on a database over one Client', async () => {
+    const single = new pg.Client({ connectionString: url })
+    await single.connect()
+    try {
+      const db = drizzleNodePg({ client: single })
+      const value = await withLock(
+        db,
+        key('single-client-tx'),
+        async ({ db: tx }) => (await tx.execute(sql`SELECT 42 AS answer`)).rows[0]?.answer,
+        {
+          scope: 'transaction',
+        },
+      )
+      expect(value).toBe(42)
+    } finally {
+      await single.end()
+    }
+  })
+
+  it('refuses a database over another driver with UNSUPPORTED naming the supported ones', () => {
+    const http = drizzleNodePg.mock()
+    expect(() => createLock(http, key('http'), { scope: 'transaction' })).toThrow(
+      expect.objectContaining({ code: 'UNSUPPORTED', message: expect.stringContaining('node-postgres') }),
+    )
+  })
+
+  it('refuses a value that is not a Drizzle database with INVALID_ARGUMENT', () => {
+    expect(() => createLock(pool as never, key('not-drizzle'))).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
+  })
+})

@@ -1,0 +1,4 @@
+import { describeConformance } from '@pglock/testing'
+import adapter from './node-postgres.adapter.ts'
+
+describeConformance(adapter)

@@ -1,0 +1,79 @@
+import { bindScopedExecutor, type LeaseDbOf } from '@pglock/core'
+import { type PostgresJsHandle, type PostgresJsLeaseDb, postgresJsExecutor } from './postgres-js-executor.js'
+
+export * from '@pglock/core'
+export {
+  type PostgresJsConnection,
+  type PostgresJsHandle,
+  type PostgresJsLeaseDb,
+  pinPostgresJs,
+  postgresJsExecutor,
+  runInPostgresJsTransaction,
+} from './postgres-js-executor.js'
+
+/** `lease.db` of a postgres.js handle, as a type-level function for the core's bound functions. */
+interface PostgresJsLease extends LeaseDbOf {
+  readonly db: PostgresJsLeaseDb<this['handle'], this['scope']>
+}
+
+const bound = bindScopedExecutor<PostgresJsHandle, PostgresJsLease>(postgresJsExecutor)
+
+/**
+ * Creates a handle on one advisory lock for a postgres.js `Sql`, `ReservedSql` or
+ * `TransactionSql`. It sends no SQL until you acquire. On a `Sql`, session scope pins one
+ * connection with `sql.reserve()` from acquire to release and gives it back only after a
+ * confirmed unlock; `lock.db` is that `ReservedSql`.
+ *
+ * @throws `InvalidKeyError` for a key that cannot name a lock, `UnsupportedError` for
+ * transaction scope on a `Sql` (use `withLock`, or pass the `TransactionSql` of `sql.begin()`).
+ * @example
+ * ```ts
+ * import postgres from 'postgres'
+ * import { createLock } from '@pglock/postgres-js'
+ *
+ * const sql = postgres(process.env.DATABASE_URL)
+ * const lock = createLock(sql, 'job:7')
+ * if (await lock.tryAcquire()) {
+ *   try {
+ *     await lock.db?.`UPDATE jobs SET started_at = now() WHERE id = 7`
+ *   } finally {
+ *     await lock.release()
+ *   }
+ * }
+ * ```
+ */
+export const createLock = bound.createLock
+
+/**
+ * Runs `fn` while holding the lock and always releases it; resolves to `fn`'s value. On a `Sql`,
+ * session scope runs `fn` with `lease.db` set to the `ReservedSql` holding the lock; transaction
+ * scope runs it inside `sql.begin()` with `lease.db` set to the `TransactionSql`, which commits
+ * when `fn` resolves and rolls back when it throws. If the lock is lost while `fn` runs,
+ * `lease.signal` aborts and `withLock` rejects with `LockLostError`.
+ *
+ * @example
+ * ```ts
+ * import { withLock } from '@pglock/postgres-js'
+ *
+ * const total = await withLock(sql, 'invoice:42', async ({ db }) => {
+ *   const [invoice] = await db`SELECT total FROM invoices WHERE id = 42`
+ *   await db`UPDATE invoices SET locked_at = now() WHERE id = 42`
+ *   return invoice.total
+ * }, { scope: 'transaction', timeoutMs: 5_000 })
+ * ```
+ */
+export const withLock = bound.withLock
+
+/**
+ * Like {@link withLock}, but never waits: resolves `{ acquired: false }` at once when another
+ * holder has the lock, else `{ acquired: true, value }`.
+ *
+ * @example
+ * ```ts
+ * import { tryWithLock } from '@pglock/postgres-js'
+ *
+ * const run = await tryWithLock(sql, 'cron:nightly', () => nightly())
+ * if (!run.acquired) console.log('another instance is on it')
+ * ```
+ */
+export const tryWithLock = bound.tryWithLock

@@ -1,0 +1,285 @@
+import { InvalidArgumentError, type LockConnection, type LockExecutor, type LockScope, type Row, trackLoss } from '@pglock/core'
+import type { PendingQuery, ReservedSql, Sql, TransactionSql, UnsafeQueryOptions } from 'postgres'
+
+/**
+ * A postgres.js handle pglock can lock with: a `Sql` (a pool), a `ReservedSql` or a `TransactionSql`.
+ *
+ * @example
+ * ```ts
+ * function lockFor(db: PostgresJsHandle, job: number) {
+ *   return createLock(db, ['job', job].join(':'))
+ * }
+ * ```
+ */
+export type PostgresJsHandle = Sql<any> | ReservedSql<any> | TransactionSql<any>
+
+/**
+ * What `lease.db` is for a handle in a scope: on a `Sql`, the `ReservedSql` pinned for a session
+ * lock or the `TransactionSql` of `sql.begin()` for a transaction lock; else the handle itself.
+ *
+ * @example
+ * ```ts
+ * type Pinned = PostgresJsLeaseDb<Sql, 'session'>      // ReservedSql
+ * type Tx = PostgresJsLeaseDb<Sql, 'transaction'>      // TransactionSql
+ * ```
+ */
+export type PostgresJsLeaseDb<H, S extends LockScope = LockScope> =
+  H extends ReservedSql<any>
+    ? H
+    : H extends TransactionSql<any>
+      ? H
+      : H extends Sql<infer T extends Record<string, unknown>>
+        ? S extends 'transaction'
+          ? TransactionSql<T>
+          : ReservedSql<T>
+        : never
+
+/**
+ * The one connection behind a `ReservedSql` or `TransactionSql`, as postgres.js hands it to the
+ * `onexecute` query option (which `sql.begin()` itself uses). pglock needs it for two things
+ * postgres.js has no public API for: hearing that the connection closed (`onclose`, which the
+ * pool calls once) and closing a connection whose session state is unknown (`terminate`).
+ */
+interface RawConnection {
+  onclose?: OnClose | null | undefined
+  terminate(): void
+}
+
+/** A query as postgres.js builds it; `canceller` and `state` are set by postgres.js itself. */
+type RawQuery = PendingQuery<Row[]> & {
+  readonly state: { readonly pid: number } | null
+  readonly active: boolean
+  canceller?: ((query: RawQuery) => Promise<void>) | null
+}
+
+type OnClose = (error: unknown) => void
+type CloseHook = OnClose & { readonly previous: OnClose | null | undefined; live: boolean }
+
+function isCloseHook(handler: OnClose | null | undefined): handler is CloseHook {
+  return typeof handler === 'function' && 'live' in handler
+}
+
+/**
+ * Listens for the connection closing, keeping whatever `onclose` was there (`sql.begin()` sets one).
+ * Listeners stack; one removed out of order is skipped when those above it go.
+ */
+function hookClose(connection: RawConnection, listener: OnClose): () => void {
+  const hook: CloseHook = Object.assign(
+    (error: unknown) => {
+      hook.previous?.(error)
+      if (hook.live) listener(error)
+    },
+    { previous: connection.onclose, live: true },
+  )
+  connection.onclose = hook
+  return () => {
+    hook.live = false
+    if (connection.onclose !== hook) return
+    let handler = hook.previous
+    while (isCloseHook(handler) && !handler.live) handler = handler.previous
+    connection.onclose = handler
+  }
+}
+
+function isQueryFunction(db: unknown): db is PostgresJsHandle {
+  return typeof db === 'function' && typeof (db as Sql).unsafe === 'function'
+}
+
+/** The rows of the last statement: postgres.js resolves several statements to one result per statement that returned rows. */
+function lastRows(result: readonly unknown[]): readonly Row[] {
+  return ('command' in result ? result : (result[result.length - 1] ?? [])) as readonly Row[]
+}
+
+const settledQueries = new WeakSet<RawQuery>()
+
+async function untilSent(query: RawQuery): Promise<void> {
+  while (query.state === null && !settledQueries.has(query)) await new Promise((resolve) => setTimeout(resolve, 5))
+}
+
+/**
+ * Cancels a statement with postgres.js's own CancelRequest, and resolves once the server has
+ * closed the cancel connection, which Postgres does only after signalling the backend (libpq's
+ * `PQcancel` waits for the same). `query.cancel()` throws that promise away, so pglock calls the
+ * query's canceller itself. A statement already answered is left alone: postgres.js would keep
+ * such a request pending forever. One still queued behind other statements on the connection is
+ * cancelled once it is sent: cancelling it before stalls a reserved connection in postgres.js 3.4.
+ */
+async function cancelQuery(query: RawQuery): Promise<void> {
+  await null
+  await untilSent(query)
+  if (settledQueries.has(query)) return
+  if (typeof query.canceller !== 'function') {
+    query.cancel()
+    return
+  }
+  await query.canceller(query)
+}
+
+/**
+ * A pinned postgres.js connection, plus whether it has closed under pglock.
+ *
+ * @example
+ * ```ts
+ * const connection = pinPostgresJs(tx, tx, { owned: false })
+ * if (!connection.lost) await connection.query('SELECT 1')
+ * ```
+ */
+export interface PostgresJsConnection<Db> extends LockConnection<Db> {
+  /** Whether the connection closed while pinned; no statement may be sent on it then. */
+  readonly lost: boolean
+}
+
+/**
+ * Pins the connection behind a `ReservedSql` or `TransactionSql` for a lock, with `db` as its
+ * `lease.db`. For adapters layered on postgres.js (a Drizzle or Kysely database).
+ *
+ * @param giveBack - returns an owned connection to its pool (`reserved.release()`).
+ * @example
+ * ```ts
+ * const reserved = await sql.reserve()
+ * const connection = pinPostgresJs(reserved, drizzle(reserved), { owned: true, giveBack: () => reserved.release() })
+ * ```
+ */
+export function pinPostgresJs<Db>(
+  handle: ReservedSql<any> | TransactionSql<any>,
+  db: Db,
+  options: { readonly owned: boolean; readonly giveBack?: (() => void) | undefined },
+): PostgresJsConnection<Db> {
+  const { owned, giveBack } = options
+  const loss = trackLoss()
+  let raw: RawConnection | undefined
+  let unhook: (() => void) | undefined
+  let running: RawQuery | undefined
+  let released = false
+  const onClose = (cause: unknown) => loss.report(cause ?? new Error('postgres.js connection closed'))
+  const onexecute = (connection: RawConnection) => {
+    if (raw === undefined && !released) {
+      raw = connection
+      unhook = hookClose(connection, onClose)
+    }
+    return true
+  }
+  return {
+    db,
+    owned,
+    get lost() {
+      return loss.lost
+    },
+    async query(sql) {
+      if (loss.lost) throw loss.cause
+      const query = handle.unsafe(sql, [], { onexecute } as UnsafeQueryOptions) as RawQuery
+      // pglock undoes its own failed statements; inside sql.begin() postgres.js would otherwise fail the whole transaction for them
+      ;(query as { catch: unknown }).catch = () => query
+      const settle = () => settledQueries.add(query)
+      query.then(settle, settle)
+      running = query
+      try {
+        return lastRows(await query)
+      } finally {
+        if (running === query) running = undefined
+      }
+    },
+    async cancel() {
+      const query = running
+      if (query !== undefined && !loss.lost) await cancelQuery(query).catch(() => undefined)
+    },
+    onLost: loss.onLost,
+    release({ destroy }) {
+      if (released) return
+      released = true
+      loss.clear()
+      unhook?.()
+      if (!owned || loss.lost) return
+      if (destroy && raw !== undefined) raw.terminate()
+      else giveBack?.()
+    },
+  }
+}
+
+/**
+ * Runs `body` in a transaction that `begin` opens with postgres.js's `sql.begin()` (directly, or
+ * through an ORM on top of it), on a pinned connection whose `lease.db` is what `begin` passes
+ * as `db`. If the connection closes meanwhile, the callback given to `sql.begin()` never settles:
+ * `sql.begin()` rejects by itself, and a `ROLLBACK` postgres.js would send on the closed
+ * connection would throw in a timer instead of rejecting.
+ *
+ * @example
+ * ```ts
+ * const executor: LockExecutor<PgTransaction> = {
+ *   kind: 'pool',
+ *   scope: sql,
+ *   transaction: (body) => runInPostgresJsTransaction((callback) => db.transaction((tx) => callback(tx._.session.client, tx)), body),
+ * }
+ * ```
+ */
+export function runInPostgresJsTransaction<Db, T>(
+  begin: (callback: (transaction: TransactionSql<any>, db: Db) => Promise<T>) => Promise<unknown>,
+  body: (connection: LockConnection<Db>) => Promise<T>,
+): Promise<T> {
+  return begin((transaction, db) => {
+    const connection = pinPostgresJs(transaction, db, { owned: false })
+    return new Promise<T>((resolve, reject) => {
+      body(connection)
+        .then(
+          (value) => connection.lost || resolve(value),
+          (error: unknown) => connection.lost || reject(error),
+        )
+        .finally(() => connection.release({ destroy: false }))
+    })
+  }) as Promise<T>
+}
+
+function describe(db: unknown): string {
+  if (db === null) return 'null'
+  if (typeof db === 'function') return 'a function that is not a postgres.js sql'
+  return typeof db === 'object' ? (Object.getPrototypeOf(db)?.constructor?.name ?? 'an object') : typeof db
+}
+
+/**
+ * Describes a postgres.js handle to the core. A `Sql` lends each session lock a connection of
+ * its own (`sql.reserve()`) and runs transaction locks in `sql.begin()`; a `ReservedSql` or
+ * `TransactionSql` is one connection that pglock never closes.
+ *
+ * @example
+ * ```ts
+ * import { bindExecutor } from '@pglock/core'
+ * import { postgresJsExecutor } from '@pglock/postgres-js'
+ *
+ * const { withLock } = bindExecutor(postgresJsExecutor)
+ * ```
+ */
+export function postgresJsExecutor<H extends PostgresJsHandle>(db: H): LockExecutor<PostgresJsLeaseDb<H>> {
+  return executorFor(db) as LockExecutor<PostgresJsLeaseDb<H>>
+}
+
+function executorFor(db: unknown): LockExecutor<unknown> {
+  if (!isQueryFunction(db))
+    throw new InvalidArgumentError(`db must be a postgres.js Sql, ReservedSql or TransactionSql, got ${describe(db)}`)
+  if (typeof (db as { release?: unknown }).release === 'function') {
+    const reserved = db as ReservedSql<any>
+    return { kind: 'connection', scope: db, connect: async () => pinPostgresJs(reserved, reserved, { owned: false }) }
+  }
+  if (typeof (db as { savepoint?: unknown }).savepoint === 'function') {
+    const transaction = db as TransactionSql<any>
+    return {
+      kind: 'connection',
+      scope: db,
+      connect: async () => pinPostgresJs(transaction, transaction, { owned: false }),
+      inTransaction: () => true,
+    }
+  }
+  const sql = db as Sql<any>
+  if (typeof sql.reserve !== 'function' || typeof sql.begin !== 'function') {
+    throw new InvalidArgumentError(`db must be a postgres.js Sql, ReservedSql or TransactionSql, got ${describe(db)}`)
+  }
+  const begin = sql.begin as (callback: (transaction: TransactionSql<any>) => Promise<unknown>) => Promise<unknown>
+  return {
+    kind: 'pool',
+    scope: db,
+    async connect() {
+      const reserved = await sql.reserve()
+      return pinPostgresJs(reserved, reserved, { owned: true, giveBack: () => reserved.release() })
+    },
+    transaction: (body) => runInPostgresJsTransaction((callback) => begin.call(sql, (tx) => callback(tx, tx)), body),
+  }
+}

@@ -1,0 +1,36 @@
+import { fileURLToPath } from 'node:url'
+import * as lib from '@pglock/postgres-js'
+import type { AdapterUnderTest } from '@pglock/testing'
+import postgres, { type ISql, type Sql } from 'postgres'
+
+/** postgres.js under the conformance suite: `Sql`, a `ReservedSql`, and the `TransactionSql` of `sql.begin()`. */
+const adapter: AdapterUnderTest = {
+  name: 'postgres-js',
+  module: fileURLToPath(import.meta.url),
+  lib,
+  caps: { sessionOnPool: true, singleConnection: true, transactionHandle: true, beginWithLock: false },
+  async openPool({ url, applicationName, max }) {
+    const sql = postgres(url, { max, connection: { application_name: applicationName }, onnotice: () => undefined })
+    let closed: Promise<void> | undefined
+    return { db: sql, close: () => (closed ??= sql.end({ timeout: 5 })) }
+  },
+  async openConnection({ url, applicationName }) {
+    const sql = postgres(url, { max: 1, connection: { application_name: applicationName }, onnotice: () => undefined })
+    const reserved = await sql.reserve()
+    let closed: Promise<void> | undefined
+    return {
+      db: reserved,
+      close: () =>
+        (closed ??= (async () => {
+          reserved.release()
+          await sql.end({ timeout: 5 })
+        })()),
+    }
+  },
+  inTransaction: (pool, body) => (pool as Sql).begin((tx) => body(tx)) as Promise<never>,
+  async query(db, sql) {
+    return [...(await (db as ISql).unsafe(sql))]
+  },
+}
+
+export default adapter

@@ -1,0 +1,25 @@
+import { fileURLToPath } from 'node:url'
+import * as lib from '@pglock/drizzle'
+import type { AdapterUnderTest } from '@pglock/testing'
+import { sql } from 'drizzle-orm'
+import { drizzle, type PostgresJsDatabase } from 'drizzle-orm/postgres-js'
+import postgres from 'postgres'
+
+/** Drizzle over a postgres.js `Sql` under the conformance suite, and its `tx`. */
+const adapter: AdapterUnderTest = {
+  name: 'drizzle-postgres-js',
+  module: fileURLToPath(import.meta.url),
+  lib,
+  caps: { sessionOnPool: true, singleConnection: false, transactionHandle: true },
+  async openPool({ url, applicationName, max }) {
+    const client = postgres(url, { max, connection: { application_name: applicationName }, onnotice: () => undefined })
+    let closed: Promise<void> | undefined
+    return { db: drizzle({ client }), close: () => (closed ??= client.end({ timeout: 5 })) }
+  },
+  inTransaction: (db, body) => (db as PostgresJsDatabase).transaction((tx) => body(tx)),
+  async query(db, text) {
+    return [...(await (db as PostgresJsDatabase).execute(sql.raw(text)))]
+  },
+}
+
+export default adapter
