@@ -117,9 +117,10 @@ export interface LockExecutor<Db> {
   /**
    * Optional. Runs `body` inside a transaction that the driver opens, commits when `body`
    * resolves and rolls back when it throws, on one connection whose `db` is the driver's
-   * transaction handle (a Drizzle `tx`, a Kysely `Transaction`). Without it the core opens
-   * the transaction itself on a pinned connection, sending `BEGIN` together with the lock in
-   * one round trip.
+   * transaction handle (a Drizzle `tx`, a Kysely `Transaction`). The core uses it for pools, and
+   * for a `'connection'` executor whose `inTransaction()` answers `false`. Without it the core
+   * opens the transaction itself on a pinned connection, sending `BEGIN` together with the lock
+   * in one round trip.
    */
   transaction?<T>(body: (connection: LockConnection<Db>) => Promise<T>): Promise<T>
 }

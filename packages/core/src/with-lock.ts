@@ -92,7 +92,9 @@ async function runInTransaction<Db, T>(run: Run<Db, T>): Promise<TryWithLockResu
   const ticket = await enterGate(executor.scope, lockIdToken(run.id), exclusive, { attempt, signal, deadline })
   if (ticket === undefined) return { acquired: false }
   try {
-    if (executor.kind === 'pool' && executor.transaction !== undefined) return await inDriverTransaction(run, executor.transaction)
+    if (executor.transaction !== undefined && (executor.kind === 'pool' || executor.inTransaction?.() === false)) {
+      return await inDriverTransaction(run, executor.transaction)
+    }
     const { connection, deadline: lockDeadline } = await checkOut(executor, signal, deadline)
     try {
       return await inOpenOrNewTransaction({ ...run, deadline: lockDeadline }, connection)

@@ -136,8 +136,8 @@ function runInDrizzleTransaction<T>(db: DrizzleShape, body: (connection: LockCon
  * Describes a Drizzle Postgres database or transaction to the core, by the client underneath.
  * A database over a node-postgres `Pool` or a postgres.js `Sql` pins a connection of it for a
  * session lock and runs a transaction lock in `db.transaction()`. A database over one connection
- * (a node-postgres `Client`, a postgres.js `ReservedSql`) offers transaction scope only, since
- * its connection is shared by every query of the database. A `tx` is one connection inside a
+ * (a node-postgres `Client`, a postgres.js `ReservedSql`) holds session locks on that connection,
+ * as the driver adapters do, and `lease.db` is the database itself. A `tx` is one connection inside a
  * transaction, which pglock never ends. A database with read replicas (`withReplicas`) locks on
  * its primary.
  *
@@ -165,14 +165,22 @@ function executorFor(db: unknown): LockExecutor<unknown> {
   }
   const inner = clientExecutor(client)
   if (inner === undefined) throw unsupportedClient(client)
-  const executor: LockExecutor<unknown> = { kind: 'pool', scope: inner.scope, transaction: (body) => runInDrizzleTransaction(db, body) }
-  if (inner.kind !== 'pool' || inner.connect === undefined) return executor
+  const transaction: LockExecutor<unknown>['transaction'] = (body) => runInDrizzleTransaction(db, body)
   const pin = inner.connect
-  return {
-    ...executor,
-    async connect() {
-      const connection = await pin()
-      return rebind(connection, bindDatabase(db, connection.db))
-    },
+  if (pin === undefined) return { kind: 'pool', scope: inner.scope, transaction }
+  if (inner.kind === 'pool') {
+    return { kind: 'pool', scope: inner.scope, transaction, connect: async () => rebindDatabase(db, await pin()) }
   }
+  const inTransaction = inner.inTransaction?.bind(inner)
+  return {
+    kind: 'connection',
+    scope: inner.scope,
+    transaction,
+    connect: async () => rebind(await pin(), db),
+    ...(inTransaction === undefined ? {} : { inTransaction }),
+  }
+}
+
+function rebindDatabase(db: DrizzleShape, connection: LockConnection<unknown>): LockConnection<unknown> {
+  return rebind(connection, bindDatabase(db, connection.db))
 }

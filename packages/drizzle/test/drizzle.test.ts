@@ -44,11 +44,20 @@ describe('drizzle specifics', () => {
     expect(await withLock(db, key('replicas-tx'), ({ db: tx }) => tx.query.counters.findFirst(), { scope: 'transaction' })).toEqual(row)
   })
 
-  it('refuses session scope on a database over one Client with UNSUPPORTED, before any SQL', () => {
-    const db = drizzleNodePg({ client: new pg.Client({ connectionString: url }) })
-    expect(() => createLock(db, key('single-client'))).toThrow(
-      expect.objectContaining({ code: 'UNSUPPORTED', message: expect.stringContaining("scope: 'transaction'") }),
-    )
+  it('holds a session lock on a database over one Client, on that Client', async () => {
+    const single = new pg.Client({ connectionString: url })
+    await single.connect()
+    try {
+      const db = drizzleNodePg({ client: single })
+      const pid = async (handle: Omit<typeof db, '$client'>) => (await handle.execute(sql`SELECT pg_backend_pid() AS pid`)).rows[0]?.pid
+      const k = key('single-client')
+      expect(await withLock(db, k, ({ db: locked }) => pid(locked))).toBe(await pid(db))
+      const first = await createLock(db, k).acquire()
+      expect(await createLock(db, k).tryAcquire()).toBe(false)
+      expect(await first.release()).toBe(true)
+    } finally {
+      await single.end()
+    }
   })
 
   it('runs transaction scope on a database over one Client', async () => {

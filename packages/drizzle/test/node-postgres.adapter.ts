@@ -10,12 +10,19 @@ const adapter: AdapterUnderTest = {
   name: 'drizzle-node-postgres',
   module: fileURLToPath(import.meta.url),
   lib,
-  caps: { sessionOnPool: true, singleConnection: false, transactionHandle: true, beginWithLock: false },
+  caps: { sessionOnPool: true, singleConnection: true, transactionHandle: true, beginWithLock: false },
   async openPool({ url, applicationName, max }) {
     const pool = new pg.Pool({ connectionString: url, application_name: applicationName, max })
     pool.on('error', () => undefined)
     let closed: Promise<void> | undefined
     return { db: drizzle({ client: pool }), close: () => (closed ??= pool.end()) }
+  },
+  async openConnection({ url, applicationName }) {
+    const client = new pg.Client({ connectionString: url, application_name: applicationName })
+    client.on('error', () => undefined)
+    await client.connect()
+    let closed: Promise<void> | undefined
+    return { db: drizzle({ client }), close: () => (closed ??= client.end()) }
   },
   inTransaction: (db, body) => (db as NodePgDatabase).transaction((tx) => body(tx)),
   async query(db, text) {

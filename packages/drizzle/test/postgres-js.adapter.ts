@@ -5,7 +5,11 @@ import { sql } from 'drizzle-orm'
 import { drizzle, type PostgresJsDatabase } from 'drizzle-orm/postgres-js'
 import postgres from 'postgres'
 
-/** Drizzle over a postgres.js `Sql` under the conformance suite, and its `tx`. */
+/**
+ * Drizzle over a postgres.js `Sql` under the conformance suite, and its `tx`. No single
+ * connection: Drizzle's postgres-js driver cannot wrap a `ReservedSql` (it reads the options
+ * only a `Sql` has).
+ */
 const adapter: AdapterUnderTest = {
   name: 'drizzle-postgres-js',
   module: fileURLToPath(import.meta.url),
