@@ -7,7 +7,7 @@ import { Lock } from './lock.js'
 import { resolveAcquireOptions, resolveLockOptions } from './options.js'
 import { rollbackToSavepointSql } from './sql.js'
 import type { Lease, LockKey, LockMode, TryWithLockResult, WithLockOptions } from './types.js'
-import { checkOut, DeadlineExceeded } from './wait.js'
+import { checkOut, DeadlineExceeded, interruptible } from './wait.js'
 
 /** @internal The function a user passes to `withLock`. */
 export type LeaseFn<Db, T> = (lease: Lease<Db>) => T | PromiseLike<T>
@@ -93,7 +93,13 @@ async function runInTransaction<Db, T>(run: Run<Db, T>): Promise<TryWithLockResu
   if (ticket === undefined) return { acquired: false }
   try {
     if (executor.kind === 'pool' && executor.transaction !== undefined) {
-      return await executor.transaction((connection) => holdWhileRunning(run, connection, { kind: 'driver-transaction' }))
+      const watch: DriverTransactionWatch = { abandoned: new AbortController(), stop: () => undefined }
+      try {
+        const transaction = executor.transaction((connection) => holdWhileRunning(run, connection, { kind: 'driver-transaction' }, watch))
+        return await untilLost(transaction, watch.abandoned.signal)
+      } finally {
+        watch.stop()
+      }
     }
     const { connection, deadline: lockDeadline } = await checkOut(executor, signal, deadline)
     try {
@@ -117,29 +123,70 @@ async function inOpenOrNewTransaction<Db, T>(run: Run<Db, T>, connection: LockCo
   return holdWhileRunning(run, connection, { kind: 'begin' })
 }
 
-/** Takes the transaction lock, runs `fn`, then commits (or releases the savepoint) or rolls back. */
-async function holdWhileRunning<Db, T>(run: Run<Db, T>, connection: LockConnection<Db>, framing: Framing): Promise<TryWithLockResult<T>> {
+/**
+ * Takes the transaction lock, runs `fn`, then commits (or releases the savepoint) or rolls back.
+ * Once the connection is lost, nothing more is sent on it: an owned connection is destroyed at
+ * once, and waiting for the driver to end its transaction is cut short by the loss, so that a
+ * dead connection (say, one whose packets vanish) can never leave `withLock` pending.
+ */
+async function holdWhileRunning<Db, T>(
+  run: Run<Db, T>,
+  connection: LockConnection<Db>,
+  framing: Framing,
+  driver?: DriverTransactionWatch,
+): Promise<TryWithLockResult<T>> {
   const granted = await takeLock(connection, { ...run, framing })
   if (!granted) return { acquired: false }
   const controller = new AbortController()
-  const stopWatching = watchConnection(connection, run.keepAliveMs, (error) => controller.abort(error), run.details)
+  const lost = controller.signal
+  let ran = false
+  const stopWatching = watchConnection(
+    connection,
+    run.keepAliveMs,
+    (error) => {
+      controller.abort(error)
+      if (ran) driver?.abandoned.abort(error)
+      void Promise.resolve(connection.release({ destroy: true, cause: error })).catch(() => undefined)
+    },
+    run.details,
+  )
+  const stop = driver === undefined ? stopWatching : () => undefined
+  if (driver !== undefined) driver.stop = stopWatching
   let value: T
   try {
-    value = await run.fn({ db: connection.db, signal: controller.signal })
+    value = await run.fn({ db: connection.db, signal: lost })
   } catch (error) {
-    stopWatching()
-    await finish(connection, framing, false).catch(() => undefined)
+    ran = true
+    if (lost.aborted) driver?.abandoned.abort(error)
+    else await untilLost(finish(connection, framing, false), lost).catch(() => undefined)
+    stop()
     throw error
   }
-  stopWatching()
+  ran = true
+  if (lost.aborted) driver?.abandoned.abort(lost.reason)
   try {
-    await finish(connection, framing, true)
+    lost.throwIfAborted()
+    await untilLost(finish(connection, framing, true), lost)
   } catch (error) {
-    controller.signal.throwIfAborted()
+    lost.throwIfAborted()
     throw error
+  } finally {
+    stop()
   }
-  controller.signal.throwIfAborted()
   return { acquired: true, value }
+}
+
+/**
+ * Where the driver ends the transaction itself (`executor.transaction`), the lock stays watched
+ * until the driver's commit or rollback settles, and a loss after `fn` returned abandons the wait.
+ */
+interface DriverTransactionWatch {
+  readonly abandoned: AbortController
+  stop: () => void
+}
+
+function untilLost<T>(promise: Promise<T>, lost: AbortSignal): Promise<T> {
+  return interruptible(promise, { signal: lost, abandon: () => undefined })
 }
 
 /**

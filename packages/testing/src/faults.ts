@@ -144,6 +144,25 @@ export function describeFaults(adapter: AdapterUnderTest, tally = new FaultTally
         },
       )
 
+      it('reports it lost inside withLock too (transaction scope)', async () => {
+        const net = await proxy()
+        const pool = await bench.open({ url: net.url, max: 2 })
+        const key = bench.key('blackhole-xact')
+        const run = lib.withLock(
+          pool.db,
+          key,
+          async ({ signal }) => {
+            const lost = abortedWithin(signal, KEEP_ALIVE_BOUND_MS * 3)
+            inject(net.blackhole())
+            return lost
+          },
+          { scope: 'transaction', keepAliveMs: KEEP_ALIVE_MS },
+        )
+        const result = await settleWithin(run, SETTLE_BOUND_MS)
+        expect(result).toMatchObject({ state: 'rejected', error: expect.any(LockLostError) })
+        await expectFreeSoon(key)
+      })
+
       it.skipIf(!caps.sessionOnPool)('goes unnoticed without keepAliveMs: the driver sees no error (why the probe exists)', async () => {
         const net = await proxy()
         const pool = await bench.open({ url: net.url, max: 2 })
