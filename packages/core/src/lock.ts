@@ -14,7 +14,7 @@ import { type LockId, lockIdToken, resolveLockId } from './keys.js'
 import { type ResolvedLockOptions, resolveAcquireOptions, resolveLockOptions } from './options.js'
 import { QUERY_CANCELED, unlockSql } from './sql.js'
 import type { AcquireOptions, LockKey, LockMode, LockOptions, LockScope } from './types.js'
-import { checkOut, DeadlineExceeded } from './wait.js'
+import { checkOut, DeadlineExceeded, interruptible } from './wait.js'
 
 interface Held<Db> {
   readonly connection: LockConnection<Db>
@@ -153,16 +153,17 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     const held = this.#held
     if (this.#state !== 'held' || held === undefined) return false
     this.#state = 'releasing'
-    held.stopWatching()
     if (this.scope === 'transaction') {
+      held.stopWatching()
       this.#settle(held)
       return false
     }
     let released: boolean
     try {
-      released = await this.#unlock(held.connection)
+      released = await interruptible(this.#unlock(held.connection), { signal: this.#controller.signal, abandon: () => undefined })
     } catch (error) {
       if (this.#state !== 'releasing') return false
+      held.stopWatching()
       if (!held.connection.owned) {
         this.#state = 'held'
         this.#held = { ...held, stopWatching: this.#watch(held.connection) }
@@ -176,6 +177,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
       return true
     }
     if (this.#state !== 'releasing') return false
+    held.stopWatching()
     if (!released) {
       this.#lose(held, new LockLostError(`lock ${describeKey(this.key)} was no longer held when released`, this.#details), false)
       return false

@@ -144,6 +144,19 @@ export function describeFaults(adapter: AdapterUnderTest, tally = new FaultTally
         },
       )
 
+      it.skipIf(!caps.sessionOnPool)('settles a release sent into the blackhole within the keep-alive bound', async () => {
+        const net = await proxy()
+        const pool = await bench.open({ url: net.url, max: 2 })
+        const key = bench.key('blackhole-release')
+        const lock = await lib.createLock(pool.db, key, { keepAliveMs: KEEP_ALIVE_MS }).acquire()
+        inject(net.blackhole())
+        const result = await settleWithin(lock.release(), KEEP_ALIVE_BOUND_MS * 3)
+        expect(result).toEqual({ state: 'fulfilled', value: false })
+        expect(lock.signal.reason).toBeInstanceOf(LockLostError)
+        expect(lock.isHeld).toBe(false)
+        await expectFreeSoon(key)
+      })
+
       it('reports it lost inside withLock too (transaction scope)', async () => {
         const net = await proxy()
         const pool = await bench.open({ url: net.url, max: 2 })
