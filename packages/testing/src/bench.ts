@@ -75,10 +75,13 @@ export class Bench {
     return this.#observer
   }
 
-  /** Registers the bench's hooks in the enclosing `describe`. */
-  install(): this {
+  /**
+   * Registers the bench's hooks in the enclosing `describe`. `url` names another database than
+   * the shared test database (a private server the suite started in an earlier `beforeAll`).
+   */
+  install(url: () => string = () => inject('databaseUrl')): this {
     beforeAll(() => {
-      this.#url = inject('databaseUrl')
+      this.#url = url()
       this.#observer = new Observer(this.#url)
     })
     afterAll(async () => {

@@ -1,6 +1,8 @@
 export type { AdapterUnderTest, Capabilities, LockFunctions, Opened, OpenOptions } from './adapter.ts'
 export { abortedWithin, Bench, type BenchHandle, type BenchOpenOptions, SOAK, scaled, settleWithin } from './bench.ts'
 export { aborted, describeConformance, sleep } from './conformance.ts'
+export { type EmbeddedPostgres, type EmbeddedPostgresOptions, startEmbeddedPostgres } from './database.ts'
 export { FaultProxy, type ProxiedConnection } from './fault-proxy.ts'
 export { describeFaults, FaultTally } from './faults.ts'
 export { type BackendRow, type LockRow, Observer } from './observer.ts'
+export { describeRestart } from './restart.ts'
