@@ -94,11 +94,16 @@ async function queryPastCancel(connection: LockConnection<unknown>, sql: string)
 /**
  * Leaves the connection as it was before a failed or abandoned lock statement: nothing held,
  * the caller's transaction usable. A connection whose state cannot be restored is destroyed if
- * owned; on a connection the caller owns, the failure is reported as `RELEASE_FAILED`.
+ * owned; on a connection the caller owns, the failure is reported as `RELEASE_FAILED`. A
+ * connection that was lost holds nothing: its session ends with it, so there is nothing to undo.
  */
-async function undo(connection: LockConnection<unknown>, request: TakeRequest, failure: unknown): Promise<void> {
+async function undo(connection: LockConnection<unknown>, request: TakeRequest, failure: unknown, lost: () => boolean): Promise<void> {
   const { framing } = request
   if (framing.kind === 'driver-transaction') return
+  if (lost()) {
+    await connection.release({ destroy: true, cause: failure })
+    return
+  }
   if (framing.kind === 'savepoint' && sqlState(failure) === NO_ACTIVE_SQL_TRANSACTION) return
   const sql =
     framing.kind === 'session'
@@ -109,7 +114,7 @@ async function undo(connection: LockConnection<unknown>, request: TakeRequest, f
   try {
     await queryPastCancel(connection, sql)
   } catch (error) {
-    if (connection.owned) {
+    if (connection.owned || lost()) {
       await connection.release({ destroy: true, cause: error })
       return
     }
@@ -148,16 +153,25 @@ export async function takeLock(connection: LockConnection<unknown>, request: Tak
     begin: framing.kind === 'begin',
     savepoint: framing.kind === 'savepoint' ? { name: framing.name, keepOpen: framing.keepOpen } : undefined,
   }
-  const outcome = await runCancellable(connection, acquireSql(plan), request.signal)
-  if (outcome.ok && !request.signal?.aborted) {
-    if (!attempt || outcome.rows[0]?.acquired === true) return true
-    if (framing.kind === 'begin' || (framing.kind === 'savepoint' && framing.keepOpen)) await undo(connection, request, undefined)
-    return attemptRefused(request)
+  let lost = false
+  const stopListening = connection.onLost(() => {
+    lost = true
+  })
+  try {
+    const outcome = await runCancellable(connection, acquireSql(plan), request.signal)
+    if (outcome.ok && !request.signal?.aborted) {
+      if (!attempt || outcome.rows[0]?.acquired === true) return true
+      if (framing.kind === 'begin' || (framing.kind === 'savepoint' && framing.keepOpen))
+        await undo(connection, request, undefined, () => lost)
+      return attemptRefused(request)
+    }
+    await outcome.cancelled
+    const failure = outcome.ok ? undefined : outcome.error
+    await undo(connection, request, failure, () => lost)
+    throw failureFor(failure, request)
+  } finally {
+    stopListening()
   }
-  await outcome.cancelled
-  const failure = outcome.ok ? undefined : outcome.error
-  await undo(connection, request, failure)
-  throw failureFor(failure, request)
 }
 
 function attemptRefused(request: TakeRequest): false {

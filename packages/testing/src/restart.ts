@@ -93,6 +93,9 @@ export function describeRestart(adapter: AdapterUnderTest): void {
       for (const waiter of waiters) {
         const result = await settleWithin(waiter, SETTLE_BOUND_MS)
         expect(result.state, 'a waiter settles once the server is gone').toBe('rejected')
+        expect((result as { error: unknown }).error, 'a dead session holds nothing, so nothing failed to release').not.toMatchObject({
+          code: 'RELEASE_FAILED',
+        })
       }
 
       for (const scope of ['session', 'transaction'] as const) {
