@@ -5,4 +5,6 @@ export { type EmbeddedPostgres, type EmbeddedPostgresOptions, startEmbeddedPostg
 export { FaultProxy, type ProxiedConnection } from './fault-proxy.ts'
 export { describeFaults, FaultTally } from './faults.ts'
 export { type BackendRow, type LockRow, Observer } from './observer.ts'
+export { CYCLES, describeProcesses, PROCESSES } from './processes.ts'
+export { describeRaces, holdUntilReleased, RACE_ROUNDS } from './races.ts'
 export { describeRestart } from './restart.ts'
