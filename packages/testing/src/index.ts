@@ -1,4 +1,5 @@
 export type { AdapterUnderTest, Capabilities, LockFunctions, Opened, OpenOptions } from './adapter.ts'
+export { describeBadInput } from './bad-input.ts'
 export { abortedWithin, Bench, type BenchHandle, type BenchOpenOptions, SOAK, scaled, settleWithin } from './bench.ts'
 export { aborted, describeConformance, sleep } from './conformance.ts'
 export { type EmbeddedPostgres, type EmbeddedPostgresOptions, startEmbeddedPostgres } from './database.ts'
