@@ -12,6 +12,21 @@ type AnyClient = ClientBase & {
   readonly connectionParameters?: unknown
   getTransactionStatus?(): string | null
   release?(destroy?: boolean | Error): void
+  readonly _ending?: boolean
+  readonly _queryable?: boolean
+  readonly _connecting?: boolean
+  readonly _connected?: boolean
+}
+
+/**
+ * Why a client can no longer run queries, if it cannot: node-postgres keeps that in fields it
+ * does not document (`_ending` after `end()`, `_queryable` false after a connection error), and
+ * rejects every later query without sending it. A lock on such a client is lost from the start.
+ */
+function unusable(client: AnyClient): Error | undefined {
+  if (client._ending === true) return new Error('Client was closed and is not queryable')
+  if (client._queryable === false) return new Error('Client has encountered a connection error and is not queryable')
+  return undefined
 }
 
 function isPool(db: object): db is Pool {
@@ -47,7 +62,8 @@ async function cancelBackend(client: AnyClient): Promise<void> {
 
 function pin<C extends AnyClient>(client: C, owned: boolean): LockConnection<C> {
   const listeners = new Set<(cause: unknown) => void>()
-  let lostCause: { cause: unknown } | undefined
+  const broken = unusable(client)
+  let lostCause: { cause: unknown } | undefined = broken === undefined ? undefined : { cause: broken }
   let released = false
   const onError = (error: unknown) => {
     if (lostCause !== undefined) return
@@ -97,6 +113,11 @@ export function pgExecutor<H extends PgHandle>(db: H): LockExecutor<PgLeaseDb<H>
       }
     }
     if (isClient(db)) {
+      if ((db as AnyClient)._connecting === false && (db as AnyClient)._connected === false && (db as AnyClient)._ending === false) {
+        throw new InvalidArgumentError(
+          'db is a node-postgres Client that was never connected: call client.connect() first (node-postgres would hold every query until then)',
+        )
+      }
       return {
         kind: 'connection',
         scope: db,

@@ -251,6 +251,9 @@ export function describeBadInput(adapter: AdapterUnderTest): void {
           const result = await settleWithin(call(), SETTLE_BOUND_MS)
           expect(result.state, `${name} on an ended connection`).toBe('rejected')
           const error = (result as { error: Error }).error
+          expect(error, `${name}: a closed connection holds nothing, so nothing failed to release`).not.toMatchObject({
+            code: 'RELEASE_FAILED',
+          })
           expect(String(error?.message)).not.toBe('')
         }
       })
