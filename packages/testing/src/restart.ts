@@ -90,9 +90,10 @@ export function describeRestart(adapter: AdapterUnderTest): void {
       for (const holder of holders) {
         expect(await settleWithin(holder.done, SETTLE_BOUND_MS)).toMatchObject({ state: 'rejected', error: expect.any(LockLostError) })
       }
+      // A waiter may also be granted the lock in the moment between the holder's backend exiting and its own.
       for (const waiter of waiters) {
         const result = await settleWithin(waiter, SETTLE_BOUND_MS)
-        expect(result.state, 'a waiter settles once the server is gone').toBe('rejected')
+        expect(result.state, 'a waiter settles once the server is gone').not.toBe('pending')
         expect((result as { error: unknown }).error, 'a dead session holds nothing, so nothing failed to release').not.toMatchObject({
           code: 'RELEASE_FAILED',
         })
