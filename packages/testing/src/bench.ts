@@ -38,6 +38,11 @@ export interface BenchOpenOptions {
   readonly url?: string
   /** skip the end-of-test check for locks and open transactions (the server may be down) */
   readonly unchecked?: boolean
+  /**
+   * The handle reaches Postgres through a pooler (PgBouncer), whose server connections outlive
+   * the handle and keep its `application_name`: closing it need not end them.
+   */
+  readonly throughPooler?: boolean
 }
 
 /**
@@ -111,7 +116,7 @@ export class Bench {
 
   /** Opens a pool (or one connection) for the current test and checks it for leaks when the test ends. */
   async open(options: BenchOpenOptions = {}): Promise<BenchHandle> {
-    const { kind = 'pool', max = 5, url = this.#url, unchecked = false } = options
+    const { kind = 'pool', max = 5, url = this.#url, unchecked = false, throughPooler = false } = options
     const applicationName = this.applicationName()
     const openOptions = { url, applicationName, max }
     const opened =
@@ -123,7 +128,7 @@ export class Bench {
       try {
         if (!unchecked) await this.expectClean(applicationName)
       } finally {
-        await this.expectClosed(handle)
+        await this.expectClosed(handle, { backendsEnd: !throughPooler })
       }
     })
     return handle
@@ -144,14 +149,15 @@ export class Bench {
     }
   }
 
-  /** Closes a handle within a bound and waits until none of its backends remain. */
-  async expectClosed(handle: BenchHandle): Promise<void> {
+  /** Closes a handle within a bound and (unless told otherwise) waits until none of its backends remain. */
+  async expectClosed(handle: BenchHandle, options: { readonly backendsEnd?: boolean } = {}): Promise<void> {
     let timer: NodeJS.Timeout | undefined
     const bound = new Promise<'stuck'>((resolve) => {
       timer = setTimeout(() => resolve('stuck'), CLOSE_BOUND_MS)
     })
     const closed = await Promise.race([handle.close().then(() => 'closed' as const), bound]).finally(() => clearTimeout(timer))
     expect(closed, `closing ${handle.applicationName} (a connection still checked out keeps a pool from ending)`).toBe('closed')
+    if (options.backendsEnd === false) return
     await this.observer.until(
       `no backend of ${handle.applicationName} remains`,
       async () => (await this.observer.backends(handle.applicationName)).length === 0,
@@ -195,14 +201,23 @@ export class Bench {
     }
   }
 
-  /** File-level leak check: no key of this file locked, no backend of this file connected. */
+  /** File-level leak check: no key of this file locked, no backend of this file connected (waits up to 5 s for them to go). */
   async checkFileLeaks(): Promise<void> {
     const observer = this.observer
-    const locked: string[] = []
-    for (const key of this.#keys) if ((await observer.locks(key as LockKey)).length > 0) locked.push(key)
-    const connected: string[] = []
-    for (const name of this.#applications) if ((await observer.backends(name)).length > 0) connected.push(name)
-    expect({ locked, connected }, 'locks or backends left behind by this file').toEqual({ locked: [], connected: [] })
+    const leftovers = async () => {
+      const locked: string[] = []
+      for (const key of this.#keys) if ((await observer.locks(key as LockKey)).length > 0) locked.push(key)
+      const connected: string[] = []
+      for (const name of this.#applications) if ((await observer.backends(name)).length > 0) connected.push(name)
+      return { locked, connected }
+    }
+    await observer
+      .until('the file left no lock and no backend behind', async () => {
+        const { locked, connected } = await leftovers()
+        return locked.length === 0 && connected.length === 0
+      })
+      .catch(() => undefined)
+    expect(await leftovers(), 'locks or backends left behind by this file').toEqual({ locked: [], connected: [] })
   }
 }
 
