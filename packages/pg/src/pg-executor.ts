@@ -1,3 +1,4 @@
+import { createConnection } from 'node:net'
 import { InvalidArgumentError, type LockConnection, type LockExecutor, type Row } from '@pglock/core'
 import type { ClientBase, Pool, PoolClient, QueryResult } from 'pg'
 
@@ -42,22 +43,32 @@ function lastRows(result: QueryResult | QueryResult[]): readonly Row[] {
   return (last?.rows ?? []) as readonly Row[]
 }
 
+const CANCEL_REQUEST_CODE = 80877102
+const CANCEL_TIMEOUT_MS = 5_000
+
 /**
- * Cancels the statement a client is running with `pg_cancel_backend`, from a short-lived client
- * of the same configuration. Unlike the protocol's CancelRequest, it returns only once the
- * backend has been signalled, so a late cancel cannot hit a later statement.
+ * Cancels the statement a client is running with the protocol's CancelRequest (its backend key
+ * data, sent on a new socket to the same host and port), which also works through a pooler such
+ * as PgBouncer, where the client's `processID` is the pooler's and not a Postgres backend's.
+ * Resolves once the server has closed the request's socket, which Postgres does after it has
+ * signalled the backend, so a late cancel cannot hit a later statement.
  */
-async function cancelBackend(client: AnyClient): Promise<void> {
-  if (typeof client.processID !== 'number') return
-  const Client = client.constructor as new (config: unknown) => ClientBase & { end(): Promise<void> }
-  const canceller = new Client(client.connectionParameters)
-  canceller.on('error', () => undefined)
-  try {
-    await canceller.connect()
-    await canceller.query('SELECT pg_cancel_backend($1)', [client.processID])
-  } finally {
-    await canceller.end().catch(() => undefined)
-  }
+function cancelBackend(client: AnyClient): Promise<void> {
+  const { processID, secretKey } = client as AnyClient & { readonly secretKey?: number | null }
+  const { host = 'localhost', port = 5432 } = (client.connectionParameters ?? {}) as { host?: string; port?: number }
+  if (typeof processID !== 'number' || typeof secretKey !== 'number') return Promise.resolve()
+  const request = Buffer.alloc(16)
+  request.writeInt32BE(16, 0)
+  request.writeInt32BE(CANCEL_REQUEST_CODE, 4)
+  request.writeInt32BE(processID, 8)
+  request.writeInt32BE(secretKey, 12)
+  return new Promise((resolve) => {
+    const socket = host.startsWith('/') ? createConnection(`${host}/.s.PGSQL.${port}`) : createConnection(port, host)
+    socket.setTimeout(CANCEL_TIMEOUT_MS, () => socket.destroy())
+    socket.once('connect', () => socket.write(request))
+    socket.once('error', () => undefined)
+    socket.once('close', () => resolve())
+  })
 }
 
 function pin<C extends AnyClient>(client: C, owned: boolean): LockConnection<C> {
@@ -77,7 +88,7 @@ function pin<C extends AnyClient>(client: C, owned: boolean): LockConnection<C> 
     db: client,
     owned,
     query: async (sql) => lastRows(await (client.query(sql) as unknown as Promise<QueryResult | QueryResult[]>)),
-    cancel: () => cancelBackend(client).catch(() => undefined),
+    cancel: () => cancelBackend(client),
     onLost(listener) {
       if (lostCause !== undefined) {
         listener(lostCause.cause)

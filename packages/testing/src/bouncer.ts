@@ -110,6 +110,22 @@ export function describePgBouncer(adapter: AdapterUnderTest): void {
         })
         expect(await lib.withLock(pool.db, key, () => 'usable', { scope: 'transaction' })).toBe('usable')
       })
+
+      it('cancels the wait in Postgres when aborted, through the bouncer', async () => {
+        const direct = await bench.open({ max: 2 })
+        const pool = await through()
+        const key = bench.key('xact-abort')
+        await lib.withLock(direct.db, key, async () => {
+          const controller = new AbortController()
+          const waiting = lib.withLock(pool.db, key, () => 'ran', { scope: 'transaction', signal: controller.signal })
+          await bench.observer.until('the waiter waits in Postgres', async () => (await bench.observer.waiters(key)).length === 1)
+          const reason = new Error('caller gave up')
+          controller.abort(reason)
+          expect(await settleWithin(waiting, 2_000)).toEqual({ state: 'rejected', error: reason })
+          expect(await bench.observer.waiters(key)).toEqual([])
+        })
+        expect(await lib.withLock(pool.db, key, () => 'usable', { scope: 'transaction' })).toBe('usable')
+      })
     })
 
     describe('transaction pooling: session scope misuse is reported', () => {
