@@ -6,6 +6,8 @@ import {
   acquireSql,
   LOCK_NOT_AVAILABLE,
   NO_ACTIVE_SQL_TRANSACTION,
+  PROBE_SQL,
+  pidOf,
   QUERY_CANCELED,
   rollbackToSavepointSql,
   unlockIfHeldSql,
@@ -134,13 +136,18 @@ function failureFor(error: unknown, request: TakeRequest): unknown {
   return error
 }
 
+/** A granted lock: `pid` is the backend holding it, when the lock statement said (session locks do). */
+export interface Granted {
+  readonly pid: number | undefined
+}
+
 /**
- * @internal Takes a lock on a pinned connection in one round trip. Resolves `true` when granted,
- * `false` when the non-blocking form found it taken; rejects with `LockTimeoutError`, the abort
- * reason, or the driver's error, having first undone whatever the failed statement may have left
- * (Postgres can grant a lock and still report a timeout or a cancel).
+ * @internal Takes a lock on a pinned connection in one round trip. Resolves to {@link Granted}
+ * when granted, `false` when the non-blocking form found it taken; rejects with
+ * `LockTimeoutError`, the abort reason, or the driver's error, having first undone whatever the
+ * failed statement may have left (Postgres can grant a lock and still report a timeout or a cancel).
  */
-export async function takeLock(connection: LockConnection<unknown>, request: TakeRequest): Promise<boolean> {
+export async function takeLock(connection: LockConnection<unknown>, request: TakeRequest): Promise<Granted | false> {
   const left = remainingMs(request.deadline)
   const attempt = request.attempt || (left !== undefined && left < 1)
   const { framing } = request
@@ -160,7 +167,7 @@ export async function takeLock(connection: LockConnection<unknown>, request: Tak
   try {
     const outcome = await runCancellable(connection, acquireSql(plan), request.signal)
     if (outcome.ok && !request.signal?.aborted) {
-      if (!attempt || outcome.rows[0]?.acquired === true) return true
+      if (!attempt || outcome.rows[0]?.acquired === true) return { pid: pidOf(outcome.rows[0]) }
       if (framing.kind === 'begin' || (framing.kind === 'savepoint' && framing.keepOpen))
         await undo(connection, request, undefined, () => lost)
       return attemptRefused(request)
@@ -186,13 +193,15 @@ export async function keepSavepoint(connection: LockConnection<unknown>, name: s
 
 /**
  * @internal Watches a held lock's connection: calls `onLost` once if the connection fails, ends,
- * or (with `keepAliveMs`) does not answer a probe in time. Returns a function that stops watching.
+ * or (with `keepAliveMs`) does not answer a probe in time, or answers it from another backend
+ * than `pid`, the one holding the lock. Returns a function that stops watching.
  */
 export function watchConnection(
   connection: LockConnection<unknown>,
   keepAliveMs: number | undefined,
   onLost: (error: LockLostError) => void,
   details: PgLockErrorDetails,
+  pid?: number,
 ): () => void {
   let stopped = false
   let timer: ReturnType<typeof setTimeout> | undefined
@@ -207,9 +216,11 @@ export function watchConnection(
   const probe = () => {
     if (stopped || keepAliveMs === undefined) return
     const overdue = setTimeout(() => lost(undefined, `the connection did not answer a probe within ${keepAliveMs} ms`), keepAliveMs)
-    connection.query('SELECT 1').then(
-      () => {
+    connection.query(PROBE_SQL).then(
+      (rows) => {
         clearTimeout(overdue)
+        const now = pidOf(rows[0])
+        if (pid !== undefined && now !== undefined && now !== pid) return lost(undefined, sessionMovedReason(pid, now))
         if (!stopped) timer = setTimeout(probe, keepAliveMs)
       },
       (error: unknown) => {
@@ -225,4 +236,17 @@ export function watchConnection(
     unsubscribe()
   }
   return stop
+}
+
+/**
+ * @internal Why a session lock cannot be trusted once its connection's statements run on another
+ * backend than the one that took it, and what to do about it.
+ */
+export function sessionMovedReason(heldOn: number, now: number): string {
+  return (
+    `the lock was taken on backend ${heldOn} but the connection now runs on backend ${now}: something between ` +
+    'pglock and Postgres hands this connection to other sessions (a pooler in transaction mode, such as PgBouncer ' +
+    `with pool_mode = transaction). Backend ${heldOn} may hold the lock until that server connection closes. ` +
+    "Session locks need a connection that keeps its session: connect to Postgres directly or through session pooling, or use scope: 'transaction'"
+  )
 }

@@ -180,6 +180,78 @@ export function describePgBouncer(adapter: AdapterUnderTest): void {
         }
       }
 
+      it.skipIf(!caps.sessionOnPool || !caps.transactionHandle)(
+        'fails release() with UnsupportedError when the unlock lands on another server connection, never a silent release',
+        async () => {
+          const pool = await through(transactionPooling, 2)
+          const key = bench.key('session-moved')
+          const lock = lib.createLock(pool.db, key)
+          let outcome: Awaited<ReturnType<typeof settleWithin>> | undefined
+          const heldOn = await withSessionMoved(
+            key,
+            () => lock.acquire(),
+            async () => {
+              outcome = await settleWithin(lock.release(), SETTLE_BOUND_MS)
+            },
+          )
+          onTestFinished(() => unstrand(heldOn, key))
+          expect(outcome).toMatchObject({ state: 'rejected', error: expect.any(UnsupportedError) })
+          const error = (outcome as { error: UnsupportedError }).error
+          expect(error).toMatchObject({ code: 'UNSUPPORTED', key })
+          expect(error.message).toMatch(/PgBouncer/)
+          expect(error.message).toMatch(/scope: 'transaction'/)
+          expect(lock.isHeld).toBe(false)
+          expect(lock.signal.reason).toBeInstanceOf(LockLostError)
+          expect(await bench.observer.holders(key), 'the lock stays on the server connection that took it').toEqual([heldOn])
+        },
+      )
+
+      it.skipIf(!caps.transactionHandle)('rejects withLock in session scope with UnsupportedError when its session moved', async () => {
+        const pool = await through(transactionPooling, 2)
+        const key = bench.key('session-moved-with')
+        let release: () => void = () => undefined
+        const left = new Promise<void>((resolve) => {
+          release = resolve
+        })
+        let run: Promise<unknown> | undefined
+        let outcome: Awaited<ReturnType<typeof settleWithin>> | undefined
+        const heldOn = await withSessionMoved(
+          key,
+          async () => {
+            run = lib.withLock(pool.db, key, () => left)
+            await bench.observer.until('the lock is taken', async () => (await bench.observer.holders(key)).length === 1)
+          },
+          async () => {
+            release()
+            outcome = await settleWithin(run as Promise<unknown>, SETTLE_BOUND_MS)
+          },
+        )
+        onTestFinished(() => unstrand(heldOn, key))
+        expect(outcome).toMatchObject({ state: 'rejected', error: expect.any(UnsupportedError) })
+      })
+
+      it.skipIf(!caps.sessionOnPool || !caps.transactionHandle)(
+        'aborts lock.signal with LockLostError when a keep-alive probe lands on another server connection',
+        async () => {
+          const pool = await through(transactionPooling, 2)
+          const key = bench.key('session-moved-probe')
+          const lock = lib.createLock(pool.db, key, { keepAliveMs: 50 })
+          let lost: Awaited<ReturnType<typeof abortedWithin>> | undefined
+          const heldOn = await withSessionMoved(
+            key,
+            () => lock.acquire(),
+            async () => {
+              lost = await abortedWithin(lock.signal, SETTLE_BOUND_MS)
+            },
+          )
+          onTestFinished(() => unstrand(heldOn, key))
+          expect(lost?.reason).toBeInstanceOf(LockLostError)
+          expect(String((lost?.reason as Error | undefined)?.message)).toMatch(/PgBouncer/)
+          expect(lock.isHeld).toBe(false)
+          expect(await lock.release()).toBe(false)
+        },
+      )
+
       it.skipIf(!caps.sessionOnPool)('cannot tell two clients apart that the bouncer gives the same server connection', async () => {
         const single = await startPgBouncer(bench.url, { poolMode: 'transaction', poolSize: 1 })
         onTestFinished(() => single.stop())
