@@ -1,5 +1,5 @@
 import { LockLostError, PgLockError } from '@pglock/core'
-import { describe, expect, it, onTestFinished } from 'vitest'
+import { afterAll, describe, expect, it, onTestFinished } from 'vitest'
 import type { AdapterUnderTest } from './adapter.ts'
 import { abortedWithin, Bench, settleWithin } from './bench.ts'
 import { FaultProxy } from './fault-proxy.ts'
@@ -43,6 +43,9 @@ export function describeFaults(adapter: AdapterUnderTest, tally = new FaultTally
 
   describe(`${adapter.name}: faults`, () => {
     const bench = new Bench(adapter, 'faults').install()
+    afterAll(() => {
+      console.log(`faults ${adapter.name}: ${tally.count} faults injected`)
+    })
 
     async function proxy(): Promise<FaultProxy> {
       const started = await FaultProxy.start(bench.url)
@@ -182,7 +185,7 @@ export function describeFaults(adapter: AdapterUnderTest, tally = new FaultTally
         const key = bench.key('blackhole-silent')
         const lock = await lib.createLock(pool.db, key).acquire()
         inject(net.blackhole())
-        await new Promise((resolve) => setTimeout(resolve, KEEP_ALIVE_BOUND_MS))
+        await new Promise((resolve) => setTimeout(resolve, KEEP_ALIVE_MS * 3))
         expect(lock.signal.aborted).toBe(false)
         expect(lock.isHeld).toBe(true)
         net.reset()
