@@ -146,6 +146,9 @@ export interface Granted {
  * when granted, `false` when the non-blocking form found it taken; rejects with
  * `LockTimeoutError`, the abort reason, or the driver's error, having first undone whatever the
  * failed statement may have left (Postgres can grant a lock and still report a timeout or a cancel).
+ * If the connection dies while the statement waits, the wait is cancelled on the server too:
+ * Postgres does not notice a vanished client while it waits for a lock, and would otherwise grant
+ * the lock to the dead session when it frees up.
  */
 export async function takeLock(connection: LockConnection<unknown>, request: TakeRequest): Promise<Granted | false> {
   const left = remainingMs(request.deadline)
@@ -161,11 +164,14 @@ export async function takeLock(connection: LockConnection<unknown>, request: Tak
     savepoint: framing.kind === 'savepoint' ? { name: framing.name, keepOpen: framing.keepOpen } : undefined,
   }
   let lost = false
+  let waiting = true
   const stopListening = connection.onLost(() => {
     lost = true
+    if (waiting) void connection.cancel().catch(() => undefined)
   })
   try {
     const outcome = await runCancellable(connection, acquireSql(plan), request.signal)
+    waiting = false
     if (outcome.ok && !request.signal?.aborted) {
       if (!attempt || outcome.rows[0]?.acquired === true) return { pid: pidOf(outcome.rows[0]) }
       if (framing.kind === 'begin' || (framing.kind === 'savepoint' && framing.keepOpen))

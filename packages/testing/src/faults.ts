@@ -215,6 +215,11 @@ export function describeFaults(adapter: AdapterUnderTest, tally = new FaultTally
           const result = await settleWithin(waiter, RESET_BOUND_MS)
           expect(result.state).toBe('rejected')
           expect((result as { error: unknown }).error).not.toBeInstanceOf(PgLockError)
+          await bench.observer.until(
+            'the dead waiter’s backend stops waiting while the lock is still held',
+            async () => (await bench.observer.waiters(key)).length === 0,
+            RESET_BOUND_MS,
+          )
           await holder.release()
           await expectFreeSoon(key)
           const next = await lib.createLock(waiterPool.db, key).acquire()
