@@ -1,8 +1,9 @@
 import { LockLostError, PgLockError } from '@pglock/core'
 import { afterAll, describe, expect, it, onTestFinished } from 'vitest'
 import type { AdapterUnderTest } from './adapter.ts'
-import { abortedWithin, Bench, settleWithin } from './bench.ts'
+import { abortedWithin, Bench, scaled, settleWithin } from './bench.ts'
 import { FaultProxy } from './fault-proxy.ts'
+import { holdUntilReleased } from './races.ts'
 
 /** How soon a reset connection must be reported: an event, not a benchmark, so the bound is generous. */
 const RESET_BOUND_MS = 2_000
@@ -11,6 +12,9 @@ const KEEP_ALIVE_MS = 200
 const KEEP_ALIVE_BOUND_MS = 1_000
 /** How long a promise may stay pending after a fault before the test calls it stuck. */
 const SETTLE_BOUND_MS = 5_000
+
+/** Rounds of the repeated-fault test: a few under `pnpm test`, 300 under `pnpm test:soak`. */
+export const FAULT_ROUNDS = scaled(6, 300)
 
 /** Counts the faults a file injected, for the run's figures. */
 export class FaultTally {
@@ -266,6 +270,45 @@ export function describeFaults(adapter: AdapterUnderTest, tally = new FaultTally
         expect(await lib.withLock(pool.db, key, () => 'pool still works')).toBe('pool still works')
         await bench.expectAllConnectionsUsable(pool)
       })
+    })
+
+    describe('repeated faults', () => {
+      it(`reports every loss and leaks nothing over ${FAULT_ROUNDS} rounds of holder resets and waiter cuts`, async () => {
+        const net = await proxy()
+        const direct = await bench.open({ max: 2 })
+        const pool = await bench.open({ url: net.url, max: 3 })
+        const key = bench.key('fault-rounds')
+        for (let round = 0; round < FAULT_ROUNDS; round += 1) {
+          const scope = round % 4 < 2 ? ('session' as const) : ('transaction' as const)
+          if (round % 2 === 0) {
+            const run = lib.withLock(
+              pool.db,
+              key,
+              async ({ signal }) => {
+                const lost = abortedWithin(signal, RESET_BOUND_MS)
+                inject(net.reset())
+                return lost
+              },
+              { scope },
+            )
+            expect(await settleWithin(run, SETTLE_BOUND_MS), `round ${round}`).toMatchObject({
+              state: 'rejected',
+              error: expect.any(LockLostError),
+            })
+          } else {
+            const holder = await holdUntilReleased(adapter, direct.db, key)
+            const waiter = lib.withLock(pool.db, key, () => 'ran', { scope })
+            await bench.observer.until('the waiter waits in Postgres', async () => (await bench.observer.waiters(key)).length === 1)
+            inject(net.reset())
+            expect((await settleWithin(waiter, RESET_BOUND_MS)).state, `round ${round}`).toBe('rejected')
+            await bench.observer.until('the dead waiter leaves the queue', async () => (await bench.observer.waiters(key)).length === 0)
+            await holder.release()
+          }
+          await expectFreeSoon(key)
+        }
+        expect(await lib.withLock(pool.db, key, () => 'pool still works')).toBe('pool still works')
+        await bench.expectAllConnectionsUsable(pool)
+      }, 600_000)
     })
 
     describe('server unreachable', () => {
