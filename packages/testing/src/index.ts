@@ -12,4 +12,4 @@ export { type PgBouncer, type PgBouncerOptions, startPgBouncer } from './pgbounc
 export { CYCLES, describeProcesses, PROCESSES } from './processes.ts'
 export { describeRaces, holdUntilReleased, RACE_ROUNDS } from './races.ts'
 export { describeReliability } from './reliability.ts'
-export { describeRestart } from './restart.ts'
+export { describeRestart, RESTARTS } from './restart.ts'
