@@ -10,8 +10,8 @@ const WORKER = fileURLToPath(new URL('./cycle-worker.ts', import.meta.url))
 
 /** OS processes per run: 3 under `pnpm test`, 8 under `pnpm test:soak`. */
 export const PROCESSES = scaled(3, 8)
-/** Lock cycles per process: 20 under `pnpm test`, 500 under `pnpm test:soak`. */
-export const CYCLES = scaled(20, 500)
+/** Lock cycles per process: 15 under `pnpm test`, 500 under `pnpm test:soak`. */
+export const CYCLES = scaled(15, 500)
 
 function runWorker(options: CycleWorkerOptions): Promise<number | null> {
   return new Promise((resolve, reject) => {

@@ -4,7 +4,7 @@ import type { AdapterUnderTest } from './adapter.ts'
 import { Bench, SOAK, scaled } from './bench.ts'
 
 /** Rounds per combination of scope, race and handle: quick under `pnpm test`, 1,000 under `pnpm test:soak`. */
-export const RACE_ROUNDS = scaled(20, 1_000)
+export const RACE_ROUNDS = scaled(15, 1_000)
 /** The waiter's `timeoutMs` in timeout-vs-grant rounds; the holder releases within ±4 ms of it. */
 const RACE_TIMEOUT_MS = 15
 
