@@ -67,7 +67,19 @@ try {
     step(`${name}: types from .mts and .cts`, () =>
       run(
         join(app, 'node_modules/.bin/tsc'),
-        ['--noEmit', '--strict', '--skipLibCheck', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--types', 'node', 'check.mts', 'check.cts'],
+        [
+          '--noEmit',
+          '--strict',
+          '--skipLibCheck',
+          '--module',
+          'nodenext',
+          '--moduleResolution',
+          'nodenext',
+          '--types',
+          'node',
+          'check.mts',
+          'check.cts',
+        ],
         { cwd: app },
       ),
     )

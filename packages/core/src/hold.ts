@@ -7,6 +7,8 @@ import {
   IN_FAILED_SQL_TRANSACTION,
   LOCK_NOT_AVAILABLE,
   NO_ACTIVE_SQL_TRANSACTION,
+  PROBE_SQL,
+  pidOf,
   QUERY_CANCELED,
   rollbackToSavepointSql,
   unlockIfHeldSql,
@@ -105,11 +107,16 @@ async function queryPastCancel(connection: LockConnection<unknown>, sql: string)
 /**
  * Leaves the connection as it was before a failed or abandoned lock statement: nothing held,
  * the caller's transaction usable. A connection whose state cannot be restored is destroyed if
- * owned; on a connection the caller owns, the failure is reported as `RELEASE_FAILED`.
+ * owned; on a connection the caller owns, the failure is reported as `RELEASE_FAILED`. A
+ * connection that was lost holds nothing: its session ends with it, so there is nothing to undo.
  */
-async function undo(connection: LockConnection<unknown>, request: TakeRequest, failure: unknown): Promise<void> {
+async function undo(connection: LockConnection<unknown>, request: TakeRequest, failure: unknown, lost: () => boolean): Promise<void> {
   const { framing } = request
   if (framing.kind === 'driver-transaction' || sqlState(failure) === IN_FAILED_SQL_TRANSACTION) return
+  if (lost()) {
+    await connection.release({ destroy: true, cause: failure })
+    return
+  }
   if (framing.kind === 'savepoint' && sqlState(failure) === NO_ACTIVE_SQL_TRANSACTION) return
   const sql =
     framing.kind === 'session'
@@ -120,7 +127,7 @@ async function undo(connection: LockConnection<unknown>, request: TakeRequest, f
   try {
     await queryPastCancel(connection, sql)
   } catch (error) {
-    if (connection.owned) {
+    if (connection.owned || lost()) {
       await connection.release({ destroy: true, cause: error })
       return
     }
@@ -140,13 +147,21 @@ function failureFor(error: unknown, request: TakeRequest): unknown {
   return error
 }
 
+/** A granted lock: `pid` is the backend holding it, when the lock statement said (session locks do). */
+export interface Granted {
+  readonly pid: number | undefined
+}
+
 /**
- * @internal Takes a lock on a pinned connection in one round trip. Resolves `true` when granted,
- * `false` when the non-blocking form found it taken; rejects with `LockTimeoutError`, the abort
- * reason, or the driver's error, having first undone whatever the failed statement may have left
- * (Postgres can grant a lock and still report a timeout or a cancel).
+ * @internal Takes a lock on a pinned connection in one round trip. Resolves to {@link Granted}
+ * when granted, `false` when the non-blocking form found it taken; rejects with
+ * `LockTimeoutError`, the abort reason, or the driver's error, having first undone whatever the
+ * failed statement may have left (Postgres can grant a lock and still report a timeout or a cancel).
+ * If the connection dies while the statement waits, the wait is cancelled on the server too:
+ * Postgres does not notice a vanished client while it waits for a lock, and would otherwise grant
+ * the lock to the dead session when it frees up.
  */
-export async function takeLock(connection: LockConnection<unknown>, request: TakeRequest): Promise<boolean> {
+export async function takeLock(connection: LockConnection<unknown>, request: TakeRequest): Promise<Granted | false> {
   const left = remainingMs(request.deadline)
   const attempt = request.attempt || (left !== undefined && left < 1)
   const { framing } = request
@@ -160,16 +175,28 @@ export async function takeLock(connection: LockConnection<unknown>, request: Tak
     savepoint: framing.kind === 'savepoint' ? { name: framing.name, keepOpen: framing.keepOpen } : undefined,
   }
   request.signal?.throwIfAborted()
-  const outcome = await runCancellable(connection, acquireSql(plan), request.signal)
-  if (outcome.ok && !request.signal?.aborted) {
-    if (!attempt || outcome.rows[0]?.acquired === true) return true
-    if (framing.kind === 'begin' || (framing.kind === 'savepoint' && framing.keepOpen)) await undo(connection, request, undefined)
-    return attemptRefused(request)
+  let lost = false
+  let waiting = true
+  const stopListening = connection.onLost(() => {
+    lost = true
+    if (waiting) void connection.cancel().catch(() => undefined)
+  })
+  try {
+    const outcome = await runCancellable(connection, acquireSql(plan), request.signal)
+    waiting = false
+    if (outcome.ok && !request.signal?.aborted) {
+      if (!attempt || outcome.rows[0]?.acquired === true) return { pid: pidOf(outcome.rows[0]) }
+      if (framing.kind === 'begin' || (framing.kind === 'savepoint' && framing.keepOpen))
+        await undo(connection, request, undefined, () => lost)
+      return attemptRefused(request)
+    }
+    await outcome.cancelled
+    const failure = outcome.ok ? undefined : outcome.error
+    await undo(connection, request, failure, () => lost)
+    throw failureFor(failure, request)
+  } finally {
+    stopListening()
   }
-  await outcome.cancelled
-  const failure = outcome.ok ? undefined : outcome.error
-  await undo(connection, request, failure)
-  throw failureFor(failure, request)
 }
 
 function attemptRefused(request: TakeRequest): false {
@@ -184,13 +211,15 @@ export async function keepSavepoint(connection: LockConnection<unknown>, name: s
 
 /**
  * @internal Watches a held lock's connection: calls `onLost` once if the connection fails, ends,
- * or (with `keepAliveMs`) does not answer a probe in time. Returns a function that stops watching.
+ * or (with `keepAliveMs`) does not answer a probe in time, or answers it from another backend
+ * than `pid`, the one holding the lock. Returns a function that stops watching.
  */
 export function watchConnection(
   connection: LockConnection<unknown>,
   keepAliveMs: number | undefined,
   onLost: (error: LockLostError) => void,
   details: PgLockErrorDetails,
+  pid?: number,
 ): () => void {
   let stopped = false
   let timer: ReturnType<typeof setTimeout> | undefined
@@ -205,9 +234,11 @@ export function watchConnection(
   const probe = () => {
     if (stopped || keepAliveMs === undefined) return
     const overdue = setTimeout(() => lost(undefined, `the connection did not answer a probe within ${keepAliveMs} ms`), keepAliveMs)
-    connection.query('SELECT 1').then(
-      () => {
+    connection.query(PROBE_SQL).then(
+      (rows) => {
         clearTimeout(overdue)
+        const now = pidOf(rows[0])
+        if (pid !== undefined && now !== undefined && now !== pid) return lost(undefined, sessionMovedReason(pid, now))
         if (!stopped) timer = setTimeout(probe, keepAliveMs)
       },
       (error: unknown) => {
@@ -223,4 +254,17 @@ export function watchConnection(
     unsubscribe()
   }
   return stop
+}
+
+/**
+ * @internal Why a session lock cannot be trusted once its connection's statements run on another
+ * backend than the one that took it, and what to do about it.
+ */
+export function sessionMovedReason(heldOn: number, now: number): string {
+  return (
+    `the lock was taken on backend ${heldOn} but the connection now runs on backend ${now}: something between ` +
+    'pglock and Postgres hands this connection to other sessions (a pooler in transaction mode, such as PgBouncer ' +
+    `with pool_mode = transaction). Backend ${heldOn} may hold the lock until that server connection closes. ` +
+    "Session locks need a connection that keeps its session: connect to Postgres directly or through session pooling, or use scope: 'transaction'"
+  )
 }

@@ -15,20 +15,23 @@ import {
   keepSavepoint,
   NotInTransaction,
   nextSavepoint,
+  sessionMovedReason,
   sqlState,
   takeLock,
   watchConnection,
 } from './hold.js'
 import { type LockId, lockIdToken, resolveLockId } from './keys.js'
 import { type ResolvedLockOptions, resolveAcquireOptions, resolveLockOptions } from './options.js'
-import { QUERY_CANCELED, unlockSql } from './sql.js'
+import { pidOf, QUERY_CANCELED, unlockSql } from './sql.js'
 import type { AcquireOptions, LockKey, LockMode, LockOptions, LockScope } from './types.js'
-import { checkOut, DeadlineExceeded } from './wait.js'
+import { checkOut, DeadlineExceeded, interruptible } from './wait.js'
 
 interface Held<Db> {
   readonly connection: LockConnection<Db>
   readonly ticket: GateTicket
   readonly stopWatching: () => void
+  /** the backend that took the lock, when the lock statement said (session scope) */
+  readonly pid: number | undefined
 }
 
 type State = 'idle' | 'acquiring' | 'held' | 'releasing'
@@ -169,13 +172,15 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     if (this.#state !== 'held' || held === undefined) return false
     this.#state = 'releasing'
     if (this.scope === 'transaction') {
+      held.stopWatching()
       this.#settle(held)
       return false
     }
     let released: boolean
     try {
-      released = await this.#unlock(held.connection)
+      released = await interruptible(this.#unlock(held), { signal: this.#controller.signal, abandon: () => undefined })
     } catch (error) {
+      if (error instanceof SessionMoved) return this.#moved(held, error)
       if (this.#state !== 'releasing') return false
       if (isConnectionFailure(error)) {
         this.#lose(
@@ -197,6 +202,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
       return true
     }
     if (this.#state !== 'releasing') return false
+    held.stopWatching()
     if (!released) {
       this.#lose(held, new LockLostError(`lock ${describeKey(this.key)} was no longer held when released`, this.#details), false)
       return false
@@ -206,16 +212,32 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     return true
   }
 
+  /**
+   * The unlock ran on another backend than the one holding the lock, so it unlocked nothing: the
+   * connection does not keep its session. Reported loudly, never as a release.
+   */
+  async #moved(held: Held<Db>, moved: SessionMoved): Promise<never> {
+    const reason = sessionMovedReason(moved.heldOn, moved.now)
+    const unsupported = new UnsupportedError(`could not release session lock ${describeKey(this.key)}: ${reason}`, this.#details)
+    held.stopWatching()
+    await held.connection.release({ destroy: true, cause: unsupported })
+    this.#settle(held)
+    this.#controller.abort(new LockLostError(`lock ${describeKey(this.key)} was lost: ${reason}`, { ...this.#details, cause: unsupported }))
+    throw unsupported
+  }
+
   /** Releases the lock at the end of an `await using` block. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.release()
   }
 
-  async #unlock(connection: LockConnection<Db>): Promise<boolean> {
+  async #unlock(held: Held<Db>): Promise<boolean> {
     for (let attempt = 1; ; attempt += 1) {
       try {
-        const rows = await connection.query(unlockSql(this.id, this.mode))
-        return rows[0]?.released === true
+        const [row] = await held.connection.query(unlockSql(this.id, this.mode, held.pid))
+        const now = pidOf(row)
+        if (held.pid !== undefined && now !== undefined && now !== held.pid) throw new SessionMoved(held.pid, now)
+        return row?.released === true
       } catch (error) {
         if (sqlState(error) !== QUERY_CANCELED || attempt >= 2) throw error
       }
@@ -258,7 +280,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
       }
       if (framing.kind === 'savepoint' && framing.keepOpen) await keepSavepoint(connection, framing.name)
       this.#controller = new AbortController()
-      this.#held = { connection, ticket, stopWatching: this.#watch(connection) }
+      this.#held = { connection, ticket, pid: granted.pid, stopWatching: this.#watch(connection, granted.pid) }
       this.#state = 'held'
       return true
     } catch (error) {
@@ -293,7 +315,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     return { kind: 'savepoint', name: nextSavepoint(), keepOpen: signal !== undefined }
   }
 
-  #watch(connection: LockConnection<Db>): () => void {
+  #watch(connection: LockConnection<Db>, pid: number | undefined): () => void {
     return watchConnection(
       connection,
       this.#keepAliveMs,
@@ -302,6 +324,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
         if (held !== undefined && this.isHeld) this.#lose(held, error, true)
       },
       this.#details,
+      pid,
     )
   }
 
@@ -316,5 +339,15 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     this.#held = undefined
     this.#state = 'idle'
     held.ticket.leave()
+  }
+}
+
+/** Thrown by `#unlock` when the unlock ran on another backend than the one holding the lock. */
+class SessionMoved extends Error {
+  constructor(
+    readonly heldOn: number,
+    readonly now: number,
+  ) {
+    super(`the connection moved from backend ${heldOn} to backend ${now}`)
   }
 }

@@ -62,7 +62,8 @@ export interface AcquirePlan {
 
 /**
  * The SQL text that takes a lock. One round trip however it is framed: `BEGIN`, a savepoint and
- * a `lock_timeout` all travel with the lock call itself.
+ * a `lock_timeout` all travel with the lock call itself. A session lock's last statement also
+ * answers `pid`, the backend that took it, so that later statements can check they run there.
  */
 export function acquireSql(plan: AcquirePlan): string {
   const transaction = plan.scope === 'transaction'
@@ -78,6 +79,7 @@ export function acquireSql(plan: AcquirePlan): string {
     }
   }
   if (plan.begin) parts.unshift('BEGIN')
+  if (!transaction) parts[parts.length - 1] += ', pg_backend_pid() AS pid'
   return parts.join('; ')
 }
 
@@ -86,9 +88,26 @@ export function rollbackToSavepointSql(savepoint: string): string {
   return `ROLLBACK TO SAVEPOINT ${savepoint}; RELEASE SAVEPOINT ${savepoint}`
 }
 
-/** Releases a session lock; answers in column `released`. */
-export function unlockSql(id: LockId, mode: LockMode): string {
-  return `SELECT ${call('unlock', id, mode)} AS released`
+/**
+ * Releases a session lock; answers in column `released`, and in `pid` the backend it ran on.
+ * Given the backend that took the lock, it unlocks only there: on any other backend (the
+ * connection's session changed, as behind a transaction-pooling proxy) `released` is null and
+ * nothing is unlocked, so a lock another client holds on that backend is left alone.
+ */
+export function unlockSql(id: LockId, mode: LockMode, pid?: number): string {
+  const unlock = call('unlock', id, mode)
+  if (pid === undefined || !Number.isSafeInteger(pid)) return `SELECT ${unlock} AS released, pg_backend_pid() AS pid`
+  return `SELECT CASE WHEN pg_backend_pid() = ${pid} THEN ${unlock} END AS released, pg_backend_pid() AS pid`
+}
+
+/** A keep-alive probe; answers in `pid` the backend it ran on. */
+export const PROBE_SQL = 'SELECT pg_backend_pid() AS pid'
+
+/** @internal Reads the `pid` column pglock's statements answer, if there is one. */
+export function pidOf(row: Readonly<Record<string, unknown>> | undefined): number | undefined {
+  const value = row?.pid
+  const pid = typeof value === 'number' ? value : typeof value === 'string' || typeof value === 'bigint' ? Number(value) : Number.NaN
+  return Number.isSafeInteger(pid) ? pid : undefined
 }
 
 /**

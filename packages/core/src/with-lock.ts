@@ -7,7 +7,7 @@ import { Lock } from './lock.js'
 import { resolveAcquireOptions, resolveLockOptions } from './options.js'
 import { rollbackToSavepointSql } from './sql.js'
 import type { Lease, LockKey, LockMode, TryWithLockResult, WithLockOptions } from './types.js'
-import { checkOut, DeadlineExceeded } from './wait.js'
+import { checkOut, DeadlineExceeded, interruptible } from './wait.js'
 
 /** @internal The function a user passes to `withLock`. */
 export type LeaseFn<Db, T> = (lease: Lease<Db>) => T | PromiseLike<T>
@@ -110,15 +110,18 @@ async function runInTransaction<Db, T>(run: Run<Db, T>): Promise<TryWithLockResu
  * Runs the lock and `fn` inside a transaction the driver opens. When they fail, their failure is
  * what `withLock` reports, even if the driver then fails too: its `ROLLBACK` on a connection that
  * died (which is how the lock was lost) would otherwise replace `LockLostError`, and postgres.js
- * rejects `sql.begin()` as soon as the connection closes, before `fn` has even returned.
+ * rejects `sql.begin()` as soon as the connection closes, before `fn` has even returned. A loss
+ * after `fn` returned stops the wait for the driver's commit, which a dead connection never ends.
  */
 async function inDriverTransaction<Db, T>(
   run: Run<Db, T>,
   transaction: NonNullable<LockExecutor<Db>['transaction']>,
 ): Promise<TryWithLockResult<T>> {
+  const watch: DriverTransactionWatch = { abandoned: new AbortController(), stop: () => undefined }
   let held: Promise<TryWithLockResult<T>> | undefined
   try {
-    return await transaction((connection) => (held = holdWhileRunning(run, connection, { kind: 'driver-transaction' })))
+    const ended = transaction((connection) => (held = holdWhileRunning(run, connection, { kind: 'driver-transaction' }, watch)))
+    return await untilLost(ended, watch.abandoned.signal)
   } catch (error) {
     if (held === undefined) throw error
     const failure = await held.then(
@@ -126,6 +129,8 @@ async function inDriverTransaction<Db, T>(
       (reason: unknown) => ({ reason }),
     )
     throw failure === undefined ? error : failure.reason
+  } finally {
+    watch.stop()
   }
 }
 
@@ -140,29 +145,70 @@ async function inOpenOrNewTransaction<Db, T>(run: Run<Db, T>, connection: LockCo
   return holdWhileRunning(run, connection, { kind: 'begin' })
 }
 
-/** Takes the transaction lock, runs `fn`, then commits (or releases the savepoint) or rolls back. */
-async function holdWhileRunning<Db, T>(run: Run<Db, T>, connection: LockConnection<Db>, framing: Framing): Promise<TryWithLockResult<T>> {
+/**
+ * Takes the transaction lock, runs `fn`, then commits (or releases the savepoint) or rolls back.
+ * Once the connection is lost, nothing more is sent on it: an owned connection is destroyed at
+ * once, and waiting for the driver to end its transaction is cut short by the loss, so that a
+ * dead connection (say, one whose packets vanish) can never leave `withLock` pending.
+ */
+async function holdWhileRunning<Db, T>(
+  run: Run<Db, T>,
+  connection: LockConnection<Db>,
+  framing: Framing,
+  driver?: DriverTransactionWatch,
+): Promise<TryWithLockResult<T>> {
   const granted = await takeLock(connection, { ...run, framing })
   if (!granted) return { acquired: false }
   const controller = new AbortController()
-  const stopWatching = watchConnection(connection, run.keepAliveMs, (error) => controller.abort(error), run.details)
+  const lost = controller.signal
+  let ran = false
+  const stopWatching = watchConnection(
+    connection,
+    run.keepAliveMs,
+    (error) => {
+      controller.abort(error)
+      if (ran) driver?.abandoned.abort(error)
+      void Promise.resolve(connection.release({ destroy: true, cause: error })).catch(() => undefined)
+    },
+    run.details,
+  )
+  const stop = driver === undefined ? stopWatching : () => undefined
+  if (driver !== undefined) driver.stop = stopWatching
   let value: T
   try {
-    value = await run.fn({ db: connection.db, signal: controller.signal })
+    value = await run.fn({ db: connection.db, signal: lost })
   } catch (error) {
-    stopWatching()
-    await finish(connection, framing, false).catch(() => undefined)
+    ran = true
+    if (lost.aborted) driver?.abandoned.abort(error)
+    else await untilLost(finish(connection, framing, false), lost).catch(() => undefined)
+    stop()
     throw error
   }
-  stopWatching()
+  ran = true
+  if (lost.aborted) driver?.abandoned.abort(lost.reason)
   try {
-    await finish(connection, framing, true)
+    lost.throwIfAborted()
+    await untilLost(finish(connection, framing, true), lost)
   } catch (error) {
-    controller.signal.throwIfAborted()
+    lost.throwIfAborted()
     throw error
+  } finally {
+    stop()
   }
-  controller.signal.throwIfAborted()
   return { acquired: true, value }
+}
+
+/**
+ * Where the driver ends the transaction itself (`executor.transaction`), the lock stays watched
+ * until the driver's commit or rollback settles, and a loss after `fn` returned abandons the wait.
+ */
+interface DriverTransactionWatch {
+  readonly abandoned: AbortController
+  stop: () => void
+}
+
+function untilLost<T>(promise: Promise<T>, lost: AbortSignal): Promise<T> {
+  return interruptible(promise, { signal: lost, abandon: () => undefined })
 }
 
 /**

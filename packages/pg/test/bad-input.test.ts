@@ -1,0 +1,4 @@
+import { describeBadInput } from '@pglock/testing'
+import adapter from './adapter.ts'
+
+describeBadInput(adapter)

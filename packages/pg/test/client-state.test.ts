@@ -1,0 +1,37 @@
+import { createLock, InvalidArgumentError, tryWithLock, withLock } from '@pglock/pg'
+import { settleWithin } from '@pglock/testing'
+import pg from 'pg'
+import { describe, expect, inject, it } from 'vitest'
+
+describe('pg: clients that cannot run queries', () => {
+  it('refuses a Client that was never connected, instead of waiting for a connect() that never comes', async () => {
+    const client = new pg.Client({ connectionString: inject('databaseUrl') })
+    expect(() => createLock(client, 'never-connected')).toThrow(InvalidArgumentError)
+    expect(() => createLock(client, 'never-connected')).toThrow(/never connected: call client.connect\(\) first/)
+    const calls: Promise<unknown>[] = [
+      withLock(client, 'never-connected', () => 1),
+      tryWithLock(client, 'never-connected', () => 1, { scope: 'transaction' }),
+    ]
+    for (const call of calls)
+      expect(await settleWithin(call, 2_000)).toMatchObject({ state: 'rejected', error: expect.any(InvalidArgumentError) })
+  })
+
+  it('accepts a Client whose connect() is still under way', async () => {
+    const client = new pg.Client({ connectionString: inject('databaseUrl') })
+    const connecting = client.connect()
+    try {
+      expect(await withLock(client, 'connecting', () => 'ran')).toBe('ran')
+    } finally {
+      await connecting
+      await client.end()
+    }
+  })
+
+  it('fails a lock on an ended Client with node-postgres own error, not RELEASE_FAILED', async () => {
+    const client = new pg.Client({ connectionString: inject('databaseUrl') })
+    await client.connect()
+    await client.end()
+    const result = await settleWithin(createLock(client, 'ended').acquire(), 2_000)
+    expect(result).toMatchObject({ state: 'rejected', error: { message: 'Client was closed and is not queryable' } })
+  })
+})

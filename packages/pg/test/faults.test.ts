@@ -1,0 +1,4 @@
+import { describeFaults } from '@pglock/testing'
+import adapter from './adapter.ts'
+
+describeFaults(adapter)

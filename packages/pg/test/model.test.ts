@@ -1,0 +1,4 @@
+import { describeModel } from '@pglock/testing'
+import adapter from './adapter.ts'
+
+describeModel(adapter)

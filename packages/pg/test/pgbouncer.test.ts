@@ -1,0 +1,4 @@
+import { describePgBouncer } from '@pglock/testing'
+import adapter from './adapter.ts'
+
+describePgBouncer(adapter)

@@ -1,0 +1,4 @@
+import { describeProcesses } from '@pglock/testing'
+import adapter from './adapter.ts'
+
+describeProcesses(adapter)

@@ -1,0 +1,4 @@
+import { describeRaces } from '@pglock/testing'
+import adapter from './adapter.ts'
+
+describeRaces(adapter)

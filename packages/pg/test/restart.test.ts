@@ -1,0 +1,4 @@
+import { describeRestart } from '@pglock/testing'
+import adapter from './adapter.ts'
+
+describeRestart(adapter)
