@@ -11,6 +11,7 @@ import type { LockConnection, LockExecutor } from './executor.js'
 import { enterGate, type GateTicket } from './gate.js'
 import { type Framing, keepSavepoint, NotInTransaction, nextSavepoint, sqlState, takeLock, watchConnection } from './hold.js'
 import { type LockId, lockIdToken, resolveLockId } from './keys.js'
+import { LazyAbort } from './lazy-abort.js'
 import { type ResolvedLockOptions, resolveAcquireOptions, resolveLockOptions } from './options.js'
 import { QUERY_CANCELED, unlockSql } from './sql.js'
 import type { AcquireOptions, LockKey, LockMode, LockOptions, LockScope } from './types.js'
@@ -65,7 +66,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
   readonly #details: PgLockErrorDetails
   #state: State = 'idle'
   #held: Held<Db> | undefined
-  #controller = new AbortController()
+  #abort = new LazyAbort()
 
   /** @internal Use your adapter's `createLock`. */
   constructor(executor: LockExecutor<Db>, key: LockKey, options: LockOptions | undefined) {
@@ -96,7 +97,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
    * ended). A fresh signal is made for each acquire; release does not abort it.
    */
   get signal(): AbortSignal {
-    return this.#controller.signal
+    return this.#abort.signal
   }
 
   /** The driver-native handle on the connection that holds the lock, while held; else `undefined`. */
@@ -236,7 +237,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
         return false
       }
       if (framing.kind === 'savepoint' && framing.keepOpen) await keepSavepoint(connection, framing.name)
-      this.#controller = new AbortController()
+      this.#abort = new LazyAbort()
       this.#held = { connection, ticket, stopWatching: this.#watch(connection) }
       this.#state = 'held'
       return true
@@ -288,7 +289,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     held.stopWatching()
     void Promise.resolve(held.connection.release({ destroy, cause: error })).catch(() => undefined)
     this.#settle(held)
-    this.#controller.abort(error)
+    this.#abort.abort(error)
   }
 
   #settle(held: Held<Db>): void {

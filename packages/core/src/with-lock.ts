@@ -3,6 +3,7 @@ import type { LockConnection, LockExecutor } from './executor.js'
 import { enterGate } from './gate.js'
 import { type Framing, NotInTransaction, nextSavepoint, takeLock, watchConnection } from './hold.js'
 import { type LockId, lockIdToken, resolveLockId } from './keys.js'
+import { LazyAbort } from './lazy-abort.js'
 import { Lock } from './lock.js'
 import { resolveAcquireOptions, resolveLockOptions } from './options.js'
 import { rollbackToSavepointSql } from './sql.js'
@@ -74,15 +75,20 @@ async function runInSession<Db, T>(
   signal: AbortSignal | undefined,
 ): Promise<TryWithLockResult<T>> {
   if (attempt ? !(await lock.tryAcquire({ signal })) : !(await lock.acquire({ timeoutMs, signal }))) return { acquired: false }
+  const lease: Lease<Db> = {
+    db: lock.db as Db,
+    get signal() {
+      return lock.signal
+    },
+  }
   let value: T
   try {
-    value = await fn({ db: lock.db as Db, signal: lock.signal })
+    value = await fn(lease)
   } catch (error) {
     await lock.release().catch(() => undefined)
     throw error
   }
-  await lock.release()
-  lock.signal.throwIfAborted()
+  if (!(await lock.release())) lock.signal.throwIfAborted()
   return { acquired: true, value }
 }
 
@@ -121,11 +127,17 @@ async function inOpenOrNewTransaction<Db, T>(run: Run<Db, T>, connection: LockCo
 async function holdWhileRunning<Db, T>(run: Run<Db, T>, connection: LockConnection<Db>, framing: Framing): Promise<TryWithLockResult<T>> {
   const granted = await takeLock(connection, { ...run, framing })
   if (!granted) return { acquired: false }
-  const controller = new AbortController()
-  const stopWatching = watchConnection(connection, run.keepAliveMs, (error) => controller.abort(error), run.details)
+  const lost = new LazyAbort()
+  const stopWatching = watchConnection(connection, run.keepAliveMs, (error) => lost.abort(error), run.details)
+  const lease: Lease<Db> = {
+    db: connection.db,
+    get signal() {
+      return lost.signal
+    },
+  }
   let value: T
   try {
-    value = await run.fn({ db: connection.db, signal: controller.signal })
+    value = await run.fn(lease)
   } catch (error) {
     stopWatching()
     await finish(connection, framing, false).catch(() => undefined)
@@ -135,10 +147,10 @@ async function holdWhileRunning<Db, T>(run: Run<Db, T>, connection: LockConnecti
   try {
     await finish(connection, framing, true)
   } catch (error) {
-    controller.signal.throwIfAborted()
+    lost.throwIfAborted()
     throw error
   }
-  controller.signal.throwIfAborted()
+  lost.throwIfAborted()
   return { acquired: true, value }
 }
 

@@ -410,6 +410,30 @@ export function describeConformance(adapter: AdapterUnderTest): void {
           expect((result as { error: unknown }).error).toBeInstanceOf(LockLostError)
           expect(await lib.withLock(pool.db, k, () => 'pool still works', { scope })).toBe('pool still works')
         })
+
+        it(`hands fn an already aborted lease.signal when it reads it only after the loss (${scope} scope)`, async () => {
+          const pool = await open()
+          const k = key(`lost-unread-${scope}`)
+          let late: AbortSignal | undefined
+          const result = await outcome(
+            lib.withLock(
+              pool.db,
+              k,
+              async (lease) => {
+                const [holder] = await observer.holders(k)
+                await observer.terminate(holder as number)
+                await sleep(250)
+                late = lease.signal
+                return 'finished anyway'
+              },
+              { scope },
+            ),
+          )
+          expect(late?.aborted).toBe(true)
+          expect(late?.reason).toBeInstanceOf(LockLostError)
+          expect(result.ok).toBe(false)
+          expect((result as { error: unknown }).error).toBeInstanceOf(LockLostError)
+        })
       }
     })
 
