@@ -10,6 +10,24 @@ import { rollbackToSavepointSql } from './sql.js'
 import type { Lease, LockKey, LockMode, TryWithLockResult, WithLockOptions } from './types.js'
 import { checkOut, DeadlineExceeded } from './wait.js'
 
+/**
+ * The lease `withLock` hands to `fn`. `signal` is a getter on the prototype, so that its
+ * `AbortSignal` is made only if `fn` reads it (destructuring reads it; spreading the lease does not).
+ */
+class LockLease<Db> implements Lease<Db> {
+  readonly db: Db
+  readonly #lost: { readonly signal: AbortSignal }
+
+  constructor(db: Db, lost: { readonly signal: AbortSignal }) {
+    this.db = db
+    this.#lost = lost
+  }
+
+  get signal(): AbortSignal {
+    return this.#lost.signal
+  }
+}
+
 /** @internal The function a user passes to `withLock`. */
 export type LeaseFn<Db, T> = (lease: Lease<Db>) => T | PromiseLike<T>
 
@@ -37,14 +55,18 @@ export async function runWithLock<Db, T>(
   options: WithLockOptions | undefined,
   attempt: boolean,
 ): Promise<TryWithLockResult<T>> {
+  const scope = (options as { readonly scope?: unknown } | null | undefined)?.scope
+  if (scope === undefined || scope === 'session') {
+    const lock = new Lock(executor, key, options)
+    const { timeoutMs, signal } = resolveAcquireOptions(options, { key, mode: lock.mode, scope: lock.scope })
+    checkFn(fn, { key, mode: lock.mode, scope: lock.scope })
+    return runInSession(lock, fn, attempt, timeoutMs, signal)
+  }
   const resolved = resolveLockOptions(options, { key })
   const details: PgLockErrorDetails = { key, mode: resolved.mode, scope: resolved.scope }
   const id = resolveLockId(key, options)
   const { timeoutMs, signal } = resolveAcquireOptions(options, details)
-  if (typeof fn !== 'function') {
-    throw new InvalidArgumentError(`fn must be a function, got ${fn === null ? 'null' : typeof fn}`, details)
-  }
-  if (resolved.scope === 'session') return runInSession(new Lock(executor, key, options), fn, attempt, timeoutMs, signal)
+  checkFn(fn, details)
   signal?.throwIfAborted()
   const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs
   const run: Run<Db, T> = {
@@ -67,6 +89,12 @@ export async function runWithLock<Db, T>(
   }
 }
 
+function checkFn(fn: unknown, details: PgLockErrorDetails): void {
+  if (typeof fn !== 'function') {
+    throw new InvalidArgumentError(`fn must be a function, got ${fn === null ? 'null' : typeof fn}`, details)
+  }
+}
+
 async function runInSession<Db, T>(
   lock: Lock<Db>,
   fn: LeaseFn<Db, T>,
@@ -75,15 +103,9 @@ async function runInSession<Db, T>(
   signal: AbortSignal | undefined,
 ): Promise<TryWithLockResult<T>> {
   if (attempt ? !(await lock.tryAcquire({ signal })) : !(await lock.acquire({ timeoutMs, signal }))) return { acquired: false }
-  const lease: Lease<Db> = {
-    db: lock.db as Db,
-    get signal() {
-      return lock.signal
-    },
-  }
   let value: T
   try {
-    value = await fn(lease)
+    value = await fn(new LockLease(lock.db as Db, lock))
   } catch (error) {
     await lock.release().catch(() => undefined)
     throw error
@@ -129,15 +151,9 @@ async function holdWhileRunning<Db, T>(run: Run<Db, T>, connection: LockConnecti
   if (!granted) return { acquired: false }
   const lost = new LazyAbort()
   const stopWatching = watchConnection(connection, run.keepAliveMs, (error) => lost.abort(error), run.details)
-  const lease: Lease<Db> = {
-    db: connection.db,
-    get signal() {
-      return lost.signal
-    },
-  }
   let value: T
   try {
-    value = await run.fn(lease)
+    value = await run.fn(new LockLease(connection.db, lost))
   } catch (error) {
     stopWatching()
     await finish(connection, framing, false).catch(() => undefined)

@@ -1,7 +1,7 @@
 import { fork } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
-import { type LockKey, LockLostError, LockTimeoutError, PgLockError, pgLocksRow, resolveLockId } from '@pglock/core'
+import { type LockKey, LockLostError, LockTimeoutError, PgLockError, pgLocksRow, resolveLockId, type WithLockOptions } from '@pglock/core'
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest'
 import type { AdapterUnderTest, Opened } from './adapter.ts'
 import { FaultProxy } from './fault-proxy.ts'
@@ -517,6 +517,28 @@ export function describeConformance(adapter: AdapterUnderTest): void {
           await expect(lib.withLock(pool.db, bad as LockKey, () => 1)).rejects.toMatchObject({ code: 'INVALID_KEY' })
         })
       }
+
+      it('refuses a malformed fn or options to withLock with INVALID_ARGUMENT before any SQL', async () => {
+        const pool = await open()
+        await pool.close()
+        const k = key('bad-arguments')
+        const malformed: [unknown, unknown][] = [
+          ['not a function', undefined],
+          ['not a function', { scope: 'transaction' }],
+          [() => 1, 'fast'],
+          [() => 1, null],
+          [() => 1, { scope: 'global' }],
+          [() => 1, { mode: 'upgrade' }],
+          [() => 1, { timeoutMs: -1 }],
+          [() => 1, { scope: 'transaction', timeoutMs: Number.NaN }],
+          [() => 1, { signal: 'abort' }],
+        ]
+        for (const [fn, options] of malformed) {
+          await expect(lib.withLock(pool.db, k, fn as () => number, options as WithLockOptions)).rejects.toMatchObject({
+            code: 'INVALID_ARGUMENT',
+          })
+        }
+      })
 
       it('hashes string keys like Python postgresql-lock and reproduces postgres-lock 0.1 on request', async () => {
         const pool = await open()
