@@ -102,6 +102,23 @@ async function rawPgSessionCycle(pool: pg.Pool, key: number, section: CriticalSe
   }
 }
 
+/** The same, with named prepared statements: the server parses and plans each statement once per connection. */
+async function rawPgPreparedSessionCycle(pool: pg.Pool, key: number, section: CriticalSection): Promise<void> {
+  const client = await pool.connect()
+  let unlocked = false
+  try {
+    await client.query({ name: 'bench_advisory_lock', text: 'SELECT pg_advisory_lock($1)', values: [key] })
+    try {
+      await section(client)
+    } finally {
+      await client.query({ name: 'bench_advisory_unlock', text: 'SELECT pg_advisory_unlock($1)', values: [key] })
+      unlocked = true
+    }
+  } finally {
+    client.release(!unlocked)
+  }
+}
+
 async function rawPgTransactionCycle(pool: pg.Pool, key: number, section: CriticalSection): Promise<void> {
   const client = await pool.connect()
   let clean = false
@@ -215,6 +232,15 @@ export const CONTENDERS: readonly Contender[] = [
     floor: RAW_PG_TRANSACTION,
     cycleDescription: 'pool.connect(); BEGIN; SELECT pg_advisory_xact_lock($1); fn; COMMIT; client.release()',
     open: rawPg(rawPgTransactionCycle),
+  },
+  {
+    name: 'raw pg session, prepared',
+    role: 'floor',
+    scope: 'session',
+    floor: RAW_PG_SESSION,
+    cycleDescription: 'as raw pg session, with named prepared statements ({ name, text, values })',
+    noPoolPressure: 'the same code as raw pg session, with named statements: it deadlocks the same way',
+    open: rawPg(rawPgPreparedSessionCycle),
   },
   ...pglockContenders({
     name: 'pg',

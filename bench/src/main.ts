@@ -9,10 +9,21 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import type { Contender } from './contender.js'
 import { CONTENDERS } from './contenders.js'
+import { CpuMeter } from './cpu.js'
 import { type BenchDatabase, resolveBenchDatabase } from './database.js'
 import { megabytes, memoryReport, runMemory } from './memory.js'
 import { pressureTable, type ScenarioSamples, summarizePressure, summarizeThroughput, throughputTable, verdictTable } from './report.js'
-import { type BenchSettings, measure, type Sample, SCENARIOS, type ScenarioName, skipReason } from './scenarios.js'
+import {
+  type BenchSettings,
+  combineSlices,
+  measurePoolPressure,
+  measureThroughputSlice,
+  type Sample,
+  SCENARIOS,
+  type ScenarioName,
+  type Slice,
+  skipReason,
+} from './scenarios.js'
 import { judgeTargets } from './targets.js'
 
 const RESULTS_DIR = fileURLToPath(new URL('../../bench-results/', import.meta.url))
@@ -22,7 +33,8 @@ pnpm bench --memory [options]   10^6 lock cycles, heap sampled after forced GC
 
   --repeats N            samples per contender and scenario, interleaved (default 5)
   --duration MS          measured time per sample (default 2000)
-  --warmup MS            warm-up before each sample (default 300)
+  --slices N             each sample is N slices, interleaved with the other contenders' (default 4)
+  --warmup MS            warm-up before each slice, not measured (default 150)
   --workers N            workers in the contended and distinct-keys scenarios (default 8)
   --scenarios LIST       comma-separated: ${SCENARIOS.join(',')}
   --contenders LIST      comma-separated substrings of contender names (floors are always kept)
@@ -43,6 +55,7 @@ function parseFlags() {
     options: {
       repeats: { type: 'string' },
       duration: { type: 'string' },
+      slices: { type: 'string' },
       warmup: { type: 'string' },
       workers: { type: 'string' },
       scenarios: { type: 'string' },
@@ -65,7 +78,8 @@ function parseFlags() {
     memory: values.memory === true,
     repeats: positiveInteger('repeats', values.repeats, 5),
     durationMs: positiveInteger('duration', values.duration, 2_000),
-    warmupMs: positiveInteger('warmup', values.warmup, 300),
+    slices: positiveInteger('slices', values.slices, 4),
+    warmupMs: positiveInteger('warmup', values.warmup, 150),
     workers: positiveInteger('workers', values.workers, 8),
     pressureTimeoutMs: positiveInteger('pressure-timeout', values['pressure-timeout'], 5_000),
     scenarios,
@@ -107,6 +121,7 @@ async function runBench(flags: Flags, database: BenchDatabase): Promise<void> {
   const settings: BenchSettings = {
     url: database.url,
     durationMs: flags.durationMs,
+    slices: flags.slices,
     warmupMs: flags.warmupMs,
     workers: flags.workers,
     pressureTasks: 200,
@@ -118,19 +133,31 @@ async function runBench(flags: Flags, database: BenchDatabase): Promise<void> {
     `pglock bench: ${about.cpu}, ${about.memory}, ${about.os}, Node ${about.node}, Postgres ${about.postgres} (${about.database})`,
   )
   console.log(
-    `${flags.repeats} repeats, interleaved; ${flags.durationMs} ms per sample after ${flags.warmupMs} ms warm-up; ${flags.workers} workers; load average ${about.loadAverage.join(' ')}\n`,
+    `${flags.repeats} repeats; a sample is ${flags.slices} slices of ${flags.durationMs / flags.slices} ms (after ${flags.warmupMs} ms warm-up each), interleaved across contenders; ${flags.workers} workers; load average ${about.loadAverage.join(' ')}\n`,
   )
   const startedAt = performance.now()
+  const meter = await CpuMeter.open(database.url)
   const results = new Map<ScenarioName, ScenarioSamples>()
   const tables: string[] = []
   for (const scenario of flags.scenarios) {
     const taking = contenders.filter((contender) => skipReason(scenario, contender) === undefined)
     const samples = new Map<string, Sample[]>(taking.map((contender) => [contender.name, []]))
     for (let repeat = 0; repeat < flags.repeats; repeat += 1) {
-      for (const contender of rotation(taking, repeat)) {
-        progress(`${scenario}: repeat ${repeat + 1}/${flags.repeats}, ${contender.name}`)
-        samples.get(contender.name)?.push(await measure(scenario, contender, settings))
+      if (scenario === 'pool-pressure') {
+        for (const contender of rotation(taking, repeat)) {
+          progress(`${scenario}: repeat ${repeat + 1}/${flags.repeats}, ${contender.name}`)
+          samples.get(contender.name)?.push(await measurePoolPressure(contender, settings))
+        }
+        continue
       }
+      const slices = new Map<string, Slice[]>(taking.map((contender) => [contender.name, []]))
+      for (let slice = 0; slice < settings.slices; slice += 1) {
+        for (const contender of rotation(taking, repeat * settings.slices + slice)) {
+          progress(`${scenario}: repeat ${repeat + 1}/${flags.repeats}, slice ${slice + 1}/${settings.slices}, ${contender.name}`)
+          slices.get(contender.name)?.push(await measureThroughputSlice(scenario, contender, settings, meter))
+        }
+      }
+      for (const [name, own] of slices) samples.get(name)?.push(combineSlices(own))
     }
     progress('')
     results.set(scenario, samples)
@@ -147,6 +174,7 @@ async function runBench(flags: Flags, database: BenchDatabase): Promise<void> {
     tables.push(printed)
     console.log(`${printed}\n`)
   }
+  await meter.close()
   const verdicts = judgeTargets(contenders, results, settings.pressurePoolSize)
   if (verdicts.length > 0) console.log(`${verdictTable(verdicts)}\n`)
   const elapsedMs = performance.now() - startedAt

@@ -12,6 +12,9 @@ export interface ThroughputSummary {
   readonly ratioToFloor: Spread | undefined
   readonly floor: string
   readonly maxConnections: number
+  /** CPU µs per cycle, this process and the backends serving it */
+  readonly clientCpuUs: Spread
+  readonly serverCpuUs: Spread | undefined
   readonly handoffMedianMs?: Spread
   readonly handoffP99Ms?: Spread
   /** per repeat, the share of cycles that handed the lock to another worker */
@@ -66,6 +69,10 @@ export function summarizeThroughput(contenders: readonly Contender[], samples: S
       cyclesPerSecond: spread(own.map((sample) => sample.cyclesPerSecond)),
       ratioToFloor: ratios.length > 0 ? spread(ratios) : undefined,
       maxConnections: Math.max(...own.map((sample) => sample.maxConnections)),
+      clientCpuUs: spread(own.map((sample) => sample.clientCpuUs)),
+      serverCpuUs: own.every((sample) => sample.serverCpuUs !== undefined)
+        ? spread(own.map((sample) => sample.serverCpuUs as number))
+        : undefined,
       ...(handoffs.length > 0
         ? {
             handoffMedianMs: spread(handoffs.map((handoff) => handoff.medianMs)),
@@ -145,6 +152,7 @@ export function throughputTable(scenario: ScenarioName, summaries: readonly Thro
     'contender',
     'cycles/s median [min–max]',
     'ratio to floor',
+    'CPU µs/cycle client+server',
     ...(withHandoff ? ['handoff median ms', 'handoff p99 ms', 'handed over', 'exclusion'] : []),
     'max conns',
   ]
@@ -152,6 +160,7 @@ export function throughputTable(scenario: ScenarioName, summaries: readonly Thro
     summary.contender,
     formatSpread(summary.cyclesPerSecond),
     summary.contender === summary.floor ? '1 (floor)' : formatSpread(summary.ratioToFloor, '×'),
+    `${formatNumber(summary.clientCpuUs.median)} + ${summary.serverCpuUs === undefined ? '?' : formatNumber(summary.serverCpuUs.median)}`,
     ...(withHandoff
       ? [
           formatSpread(summary.handoffMedianMs),

@@ -1,5 +1,6 @@
 import { setImmediate as nextTurn } from 'node:timers/promises'
 import type { BenchTarget, Contender, CriticalSection, OpenContender } from './contender.js'
+import { CpuMeter, type CpuSpent } from './cpu.js'
 import { runPoolPressure } from './pool-pressure.js'
 import { ascending, quantile } from './stats.js'
 
@@ -7,10 +8,14 @@ import { ascending, quantile } from './stats.js'
 export const SCENARIOS = ['uncontended', 'contended', 'distinct-keys', 'pool-pressure'] as const
 export type ScenarioName = (typeof SCENARIOS)[number]
 
+export type ThroughputScenario = Exclude<ScenarioName, 'pool-pressure'>
+
 export interface BenchSettings {
   readonly url: string
-  /** measured time per sample, after the warm-up */
+  /** measured time per sample, split into `slices` interleaved with the other contenders' */
   readonly durationMs: number
+  readonly slices: number
+  /** warm-up before each slice, not measured */
   readonly warmupMs: number
   /** concurrent workers in the contended and distinct-keys scenarios */
   readonly workers: number
@@ -19,15 +24,31 @@ export interface BenchSettings {
   readonly pressureTimeoutMs: number
 }
 
-/** One measurement of one contender in a throughput scenario. */
+/** One slice: a short stretch of one contender in a throughput scenario. */
+export interface Slice {
+  readonly cycles: number
+  readonly elapsedMs: number
+  readonly maxConnections: number
+  /** CPU spent in this process and in the contender's backends while measuring, in µs */
+  readonly cpu: CpuSpent
+  /** contended scenario only: every release-to-grant handoff seen, in ms */
+  readonly handoffsMs?: readonly number[]
+  /** contended scenario only: times a holder entered while another was still inside (must be 0) */
+  readonly exclusionViolations?: number
+}
+
+/** One sample of one contender in a throughput scenario: its slices of one repeat, summed. */
 export interface ThroughputSample {
+  readonly slices: number
   readonly cycles: number
   readonly elapsedMs: number
   readonly cyclesPerSecond: number
   readonly maxConnections: number
-  /** for the contended scenario: release-to-grant handoffs seen, and their median and p99 in ms */
+  /** CPU per cycle in µs: this process, and the backends serving it (when on this machine) */
+  readonly clientCpuUs: number
+  readonly serverCpuUs: number | undefined
+  /** contended scenario only: handoffs seen, and their median and p99 in ms */
   readonly handoff?: { readonly count: number; readonly medianMs: number; readonly p99Ms: number }
-  /** times a holder entered while another was still inside: must be 0 */
   readonly exclusionViolations?: number
 }
 
@@ -54,15 +75,6 @@ function freshKeys(count: number): number {
   return first
 }
 
-async function openFor(contender: Contender, settings: BenchSettings, poolSize: number, label: string): Promise<OpenContender> {
-  const target: BenchTarget = {
-    url: settings.url,
-    poolSize,
-    applicationName: `pglock-bench-${process.pid}-${label}`,
-  }
-  return contender.open(target)
-}
-
 /**
  * Runs `workers` loops of `cycle` until `durationMs` has passed; each worker finishes the cycle
  * it is in. Resolves to the cycles done and the time until the last worker stopped.
@@ -86,14 +98,21 @@ async function loopFor(
   return { cycles, elapsedMs: performance.now() - startedAt }
 }
 
-async function measureThroughput(
-  open: OpenContender,
-  settings: BenchSettings,
+/** What one slice runs with: the open contender, the settings, and the CPU meter. */
+interface SliceRun {
+  readonly open: OpenContender
+  readonly settings: BenchSettings
+  readonly meter: CpuMeter
+  readonly applicationName: string
+}
+
+async function measureSlice(
+  { open, settings, meter, applicationName }: SliceRun,
   workers: number,
   keyFor: (worker: number, index: number) => number,
   sectionFor: (worker: number) => CriticalSection,
   onMeasuredStart: () => void = () => undefined,
-): Promise<ThroughputSample> {
+): Promise<Slice> {
   let maxConnections = 0
   const sections = Array.from({ length: workers }, (_, worker) => {
     const section = sectionFor(worker)
@@ -105,28 +124,25 @@ async function measureThroughput(
   })
   const cycle = (worker: number, index: number) => open.cycle(keyFor(worker, index), sections[worker] as CriticalSection)
   await loopFor(workers, settings.warmupMs, cycle)
+  const backends = await meter.backends(applicationName)
   onMeasuredStart()
-  const { cycles, elapsedMs } = await loopFor(workers, settings.durationMs, cycle)
-  return { cycles, elapsedMs, cyclesPerSecond: (cycles / elapsedMs) * 1000, maxConnections }
+  const before = meter.mark(backends)
+  const { cycles, elapsedMs } = await loopFor(workers, settings.durationMs / settings.slices, cycle)
+  const cpu = CpuMeter.spent(before, meter.mark(backends))
+  return { cycles, elapsedMs, maxConnections, cpu }
 }
 
 function emptySection(): void {}
 
 /** (a) One worker, one key, nobody else: the cost of a lock cycle itself. */
-async function uncontended(contender: Contender, settings: BenchSettings): Promise<ThroughputSample> {
-  const open = await openFor(contender, settings, 1, 'uncontended')
-  try {
-    const key = freshKeys(1)
-    return await measureThroughput(
-      open,
-      settings,
-      1,
-      () => key,
-      () => emptySection,
-    )
-  } finally {
-    await open.close()
-  }
+async function uncontended(run: SliceRun): Promise<Slice> {
+  const key = freshKeys(1)
+  return measureSlice(
+    run,
+    1,
+    () => key,
+    () => emptySection,
+  )
 }
 
 /**
@@ -142,10 +158,9 @@ async function uncontended(contender: Contender, settings: BenchSettings): Promi
  * event loop once (`setImmediate`) so that a second holder entering while the first is inside
  * would be seen, and counted as an exclusion violation.
  */
-async function contended(contender: Contender, settings: BenchSettings): Promise<ThroughputSample> {
-  const open = await openFor(contender, settings, settings.workers, 'contended')
+async function contended(run: SliceRun): Promise<Slice> {
   const key = freshKeys(1)
-  const handoffs: number[] = []
+  const handoffsMs: number[] = []
   let recording = false
   let inside = 0
   let violations = 0
@@ -156,70 +171,110 @@ async function contended(contender: Contender, settings: BenchSettings): Promise
       const enteredAt = performance.now()
       if (inside > 0) violations += 1
       inside += 1
-      if (recording && previous !== undefined && previous.worker !== worker) handoffs.push(enteredAt - previous.endedAt)
+      if (recording && previous !== undefined && previous.worker !== worker) handoffsMs.push(enteredAt - previous.endedAt)
       await nextTurn()
       inside -= 1
       previous = { worker, endedAt: performance.now() }
     }
-  try {
-    const sample = await measureThroughput(
-      open,
-      settings,
-      settings.workers,
-      () => key,
-      sectionFor,
-      () => {
-        recording = true
-        previous = undefined
-      },
-    )
-    const sorted = ascending(handoffs)
-    return {
-      ...sample,
-      handoff: { count: sorted.length, medianMs: quantile(sorted, 0.5), p99Ms: quantile(sorted, 0.99) },
-      exclusionViolations: violations,
-    }
-  } finally {
-    await open.close()
-  }
+  const slice = await measureSlice(
+    run,
+    run.settings.workers,
+    () => key,
+    sectionFor,
+    () => {
+      recording = true
+      previous = undefined
+    },
+  )
+  return { ...slice, handoffsMs, exclusionViolations: violations }
 }
 
 /** (c) `workers` loops, every cycle on a key never used before: parallel locks, no contention. */
-async function distinctKeys(contender: Contender, settings: BenchSettings): Promise<ThroughputSample> {
-  const open = await openFor(contender, settings, settings.workers, 'distinct')
+async function distinctKeys(run: SliceRun): Promise<Slice> {
   const stride = 1_000_000
-  const first = freshKeys(stride * settings.workers)
+  const first = freshKeys(stride * run.settings.workers)
+  return measureSlice(
+    run,
+    run.settings.workers,
+    (worker, index) => first + worker * stride + index,
+    () => emptySection,
+  )
+}
+
+const THROUGHPUT: Record<ThroughputScenario, (run: SliceRun) => Promise<Slice>> = {
+  uncontended,
+  contended,
+  'distinct-keys': distinctKeys,
+}
+
+/**
+ * Runs one slice of `scenario` for `contender`: opens it (one connection for the uncontended
+ * scenario, one per worker otherwise), warms up, measures, closes.
+ */
+export async function measureThroughputSlice(
+  scenario: ThroughputScenario,
+  contender: Contender,
+  settings: BenchSettings,
+  meter: CpuMeter,
+): Promise<Slice> {
+  const target: BenchTarget = {
+    url: settings.url,
+    poolSize: scenario === 'uncontended' ? 1 : settings.workers,
+    applicationName: `pglock-bench-${process.pid}-${scenario}`,
+  }
+  const open = await contender.open(target)
   try {
-    return await measureThroughput(
-      open,
-      settings,
-      settings.workers,
-      (worker, index) => first + worker * stride + index,
-      () => emptySection,
-    )
+    return await THROUGHPUT[scenario]({ open, settings, meter, applicationName: target.applicationName })
   } finally {
     await open.close()
   }
 }
 
-/** Runs one sample of `scenario` for `contender`. */
-export async function measure(scenario: ScenarioName, contender: Contender, settings: BenchSettings): Promise<Sample> {
-  switch (scenario) {
-    case 'uncontended':
-      return uncontended(contender, settings)
-    case 'contended':
-      return contended(contender, settings)
-    case 'distinct-keys':
-      return distinctKeys(contender, settings)
-    case 'pool-pressure':
-      return runPoolPressure(contender.name, {
-        url: settings.url,
-        tasks: settings.pressureTasks,
-        poolSize: settings.pressurePoolSize,
-        timeoutMs: settings.pressureTimeoutMs,
-        key: freshKeys(1),
-      })
+/** Sums the slices of one contender in one repeat into its sample for that repeat. */
+export function combineSlices(slices: readonly Slice[]): ThroughputSample {
+  let cycles = 0
+  let elapsedMs = 0
+  let maxConnections = 0
+  const handoffs: number[] = []
+  let violations: number | undefined
+  let clientCpuUs = 0
+  let serverCpuUs: number | undefined = 0
+  for (const slice of slices) {
+    clientCpuUs += slice.cpu.clientUs
+    serverCpuUs = serverCpuUs === undefined || slice.cpu.serverUs === undefined ? undefined : serverCpuUs + slice.cpu.serverUs
+    cycles += slice.cycles
+    elapsedMs += slice.elapsedMs
+    maxConnections = Math.max(maxConnections, slice.maxConnections)
+    if (slice.handoffsMs !== undefined) handoffs.push(...slice.handoffsMs)
+    if (slice.exclusionViolations !== undefined) violations = (violations ?? 0) + slice.exclusionViolations
   }
+  const sorted = ascending(handoffs)
+  return {
+    slices: slices.length,
+    cycles,
+    elapsedMs,
+    cyclesPerSecond: (cycles / elapsedMs) * 1000,
+    maxConnections,
+    clientCpuUs: clientCpuUs / cycles,
+    serverCpuUs: serverCpuUs === undefined ? undefined : serverCpuUs / cycles,
+    ...(violations === undefined
+      ? {}
+      : {
+          handoff: { count: sorted.length, medianMs: quantile(sorted, 0.5), p99Ms: quantile(sorted, 0.99) },
+          exclusionViolations: violations,
+        }),
+  }
+}
+
+/** (d) One run of the pool-pressure scenario for `contender`, in a child process. */
+export function measurePoolPressure(contender: Contender, settings: BenchSettings): Promise<PressureSample> {
+  return runPoolPressure(contender.name, {
+    url: settings.url,
+    tasks: settings.pressureTasks,
+    poolSize: settings.pressurePoolSize,
+    timeoutMs: settings.pressureTimeoutMs,
+    key: freshKeys(1),
+  })
 }
 
 /** Whether `contender` takes part in `scenario`, and if not, why. */
