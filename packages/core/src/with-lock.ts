@@ -147,7 +147,16 @@ async function inOpenOrNewTransaction<Db, T>(run: Run<Db, T>, connection: LockCo
 
 /** Takes the transaction lock, runs `fn`, then commits (or releases the savepoint) or rolls back. */
 async function holdWhileRunning<Db, T>(run: Run<Db, T>, connection: LockConnection<Db>, framing: Framing): Promise<TryWithLockResult<T>> {
-  const granted = await takeLock(connection, { ...run, framing })
+  const granted = await takeLock(connection, {
+    id: run.id,
+    mode: run.mode,
+    framing,
+    attempt: run.attempt,
+    deadline: run.deadline,
+    timeoutMs: run.timeoutMs,
+    signal: run.signal,
+    details: run.details,
+  })
   if (!granted) return { acquired: false }
   const lost = new LazyAbort()
   const stopWatching = watchConnection(connection, run.keepAliveMs, (error) => lost.abort(error), run.details)
