@@ -31,6 +31,8 @@ export interface MemoryResult {
   readonly flat: boolean
 }
 
+const TRANSACTION = { scope: 'transaction' } as const
+
 /** A leak of even one small object per cycle shows as 16 bytes per cycle or more. */
 const FLAT_BYTES_PER_CYCLE = 1
 
@@ -43,9 +45,9 @@ function heapAfterGc(): number {
 }
 
 /**
- * Runs `cycles` lock cycles through `@pglock/pg` on one pool, alternating session `withLock` and
- * `createLock().acquire()` / `release()`, and samples the heap after a forced GC every
- * `sampleEvery` cycles.
+ * Runs `cycles` lock cycles through `@pglock/pg` on one pool, in turn session `withLock`,
+ * `createLock().acquire()` / `release()` and transaction `withLock`, and samples the heap after a
+ * forced GC every `sampleEvery` cycles.
  */
 export async function runMemory(settings: MemorySettings, onSample: (sample: HeapSample) => void): Promise<MemoryResult> {
   const pool = new pg.Pool({
@@ -75,11 +77,14 @@ export async function runMemory(settings: MemorySettings, onSample: (sample: Hea
           const index = started
           started += 1
           const key = firstKey + (index % settings.keys)
-          if (index % 2 === 0) {
+          const form = index % 3
+          if (form === 0) {
             await withLock(pool, key, () => undefined)
-          } else {
+          } else if (form === 1) {
             const lock = await createLock(pool, key).acquire()
             await lock.release()
+          } else {
+            await withLock(pool, key, () => undefined, TRANSACTION)
           }
           done += 1
           if (done >= nextSampleAt) {
@@ -116,7 +121,7 @@ export function megabytes(bytes: number): string {
 
 export function memoryReport(result: MemoryResult): string {
   return [
-    `memory: ${formatNumber(result.settings.cycles)} cycles (session withLock and createLock acquire/release, alternating),`,
+    `memory: ${formatNumber(result.settings.cycles)} cycles (session withLock, createLock acquire/release, transaction withLock, in turn),`,
     `  ${result.settings.workers} workers over ${result.settings.keys} keys, heap sampled after gc every ${formatNumber(result.settings.sampleEvery)} cycles`,
     `  heapUsed start ${megabytes(result.startHeap)}, end ${megabytes(result.endHeap)}, max ${megabytes(result.maxHeap)}`,
     `  slope ${formatNumber(result.bytesPerCycle)} bytes/cycle (${megabytes(result.bytesPerCycle * 1_000_000)} per 10^6 cycles) after the first tenth: ${result.flat ? 'flat' : 'NOT FLAT'}`,
