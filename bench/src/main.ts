@@ -18,6 +18,8 @@ import {
   combineSlices,
   measurePoolPressure,
   measureThroughputSlice,
+  measureUncontended,
+  rotation,
   type Sample,
   SCENARIOS,
   type ScenarioName,
@@ -33,7 +35,8 @@ pnpm bench --memory [options]   10^6 lock cycles, heap sampled after forced GC
 
   --repeats N            samples per contender and scenario, interleaved (default 5)
   --duration MS          measured time per sample (default 2000)
-  --slices N             each sample is N slices, interleaved with the other contenders' (default 4)
+  --slices N             contended, distinct-keys: a sample is N slices, interleaved across contenders (default 4)
+  --batch MS             uncontended: all contenders open, taking turns of MS each (default 25)
   --warmup MS            warm-up before each slice, not measured (default 150)
   --workers N            workers in the contended and distinct-keys scenarios (default 8)
   --scenarios LIST       comma-separated: ${SCENARIOS.join(',')}
@@ -56,6 +59,7 @@ function parseFlags() {
       repeats: { type: 'string' },
       duration: { type: 'string' },
       slices: { type: 'string' },
+      batch: { type: 'string' },
       warmup: { type: 'string' },
       workers: { type: 'string' },
       scenarios: { type: 'string' },
@@ -79,6 +83,7 @@ function parseFlags() {
     repeats: positiveInteger('repeats', values.repeats, 5),
     durationMs: positiveInteger('duration', values.duration, 2_000),
     slices: positiveInteger('slices', values.slices, 4),
+    batchMs: positiveInteger('batch', values.batch, 25),
     warmupMs: positiveInteger('warmup', values.warmup, 150),
     workers: positiveInteger('workers', values.workers, 8),
     pressureTimeoutMs: positiveInteger('pressure-timeout', values['pressure-timeout'], 5_000),
@@ -110,18 +115,13 @@ function selectContenders(filter: readonly string[] | undefined): Contender[] {
   return CONTENDERS.filter((contender) => contender.role === 'floor' || filter.some((part) => contender.name.includes(part)))
 }
 
-/** The order contenders run in during repeat `repeat`: rotated, so no one always goes first. */
-function rotation<T>(items: readonly T[], repeat: number): T[] {
-  const shift = repeat % items.length
-  return [...items.slice(shift), ...items.slice(0, shift)]
-}
-
 async function runBench(flags: Flags, database: BenchDatabase): Promise<void> {
   const contenders = selectContenders(flags.contenderFilter)
   const settings: BenchSettings = {
     url: database.url,
     durationMs: flags.durationMs,
     slices: flags.slices,
+    batchMs: flags.batchMs,
     warmupMs: flags.warmupMs,
     workers: flags.workers,
     pressureTasks: 200,
@@ -133,7 +133,11 @@ async function runBench(flags: Flags, database: BenchDatabase): Promise<void> {
     `pglock bench: ${about.cpu}, ${about.memory}, ${about.os}, Node ${about.node}, Postgres ${about.postgres} (${about.database})`,
   )
   console.log(
-    `${flags.repeats} repeats; a sample is ${flags.slices} slices of ${flags.durationMs / flags.slices} ms (after ${flags.warmupMs} ms warm-up each), interleaved across contenders; ${flags.workers} workers; load average ${about.loadAverage.join(' ')}\n`,
+    [
+      `${flags.repeats} repeats of ${flags.durationMs} ms per contender and scenario, interleaved across contenders:`,
+      `uncontended in turns of ${flags.batchMs} ms, the others in ${flags.slices} slices (each after ${flags.warmupMs} ms warm-up);`,
+      `${flags.workers} workers; load average ${about.loadAverage.join(' ')}\n`,
+    ].join(' '),
   )
   const startedAt = performance.now()
   const meter = await CpuMeter.open(database.url)
@@ -148,6 +152,12 @@ async function runBench(flags: Flags, database: BenchDatabase): Promise<void> {
           progress(`${scenario}: repeat ${repeat + 1}/${flags.repeats}, ${contender.name}`)
           samples.get(contender.name)?.push(await measurePoolPressure(contender, settings))
         }
+        continue
+      }
+      if (scenario === 'uncontended') {
+        progress(`${scenario}: repeat ${repeat + 1}/${flags.repeats}, all contenders in turns of ${settings.batchMs} ms`)
+        for (const [name, slice] of await measureUncontended(taking, settings, meter, repeat))
+          samples.get(name)?.push(combineSlices([slice]))
         continue
       }
       const slices = new Map<string, Slice[]>(taking.map((contender) => [contender.name, []]))

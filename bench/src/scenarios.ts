@@ -8,13 +8,16 @@ import { ascending, quantile } from './stats.js'
 export const SCENARIOS = ['uncontended', 'contended', 'distinct-keys', 'pool-pressure'] as const
 export type ScenarioName = (typeof SCENARIOS)[number]
 
-export type ThroughputScenario = Exclude<ScenarioName, 'pool-pressure'>
+/** The scenarios measured in slices, one contender open at a time. */
+export type SlicedScenario = 'contended' | 'distinct-keys'
 
 export interface BenchSettings {
   readonly url: string
   /** measured time per sample, split into `slices` interleaved with the other contenders' */
   readonly durationMs: number
   readonly slices: number
+  /** uncontended scenario: the turns contenders take, in ms */
+  readonly batchMs: number
   /** warm-up before each slice, not measured */
   readonly warmupMs: number
   /** concurrent workers in the contended and distinct-keys scenarios */
@@ -134,15 +137,67 @@ async function measureSlice(
 
 function emptySection(): void {}
 
-/** (a) One worker, one key, nobody else: the cost of a lock cycle itself. */
-async function uncontended(run: SliceRun): Promise<Slice> {
-  const key = freshKeys(1)
-  return measureSlice(
-    run,
-    1,
-    () => key,
-    () => emptySection,
-  )
+/**
+ * (a) One worker, one key, nobody else: the cost of a lock cycle itself. Every contender is
+ * open at once (one connection each) and they take turns in batches of `batchMs`, rotating
+ * the order each round, so that load from elsewhere falls on all of them alike. Resolves to
+ * one slice per contender: its batches summed.
+ */
+export async function measureUncontended(
+  contenders: readonly Contender[],
+  settings: BenchSettings,
+  meter: CpuMeter,
+  repeat: number,
+): Promise<Map<string, Slice>> {
+  const opened: { contender: Contender; open: OpenContender; key: number; backends: number[] | undefined }[] = []
+  try {
+    for (const [index, contender] of contenders.entries()) {
+      const applicationName = `pglock-bench-${process.pid}-uncontended-${index}`
+      const open = await contender.open({ url: settings.url, poolSize: 1, applicationName })
+      const key = freshKeys(1)
+      opened.push({ contender, open, key, backends: undefined })
+    }
+    for (const [index, entry] of opened.entries()) {
+      await loopFor(1, settings.warmupMs, () => entry.open.cycle(entry.key, emptySection))
+      entry.backends = await meter.backends(`pglock-bench-${process.pid}-uncontended-${index}`)
+    }
+    const totals = new Map<string, { cycles: number; elapsedMs: number; clientUs: number; serverUs: number | undefined }>(
+      opened.map(({ contender }) => [contender.name, { cycles: 0, elapsedMs: 0, clientUs: 0, serverUs: 0 }]),
+    )
+    const rounds = Math.max(1, Math.round(settings.durationMs / settings.batchMs))
+    for (let round = 0; round < rounds; round += 1) {
+      for (const { contender, open, key, backends } of rotation(opened, repeat * rounds + round)) {
+        const before = meter.mark(backends)
+        const { cycles, elapsedMs } = await loopFor(1, settings.batchMs, () => open.cycle(key, emptySection))
+        const cpu = CpuMeter.spent(before, meter.mark(backends))
+        const total = totals.get(contender.name)
+        if (total === undefined) continue
+        total.cycles += cycles
+        total.elapsedMs += elapsedMs
+        total.clientUs += cpu.clientUs
+        total.serverUs = total.serverUs === undefined || cpu.serverUs === undefined ? undefined : total.serverUs + cpu.serverUs
+      }
+    }
+    return new Map(
+      [...totals].map(([name, total]) => [
+        name,
+        {
+          cycles: total.cycles,
+          elapsedMs: total.elapsedMs,
+          maxConnections: 1,
+          cpu: { clientUs: total.clientUs, serverUs: total.serverUs },
+        },
+      ]),
+    )
+  } finally {
+    for (const { open } of opened) await open.close()
+  }
+}
+
+/** The order contenders run in during turn `turn`: rotated, so that no one always goes first. */
+export function rotation<T>(items: readonly T[], turn: number): T[] {
+  const shift = items.length === 0 ? 0 : turn % items.length
+  return [...items.slice(shift), ...items.slice(0, shift)]
 }
 
 /**
@@ -201,8 +256,7 @@ async function distinctKeys(run: SliceRun): Promise<Slice> {
   )
 }
 
-const THROUGHPUT: Record<ThroughputScenario, (run: SliceRun) => Promise<Slice>> = {
-  uncontended,
+const SLICED: Record<SlicedScenario, (run: SliceRun) => Promise<Slice>> = {
   contended,
   'distinct-keys': distinctKeys,
 }
@@ -212,19 +266,19 @@ const THROUGHPUT: Record<ThroughputScenario, (run: SliceRun) => Promise<Slice>> 
  * scenario, one per worker otherwise), warms up, measures, closes.
  */
 export async function measureThroughputSlice(
-  scenario: ThroughputScenario,
+  scenario: SlicedScenario,
   contender: Contender,
   settings: BenchSettings,
   meter: CpuMeter,
 ): Promise<Slice> {
   const target: BenchTarget = {
     url: settings.url,
-    poolSize: scenario === 'uncontended' ? 1 : settings.workers,
+    poolSize: settings.workers,
     applicationName: `pglock-bench-${process.pid}-${scenario}`,
   }
   const open = await contender.open(target)
   try {
-    return await THROUGHPUT[scenario]({ open, settings, meter, applicationName: target.applicationName })
+    return await SLICED[scenario]({ open, settings, meter, applicationName: target.applicationName })
   } finally {
     await open.close()
   }
