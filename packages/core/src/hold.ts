@@ -1,11 +1,12 @@
 import { LockLostError, LockTimeoutError, type PgLockErrorDetails, ReleaseFailedError } from './errors.js'
-import type { LockConnection, Row } from './executor.js'
+import type { LockConnection, PreparedStatement, Row } from './executor.js'
 import type { LockId } from './keys.js'
 import {
   type AcquirePlan,
   acquireSql,
   LOCK_NOT_AVAILABLE,
   NO_ACTIVE_SQL_TRANSACTION,
+  preparedAcquire,
   QUERY_CANCELED,
   rollbackToSavepointSql,
   unlockIfHeldSql,
@@ -58,9 +59,19 @@ export function nextSavepoint(): string {
   return `pglock_${savepoints}`
 }
 
+/**
+ * @internal Sends a statement pglock wrote: prepared through `execute` when it is one and the
+ * driver has `execute`, else as text through `query`.
+ */
+export function send(connection: LockConnection<unknown>, statement: string | PreparedStatement): Promise<readonly Row[]> {
+  return typeof statement === 'string'
+    ? connection.query(statement)
+    : (connection.execute as NonNullable<LockConnection<unknown>['execute']>)(statement)
+}
+
 async function runCancellable(
   connection: LockConnection<unknown>,
-  sql: string,
+  statement: string | PreparedStatement,
   signal: AbortSignal | undefined,
 ): Promise<
   | { ok: true; rows: readonly Row[]; cancelled: Promise<void> | undefined }
@@ -72,7 +83,7 @@ async function runCancellable(
   }
   signal?.addEventListener('abort', onAbort, { once: true })
   try {
-    return { ok: true, rows: await connection.query(sql), cancelled }
+    return { ok: true, rows: await send(connection, statement), cancelled }
   } catch (error) {
     return { ok: false, error, cancelled }
   } finally {
@@ -148,7 +159,8 @@ export async function takeLock(connection: LockConnection<unknown>, request: Tak
     begin: framing.kind === 'begin',
     savepoint: framing.kind === 'savepoint' ? { name: framing.name, keepOpen: framing.keepOpen } : undefined,
   }
-  const outcome = await runCancellable(connection, acquireSql(plan), request.signal)
+  const prepared = connection.execute === undefined ? undefined : preparedAcquire(plan)
+  const outcome = await runCancellable(connection, prepared ?? acquireSql(plan), request.signal)
   if (outcome.ok && !request.signal?.aborted) {
     if (!attempt || outcome.rows[0]?.acquired === true) return true
     if (framing.kind === 'begin' || (framing.kind === 'savepoint' && framing.keepOpen)) await undo(connection, request, undefined)

@@ -9,11 +9,11 @@ import {
 } from './errors.js'
 import type { LockConnection, LockExecutor } from './executor.js'
 import { enterGate, type GateTicket } from './gate.js'
-import { type Framing, keepSavepoint, NotInTransaction, nextSavepoint, sqlState, takeLock, watchConnection } from './hold.js'
+import { type Framing, keepSavepoint, NotInTransaction, nextSavepoint, send, sqlState, takeLock, watchConnection } from './hold.js'
 import { type LockId, lockIdToken, resolveLockId } from './keys.js'
 import { LazyAbort } from './lazy-abort.js'
 import { type ResolvedLockOptions, resolveAcquireOptions, resolveLockOptions } from './options.js'
-import { QUERY_CANCELED, unlockSql } from './sql.js'
+import { preparedUnlock, QUERY_CANCELED, unlockSql } from './sql.js'
 import type { AcquireOptions, LockKey, LockMode, LockOptions, LockScope } from './types.js'
 import { checkOut, DeadlineExceeded } from './wait.js'
 
@@ -194,7 +194,10 @@ export class Lock<Db = unknown> implements AsyncDisposable {
   async #unlock(connection: LockConnection<Db>): Promise<boolean> {
     for (let attempt = 1; ; attempt += 1) {
       try {
-        const rows = await connection.query(unlockSql(this.id, this.mode))
+        const rows = await send(
+          connection,
+          connection.execute === undefined ? unlockSql(this.id, this.mode) : preparedUnlock(this.id, this.mode),
+        )
         return rows[0]?.released === true
       } catch (error) {
         if (sqlState(error) !== QUERY_CANCELED || attempt >= 2) throw error

@@ -1,3 +1,4 @@
+import type { PreparedStatement } from './executor.js'
 import { type LockId, pgLocksRow } from './keys.js'
 import type { LockMode } from './types.js'
 
@@ -25,6 +26,48 @@ function literal(id: LockId): string {
 
 function call(fn: LockFunction, id: LockId, mode: LockMode): string {
   return `${FUNCTION_NAMES[fn]}${mode === 'shared' ? '_shared' : ''}(${literal(id)})`
+}
+
+type PreparedFunction = 'lock' | 'try' | 'unlock'
+
+const PREPARED_COLUMN: Record<PreparedFunction, string> = { lock: '', try: ' AS acquired', unlock: ' AS released' }
+
+/** Name and text of every prepared lock call, by function, mode and id kind: built once. */
+const PREPARED: Record<string, { readonly name: string; readonly text: string }> = {}
+for (const fn of ['lock', 'try', 'unlock'] as const) {
+  for (const mode of ['exclusive', 'shared'] as const) {
+    for (const [kind, parameters] of [
+      ['int64', '$1::int8'],
+      ['pair', '$1::int4, $2::int4'],
+    ] as const) {
+      const name = `${FUNCTION_NAMES[fn]}${mode === 'shared' ? '_shared' : ''}`
+      PREPARED[`${fn} ${mode} ${kind}`] = { name: `pglock_${name}_${kind}`, text: `SELECT ${name}(${parameters})${PREPARED_COLUMN[fn]}` }
+    }
+  }
+}
+
+function preparedCall(fn: PreparedFunction, id: LockId, mode: LockMode): PreparedStatement {
+  const { name, text } = PREPARED[`${fn} ${mode} ${id.kind}`] as { name: string; text: string }
+  return {
+    name,
+    text,
+    values: id.kind === 'pair' ? [String(id.value[0] | 0), String(id.value[1] | 0)] : [String(BigInt.asIntN(64, id.value))],
+  }
+}
+
+/**
+ * The statement that takes a session lock, as a prepared statement, when the plan is the bare
+ * call (no `lock_timeout`, savepoint or `BEGIN` around it); else `undefined`.
+ */
+export function preparedAcquire(plan: AcquirePlan): PreparedStatement | undefined {
+  if (plan.scope !== 'session' || plan.begin || plan.savepoint !== undefined) return undefined
+  if (plan.attempt) return preparedCall('try', plan.id, plan.mode)
+  return plan.timeoutMs === undefined ? preparedCall('lock', plan.id, plan.mode) : undefined
+}
+
+/** {@link unlockSql} as a prepared statement. */
+export function preparedUnlock(id: LockId, mode: LockMode): PreparedStatement {
+  return preparedCall('unlock', id, mode)
 }
 
 /** Wraps a blocking lock statement in a local `lock_timeout`, restoring the previous value after it. */

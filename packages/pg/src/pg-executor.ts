@@ -1,4 +1,4 @@
-import { InvalidArgumentError, type LockConnection, type LockExecutor, type Row } from '@pglock/core'
+import { InvalidArgumentError, type LockConnection, type LockExecutor, type PreparedStatement, type Row } from '@pglock/core'
 import type { ClientBase, Pool, PoolClient, QueryResult } from 'pg'
 
 /** A node-postgres handle pglock can lock with: a `Pool`, a `PoolClient` or a `Client`. */
@@ -45,6 +45,29 @@ async function cancelBackend(client: AnyClient): Promise<void> {
   }
 }
 
+/** SQLSTATE of a prepared statement the server does not know (dropped by `DISCARD ALL` or `DEALLOCATE`). */
+const INVALID_SQL_STATEMENT_NAME = '26000'
+
+/**
+ * Clients on which a named statement failed because the server had dropped it. node-postgres
+ * still believes it prepared, so it would fail again: they get unnamed statements from then on.
+ */
+const unprepared = new WeakSet<ClientBase>()
+
+async function execute(client: AnyClient, statement: PreparedStatement): Promise<readonly Row[]> {
+  const { name, text } = statement
+  const values = statement.values as string[]
+  if (!unprepared.has(client)) {
+    try {
+      return (await client.query({ name, text, values })).rows as readonly Row[]
+    } catch (error) {
+      if ((error as { code?: unknown } | null)?.code !== INVALID_SQL_STATEMENT_NAME) throw error
+      unprepared.add(client)
+    }
+  }
+  return (await client.query(text, values)).rows as readonly Row[]
+}
+
 function pin<C extends AnyClient>(client: C, owned: boolean): LockConnection<C> {
   const listeners = new Set<(cause: unknown) => void>()
   let lostCause: { cause: unknown } | undefined
@@ -61,6 +84,7 @@ function pin<C extends AnyClient>(client: C, owned: boolean): LockConnection<C> 
     db: client,
     owned,
     query: async (sql) => lastRows(await (client.query(sql) as unknown as Promise<QueryResult | QueryResult[]>)),
+    execute: (statement) => execute(client, statement),
     cancel: () => cancelBackend(client).catch(() => undefined),
     onLost(listener) {
       if (lostCause !== undefined) {

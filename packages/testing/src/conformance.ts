@@ -464,6 +464,21 @@ export function describeConformance(adapter: AdapterUnderTest): void {
         expect(await lib.withLock(connection.db, k, () => 'again', { scope: 'transaction' })).toBe('again')
         expect(await adapter.query(connection.db, 'SELECT 1 AS one')).toEqual([{ one: 1 }])
       })
+
+      it.skipIf(!caps.singleConnection)('keeps locking on a connection after DISCARD ALL drops its prepared statements', async () => {
+        const connection = await open('connection')
+        const k = key('discard-all')
+        const lock = lib.createLock(connection.db, k)
+        for (let round = 0; round < 3; round += 1) {
+          await lock.acquire()
+          expect(await observer.holders(k)).toEqual([await pid(connection.db)])
+          expect(await lock.release()).toBe(true)
+          expect(await lock.tryAcquire()).toBe(true)
+          expect(await lock.release()).toBe(true)
+          await adapter.query(connection.db, 'DISCARD ALL')
+        }
+        expect(await observer.locks(k)).toEqual([])
+      })
     })
 
     describe('handle state', () => {
