@@ -122,7 +122,8 @@ export function formatNumber(value: number): string {
   if (!Number.isFinite(value)) return String(value)
   const magnitude = Math.abs(value)
   const digits = magnitude >= 100 ? 0 : magnitude >= 10 ? 1 : magnitude >= 1 ? 2 : 3
-  return value.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })
+  const shown = magnitude < 0.5 * 10 ** -digits ? 0 : value
+  return shown.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })
 }
 
 export function formatSpread(value: Spread | undefined, unit = ''): string {
