@@ -143,6 +143,10 @@ export class Lock<Db = unknown> implements AsyncDisposable {
    * only after Postgres confirmed the unlock; otherwise it is closed, which also drops the lock.
    * In transaction scope the lock ends with the transaction: `release()` sends no SQL.
    *
+   * On a pool, the next handle queued in memory for the same key is let into Postgres as the
+   * unlock is sent, on a connection of its own: Postgres hands it the lock as soon as the unlock
+   * lands (or first to a waiter of another process), one round trip instead of two.
+   *
    * @throws `ReleaseFailedError` when the unlock failed on a connection you passed in; the lock
    * is still held and you may call `release()` again.
    * @example
@@ -159,6 +163,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
       this.#settle(held)
       return false
     }
+    if (held.connection.owned) held.ticket.leave()
     let released: boolean
     try {
       released = await this.#unlock(held.connection)

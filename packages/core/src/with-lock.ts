@@ -119,40 +119,61 @@ async function runInTransaction<Db, T>(run: Run<Db, T>): Promise<TryWithLockResu
   const exclusive = run.mode === 'exclusive' || executor.kind === 'connection'
   const ticket = await enterGate(executor.scope, lockIdToken(run.id), exclusive, { attempt, signal, deadline })
   if (ticket === undefined) return { acquired: false }
+  const ending: Ending = { leaveGate: executor.kind === 'pool' ? () => ticket.leave() : undefined }
   try {
     if (executor.kind === 'pool' && executor.transaction !== undefined) {
-      return await executor.transaction((connection) => holdWhileRunning(run, connection, { kind: 'driver-transaction' }))
+      return await executor.transaction((connection) => holdWhileRunning(run, connection, { kind: 'driver-transaction' }, deadline, ending))
     }
-    const { connection, deadline: lockDeadline } = await checkOut(executor, signal, deadline)
+    const checkout = await checkOut(executor, signal, deadline)
     try {
-      return await inOpenOrNewTransaction({ ...run, deadline: lockDeadline }, connection)
+      return await inOpenOrNewTransaction(run, checkout.connection, checkout.deadline, ending)
     } finally {
-      await connection.release({ destroy: false })
+      await checkout.connection.release({ destroy: false })
     }
   } finally {
     ticket.leave()
   }
 }
 
-async function inOpenOrNewTransaction<Db, T>(run: Run<Db, T>, connection: LockConnection<Db>): Promise<TryWithLockResult<T>> {
+async function inOpenOrNewTransaction<Db, T>(
+  run: Run<Db, T>,
+  connection: LockConnection<Db>,
+  deadline: number | undefined,
+  ending: Ending,
+): Promise<TryWithLockResult<T>> {
   if (run.executor.kind === 'connection' && run.executor.inTransaction?.() !== false) {
     try {
-      return await holdWhileRunning(run, connection, { kind: 'savepoint', name: nextSavepoint(), keepOpen: true })
+      return await holdWhileRunning(run, connection, { kind: 'savepoint', name: nextSavepoint(), keepOpen: true }, deadline, ending)
     } catch (error) {
       if (!(error instanceof NotInTransaction)) throw error
     }
   }
-  return holdWhileRunning(run, connection, { kind: 'begin' })
+  return holdWhileRunning(run, connection, { kind: 'begin' }, deadline, ending)
+}
+
+/**
+ * How a transaction lock ends. On a pool, `leaveGate` lets the next handle queued in memory for
+ * the key into Postgres as `COMMIT` (or `ROLLBACK`) is sent, on a connection of its own:
+ * Postgres grants it the lock when the transaction ends, one round trip sooner.
+ */
+interface Ending {
+  readonly leaveGate: (() => void) | undefined
 }
 
 /** Takes the transaction lock, runs `fn`, then commits (or releases the savepoint) or rolls back. */
-async function holdWhileRunning<Db, T>(run: Run<Db, T>, connection: LockConnection<Db>, framing: Framing): Promise<TryWithLockResult<T>> {
+async function holdWhileRunning<Db, T>(
+  run: Run<Db, T>,
+  connection: LockConnection<Db>,
+  framing: Framing,
+  deadline: number | undefined,
+  ending: Ending,
+): Promise<TryWithLockResult<T>> {
   const granted = await takeLock(connection, {
     id: run.id,
     mode: run.mode,
     framing,
     attempt: run.attempt,
-    deadline: run.deadline,
+    deadline,
     timeoutMs: run.timeoutMs,
     signal: run.signal,
     details: run.details,
@@ -165,10 +186,12 @@ async function holdWhileRunning<Db, T>(run: Run<Db, T>, connection: LockConnecti
     value = await run.fn(new LockLease(connection.db, lost))
   } catch (error) {
     stopWatching()
+    ending.leaveGate?.()
     await finish(connection, framing, false).catch(() => undefined)
     throw error
   }
   stopWatching()
+  ending.leaveGate?.()
   try {
     await finish(connection, framing, true)
   } catch (error) {

@@ -635,6 +635,26 @@ export function describeConformance(adapter: AdapterUnderTest): void {
         for (const k of keys) expect(await observer.locks(k)).toEqual([])
       }, 60_000)
 
+      for (const scope of ['session', 'transaction'] as const) {
+        it(`queues same-key waiters of a pool in memory, so none waits in Postgres while one holds (${scope} scope)`, async () => {
+          const pool = await open('pool', 10)
+          const k = key(`in-memory-${scope}`)
+          let finishFirst: () => void = () => undefined
+          const first = lib.withLock(pool.db, k, () => new Promise<void>((resolve) => (finishFirst = resolve)), { scope })
+          await observer.until('the first holder is granted', async () => (await observer.holders(k)).length === 1)
+          const seenInside: number[][] = []
+          const rest = Array.from({ length: 5 }, () =>
+            lib.withLock(pool.db, k, async () => void seenInside.push(await observer.waiters(k)), { scope }),
+          )
+          await sleep(100)
+          expect(await observer.waiters(k)).toEqual([])
+          finishFirst()
+          await Promise.all([first, ...rest])
+          expect(seenInside).toEqual([[], [], [], [], []])
+          expect(await observer.locks(k)).toEqual([])
+        })
+      }
+
       it('does not starve the pool when many waiters share one key and fn needs another connection', async () => {
         const pool = await open('pool', 10)
         const k = key('starve')
