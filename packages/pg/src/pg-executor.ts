@@ -143,7 +143,7 @@ function pin<C extends AnyClient>(client: C, owned: boolean): LockConnection<C> 
       released = true
       loss.clear()
       if (owned) client.release?.(destroy || loss.lost ? ((cause ?? loss.cause ?? true) as Error | boolean) : undefined)
-      if (!loss.lost || !owned) {
+      if (!loss.lost) {
         client.removeListener('error', onError)
         client.removeListener('end', onEnd)
       }
