@@ -1,7 +1,15 @@
+import { once } from 'node:events'
+import net from 'node:net'
+import * as pglockDrizzle from '@pglock/drizzle'
 import * as pglockPg from '@pglock/pg'
+import * as pglockPostgresJs from '@pglock/postgres-js'
 import advisoryLockModule from 'advisory-lock'
+import { sql as drizzleSql } from 'drizzle-orm'
+import { drizzle as drizzleNodePg } from 'drizzle-orm/node-postgres'
+import { drizzle as drizzlePostgresJs } from 'drizzle-orm/postgres-js'
 import pg from 'pg'
 import pgMutexLockModule from 'pg-mutex-lock'
+import postgres from 'postgres'
 import type { BenchTarget, Contender, CriticalSection, OpenContender, Queryable } from './contender.js'
 
 /** Both peers are CommonJS with `exports.default`: from ESM, the function is on `.default`. */
@@ -28,22 +36,30 @@ interface OpenPool<Handle> {
 
 /**
  * The two rows (session and transaction `withLock`) for one pglock adapter. A new adapter adds
- * one call: its lock functions, how to open its pool, and the raw floor of its driver.
+ * one call: its lock functions, how to open its pool, how to run one query through `lease.db`,
+ * and the raw floors of its driver.
  */
 export function pglockContenders<Handle>(adapter: {
+  /** the row names are `pglock <name> session` and `pglock <name> transaction` */
   readonly name: string
+  /** the package, for the report; `@pglock/<name>` when unset */
+  readonly packageName?: string
   readonly lib: PglockFunctions<Handle>
   readonly openPool: (target: BenchTarget) => Promise<OpenPool<Handle>>
+  /** `lease.db` as a {@link Queryable}; unset when it already is one (node-postgres) */
+  readonly leaseQueryable?: (db: any) => Queryable
   readonly sessionFloor: string
   readonly transactionFloor: string
 }): Contender[] {
+  const packageName = adapter.packageName ?? `@pglock/${adapter.name}`
+  const toQueryable = adapter.leaseQueryable ?? ((db: any) => db as Queryable)
   const open =
     (scope: 'session' | 'transaction') =>
     async (target: BenchTarget): Promise<OpenContender> => {
       const pool = await adapter.openPool(target)
       const options = { scope }
       return {
-        cycle: (key, section) => adapter.lib.withLock(pool.db, key, (lease) => section(lease.db as Queryable), options),
+        cycle: (key, section) => adapter.lib.withLock(pool.db, key, (lease) => section(toQueryable(lease.db)), options),
         poolQuery: (sql) => pool.poolQuery(sql),
         connections: () => pool.connections(),
         close: () => pool.close(),
@@ -55,7 +71,7 @@ export function pglockContenders<Handle>(adapter: {
       role: 'pglock',
       scope: 'session',
       floor: adapter.sessionFloor,
-      cycleDescription: `withLock(pool, key, fn) from @pglock/${adapter.name}`,
+      cycleDescription: `withLock(pool, key, fn) from ${packageName}`,
       open: open('session'),
     },
     {
@@ -63,7 +79,7 @@ export function pglockContenders<Handle>(adapter: {
       role: 'pglock',
       scope: 'transaction',
       floor: adapter.transactionFloor,
-      cycleDescription: `withLock(pool, key, fn, { scope: 'transaction' }) from @pglock/${adapter.name}`,
+      cycleDescription: `withLock(pool, key, fn, { scope: 'transaction' }) from ${packageName}`,
       open: open('transaction'),
     },
   ]
@@ -152,6 +168,108 @@ function rawPg(cycle: typeof rawPgSessionCycle) {
 
 const RAW_PG_SESSION = 'raw pg session'
 const RAW_PG_TRANSACTION = 'raw pg transaction'
+
+/** A drizzle database over a node-postgres pool, for `@pglock/drizzle`. */
+async function openDrizzleNodePgPool(
+  target: BenchTarget,
+): Promise<OpenPool<ReturnType<typeof drizzleNodePg<Record<string, never>, pg.Pool>>>> {
+  const pool = openPgPool(target)
+  const db = drizzleNodePg({ client: pool })
+  return {
+    db,
+    poolQuery: (text) => db.execute(drizzleSql.raw(text)),
+    connections: () => pool.totalCount,
+    close: () => pool.end(),
+  }
+}
+
+/** A drizzle database (`db`, or the `tx` or pinned database pglock hands to fn) as a {@link Queryable}. */
+function drizzleQueryable(db: { execute(query: ReturnType<typeof drizzleSql.raw>): PromiseLike<unknown> }): Queryable {
+  return { query: async (text) => db.execute(drizzleSql.raw(text)) }
+}
+
+/**
+ * A postgres.js `Sql` with `max` connections. postgres.js has no public count of its open
+ * connections, so it opens them through a socket factory that counts them.
+ */
+function openPostgresJs(target: BenchTarget): { sql: postgres.Sql; connections(): number } {
+  const url = new URL(target.url)
+  let open = 0
+  /** `socket` is a documented option of postgres.js that its types leave out. */
+  const options: postgres.Options<Record<string, never>> & { socket(): Promise<net.Socket> } = {
+    max: target.poolSize,
+    connection: { application_name: target.applicationName },
+    onnotice: () => undefined,
+    async socket() {
+      const socket = net.connect(Number(url.port || 5432), url.hostname)
+      await once(socket, 'connect')
+      open += 1
+      socket.once('close', () => {
+        open -= 1
+      })
+      return socket
+    },
+  }
+  const sql = postgres(target.url, options)
+  return { sql, connections: () => open }
+}
+
+async function openPostgresJsPool(target: BenchTarget): Promise<OpenPool<postgres.Sql>> {
+  const { sql, connections } = openPostgresJs(target)
+  return { db: sql, poolQuery: (text) => sql.unsafe(text), connections, close: () => sql.end({ timeout: 5 }) }
+}
+
+/** A drizzle database over a postgres.js `Sql`, for `@pglock/drizzle`. */
+async function openDrizzlePostgresJsPool(
+  target: BenchTarget,
+): Promise<OpenPool<ReturnType<typeof drizzlePostgresJs<Record<string, never>, postgres.Sql>>>> {
+  const { sql, connections } = openPostgresJs(target)
+  const db = drizzlePostgresJs({ client: sql })
+  return { db, poolQuery: (text) => db.execute(drizzleSql.raw(text)), connections, close: () => sql.end({ timeout: 5 }) }
+}
+
+/** A postgres.js handle (`ReservedSql`, `TransactionSql`) as a {@link Queryable}. */
+function postgresJsQueryable(sql: postgres.Sql | postgres.ReservedSql | postgres.TransactionSql): Queryable {
+  return { query: (text) => sql.unsafe(text) }
+}
+
+/** Hand-written postgres.js on a reserved connection, the way a competent postgres.js user writes it. */
+async function rawPostgresJsSessionCycle(sql: postgres.Sql, key: number, section: CriticalSection): Promise<void> {
+  const reserved = await sql.reserve()
+  try {
+    await reserved`SELECT pg_advisory_lock(${key})`
+    try {
+      await section(postgresJsQueryable(reserved))
+    } finally {
+      await reserved`SELECT pg_advisory_unlock(${key})`
+    }
+  } finally {
+    reserved.release()
+  }
+}
+
+/** `sql.begin()` sends `BEGIN` on its own, then the lock: 3 round trips with the `COMMIT`. */
+async function rawPostgresJsTransactionCycle(sql: postgres.Sql, key: number, section: CriticalSection): Promise<void> {
+  await sql.begin(async (tx) => {
+    await tx`SELECT pg_advisory_xact_lock(${key})`
+    await section(postgresJsQueryable(tx))
+  })
+}
+
+function rawPostgresJs(cycle: typeof rawPostgresJsSessionCycle) {
+  return async (target: BenchTarget): Promise<OpenContender> => {
+    const { sql, connections } = openPostgresJs(target)
+    return {
+      cycle: (key, section) => cycle(sql, key, section),
+      poolQuery: (text) => sql.unsafe(text),
+      connections,
+      close: () => sql.end({ timeout: 5 }),
+    }
+  }
+}
+
+const RAW_POSTGRES_JS_SESSION = 'raw postgres.js session'
+const RAW_POSTGRES_JS_TRANSACTION = 'raw postgres.js transaction'
 
 /** The `advisory-lock` package (v2): a new connection for every lock, closed after the unlock. */
 async function openAdvisoryLock(target: BenchTarget): Promise<OpenContender> {
@@ -242,12 +360,54 @@ export const CONTENDERS: readonly Contender[] = [
     noPoolPressure: 'the same code as raw pg session, with named statements: it deadlocks the same way',
     open: rawPg(rawPgPreparedSessionCycle),
   },
+  {
+    name: RAW_POSTGRES_JS_SESSION,
+    role: 'floor',
+    scope: 'session',
+    floor: RAW_POSTGRES_JS_SESSION,
+    cycleDescription: 'const r = await sql.reserve(); r`SELECT pg_advisory_lock(key)`; fn; r`SELECT pg_advisory_unlock(key)`; r.release()',
+    open: rawPostgresJs(rawPostgresJsSessionCycle),
+  },
+  {
+    name: RAW_POSTGRES_JS_TRANSACTION,
+    role: 'floor',
+    scope: 'transaction',
+    floor: RAW_POSTGRES_JS_TRANSACTION,
+    cycleDescription: 'sql.begin(async (tx) => { await tx`SELECT pg_advisory_xact_lock(key)`; fn })',
+    open: rawPostgresJs(rawPostgresJsTransactionCycle),
+  },
   ...pglockContenders({
     name: 'pg',
     lib: pglockPg,
     openPool: openPgPoolForPglock,
     sessionFloor: RAW_PG_SESSION,
     transactionFloor: RAW_PG_TRANSACTION,
+  }),
+  ...pglockContenders({
+    name: 'postgres-js',
+    lib: pglockPostgresJs,
+    openPool: openPostgresJsPool,
+    leaseQueryable: postgresJsQueryable,
+    sessionFloor: RAW_POSTGRES_JS_SESSION,
+    transactionFloor: RAW_POSTGRES_JS_TRANSACTION,
+  }),
+  ...pglockContenders({
+    name: 'drizzle/pg',
+    packageName: '@pglock/drizzle over a node-postgres Pool',
+    lib: pglockDrizzle,
+    openPool: openDrizzleNodePgPool,
+    leaseQueryable: drizzleQueryable,
+    sessionFloor: RAW_PG_SESSION,
+    transactionFloor: RAW_PG_TRANSACTION,
+  }),
+  ...pglockContenders({
+    name: 'drizzle/postgres.js',
+    packageName: '@pglock/drizzle over a postgres.js Sql',
+    lib: pglockDrizzle,
+    openPool: openDrizzlePostgresJsPool,
+    leaseQueryable: drizzleQueryable,
+    sessionFloor: RAW_POSTGRES_JS_SESSION,
+    transactionFloor: RAW_POSTGRES_JS_TRANSACTION,
   }),
   {
     name: 'advisory-lock',
