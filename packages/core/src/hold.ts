@@ -24,9 +24,15 @@ export function sqlState(error: unknown): string | undefined {
 }
 
 /**
- * @internal Whether an error means the connection itself failed (no SQLSTATE, a connection
- * exception `08xxx`, or an operator intervention `57P0x` such as a terminated backend), as opposed
- * to a statement that failed on a healthy connection.
+ * Whether an error means the connection itself failed (no SQLSTATE, a connection exception
+ * `08xxx`, or an operator intervention `57P0x` such as a terminated backend), as opposed to a
+ * statement that failed on a healthy connection. For adapters whose driver reports a lost
+ * connection only as the failure of the next statement.
+ *
+ * @example
+ * ```ts
+ * probe().catch((error) => { if (isConnectionFailure(error)) reportLost(error) })
+ * ```
  */
 export function isConnectionFailure(error: unknown): boolean {
   const code = sqlState(error)

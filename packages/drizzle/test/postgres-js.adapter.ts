@@ -14,7 +14,7 @@ const adapter: AdapterUnderTest = {
   name: 'drizzle-postgres-js',
   module: fileURLToPath(import.meta.url),
   lib,
-  caps: { sessionOnPool: true, singleConnection: false, transactionHandle: true, beginWithLock: false },
+  caps: { sessionOnPool: true, singleConnection: false, transactionHandle: true, beginWithLock: false, survivesTerminatedBackend: true },
   async openPool({ url, applicationName, max }) {
     const client = postgres(url, { max, connection: { application_name: applicationName }, onnotice: () => undefined })
     let closed: Promise<void> | undefined

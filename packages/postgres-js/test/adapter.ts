@@ -8,7 +8,7 @@ const adapter: AdapterUnderTest = {
   name: 'postgres-js',
   module: fileURLToPath(import.meta.url),
   lib,
-  caps: { sessionOnPool: true, singleConnection: true, transactionHandle: true, beginWithLock: false },
+  caps: { sessionOnPool: true, singleConnection: true, transactionHandle: true, beginWithLock: false, survivesTerminatedBackend: true },
   async openPool({ url, applicationName, max }) {
     const sql = postgres(url, { max, connection: { application_name: applicationName }, onnotice: () => undefined })
     let closed: Promise<void> | undefined

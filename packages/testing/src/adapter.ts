@@ -42,6 +42,14 @@ export interface Capabilities {
    * (false where the driver opens its transactions itself, as Drizzle and Kysely do).
    */
   readonly beginWithLock: boolean
+  /**
+   * The driver keeps working when the server terminates the backend of a connection it has
+   * pinned, as the lost-lock tests do. postgres.js 3.4.9 does not: the next write on a reserved
+   * connection whose backend died throws from a `setImmediate`, out of reach of any `catch`
+   * (porsager/postgres#1208), and giving that connection back to its pool stalls the pool
+   * (porsager/postgres#1199).
+   */
+  readonly survivesTerminatedBackend: boolean
 }
 
 /**

@@ -1,0 +1,68 @@
+import { bindExecutor } from '@pglock/core'
+import { type KyselyHandle, type KyselyLockFunctions, kyselyExecutor } from './kysely-executor.js'
+
+export * from '@pglock/core'
+export { type KyselyHandle, type KyselyLeaseDb, kyselyExecutor } from './kysely-executor.js'
+
+const bound = bindExecutor(kyselyExecutor<KyselyHandle>) as unknown as KyselyLockFunctions
+
+/**
+ * Creates a handle on one advisory lock for a `Kysely` instance or a `Transaction`. It sends no
+ * SQL until you acquire. On an instance, session scope pins one connection (through
+ * `db.connection()`) from acquire to release, and gives it back only after a confirmed unlock;
+ * `lock.db` is a `Kysely` bound to that connection. On a `Transaction`, transaction scope takes
+ * the lock inside it, where it lasts until the transaction ends.
+ *
+ * @throws `InvalidKeyError` for a key that cannot name a lock, `UnsupportedError` for
+ * transaction scope on an instance (use `withLock`, or pass a `Transaction`).
+ * @example
+ * ```ts
+ * import { Kysely, PostgresDialect } from 'kysely'
+ * import pg from 'pg'
+ * import { createLock } from '@pglock/kysely'
+ *
+ * const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: new pg.Pool() }) })
+ * const lock = createLock(db, 'job:7')
+ * if (await lock.tryAcquire()) {
+ *   try {
+ *     await lock.db?.updateTable('jobs').set({ started_at: new Date() }).where('id', '=', 7).execute()
+ *   } finally {
+ *     await lock.release()
+ *   }
+ * }
+ * ```
+ */
+export const createLock: KyselyLockFunctions['createLock'] = bound.createLock
+
+/**
+ * Runs `fn` while holding the lock and always releases it; resolves to `fn`'s value. In session
+ * scope `lease.db` is a `Kysely` bound to the connection holding the lock. In transaction scope
+ * pglock runs `fn` inside `db.transaction().execute(...)`: `lease.db` is that `Transaction`,
+ * committed when `fn` resolves and rolled back when it throws. If the lock is lost while `fn`
+ * runs, `lease.signal` aborts and `withLock` rejects with `LockLostError`.
+ *
+ * @example
+ * ```ts
+ * import { withLock } from '@pglock/kysely'
+ *
+ * const total = await withLock(db, 'invoice:42', async ({ db }) => {
+ *   const row = await db.selectFrom('invoices').select('total').where('id', '=', 42).executeTakeFirstOrThrow()
+ *   return row.total
+ * }, { scope: 'transaction', timeoutMs: 5_000 })
+ * ```
+ */
+export const withLock: KyselyLockFunctions['withLock'] = bound.withLock
+
+/**
+ * Like {@link withLock}, but never waits: resolves `{ acquired: false }` at once when another
+ * holder has the lock, else `{ acquired: true, value }`.
+ *
+ * @example
+ * ```ts
+ * import { tryWithLock } from '@pglock/kysely'
+ *
+ * const run = await tryWithLock(db, 'cron:nightly', () => nightly())
+ * if (!run.acquired) console.log('another instance is on it')
+ * ```
+ */
+export const tryWithLock: KyselyLockFunctions['tryWithLock'] = bound.tryWithLock

@@ -1,0 +1,74 @@
+import { randomBytes } from 'node:crypto'
+import { createLock, withLock } from '@pglock/kysely'
+import { Observer } from '@pglock/testing'
+import { type Kysely, sql } from 'kysely'
+import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest'
+import pgDialect from './pg-dialect.ts'
+import postgresJsDialect from './postgres-js-dialect.ts'
+
+/** What only Kysely's handles raise: `lease.db` passed back to pglock, and Transactions pglock opened. */
+for (const adapter of [pgDialect, postgresJsDialect]) {
+  describe(`${adapter.name}: Kysely handles`, () => {
+    let observer: Observer
+    const prefix = `pglock-test:${adapter.name}:handles:${randomBytes(4).toString('hex')}`
+    const key = (label: string) => `${prefix}:${label}`
+
+    beforeAll(() => {
+      observer = new Observer(inject('databaseUrl'))
+    })
+    afterAll(() => observer.close())
+
+    async function open(): Promise<Kysely<any>> {
+      const opened = await adapter.openPool({
+        url: inject('databaseUrl'),
+        applicationName: `pglock-t-${randomBytes(5).toString('hex')}`,
+        max: 4,
+      })
+      onTestFinished(() => opened.close())
+      return opened.db as Kysely<any>
+    }
+
+    const pid = async (db: Kysely<any>) => (await sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`.execute(db)).rows[0]?.pid
+
+    it('takes a second lock through lease.db on the same connection, which stays usable inside', async () => {
+      const db = await open()
+      const [outer, inner] = [key('outer'), key('inner')]
+      const seen = await withLock(db, outer, ({ db: leased }) =>
+        withLock(leased, inner, async ({ db: nested }) => ({
+          outer: await pid(leased),
+          nested: await pid(nested),
+          holders: [...(await observer.holders(outer)), ...(await observer.holders(inner))],
+        })),
+      )
+      expect(seen.nested).toBe(seen.outer)
+      expect(seen.holders).toEqual([seen.outer, seen.outer])
+      expect(await observer.locks(inner)).toEqual([])
+    })
+
+    it('cancels a wait in Postgres through the Transaction that withLock opened', async () => {
+      const db = await open()
+      const [outer, contended] = [key('tx-outer'), key('tx-contended')]
+      const holder = await createLock(db, contended).acquire()
+      const reason = new Error('gave up')
+      const outcome = await withLock(
+        db,
+        outer,
+        async ({ db: trx }) => {
+          const controller = new AbortController()
+          const waiting = createLock(trx, contended, { scope: 'transaction' }).acquire({ signal: controller.signal })
+          await observer.until('the transaction waits in Postgres', async () => (await observer.waiters(contended)).length === 1)
+          controller.abort(reason)
+          const error = await waiting.catch((caught: unknown) => caught)
+          return {
+            error,
+            waiters: await observer.waiters(contended),
+            usable: (await sql<{ one: number }>`SELECT 1 AS one`.execute(trx)).rows,
+          }
+        },
+        { scope: 'transaction' },
+      )
+      expect(outcome).toEqual({ error: reason, waiters: [], usable: [{ one: 1 }] })
+      await holder.release()
+    })
+  })
+}

@@ -1,0 +1,4 @@
+import { describeConformance } from '@pglock/testing'
+import adapter from './postgres-js-dialect.ts'
+
+describeConformance(adapter)
