@@ -23,9 +23,16 @@ export function sqlState(error: unknown): string | undefined {
 }
 
 /**
- * @internal Whether an error means the connection itself failed (no SQLSTATE, a connection
- * exception `08xxx`, or an operator intervention `57P0x` such as a terminated backend), as opposed
- * to a statement that failed on a healthy connection.
+ * Whether a driver error means the connection itself failed (no SQLSTATE, a connection exception
+ * `08xxx`, or an operator intervention `57P0x` such as a terminated backend), as opposed to a
+ * statement that failed on a healthy connection. Adapters whose driver rejects a statement before
+ * it reports the connection closed use it to report the loss first.
+ *
+ * @example
+ * ```ts
+ * isConnectionFailure(Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' })) // true
+ * isConnectionFailure(Object.assign(new Error('lock timeout'), { code: '55P03' }))         // false
+ * ```
  */
 export function isConnectionFailure(error: unknown): boolean {
   const code = sqlState(error)

@@ -1,4 +1,12 @@
-import { InvalidArgumentError, type LockConnection, type LockExecutor, type LockScope, type Row, trackLoss } from '@pglock/core'
+import {
+  InvalidArgumentError,
+  isConnectionFailure,
+  type LockConnection,
+  type LockExecutor,
+  type LockScope,
+  type Row,
+  trackLoss,
+} from '@pglock/core'
 import type { PendingQuery, ReservedSql, Sql, TransactionSql, UnsafeQueryOptions } from 'postgres'
 
 /**
@@ -125,13 +133,18 @@ async function cancelQuery(query: RawQuery): Promise<void> {
  * ```
  */
 export interface PostgresJsConnection<Db> extends LockConnection<Db> {
-  /** Whether the connection closed while pinned; no statement may be sent on it then. */
+  /** Whether the connection failed or closed while pinned; no statement may be sent on it then. */
   readonly lost: boolean
 }
 
 /**
  * Pins the connection behind a `ReservedSql` or `TransactionSql` for a lock, with `db` as its
  * `lease.db`. For adapters layered on postgres.js (a Drizzle or Kysely database).
+ *
+ * A statement that fails because the connection did (postgres.js rejects it before telling the
+ * pool the socket closed) reports the loss at once, so that pglock sends nothing more into it.
+ * An owned connection released with `destroy`, or after it failed, is closed unless postgres.js
+ * has already done so; once it has, pglock never touches it again, as the pool may be reconnecting it.
  *
  * @param giveBack - returns an owned connection to its pool (`reserved.release()`).
  * @example
@@ -151,7 +164,12 @@ export function pinPostgresJs<Db>(
   let unhook: (() => void) | undefined
   let running: RawQuery | undefined
   let released = false
-  const onClose = (cause: unknown) => loss.report(cause ?? new Error('postgres.js connection closed'))
+  let closed = false
+  const fail = (cause: unknown) => loss.report(cause)
+  const onClose = (cause: unknown) => {
+    closed = true
+    fail(cause ?? new Error('postgres.js connection closed'))
+  }
   const onexecute = (connection: RawConnection) => {
     if (raw === undefined && !released) {
       raw = connection
@@ -175,6 +193,9 @@ export function pinPostgresJs<Db>(
       running = query
       try {
         return lastRows(await query)
+      } catch (error) {
+        if (isConnectionFailure(error)) fail(error)
+        throw error
       } finally {
         if (running === query) running = undefined
       }
@@ -189,9 +210,9 @@ export function pinPostgresJs<Db>(
       released = true
       loss.clear()
       unhook?.()
-      if (!owned || loss.lost) return
-      if (destroy && raw !== undefined) raw.terminate()
-      else giveBack?.()
+      if (!owned || closed) return
+      if (raw !== undefined && (destroy || loss.lost)) raw.terminate()
+      else if (!loss.lost) giveBack?.()
     },
   }
 }
