@@ -53,12 +53,23 @@ interface RawConnection {
   terminate(): void
 }
 
-/** A query as postgres.js builds it; `canceller` and `state` are set by postgres.js itself. */
-type RawQuery = PendingQuery<Row[]> & {
-  readonly state: { readonly pid: number } | null
-  readonly active: boolean
-  canceller?: ((query: RawQuery) => Promise<void>) | null
+/** The backend key a CancelRequest names: postgres.js keeps the one a statement was sent to as its `state`. */
+interface BackendKey {
+  readonly pid: number
+  readonly secret: number
 }
+
+/** What postgres.js's canceller reads of a query: where it was sent, and whether it still runs. */
+interface CancelTarget {
+  readonly state: BackendKey | null
+  readonly active: boolean
+}
+
+/** A query as postgres.js builds it; `canceller` and `state` are set by postgres.js itself. */
+type RawQuery = PendingQuery<Row[]> &
+  CancelTarget & {
+    canceller?: ((query: CancelTarget) => Promise<void>) | null
+  }
 
 type OnClose = (error: unknown) => void
 type CloseHook = OnClose & { readonly previous: OnClose | null | undefined; live: boolean }
@@ -121,6 +132,16 @@ async function cancelQuery(query: RawQuery): Promise<void> {
     return
   }
   await query.canceller(query)
+}
+
+/**
+ * Cancels a statement whose connection postgres.js has already given up on (its socket failed).
+ * Postgres may still be running it, since it does not notice a vanished client while it waits for
+ * a lock, and would grant the lock to the dead session. `backend` is read when the connection
+ * fails, before postgres.js reconnects and overwrites it with the key of a new session.
+ */
+async function cancelOnServer(query: RawQuery, backend: BackendKey): Promise<void> {
+  if (typeof query.canceller === 'function') await query.canceller({ state: backend, active: true })
 }
 
 /**
@@ -202,7 +223,10 @@ export function pinPostgresJs<Db>(
     },
     async cancel() {
       const query = running
-      if (query !== undefined && !loss.lost) await cancelQuery(query).catch(() => undefined)
+      if (query === undefined) return
+      if (!loss.lost) return cancelQuery(query).catch(() => undefined)
+      const backend = query.state
+      if (backend !== null) await cancelOnServer(query, { pid: backend.pid, secret: backend.secret }).catch(() => undefined)
     },
     onLost: loss.onLost,
     release({ destroy }) {
