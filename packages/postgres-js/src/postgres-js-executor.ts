@@ -246,7 +246,9 @@ export function pinPostgresJs<Db>(
  * through an ORM on top of it), on a pinned connection whose `lease.db` is what `begin` passes
  * as `db`. If the connection closes meanwhile, the callback given to `sql.begin()` never settles:
  * `sql.begin()` rejects by itself, and a `ROLLBACK` postgres.js would send on the closed
- * connection would throw in a timer instead of rejecting.
+ * connection would throw in a timer instead of rejecting. pglock opened the transaction, so it
+ * owns the connection: one lost to a keep-alive probe is closed, which ends the transaction and
+ * its lock on the server too.
  *
  * @example
  * ```ts
@@ -262,7 +264,7 @@ export function runInPostgresJsTransaction<Db, T>(
   body: (connection: LockConnection<Db>) => Promise<T>,
 ): Promise<T> {
   return begin((transaction, db) => {
-    const connection = pinPostgresJs(transaction, db, { owned: false })
+    const connection = pinPostgresJs(transaction, db, { owned: true })
     return new Promise<T>((resolve, reject) => {
       body(connection)
         .then(
