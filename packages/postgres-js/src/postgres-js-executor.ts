@@ -111,6 +111,13 @@ function lastRows(result: readonly unknown[]): readonly Row[] {
 
 const settledQueries = new WeakSet<RawQuery>()
 
+/**
+ * `ReservedSql` and `TransactionSql` handles whose connection failed, and why. postgres.js keeps
+ * such a handle pointing at a connection that its pool may reconnect for others, and a reserved
+ * one queues every statement after the first failure forever: pglock refuses them instead.
+ */
+const brokenHandles = new WeakMap<ReservedSql<any> | TransactionSql<any>, unknown>()
+
 async function untilSent(query: RawQuery): Promise<void> {
   while (query.state === null && !settledQueries.has(query)) await new Promise((resolve) => setTimeout(resolve, 5))
 }
@@ -166,6 +173,7 @@ export interface PostgresJsConnection<Db> extends LockConnection<Db> {
  * pool the socket closed) reports the loss at once, so that pglock sends nothing more into it.
  * An owned connection released with `destroy`, or after it failed, is closed unless postgres.js
  * has already done so; once it has, pglock never touches it again, as the pool may be reconnecting it.
+ * A handle pglock does not own is lost from the start if its connection failed before.
  *
  * @param giveBack - returns an owned connection to its pool (`reserved.release()`).
  * @example
@@ -186,11 +194,15 @@ export function pinPostgresJs<Db>(
   let running: RawQuery | undefined
   let released = false
   let closed = false
-  const fail = (cause: unknown) => loss.report(cause)
+  const fail = (cause: unknown) => {
+    if (!owned && !loss.lost) brokenHandles.set(handle, cause)
+    loss.report(cause)
+  }
   const onClose = (cause: unknown) => {
     closed = true
     fail(cause ?? new Error('postgres.js connection closed'))
   }
+  if (brokenHandles.has(handle)) loss.report(brokenHandles.get(handle))
   const onexecute = (connection: RawConnection) => {
     if (raw === undefined && !released) {
       raw = connection
