@@ -15,8 +15,13 @@ const adapter: AdapterUnderTest = {
   module: fileURLToPath(import.meta.url),
   lib,
   caps: { sessionOnPool: true, singleConnection: false, transactionHandle: true, beginWithLock: false },
-  async openPool({ url, applicationName, max }) {
-    const client = postgres(url, { max, connection: { application_name: applicationName }, onnotice: () => undefined })
+  async openPool({ url, applicationName, max, throughPooler = false }) {
+    const client = postgres(url, {
+      max,
+      prepare: !throughPooler,
+      connection: { application_name: applicationName },
+      onnotice: () => undefined,
+    })
     let closed: Promise<void> | undefined
     return { db: drizzle({ client }), close: () => (closed ??= client.end({ timeout: 5 })) }
   },

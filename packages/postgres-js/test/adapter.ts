@@ -9,8 +9,13 @@ const adapter: AdapterUnderTest = {
   module: fileURLToPath(import.meta.url),
   lib,
   caps: { sessionOnPool: true, singleConnection: true, transactionHandle: true, beginWithLock: false },
-  async openPool({ url, applicationName, max }) {
-    const sql = postgres(url, { max, connection: { application_name: applicationName }, onnotice: () => undefined })
+  async openPool({ url, applicationName, max, throughPooler = false }) {
+    const sql = postgres(url, {
+      max,
+      prepare: !throughPooler,
+      connection: { application_name: applicationName },
+      onnotice: () => undefined,
+    })
     let closed: Promise<void> | undefined
     return { db: sql, close: () => (closed ??= sql.end({ timeout: 5 })) }
   },

@@ -12,6 +12,13 @@ export interface OpenOptions {
   readonly applicationName: string
   /** the pool size; ignored for single connections */
   readonly max: number
+  /**
+   * The URL is a pooler's (PgBouncer), which may run each transaction on another server
+   * connection: open the handle as its driver's users must for that (postgres.js:
+   * `prepare: false`, or its own `COMMIT`, a named prepared statement, can land where it was never
+   * prepared and silently roll back).
+   */
+  readonly throughPooler?: boolean
 }
 
 /** The lock functions an adapter exports, as the suite calls them. */
