@@ -10,7 +10,14 @@ const adapter: AdapterUnderTest = {
   name: 'drizzle-node-postgres',
   module: fileURLToPath(import.meta.url),
   lib,
-  caps: { sessionOnPool: true, singleConnection: true, transactionHandle: true, beginWithLock: false },
+  caps: {
+    sessionOnPool: true,
+    singleConnection: true,
+    transactionHandle: true,
+    beginWithLock: false,
+    poolRecovers: true,
+    endedPoolRefuses: true,
+  },
   async openPool({ url, applicationName, max }) {
     const pool = new pg.Pool({ connectionString: url, application_name: applicationName, max })
     pool.on('error', () => undefined)

@@ -14,7 +14,14 @@ const adapter: AdapterUnderTest = {
   name: 'drizzle-postgres-js',
   module: fileURLToPath(import.meta.url),
   lib,
-  caps: { sessionOnPool: true, singleConnection: false, transactionHandle: true, beginWithLock: false },
+  caps: {
+    sessionOnPool: true,
+    singleConnection: false,
+    transactionHandle: true,
+    beginWithLock: false,
+    poolRecovers: false,
+    endedPoolRefuses: false,
+  },
   async openPool({ url, applicationName, max, throughPooler = false }) {
     const client = postgres(url, {
       max,

@@ -8,7 +8,14 @@ const adapter: AdapterUnderTest = {
   name: 'pg',
   module: fileURLToPath(import.meta.url),
   lib,
-  caps: { sessionOnPool: true, singleConnection: true, transactionHandle: true, beginWithLock: true },
+  caps: {
+    sessionOnPool: true,
+    singleConnection: true,
+    transactionHandle: true,
+    beginWithLock: true,
+    poolRecovers: true,
+    endedPoolRefuses: true,
+  },
   async openPool({ url, applicationName, max }) {
     const pool = new pg.Pool({ connectionString: url, application_name: applicationName, max })
     pool.on('error', () => undefined)

@@ -8,7 +8,14 @@ const adapter: AdapterUnderTest = {
   name: 'postgres-js',
   module: fileURLToPath(import.meta.url),
   lib,
-  caps: { sessionOnPool: true, singleConnection: true, transactionHandle: true, beginWithLock: false },
+  caps: {
+    sessionOnPool: true,
+    singleConnection: true,
+    transactionHandle: true,
+    beginWithLock: false,
+    poolRecovers: false,
+    endedPoolRefuses: false,
+  },
   async openPool({ url, applicationName, max, throughPooler = false }) {
     const sql = postgres(url, {
       max,

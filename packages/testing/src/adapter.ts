@@ -49,6 +49,20 @@ export interface Capabilities {
    * (false where the driver opens its transactions itself, as Drizzle and Kysely do).
    */
   readonly beginWithLock: boolean
+  /**
+   * After its connections failed (the server shut down while lock statements were in flight, or
+   * refused new connections), the pool lends working connections again, every one of them. False
+   * for postgres.js 3.4: a `sql.reserve()` queued while a connection closes stays pending forever
+   * (porsager/postgres#1195), and a connection whose backend died mid-statement replays that error
+   * onto the next reserve (as in porsager/postgres#1223), which then fails and leaves a request
+   * behind that later swallows a connection, one pool slot lost for good.
+   */
+  readonly poolRecovers: boolean
+  /**
+   * An ended pool refuses to lend a connection, so session locks on it fail. False for postgres.js
+   * 3.4, whose `sql.reserve()` ignores `sql.end()` and opens a new connection.
+   */
+  readonly endedPoolRefuses: boolean
 }
 
 /**
