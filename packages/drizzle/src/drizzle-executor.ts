@@ -128,7 +128,7 @@ function runInDrizzleTransaction<T>(
   overPool: boolean,
 ): Promise<T> {
   const begin = <C>(callback: (client: C, tx: DrizzleShape) => Promise<T>) => db.transaction((tx) => callback(tx._.session.client as C, tx))
-  if (typeof db._.session.client === 'function') return runInPostgresJsTransaction(begin, body)
+  if (typeof db._.session.client === 'function') return runInPostgresJsTransaction(begin, body, db._.session.client)
   if (overPool) return runInPgTransaction(begin, body)
   return db.transaction(async (tx) => {
     const connection = rebind(await transactionExecutor(tx).connect(), tx)

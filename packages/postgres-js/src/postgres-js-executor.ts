@@ -118,6 +118,37 @@ const settledQueries = new WeakSet<RawQuery>()
  */
 const brokenHandles = new WeakMap<ReservedSql<any> | TransactionSql<any>, unknown>()
 
+/** Connections pglock took from a `Sql` and closed, or saw fail, that postgres.js has not yet closed. */
+const closingConnections = new WeakMap<object, Set<Promise<void>>>()
+
+/** How long a checkout waits for those to close; a connection blackholed after `terminate()` may never. */
+const CLOSE_WAIT_MS = 1_000
+
+/**
+ * Waits (up to {@link CLOSE_WAIT_MS}) until the connections pglock gave up on in `pool` have
+ * closed. postgres.js 3.4 hands a `sql.reserve()` queued at the moment a connection closes to
+ * that connection's reconnect, which drops it: the reserve never settles
+ * (porsager/postgres#1195). pglock's next session lock right after a loss would otherwise be
+ * that reserve.
+ */
+async function untilClosed(pool: object): Promise<void> {
+  const pending = closingConnections.get(pool)
+  if (pending === undefined || pending.size === 0) return
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const bound = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, CLOSE_WAIT_MS)
+  })
+  await Promise.race([Promise.all(pending), bound])
+  clearTimeout(timer)
+}
+
+function closing(pool: object, closed: Promise<void>): void {
+  let pending = closingConnections.get(pool)
+  if (pending === undefined) closingConnections.set(pool, (pending = new Set()))
+  pending.add(closed)
+  void closed.then(() => pending.delete(closed))
+}
+
 async function untilSent(query: RawQuery): Promise<void> {
   while (query.state === null && !settledQueries.has(query)) await new Promise((resolve) => setTimeout(resolve, 5))
 }
@@ -176,6 +207,8 @@ export interface PostgresJsConnection<Db> extends LockConnection<Db> {
  * A handle pglock does not own is lost from the start if its connection failed before.
  *
  * @param giveBack - returns an owned connection to its pool (`reserved.release()`).
+ * @param pool - the `Sql` an owned connection came from: pglock's next `reserve()` on it waits
+ * until a connection it gave up on has closed.
  * @example
  * ```ts
  * const reserved = await sql.reserve()
@@ -185,21 +218,23 @@ export interface PostgresJsConnection<Db> extends LockConnection<Db> {
 export function pinPostgresJs<Db>(
   handle: ReservedSql<any> | TransactionSql<any>,
   db: Db,
-  options: { readonly owned: boolean; readonly giveBack?: (() => void) | undefined },
+  options: { readonly owned: boolean; readonly giveBack?: (() => void) | undefined; readonly pool?: object | undefined },
 ): PostgresJsConnection<Db> {
-  const { owned, giveBack } = options
+  const { owned, giveBack, pool } = options
   const loss = trackLoss()
   let raw: RawConnection | undefined
   let unhook: (() => void) | undefined
   let running: RawQuery | undefined
   let released = false
   let closed = false
+  let markClosed: (() => void) | undefined
   const fail = (cause: unknown) => {
     if (!owned && !loss.lost) brokenHandles.set(handle, cause)
     loss.report(cause)
   }
   const onClose = (cause: unknown) => {
     closed = true
+    markClosed?.()
     fail(cause ?? new Error('postgres.js connection closed'))
   }
   if (brokenHandles.has(handle)) loss.report(brokenHandles.get(handle))
@@ -245,10 +280,13 @@ export function pinPostgresJs<Db>(
       if (released) return
       released = true
       loss.clear()
+      if (owned && !closed && raw !== undefined && (destroy || loss.lost)) {
+        raw.terminate()
+        if (pool !== undefined) closing(pool, new Promise((resolve) => (markClosed = resolve)))
+        return
+      }
       unhook?.()
-      if (!owned || closed) return
-      if (raw !== undefined && (destroy || loss.lost)) raw.terminate()
-      else if (!loss.lost) giveBack?.()
+      if (owned && !closed && !loss.lost) giveBack?.()
     },
   }
 }
@@ -262,21 +300,23 @@ export function pinPostgresJs<Db>(
  * owns the connection: one lost to a keep-alive probe is closed, which ends the transaction and
  * its lock on the server too.
  *
+ * @param pool - the `Sql` the transaction runs on, as for {@link pinPostgresJs}.
  * @example
  * ```ts
  * const executor: LockExecutor<PgTransaction> = {
  *   kind: 'pool',
  *   scope: sql,
- *   transaction: (body) => runInPostgresJsTransaction((callback) => db.transaction((tx) => callback(tx._.session.client, tx)), body),
+ *   transaction: (body) => runInPostgresJsTransaction((callback) => db.transaction((tx) => callback(tx._.session.client, tx)), body, sql),
  * }
  * ```
  */
 export function runInPostgresJsTransaction<Db, T>(
   begin: (callback: (transaction: TransactionSql<any>, db: Db) => Promise<T>) => Promise<unknown>,
   body: (connection: LockConnection<Db>) => Promise<T>,
+  pool?: object,
 ): Promise<T> {
   return begin((transaction, db) => {
-    const connection = pinPostgresJs(transaction, db, { owned: true })
+    const connection = pinPostgresJs(transaction, db, { owned: true, pool })
     return new Promise<T>((resolve, reject) => {
       body(connection)
         .then(
@@ -336,9 +376,10 @@ function executorFor(db: unknown): LockExecutor<unknown> {
     kind: 'pool',
     scope: db,
     async connect() {
+      await untilClosed(sql)
       const reserved = await sql.reserve()
-      return pinPostgresJs(reserved, reserved, { owned: true, giveBack: () => reserved.release() })
+      return pinPostgresJs(reserved, reserved, { owned: true, giveBack: () => reserved.release(), pool: sql })
     },
-    transaction: (body) => runInPostgresJsTransaction((callback) => begin.call(sql, (tx) => callback(tx, tx)), body),
+    transaction: (body) => runInPostgresJsTransaction((callback) => begin.call(sql, (tx) => callback(tx, tx)), body, sql),
   }
 }
