@@ -10,7 +10,7 @@ import postgres from 'postgres'
  * 3.4 never finishes a plain `end()` once a connection failed with a statement in flight
  * (porsager/postgres#1142), which is what every fault test does.
  */
-const END_TIMEOUT_S = 1
+const END_TIMEOUT_S = 0.2
 
 /**
  * Drizzle over a postgres.js `Sql` under the conformance suite, and its `tx`. No single

@@ -8,7 +8,7 @@ import postgres, { type ISql, type Sql } from 'postgres'
  * 3.4 never finishes a plain `end()` once a connection failed with a statement in flight
  * (porsager/postgres#1142), which is what every fault test does.
  */
-const END_TIMEOUT_S = 1
+const END_TIMEOUT_S = 0.2
 
 /** postgres.js under the conformance suite: `Sql`, a `ReservedSql`, and the `TransactionSql` of `sql.begin()`. */
 const adapter: AdapterUnderTest = {
