@@ -118,35 +118,39 @@ const settledQueries = new WeakSet<RawQuery>()
  */
 const brokenHandles = new WeakMap<ReservedSql<any> | TransactionSql<any>, unknown>()
 
-/** Connections pglock took from a `Sql` and closed, or saw fail, that postgres.js has not yet closed. */
+/**
+ * Connections pglock took from a `Sql` and gave up on (closed, or saw fail) that postgres.js has
+ * not yet closed, each for at most {@link CLOSE_WAIT_MS}.
+ */
 const closingConnections = new WeakMap<object, Set<Promise<void>>>()
 
-/** How long a checkout waits for those to close; a connection blackholed after `terminate()` may never. */
+/** How long a connection pglock gave up on delays the next checkout; a blackholed one may never close. */
 const CLOSE_WAIT_MS = 1_000
-
-/**
- * Waits (up to {@link CLOSE_WAIT_MS}) until the connections pglock gave up on in `pool` have
- * closed. postgres.js 3.4 hands a `sql.reserve()` queued at the moment a connection closes to
- * that connection's reconnect, which drops it: the reserve never settles
- * (porsager/postgres#1195). pglock's next session lock right after a loss would otherwise be
- * that reserve.
- */
-async function untilClosed(pool: object): Promise<void> {
-  const pending = closingConnections.get(pool)
-  if (pending === undefined || pending.size === 0) return
-  let timer: ReturnType<typeof setTimeout> | undefined
-  const bound = new Promise<void>((resolve) => {
-    timer = setTimeout(resolve, CLOSE_WAIT_MS)
-  })
-  await Promise.race([Promise.all(pending), bound])
-  clearTimeout(timer)
-}
 
 function closing(pool: object, closed: Promise<void>): void {
   let pending = closingConnections.get(pool)
   if (pending === undefined) closingConnections.set(pool, (pending = new Set()))
-  pending.add(closed)
-  void closed.then(() => pending.delete(closed))
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const expired = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, CLOSE_WAIT_MS)
+    ;(timer as { unref?: () => void }).unref?.()
+  })
+  const settled: Promise<void> = Promise.race([closed, expired]).then(() => {
+    clearTimeout(timer)
+    pending.delete(settled)
+  })
+  pending.add(settled)
+}
+
+/**
+ * Waits until the connections pglock gave up on in `pool` have closed. postgres.js 3.4 hands a
+ * `sql.reserve()` queued at the moment a connection closes to that connection's reconnect, which
+ * drops it: the reserve never settles (porsager/postgres#1195). pglock's next session lock
+ * right after a loss would otherwise be that reserve.
+ */
+async function untilClosed(pool: object): Promise<void> {
+  const pending = closingConnections.get(pool)
+  if (pending !== undefined && pending.size > 0) await Promise.all(pending)
 }
 
 async function untilSent(query: RawQuery): Promise<void> {
