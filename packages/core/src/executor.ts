@@ -5,6 +5,18 @@
 export type Row = Readonly<Record<string, unknown>>
 
 /**
+ * One statement with bound parameters that a driver may keep prepared on a connection. pglock
+ * writes these itself: `text` is one of a handful of fixed lock calls, `values` the lock id as
+ * decimal strings.
+ */
+export interface PreparedStatement {
+  /** Unique to `text` (prefixed `pglock_`): the name to keep the statement prepared under. */
+  readonly name: string
+  readonly text: string
+  readonly values: readonly (string | null)[]
+}
+
+/**
  * One physical connection, pinned for the life of a lock. Adapters implement this; the core
  * never sees the driver behind it.
  *
@@ -42,6 +54,17 @@ export interface LockConnection<Db> {
    * statement; rejects with the driver's error, whose SQLSTATE must be readable as `code`.
    */
   query(sql: string): Promise<readonly Row[]>
+
+  /**
+   * Optional. Runs `statement` as a named prepared statement (parsed and planned once per
+   * connection, then only bound and executed), in one round trip. pglock uses it for the bare
+   * session-scope calls (lock, try-lock, unlock without a timeout), where skipping the parse
+   * and plan is a visible share of the server's work per cycle. Resolves and rejects like
+   * `query`. If the server no longer knows the statement (SQLSTATE 26000, e.g. after
+   * `DISCARD ALL`), run it unprepared instead. Without this method pglock sends the same call
+   * as text through `query`.
+   */
+  execute?(statement: PreparedStatement): Promise<readonly Row[]>
 
   /**
    * Asks the server to cancel whatever this connection is running now (`pg_cancel_backend`,

@@ -1,5 +1,5 @@
 import { LockLostError, LockTimeoutError, type PgLockErrorDetails, ReleaseFailedError } from './errors.js'
-import type { LockConnection, Row } from './executor.js'
+import type { LockConnection, PreparedStatement, Row } from './executor.js'
 import type { LockId } from './keys.js'
 import {
   type AcquirePlan,
@@ -9,6 +9,7 @@ import {
   NO_ACTIVE_SQL_TRANSACTION,
   PROBE_SQL,
   pidOf,
+  preparedAcquire,
   QUERY_CANCELED,
   rollbackToSavepointSql,
   unlockIfHeldSql,
@@ -78,9 +79,19 @@ export function nextSavepoint(): string {
   return `pglock_${savepoints}`
 }
 
+/**
+ * @internal Sends a statement pglock wrote: prepared through `execute` when it is one and the
+ * driver has `execute`, else as text through `query`.
+ */
+export function send(connection: LockConnection<unknown>, statement: string | PreparedStatement): Promise<readonly Row[]> {
+  return typeof statement === 'string'
+    ? connection.query(statement)
+    : (connection.execute as NonNullable<LockConnection<unknown>['execute']>)(statement)
+}
+
 async function runCancellable(
   connection: LockConnection<unknown>,
-  sql: string,
+  statement: string | PreparedStatement,
   signal: AbortSignal | undefined,
 ): Promise<
   | { ok: true; rows: readonly Row[]; cancelled: Promise<void> | undefined }
@@ -92,7 +103,7 @@ async function runCancellable(
   }
   signal?.addEventListener('abort', onAbort, { once: true })
   try {
-    return { ok: true, rows: await connection.query(sql), cancelled }
+    return { ok: true, rows: await send(connection, statement), cancelled }
   } catch (error) {
     return { ok: false, error, cancelled }
   } finally {
@@ -189,7 +200,8 @@ export async function takeLock(connection: LockConnection<unknown>, request: Tak
     if (waiting) void connection.cancel().catch(() => undefined)
   })
   try {
-    const outcome = await runCancellable(connection, acquireSql(plan), request.signal)
+    const prepared = connection.execute === undefined ? undefined : preparedAcquire(plan)
+    const outcome = await runCancellable(connection, prepared ?? acquireSql(plan), request.signal)
     waiting = false
     if (outcome.ok && !request.signal?.aborted) {
       if (!attempt || outcome.rows[0]?.acquired === true) return { pid: pidOf(outcome.rows[0]) }

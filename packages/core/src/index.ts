@@ -18,7 +18,7 @@ export {
   ReleaseFailedError,
   UnsupportedError,
 } from './errors.js'
-export type { LockConnection, LockExecutor, Row } from './executor.js'
+export type { LockConnection, LockExecutor, PreparedStatement, Row } from './executor.js'
 export { isConnectionFailure } from './hold.js'
 export { type LockId, pgLocksRow, postgresLock01, resolveLockId, sha1Int64 } from './keys.js'
 export { Lock } from './lock.js'

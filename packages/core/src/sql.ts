@@ -1,3 +1,4 @@
+import type { PreparedStatement } from './executor.js'
 import { type LockId, pgLocksRow } from './keys.js'
 import type { LockMode } from './types.js'
 
@@ -27,6 +28,54 @@ function literal(id: LockId): string {
 
 function call(fn: LockFunction, id: LockId, mode: LockMode): string {
   return `${FUNCTION_NAMES[fn]}${mode === 'shared' ? '_shared' : ''}(${literal(id)})`
+}
+
+type PreparedFunction = 'lock' | 'try' | 'unlock'
+
+/**
+ * Name and text of every prepared lock call, by function, mode and id kind: built once. Like
+ * their text forms, each answers `pid`, and the unlock unlocks only on the backend given as its
+ * last parameter (or anywhere, when that is null).
+ */
+const PREPARED: Record<string, { readonly name: string; readonly text: string }> = {}
+for (const fn of ['lock', 'try', 'unlock'] as const) {
+  for (const mode of ['exclusive', 'shared'] as const) {
+    for (const [kind, parameters, pid] of [
+      ['int64', '$1::int8', '$2::int4'],
+      ['pair', '$1::int4, $2::int4', '$3::int4'],
+    ] as const) {
+      const name = `${FUNCTION_NAMES[fn]}${mode === 'shared' ? '_shared' : ''}`
+      const call = `${name}(${parameters})`
+      const answer =
+        fn === 'unlock'
+          ? `CASE WHEN ${pid} IS NULL OR pg_backend_pid() = ${pid} THEN ${call} END AS released`
+          : `${call}${fn === 'try' ? ' AS acquired' : ''}`
+      PREPARED[`${fn} ${mode} ${kind}`] = { name: `pglock_${name}_${kind}`, text: `SELECT ${answer}, pg_backend_pid() AS pid` }
+    }
+  }
+}
+
+function preparedCall(fn: PreparedFunction, id: LockId, mode: LockMode, pid?: number): PreparedStatement {
+  const { name, text } = PREPARED[`${fn} ${mode} ${id.kind}`] as { name: string; text: string }
+  const values: (string | null)[] =
+    id.kind === 'pair' ? [String(id.value[0] | 0), String(id.value[1] | 0)] : [String(BigInt.asIntN(64, id.value))]
+  if (fn === 'unlock') values.push(pid !== undefined && Number.isSafeInteger(pid) ? String(pid) : null)
+  return { name, text, values }
+}
+
+/**
+ * The statement that takes a session lock, as a prepared statement, when the plan is the bare
+ * call (no `lock_timeout`, savepoint or `BEGIN` around it); else `undefined`.
+ */
+export function preparedAcquire(plan: AcquirePlan): PreparedStatement | undefined {
+  if (plan.scope !== 'session' || plan.begin || plan.savepoint !== undefined) return undefined
+  if (plan.attempt) return preparedCall('try', plan.id, plan.mode)
+  return plan.timeoutMs === undefined ? preparedCall('lock', plan.id, plan.mode) : undefined
+}
+
+/** {@link unlockSql} as a prepared statement. */
+export function preparedUnlock(id: LockId, mode: LockMode, pid?: number): PreparedStatement {
+  return preparedCall('unlock', id, mode, pid)
 }
 
 /** Wraps a blocking lock statement in a local `lock_timeout`, restoring the previous value after it. */

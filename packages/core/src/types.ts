@@ -88,7 +88,11 @@ export interface Lease<Db> {
    * (transaction scope). Queries through it run where the lock is held.
    */
   readonly db: Db
-  /** Aborts with `LockLostError` if the lock is lost while your function runs. */
+  /**
+   * Aborts with `LockLostError` if the lock is lost while your function runs. It is a getter,
+   * made on first read (already aborted if the lock was lost before): read or destructure it,
+   * e.g. `async ({ db, signal }) => ...`; spreading the lease (`{ ...lease }`) does not copy it.
+   */
   readonly signal: AbortSignal
 }
 

@@ -3,11 +3,30 @@ import type { LockConnection, LockExecutor } from './executor.js'
 import { enterGate } from './gate.js'
 import { type Framing, NotInTransaction, nextSavepoint, takeLock, watchConnection } from './hold.js'
 import { type LockId, lockIdToken, resolveLockId } from './keys.js'
+import { LazyAbort } from './lazy-abort.js'
 import { Lock } from './lock.js'
 import { resolveAcquireOptions, resolveLockOptions } from './options.js'
 import { rollbackToSavepointSql } from './sql.js'
 import type { Lease, LockKey, LockMode, TryWithLockResult, WithLockOptions } from './types.js'
 import { checkOut, DeadlineExceeded, interruptible } from './wait.js'
+
+/**
+ * The lease `withLock` hands to `fn`. `signal` is a getter on the prototype, so that its
+ * `AbortSignal` is made only if `fn` reads it (destructuring reads it; spreading the lease does not).
+ */
+class LockLease<Db> implements Lease<Db> {
+  readonly db: Db
+  readonly #lost: { readonly signal: AbortSignal }
+
+  constructor(db: Db, lost: { readonly signal: AbortSignal }) {
+    this.db = db
+    this.#lost = lost
+  }
+
+  get signal(): AbortSignal {
+    return this.#lost.signal
+  }
+}
 
 /** @internal The function a user passes to `withLock`. */
 export type LeaseFn<Db, T> = (lease: Lease<Db>) => T | PromiseLike<T>
@@ -36,14 +55,18 @@ export async function runWithLock<Db, T>(
   options: WithLockOptions | undefined,
   attempt: boolean,
 ): Promise<TryWithLockResult<T>> {
+  const scope = (options as { readonly scope?: unknown } | null | undefined)?.scope
+  if (scope === undefined || scope === 'session') {
+    const lock = new Lock(executor, key, options)
+    const { timeoutMs, signal } = resolveAcquireOptions(options, { key, mode: lock.mode, scope: lock.scope })
+    checkFn(fn, { key, mode: lock.mode, scope: lock.scope })
+    return runInSession(lock, fn, attempt, timeoutMs, signal)
+  }
   const resolved = resolveLockOptions(options, { key })
   const details: PgLockErrorDetails = { key, mode: resolved.mode, scope: resolved.scope }
   const id = resolveLockId(key, options)
   const { timeoutMs, signal } = resolveAcquireOptions(options, details)
-  if (typeof fn !== 'function') {
-    throw new InvalidArgumentError(`fn must be a function, got ${fn === null ? 'null' : typeof fn}`, details)
-  }
-  if (resolved.scope === 'session') return runInSession(new Lock(executor, key, options), fn, attempt, timeoutMs, signal)
+  checkFn(fn, details)
   signal?.throwIfAborted()
   const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs
   const run: Run<Db, T> = {
@@ -66,6 +89,12 @@ export async function runWithLock<Db, T>(
   }
 }
 
+function checkFn(fn: unknown, details: PgLockErrorDetails): void {
+  if (typeof fn !== 'function') {
+    throw new InvalidArgumentError(`fn must be a function, got ${fn === null ? 'null' : typeof fn}`, details)
+  }
+}
+
 async function runInSession<Db, T>(
   lock: Lock<Db>,
   fn: LeaseFn<Db, T>,
@@ -76,13 +105,12 @@ async function runInSession<Db, T>(
   if (attempt ? !(await lock.tryAcquire({ signal })) : !(await lock.acquire({ timeoutMs, signal }))) return { acquired: false }
   let value: T
   try {
-    value = await fn({ db: lock.db as Db, signal: lock.signal })
+    value = await fn(new LockLease(lock.db as Db, lock))
   } catch (error) {
     await lock.release().catch(() => undefined)
     throw error
   }
-  await lock.release()
-  lock.signal.throwIfAborted()
+  if (!(await lock.release())) lock.signal.throwIfAborted()
   return { acquired: true, value }
 }
 
@@ -91,15 +119,16 @@ async function runInTransaction<Db, T>(run: Run<Db, T>): Promise<TryWithLockResu
   const exclusive = run.mode === 'exclusive' || executor.kind === 'connection'
   const ticket = await enterGate(executor.scope, lockIdToken(run.id), exclusive, { attempt, signal, deadline })
   if (ticket === undefined) return { acquired: false }
+  const ending: Ending = { leaveGate: executor.kind === 'pool' ? () => ticket.leave() : undefined }
   try {
     if (executor.transaction !== undefined && (executor.kind === 'pool' || executor.inTransaction?.() === false)) {
-      return await inDriverTransaction(run, executor.transaction)
+      return await inDriverTransaction(run, executor.transaction, ending)
     }
-    const { connection, deadline: lockDeadline } = await checkOut(executor, signal, deadline)
+    const checkout = await checkOut(executor, signal, deadline)
     try {
-      return await inOpenOrNewTransaction({ ...run, deadline: lockDeadline }, connection)
+      return await inOpenOrNewTransaction(run, checkout.connection, checkout.deadline, ending)
     } finally {
-      await connection.release({ destroy: false })
+      await checkout.connection.release({ destroy: false })
     }
   } finally {
     ticket.leave()
@@ -116,12 +145,15 @@ async function runInTransaction<Db, T>(run: Run<Db, T>): Promise<TryWithLockResu
 async function inDriverTransaction<Db, T>(
   run: Run<Db, T>,
   transaction: NonNullable<LockExecutor<Db>['transaction']>,
+  ending: Ending,
 ): Promise<TryWithLockResult<T>> {
-  const watch: DriverTransactionWatch = { abandoned: new AbortController(), stop: () => undefined }
+  const driver: DriverTransactionWatch = { abandoned: new AbortController(), stop: () => undefined }
   let held: Promise<TryWithLockResult<T>> | undefined
   try {
-    const ended = transaction((connection) => (held = holdWhileRunning(run, connection, { kind: 'driver-transaction' }, watch)))
-    return await untilLost(ended, watch.abandoned.signal)
+    const ended = transaction(
+      (connection) => (held = holdWhileRunning(run, connection, { kind: 'driver-transaction' }, run.deadline, { ...ending, driver })),
+    )
+    return await untilLost(ended, driver.abandoned.signal)
   } catch (error) {
     if (held === undefined) throw error
     const failure = await held.then(
@@ -130,78 +162,38 @@ async function inDriverTransaction<Db, T>(
     )
     throw failure === undefined ? error : failure.reason
   } finally {
-    watch.stop()
+    driver.stop()
   }
 }
 
-async function inOpenOrNewTransaction<Db, T>(run: Run<Db, T>, connection: LockConnection<Db>): Promise<TryWithLockResult<T>> {
+async function inOpenOrNewTransaction<Db, T>(
+  run: Run<Db, T>,
+  connection: LockConnection<Db>,
+  deadline: number | undefined,
+  ending: Ending,
+): Promise<TryWithLockResult<T>> {
   if (run.executor.kind === 'connection' && run.executor.inTransaction?.() !== false) {
     try {
-      return await holdWhileRunning(run, connection, { kind: 'savepoint', name: nextSavepoint(), keepOpen: true })
+      return await holdWhileRunning(run, connection, { kind: 'savepoint', name: nextSavepoint(), keepOpen: true }, deadline, ending)
     } catch (error) {
       if (!(error instanceof NotInTransaction)) throw error
     }
   }
-  return holdWhileRunning(run, connection, { kind: 'begin' })
+  return holdWhileRunning(run, connection, { kind: 'begin' }, deadline, ending)
 }
 
 /**
- * Takes the transaction lock, runs `fn`, then commits (or releases the savepoint) or rolls back.
- * Once the connection is lost, nothing more is sent on it: an owned connection is destroyed at
- * once, and waiting for the driver to end its transaction is cut short by the loss, so that a
- * dead connection (say, one whose packets vanish) can never leave `withLock` pending.
+ * How a transaction lock ends. On a pool, `leaveGate` lets the next handle queued in memory for
+ * the key into Postgres as `COMMIT` (or `ROLLBACK`) is sent, on a connection of its own:
+ * Postgres grants it the lock when the transaction ends, one round trip sooner. Where the driver
+ * ends the transaction itself, `driver` keeps the lock watched until its commit or rollback
+ * settles, and a loss after `fn` returned abandons that wait.
  */
-async function holdWhileRunning<Db, T>(
-  run: Run<Db, T>,
-  connection: LockConnection<Db>,
-  framing: Framing,
-  driver?: DriverTransactionWatch,
-): Promise<TryWithLockResult<T>> {
-  const granted = await takeLock(connection, { ...run, framing })
-  if (!granted) return { acquired: false }
-  const controller = new AbortController()
-  const lost = controller.signal
-  let ran = false
-  const stopWatching = watchConnection(
-    connection,
-    run.keepAliveMs,
-    (error) => {
-      controller.abort(error)
-      if (ran) driver?.abandoned.abort(error)
-      void Promise.resolve(connection.release({ destroy: true, cause: error })).catch(() => undefined)
-    },
-    run.details,
-  )
-  const stop = driver === undefined ? stopWatching : () => undefined
-  if (driver !== undefined) driver.stop = stopWatching
-  let value: T
-  try {
-    value = await run.fn({ db: connection.db, signal: lost })
-  } catch (error) {
-    ran = true
-    if (lost.aborted) driver?.abandoned.abort(error)
-    else await untilLost(finish(connection, framing, false), lost).catch(() => undefined)
-    stop()
-    throw error
-  }
-  ran = true
-  if (lost.aborted) driver?.abandoned.abort(lost.reason)
-  try {
-    lost.throwIfAborted()
-    await untilLost(finish(connection, framing, true), lost)
-  } catch (error) {
-    lost.throwIfAborted()
-    throw error
-  } finally {
-    stop()
-  }
-  return { acquired: true, value }
+interface Ending {
+  readonly leaveGate: (() => void) | undefined
+  readonly driver?: DriverTransactionWatch
 }
 
-/**
- * Where the driver ends the transaction itself (`executor.transaction`), the lock stays watched
- * until the driver's commit or rollback settles, and a loss after `fn` returned abandons the wait.
- */
 interface DriverTransactionWatch {
   readonly abandoned: AbortController
   stop: () => void
@@ -209,6 +201,72 @@ interface DriverTransactionWatch {
 
 function untilLost<T>(promise: Promise<T>, lost: AbortSignal): Promise<T> {
   return interruptible(promise, { signal: lost, abandon: () => undefined })
+}
+
+/**
+ * Takes the transaction lock, runs `fn`, then commits (or releases the savepoint) or rolls back.
+ * Once the connection is lost, nothing more is sent on it: an owned connection is destroyed at
+ * once, and with `keepAliveMs` a commit or rollback that a silent connection never answers is
+ * abandoned, so that `withLock` cannot stay pending.
+ */
+async function holdWhileRunning<Db, T>(
+  run: Run<Db, T>,
+  connection: LockConnection<Db>,
+  framing: Framing,
+  deadline: number | undefined,
+  ending: Ending,
+): Promise<TryWithLockResult<T>> {
+  const granted = await takeLock(connection, {
+    id: run.id,
+    mode: run.mode,
+    framing,
+    attempt: run.attempt,
+    deadline,
+    timeoutMs: run.timeoutMs,
+    signal: run.signal,
+    details: run.details,
+  })
+  if (!granted) return { acquired: false }
+  const { driver } = ending
+  const lost = new LazyAbort()
+  let ran = false
+  const stopWatching = watchConnection(
+    connection,
+    run.keepAliveMs,
+    (error) => {
+      lost.abort(error)
+      if (ran) driver?.abandoned.abort(error)
+      void Promise.resolve(connection.release({ destroy: true, cause: error })).catch(() => undefined)
+    },
+    run.details,
+  )
+  const stop = driver === undefined ? stopWatching : () => undefined
+  if (driver !== undefined) driver.stop = stopWatching
+  const settle = (ended: Promise<void>) => (run.keepAliveMs === undefined ? ended : untilLost(ended, lost.signal))
+  let value: T
+  try {
+    value = await run.fn(new LockLease(connection.db, lost))
+  } catch (error) {
+    ran = true
+    ending.leaveGate?.()
+    if (lost.aborted) driver?.abandoned.abort(error)
+    else await settle(finish(connection, framing, false)).catch(() => undefined)
+    stop()
+    throw error
+  }
+  ran = true
+  ending.leaveGate?.()
+  try {
+    if (lost.aborted) driver?.abandoned.abort(lost.reason)
+    lost.throwIfAborted()
+    await settle(finish(connection, framing, true))
+  } catch (error) {
+    lost.throwIfAborted()
+    throw error
+  } finally {
+    stop()
+  }
+  return { acquired: true, value }
 }
 
 /**

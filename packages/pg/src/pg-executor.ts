@@ -1,5 +1,5 @@
 import { createConnection } from 'node:net'
-import { InvalidArgumentError, type LockConnection, type LockExecutor, type Row, trackLoss } from '@pglock/core'
+import { InvalidArgumentError, type LockConnection, type LockExecutor, type PreparedStatement, type Row, trackLoss } from '@pglock/core'
 import type { ClientBase, Pool, PoolClient, QueryResult } from 'pg'
 
 /** A node-postgres handle pglock can lock with: a `Pool`, a `PoolClient` or a `Client`. */
@@ -72,6 +72,57 @@ function cancelBackend(client: AnyClient): Promise<void> {
   })
 }
 
+/**
+ * SQLSTATEs that say the server's prepared statements are not this client's own: one it does not
+ * know (dropped by `DISCARD ALL` or `DEALLOCATE`), or one that already exists (another client
+ * prepared it on the same server connection, as behind a transaction-pooling PgBouncer). Either
+ * way the client falls back to unnamed statements for good.
+ */
+const FOREIGN_STATEMENT_STATES = new Set(['26000', '42P05'])
+
+/**
+ * Clients on which a named statement failed because the server had dropped it. node-postgres
+ * still believes it prepared, so it would fail again: they get unnamed statements from then on.
+ */
+const unprepared = new WeakSet<ClientBase>()
+
+/** node-postgres' own `Query` class, which its JavaScript `Client` exposes as `Client.Query`. */
+interface SubmittableQuery {
+  name?: string
+  callback?: (error: Error | null, result: QueryResult) => void
+}
+type QueryClass = new (text: string, values: string[]) => SubmittableQuery
+
+/**
+ * Runs a named statement. `client.query({ name, text, values })` copies the config object by
+ * property descriptors on every call (about 1 µs); a `Query` built from the text, then named, is
+ * submitted as is. Clients without `Client.Query` (pg-native) take the config object.
+ */
+function runNamed(client: AnyClient, name: string, text: string, values: string[]): Promise<QueryResult> {
+  const Query = (client.constructor as { Query?: QueryClass }).Query
+  if (typeof Query !== 'function' || !('connection' in client)) return client.query({ name, text, values })
+  return new Promise((resolve, reject) => {
+    const query = new Query(text, values)
+    query.name = name
+    query.callback = (error, result) => (error ? reject(error) : resolve(result))
+    client.query(query as never)
+  })
+}
+
+async function execute(client: AnyClient, statement: PreparedStatement): Promise<readonly Row[]> {
+  const { name, text } = statement
+  const values = statement.values as string[]
+  if (!unprepared.has(client)) {
+    try {
+      return (await runNamed(client, name, text, values)).rows as readonly Row[]
+    } catch (error) {
+      if (!FOREIGN_STATEMENT_STATES.has((error as { code?: string } | null)?.code ?? '')) throw error
+      unprepared.add(client)
+    }
+  }
+  return (await client.query(text, values)).rows as readonly Row[]
+}
+
 /** How an owned client leaves pglock: with no cause it is given back, with one it is closed. */
 type Hand = (cause: Error | true | undefined) => void
 
@@ -88,6 +139,7 @@ function pin<C extends AnyClient>(client: C, owned: boolean, hand: Hand = (cause
     db: client,
     owned,
     query: async (sql) => lastRows(await (client.query(sql) as unknown as Promise<QueryResult | QueryResult[]>)),
+    execute: (statement) => execute(client, statement),
     cancel: () => cancelBackend(client),
     onLost: loss.onLost,
     release({ destroy, cause }) {
@@ -95,7 +147,7 @@ function pin<C extends AnyClient>(client: C, owned: boolean, hand: Hand = (cause
       released = true
       loss.clear()
       if (owned) hand(destroy || loss.lost ? ((cause ?? loss.cause ?? true) as Error | true) : undefined)
-      if (!loss.lost || !owned) {
+      if (!loss.lost) {
         client.removeListener('error', onError)
         client.removeListener('end', onEnd)
       }

@@ -1,7 +1,7 @@
 import { fork } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
-import { type LockKey, LockLostError, LockTimeoutError, PgLockError, pgLocksRow, resolveLockId } from '@pglock/core'
+import { type LockKey, LockLostError, LockTimeoutError, PgLockError, pgLocksRow, resolveLockId, type WithLockOptions } from '@pglock/core'
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest'
 import type { AdapterUnderTest, Opened } from './adapter.ts'
 import { FaultProxy } from './fault-proxy.ts'
@@ -432,6 +432,30 @@ export function describeConformance(adapter: AdapterUnderTest): void {
           expect((result as { error: unknown }).error).toBeInstanceOf(LockLostError)
           expect(await lib.withLock(pool.db, k, () => 'pool still works', { scope })).toBe('pool still works')
         })
+
+        it(`hands fn an already aborted lease.signal when it reads it only after the loss (${scope} scope)`, async () => {
+          const pool = await open()
+          const k = key(`lost-unread-${scope}`)
+          let late: AbortSignal | undefined
+          const result = await outcome(
+            lib.withLock(
+              pool.db,
+              k,
+              async (lease) => {
+                const [holder] = await observer.holders(k)
+                await observer.terminate(holder as number)
+                await sleep(250)
+                late = lease.signal
+                return 'finished anyway'
+              },
+              { scope },
+            ),
+          )
+          expect(late?.aborted).toBe(true)
+          expect(late?.reason).toBeInstanceOf(LockLostError)
+          expect(result.ok).toBe(false)
+          expect((result as { error: unknown }).error).toBeInstanceOf(LockLostError)
+        })
       }
     })
 
@@ -478,6 +502,21 @@ export function describeConformance(adapter: AdapterUnderTest): void {
         expect(await lib.withLock(connection.db, k, ({ db }) => pid(db))).toBe(await pid(connection.db))
         expect(await lib.withLock(connection.db, k, () => 'again', { scope: 'transaction' })).toBe('again')
         expect(await adapter.query(connection.db, 'SELECT 1 AS one')).toEqual([{ one: 1 }])
+      })
+
+      it.skipIf(!caps.singleConnection)('keeps locking on a connection after DISCARD ALL drops its prepared statements', async () => {
+        const connection = await open('connection')
+        const k = key('discard-all')
+        const lock = lib.createLock(connection.db, k)
+        for (let round = 0; round < 3; round += 1) {
+          await lock.acquire()
+          expect(await observer.holders(k)).toEqual([await pid(connection.db)])
+          expect(await lock.release()).toBe(true)
+          expect(await lock.tryAcquire()).toBe(true)
+          expect(await lock.release()).toBe(true)
+          await adapter.query(connection.db, 'DISCARD ALL')
+        }
+        expect(await observer.locks(k)).toEqual([])
       })
     })
 
@@ -532,6 +571,28 @@ export function describeConformance(adapter: AdapterUnderTest): void {
           await expect(lib.withLock(pool.db, bad as LockKey, () => 1)).rejects.toMatchObject({ code: 'INVALID_KEY' })
         })
       }
+
+      it('refuses a malformed fn or options to withLock with INVALID_ARGUMENT before any SQL', async () => {
+        const pool = await open()
+        await pool.close()
+        const k = key('bad-arguments')
+        const malformed: [unknown, unknown][] = [
+          ['not a function', undefined],
+          ['not a function', { scope: 'transaction' }],
+          [() => 1, 'fast'],
+          [() => 1, null],
+          [() => 1, { scope: 'global' }],
+          [() => 1, { mode: 'upgrade' }],
+          [() => 1, { timeoutMs: -1 }],
+          [() => 1, { scope: 'transaction', timeoutMs: Number.NaN }],
+          [() => 1, { signal: 'abort' }],
+        ]
+        for (const [fn, options] of malformed) {
+          await expect(lib.withLock(pool.db, k, fn as () => number, options as WithLockOptions)).rejects.toMatchObject({
+            code: 'INVALID_ARGUMENT',
+          })
+        }
+      })
 
       it('hashes string keys like Python postgresql-lock and reproduces postgres-lock 0.1 on request', async () => {
         const pool = await open()
@@ -612,6 +673,26 @@ export function describeConformance(adapter: AdapterUnderTest): void {
         expect(backends.filter((backend) => backend.state !== 'idle')).toEqual([])
         for (const k of keys) expect(await observer.locks(k)).toEqual([])
       }, 60_000)
+
+      for (const scope of ['session', 'transaction'] as const) {
+        it(`queues same-key waiters of a pool in memory, so none waits in Postgres while one holds (${scope} scope)`, async () => {
+          const pool = await open('pool', 10)
+          const k = key(`in-memory-${scope}`)
+          let finishFirst: () => void = () => undefined
+          const first = lib.withLock(pool.db, k, () => new Promise<void>((resolve) => (finishFirst = resolve)), { scope })
+          await observer.until('the first holder is granted', async () => (await observer.holders(k)).length === 1)
+          const seenInside: number[][] = []
+          const rest = Array.from({ length: 5 }, () =>
+            lib.withLock(pool.db, k, async () => void seenInside.push(await observer.waiters(k)), { scope }),
+          )
+          await sleep(100)
+          expect(await observer.waiters(k)).toEqual([])
+          finishFirst()
+          await Promise.all([first, ...rest])
+          expect(seenInside).toEqual([[], [], [], [], []])
+          expect(await observer.locks(k)).toEqual([])
+        })
+      }
 
       it('does not starve the pool when many waiters share one key and fn needs another connection', async () => {
         const pool = await open('pool', 10)

@@ -1,0 +1,430 @@
+import { once } from 'node:events'
+import net from 'node:net'
+import * as pglockDrizzle from '@pglock/drizzle'
+import * as pglockPg from '@pglock/pg'
+import * as pglockPostgresJs from '@pglock/postgres-js'
+import advisoryLockModule from 'advisory-lock'
+import { sql as drizzleSql } from 'drizzle-orm'
+import { drizzle as drizzleNodePg } from 'drizzle-orm/node-postgres'
+import { drizzle as drizzlePostgresJs } from 'drizzle-orm/postgres-js'
+import pg from 'pg'
+import pgMutexLockModule from 'pg-mutex-lock'
+import postgres from 'postgres'
+import type { BenchTarget, Contender, CriticalSection, OpenContender, Queryable } from './contender.js'
+
+/** Both peers are CommonJS with `exports.default`: from ESM, the function is on `.default`. */
+const advisoryLock = advisoryLockModule.default
+const PGMutexLock = pgMutexLockModule.default
+
+/** The lock functions every pglock adapter exports, as the bench calls them. */
+interface PglockFunctions<Handle> {
+  withLock<T>(
+    db: Handle,
+    key: number,
+    fn: (lease: { readonly db: any }) => T | PromiseLike<T>,
+    options?: { readonly scope?: 'session' | 'transaction' },
+  ): Promise<T>
+}
+
+/** A driver's pool, opened for one measurement. */
+interface OpenPool<Handle> {
+  readonly db: Handle
+  poolQuery(sql: string): Promise<unknown>
+  connections(): number
+  close(): Promise<void>
+}
+
+/**
+ * The two rows (session and transaction `withLock`) for one pglock adapter. A new adapter adds
+ * one call: its lock functions, how to open its pool, how to run one query through `lease.db`,
+ * and the raw floors of its driver.
+ */
+export function pglockContenders<Handle>(adapter: {
+  /** the row names are `pglock <name> session` and `pglock <name> transaction` */
+  readonly name: string
+  /** the package, for the report; `@pglock/<name>` when unset */
+  readonly packageName?: string
+  readonly lib: PglockFunctions<Handle>
+  readonly openPool: (target: BenchTarget) => Promise<OpenPool<Handle>>
+  /** `lease.db` as a {@link Queryable}; unset when it already is one (node-postgres) */
+  readonly leaseQueryable?: (db: any) => Queryable
+  readonly sessionFloor: string
+  readonly transactionFloor: string
+}): Contender[] {
+  const packageName = adapter.packageName ?? `@pglock/${adapter.name}`
+  const toQueryable = adapter.leaseQueryable ?? ((db: any) => db as Queryable)
+  const open =
+    (scope: 'session' | 'transaction') =>
+    async (target: BenchTarget): Promise<OpenContender> => {
+      const pool = await adapter.openPool(target)
+      const options = { scope }
+      return {
+        cycle: (key, section) => adapter.lib.withLock(pool.db, key, (lease) => section(toQueryable(lease.db)), options),
+        poolQuery: (sql) => pool.poolQuery(sql),
+        connections: () => pool.connections(),
+        close: () => pool.close(),
+      }
+    }
+  return [
+    {
+      name: `pglock ${adapter.name} session`,
+      role: 'pglock',
+      scope: 'session',
+      floor: adapter.sessionFloor,
+      cycleDescription: `withLock(pool, key, fn) from ${packageName}`,
+      open: open('session'),
+    },
+    {
+      name: `pglock ${adapter.name} transaction`,
+      role: 'pglock',
+      scope: 'transaction',
+      floor: adapter.transactionFloor,
+      cycleDescription: `withLock(pool, key, fn, { scope: 'transaction' }) from ${packageName}`,
+      open: open('transaction'),
+    },
+  ]
+}
+
+function openPgPool(target: BenchTarget): pg.Pool {
+  const pool = new pg.Pool({ connectionString: target.url, max: target.poolSize, application_name: target.applicationName })
+  pool.on('error', () => undefined)
+  return pool
+}
+
+async function openPgPoolForPglock(target: BenchTarget): Promise<OpenPool<pg.Pool>> {
+  const pool = openPgPool(target)
+  return {
+    db: pool,
+    poolQuery: (sql) => pool.query(sql),
+    connections: () => pool.totalCount,
+    close: () => pool.end(),
+  }
+}
+
+/** Hand-written node-postgres on a pinned connection, the way a careful user writes it. */
+async function rawPgSessionCycle(pool: pg.Pool, key: number, section: CriticalSection): Promise<void> {
+  const client = await pool.connect()
+  let unlocked = false
+  try {
+    await client.query('SELECT pg_advisory_lock($1)', [key])
+    try {
+      await section(client)
+    } finally {
+      await client.query('SELECT pg_advisory_unlock($1)', [key])
+      unlocked = true
+    }
+  } finally {
+    client.release(!unlocked)
+  }
+}
+
+/** The same, with named prepared statements: the server parses and plans each statement once per connection. */
+async function rawPgPreparedSessionCycle(pool: pg.Pool, key: number, section: CriticalSection): Promise<void> {
+  const client = await pool.connect()
+  let unlocked = false
+  try {
+    await client.query({ name: 'bench_advisory_lock', text: 'SELECT pg_advisory_lock($1)', values: [key] })
+    try {
+      await section(client)
+    } finally {
+      await client.query({ name: 'bench_advisory_unlock', text: 'SELECT pg_advisory_unlock($1)', values: [key] })
+      unlocked = true
+    }
+  } finally {
+    client.release(!unlocked)
+  }
+}
+
+async function rawPgTransactionCycle(pool: pg.Pool, key: number, section: CriticalSection): Promise<void> {
+  const client = await pool.connect()
+  let clean = false
+  try {
+    await client.query('BEGIN')
+    try {
+      await client.query('SELECT pg_advisory_xact_lock($1)', [key])
+      await section(client)
+      await client.query('COMMIT')
+    } catch (error) {
+      await client.query('ROLLBACK')
+      throw error
+    }
+    clean = true
+  } finally {
+    client.release(!clean)
+  }
+}
+
+function rawPg(cycle: typeof rawPgSessionCycle) {
+  return async (target: BenchTarget): Promise<OpenContender> => {
+    const pool = openPgPool(target)
+    return {
+      cycle: (key, section) => cycle(pool, key, section),
+      poolQuery: (sql) => pool.query(sql),
+      connections: () => pool.totalCount,
+      close: () => pool.end(),
+    }
+  }
+}
+
+const RAW_PG_SESSION = 'raw pg session'
+const RAW_PG_TRANSACTION = 'raw pg transaction'
+
+/** A drizzle database over a node-postgres pool, for `@pglock/drizzle`. */
+async function openDrizzleNodePgPool(
+  target: BenchTarget,
+): Promise<OpenPool<ReturnType<typeof drizzleNodePg<Record<string, never>, pg.Pool>>>> {
+  const pool = openPgPool(target)
+  const db = drizzleNodePg({ client: pool })
+  return {
+    db,
+    poolQuery: (text) => db.execute(drizzleSql.raw(text)),
+    connections: () => pool.totalCount,
+    close: () => pool.end(),
+  }
+}
+
+/** A drizzle database (`db`, or the `tx` or pinned database pglock hands to fn) as a {@link Queryable}. */
+function drizzleQueryable(db: { execute(query: ReturnType<typeof drizzleSql.raw>): PromiseLike<unknown> }): Queryable {
+  return { query: async (text) => db.execute(drizzleSql.raw(text)) }
+}
+
+/**
+ * A postgres.js `Sql` with `max` connections. postgres.js has no public count of its open
+ * connections, so it opens them through a socket factory that counts them.
+ */
+function openPostgresJs(target: BenchTarget): { sql: postgres.Sql; connections(): number } {
+  const url = new URL(target.url)
+  let open = 0
+  /** `socket` is a documented option of postgres.js that its types leave out. */
+  const options: postgres.Options<Record<string, never>> & { socket(): Promise<net.Socket> } = {
+    max: target.poolSize,
+    connection: { application_name: target.applicationName },
+    onnotice: () => undefined,
+    async socket() {
+      const socket = net.connect(Number(url.port || 5432), url.hostname)
+      await once(socket, 'connect')
+      open += 1
+      socket.once('close', () => {
+        open -= 1
+      })
+      return socket
+    },
+  }
+  const sql = postgres(target.url, options)
+  return { sql, connections: () => open }
+}
+
+async function openPostgresJsPool(target: BenchTarget): Promise<OpenPool<postgres.Sql>> {
+  const { sql, connections } = openPostgresJs(target)
+  return { db: sql, poolQuery: (text) => sql.unsafe(text), connections, close: () => sql.end({ timeout: 5 }) }
+}
+
+/** A drizzle database over a postgres.js `Sql`, for `@pglock/drizzle`. */
+async function openDrizzlePostgresJsPool(
+  target: BenchTarget,
+): Promise<OpenPool<ReturnType<typeof drizzlePostgresJs<Record<string, never>, postgres.Sql>>>> {
+  const { sql, connections } = openPostgresJs(target)
+  const db = drizzlePostgresJs({ client: sql })
+  return { db, poolQuery: (text) => db.execute(drizzleSql.raw(text)), connections, close: () => sql.end({ timeout: 5 }) }
+}
+
+/** A postgres.js handle (`ReservedSql`, `TransactionSql`) as a {@link Queryable}. */
+function postgresJsQueryable(sql: postgres.Sql | postgres.ReservedSql | postgres.TransactionSql): Queryable {
+  return { query: (text) => sql.unsafe(text) }
+}
+
+/** Hand-written postgres.js on a reserved connection, the way a competent postgres.js user writes it. */
+async function rawPostgresJsSessionCycle(sql: postgres.Sql, key: number, section: CriticalSection): Promise<void> {
+  const reserved = await sql.reserve()
+  try {
+    await reserved`SELECT pg_advisory_lock(${key})`
+    try {
+      await section(postgresJsQueryable(reserved))
+    } finally {
+      await reserved`SELECT pg_advisory_unlock(${key})`
+    }
+  } finally {
+    reserved.release()
+  }
+}
+
+/** `sql.begin()` sends `BEGIN` on its own, then the lock: 3 round trips with the `COMMIT`. */
+async function rawPostgresJsTransactionCycle(sql: postgres.Sql, key: number, section: CriticalSection): Promise<void> {
+  await sql.begin(async (tx) => {
+    await tx`SELECT pg_advisory_xact_lock(${key})`
+    await section(postgresJsQueryable(tx))
+  })
+}
+
+function rawPostgresJs(cycle: typeof rawPostgresJsSessionCycle) {
+  return async (target: BenchTarget): Promise<OpenContender> => {
+    const { sql, connections } = openPostgresJs(target)
+    return {
+      cycle: (key, section) => cycle(sql, key, section),
+      poolQuery: (text) => sql.unsafe(text),
+      connections,
+      close: () => sql.end({ timeout: 5 }),
+    }
+  }
+}
+
+const RAW_POSTGRES_JS_SESSION = 'raw postgres.js session'
+const RAW_POSTGRES_JS_TRANSACTION = 'raw postgres.js transaction'
+
+/** The `advisory-lock` package (v2): a new connection for every lock, closed after the unlock. */
+async function openAdvisoryLock(target: BenchTarget): Promise<OpenContender> {
+  const createMutex = advisoryLock(target.url)
+  let open = 0
+  return {
+    async cycle(key, section) {
+      open += 1
+      try {
+        await createMutex(String(key)).withLock(async () => section(undefined))
+      } finally {
+        open -= 1
+      }
+    },
+    poolQuery: undefined,
+    connections: () => open,
+    close: async () => undefined,
+  }
+}
+
+/** pg-mutex-lock asserts that a password is set, even for a server that asks for none. */
+const PASSWORD_IGNORED_BY_TRUST_AUTH = 'unused'
+
+/**
+ * The `pg-mutex-lock` package: one instance (one connection) per process, as its README shows.
+ * `acquireLock` polls `pg_try_advisory_lock` every 100 ms while the lock is taken.
+ */
+async function openPgMutexLock(target: BenchTarget): Promise<OpenContender> {
+  const url = new URL(target.url)
+  const previousAppName = process.env.PGAPPNAME
+  process.env.PGAPPNAME = target.applicationName
+  const mutex = new PGMutexLock({
+    database: {
+      host: url.hostname,
+      port: Number(url.port || 5432),
+      database: decodeURIComponent(url.pathname.slice(1)),
+      user: decodeURIComponent(url.username),
+      password: decodeURIComponent(url.password) || process.env.PGPASSWORD || PASSWORD_IGNORED_BY_TRUST_AUTH,
+    },
+  })
+  if (previousAppName === undefined) delete process.env.PGAPPNAME
+  else process.env.PGAPPNAME = previousAppName
+  const warmupKey = `pglock-bench-warmup-${process.pid}`
+  await mutex.acquireLock(warmupKey)
+  await mutex.releaseLock(warmupKey)
+  return {
+    async cycle(key, section) {
+      const name = String(key)
+      await mutex.acquireLock(name)
+      try {
+        await section(undefined)
+      } finally {
+        await mutex.releaseLock(name)
+      }
+    },
+    poolQuery: undefined,
+    connections: () => 1,
+    close: () => mutex.end(),
+  }
+}
+
+const NO_POOL = 'no pool to share: the library opens its own connections, so fn cannot starve it'
+
+/** Every contender, in table order. The floors come first: the ratios are computed against them. */
+export const CONTENDERS: readonly Contender[] = [
+  {
+    name: RAW_PG_SESSION,
+    role: 'floor',
+    scope: 'session',
+    floor: RAW_PG_SESSION,
+    cycleDescription: 'pool.connect(); SELECT pg_advisory_lock($1); fn; SELECT pg_advisory_unlock($1); client.release()',
+    open: rawPg(rawPgSessionCycle),
+  },
+  {
+    name: RAW_PG_TRANSACTION,
+    role: 'floor',
+    scope: 'transaction',
+    floor: RAW_PG_TRANSACTION,
+    cycleDescription: 'pool.connect(); BEGIN; SELECT pg_advisory_xact_lock($1); fn; COMMIT; client.release()',
+    open: rawPg(rawPgTransactionCycle),
+  },
+  {
+    name: 'raw pg session, prepared',
+    role: 'floor',
+    scope: 'session',
+    floor: RAW_PG_SESSION,
+    cycleDescription: 'as raw pg session, with named prepared statements ({ name, text, values })',
+    noPoolPressure: 'the same code as raw pg session, with named statements: it deadlocks the same way',
+    open: rawPg(rawPgPreparedSessionCycle),
+  },
+  {
+    name: RAW_POSTGRES_JS_SESSION,
+    role: 'floor',
+    scope: 'session',
+    floor: RAW_POSTGRES_JS_SESSION,
+    cycleDescription: 'const r = await sql.reserve(); r`SELECT pg_advisory_lock(key)`; fn; r`SELECT pg_advisory_unlock(key)`; r.release()',
+    open: rawPostgresJs(rawPostgresJsSessionCycle),
+  },
+  {
+    name: RAW_POSTGRES_JS_TRANSACTION,
+    role: 'floor',
+    scope: 'transaction',
+    floor: RAW_POSTGRES_JS_TRANSACTION,
+    cycleDescription: 'sql.begin(async (tx) => { await tx`SELECT pg_advisory_xact_lock(key)`; fn })',
+    open: rawPostgresJs(rawPostgresJsTransactionCycle),
+  },
+  ...pglockContenders({
+    name: 'pg',
+    lib: pglockPg,
+    openPool: openPgPoolForPglock,
+    sessionFloor: RAW_PG_SESSION,
+    transactionFloor: RAW_PG_TRANSACTION,
+  }),
+  ...pglockContenders({
+    name: 'postgres-js',
+    lib: pglockPostgresJs,
+    openPool: openPostgresJsPool,
+    leaseQueryable: postgresJsQueryable,
+    sessionFloor: RAW_POSTGRES_JS_SESSION,
+    transactionFloor: RAW_POSTGRES_JS_TRANSACTION,
+  }),
+  ...pglockContenders({
+    name: 'drizzle/pg',
+    packageName: '@pglock/drizzle over a node-postgres Pool',
+    lib: pglockDrizzle,
+    openPool: openDrizzleNodePgPool,
+    leaseQueryable: drizzleQueryable,
+    sessionFloor: RAW_PG_SESSION,
+    transactionFloor: RAW_PG_TRANSACTION,
+  }),
+  ...pglockContenders({
+    name: 'drizzle/postgres.js',
+    packageName: '@pglock/drizzle over a postgres.js Sql',
+    lib: pglockDrizzle,
+    openPool: openDrizzlePostgresJsPool,
+    leaseQueryable: drizzleQueryable,
+    sessionFloor: RAW_POSTGRES_JS_SESSION,
+    transactionFloor: RAW_POSTGRES_JS_TRANSACTION,
+  }),
+  {
+    name: 'advisory-lock',
+    role: 'peer',
+    scope: 'session',
+    floor: RAW_PG_SESSION,
+    cycleDescription: 'advisoryLock(url)(String(key)).withLock(fn): connect, lock, fn, unlock, end',
+    noPoolPressure: NO_POOL,
+    open: openAdvisoryLock,
+  },
+  {
+    name: 'pg-mutex-lock',
+    role: 'peer',
+    scope: 'session',
+    floor: RAW_PG_SESSION,
+    cycleDescription: 'mutex.acquireLock(String(key)); fn; mutex.releaseLock(String(key)), on one shared connection',
+    noPoolPressure: NO_POOL,
+    open: openPgMutexLock,
+  },
+]
