@@ -24,14 +24,15 @@ export function sqlState(error: unknown): string | undefined {
 }
 
 /**
- * Whether an error means the connection itself failed (no SQLSTATE, a connection exception
+ * Whether a driver error means the connection itself failed (no SQLSTATE, a connection exception
  * `08xxx`, or an operator intervention `57P0x` such as a terminated backend), as opposed to a
- * statement that failed on a healthy connection. For adapters whose driver reports a lost
- * connection only as the failure of the next statement.
+ * statement that failed on a healthy connection. Adapters whose driver rejects a statement before
+ * it reports the connection closed use it to report the loss first.
  *
  * @example
  * ```ts
- * probe().catch((error) => { if (isConnectionFailure(error)) reportLost(error) })
+ * isConnectionFailure(Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' })) // true
+ * isConnectionFailure(Object.assign(new Error('lock timeout'), { code: '55P03' }))         // false
  * ```
  */
 export function isConnectionFailure(error: unknown): boolean {

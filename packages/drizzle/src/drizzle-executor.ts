@@ -1,5 +1,5 @@
 import { InvalidArgumentError, type LockConnection, type LockExecutor, type LockScope, UnsupportedError } from '@pglock/core'
-import { pgExecutor } from '@pglock/pg'
+import { pgExecutor, runInPgTransaction } from '@pglock/pg'
 import { postgresJsExecutor, runInPostgresJsTransaction } from '@pglock/postgres-js'
 import type { PgDatabase, PgQueryResultHKT, PgTransaction } from 'drizzle-orm/pg-core'
 
@@ -117,11 +117,19 @@ function transactionExecutor(tx: DrizzleShape): LockExecutor<unknown> & Required
   return inner as LockExecutor<unknown> & Required<Pick<LockExecutor<unknown>, 'connect'>>
 }
 
-/** Runs `body` inside `db.transaction()`, on the transaction's own connection, with `lease.db` set to the `tx`. */
-function runInDrizzleTransaction<T>(db: DrizzleShape, body: (connection: LockConnection<DrizzleShape>) => Promise<T>): Promise<T> {
-  if (typeof db._.session.client === 'function') {
-    return runInPostgresJsTransaction((callback) => db.transaction((tx) => callback(tx._.session.client as never, tx)), body)
-  }
+/**
+ * Runs `body` inside `db.transaction()`, on the transaction's own connection, with `lease.db` set
+ * to the `tx`. Over a pool, pglock owns the connection it opened the transaction on, and closes it
+ * when the lock is lost; over one client, that client is the caller's.
+ */
+function runInDrizzleTransaction<T>(
+  db: DrizzleShape,
+  body: (connection: LockConnection<DrizzleShape>) => Promise<T>,
+  overPool: boolean,
+): Promise<T> {
+  const begin = <C>(callback: (client: C, tx: DrizzleShape) => Promise<T>) => db.transaction((tx) => callback(tx._.session.client as C, tx))
+  if (typeof db._.session.client === 'function') return runInPostgresJsTransaction(begin, body, db._.session.client)
+  if (overPool) return runInPgTransaction(begin, body)
   return db.transaction(async (tx) => {
     const connection = rebind(await transactionExecutor(tx).connect(), tx)
     try {
@@ -165,7 +173,7 @@ function executorFor(db: unknown): LockExecutor<unknown> {
   }
   const inner = clientExecutor(client)
   if (inner === undefined) throw unsupportedClient(client)
-  const transaction: LockExecutor<unknown>['transaction'] = (body) => runInDrizzleTransaction(db, body)
+  const transaction: LockExecutor<unknown>['transaction'] = (body) => runInDrizzleTransaction(db, body, inner.kind === 'pool')
   const pin = inner.connect
   if (pin === undefined) return { kind: 'pool', scope: inner.scope, transaction }
   if (inner.kind === 'pool') {

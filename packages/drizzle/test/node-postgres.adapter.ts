@@ -10,7 +10,15 @@ const adapter: AdapterUnderTest = {
   name: 'drizzle-node-postgres',
   module: fileURLToPath(import.meta.url),
   lib,
-  caps: { sessionOnPool: true, singleConnection: true, transactionHandle: true, beginWithLock: false, survivesTerminatedBackend: true },
+  caps: {
+    sessionOnPool: true,
+    singleConnection: true,
+    transactionHandle: true,
+    beginWithLock: false,
+    poolRecovers: true,
+    endedPoolRefuses: true,
+    survivesTerminatedBackend: true,
+  },
   async openPool({ url, applicationName, max }) {
     const pool = new pg.Pool({ connectionString: url, application_name: applicationName, max })
     pool.on('error', () => undefined)

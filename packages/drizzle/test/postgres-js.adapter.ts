@@ -3,22 +3,23 @@ import * as lib from '@pglock/drizzle'
 import type { AdapterUnderTest } from '@pglock/testing'
 import { sql } from 'drizzle-orm'
 import { drizzle, type PostgresJsDatabase } from 'drizzle-orm/postgres-js'
-import postgres from 'postgres'
+import type { Sql } from 'postgres'
+import postgresJs from '../../postgres-js/test/adapter.ts'
 
 /**
- * Drizzle over a postgres.js `Sql` under the conformance suite, and its `tx`. No single
- * connection: Drizzle's postgres-js driver cannot wrap a `ReservedSql` (it reads the options
- * only a `Sql` has).
+ * Drizzle over a postgres.js `Sql` under the conformance suite, and its `tx`. The `Sql` is opened
+ * as the postgres.js adapter's tests open theirs, so it shares their capabilities but one: no
+ * single connection, since Drizzle's postgres-js driver cannot wrap a `ReservedSql` (it reads the
+ * options only a `Sql` has).
  */
 const adapter: AdapterUnderTest = {
   name: 'drizzle-postgres-js',
   module: fileURLToPath(import.meta.url),
   lib,
-  caps: { sessionOnPool: true, singleConnection: false, transactionHandle: true, beginWithLock: false, survivesTerminatedBackend: true },
-  async openPool({ url, applicationName, max }) {
-    const client = postgres(url, { max, connection: { application_name: applicationName }, onnotice: () => undefined })
-    let closed: Promise<void> | undefined
-    return { db: drizzle({ client }), close: () => (closed ??= client.end({ timeout: 5 })) }
+  caps: { ...postgresJs.caps, singleConnection: false },
+  async openPool(options) {
+    const { db: client, close } = await postgresJs.openPool(options)
+    return { db: drizzle({ client: client as Sql }), close }
   },
   inTransaction: (db, body) => (db as PostgresJsDatabase).transaction((tx) => body(tx)),
   async query(db, text) {

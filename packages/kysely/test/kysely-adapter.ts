@@ -23,6 +23,8 @@ export function kyselyAdapter(
       transactionHandle: true,
       beginWithLock: false,
       survivesTerminatedBackend: true,
+      poolRecovers: true,
+      endedPoolRefuses: true,
       ...caps,
     },
     async openPool(options) {

@@ -16,5 +16,5 @@ export default kyselyAdapter(
     const client = postgres(url, { max, connection: { application_name: applicationName }, onnotice: () => undefined })
     return new Kysely<any>({ dialect: new PostgresJSDialect({ postgres: client }) })
   },
-  { survivesTerminatedBackend: false },
+  { survivesTerminatedBackend: false, poolRecovers: false, endedPoolRefuses: false },
 )

@@ -10,7 +10,7 @@ import {
 import { type PgHandle, type PgLeaseDb, pgExecutor } from './pg-executor.js'
 
 export * from '@pglock/core'
-export { type PgHandle, type PgLeaseDb, pgExecutor } from './pg-executor.js'
+export { type PgHandle, type PgLeaseDb, pgExecutor, runInPgTransaction } from './pg-executor.js'
 
 const bound = bindExecutor(pgExecutor<PgHandle>)
 

@@ -13,6 +13,7 @@ type AnyClient = ClientBase & {
   readonly connectionParameters?: unknown
   getTransactionStatus?(): string | null
   release?(destroy?: boolean | Error): void
+  end?(): Promise<void>
   readonly _ending?: boolean
   readonly _queryable?: boolean
   readonly _connecting?: boolean
@@ -122,7 +123,10 @@ async function execute(client: AnyClient, statement: PreparedStatement): Promise
   return (await client.query(text, values)).rows as readonly Row[]
 }
 
-function pin<C extends AnyClient>(client: C, owned: boolean): LockConnection<C> {
+/** How an owned client leaves pglock: with no cause it is given back, with one it is closed. */
+type Hand = (cause: Error | true | undefined) => void
+
+function pin<C extends AnyClient>(client: C, owned: boolean, hand: Hand = (cause) => client.release?.(cause)): LockConnection<C> {
   const loss = trackLoss()
   const broken = unusable(client)
   if (broken !== undefined) loss.report(broken)
@@ -142,13 +146,52 @@ function pin<C extends AnyClient>(client: C, owned: boolean): LockConnection<C> 
       if (released) return
       released = true
       loss.clear()
-      if (owned) client.release?.(destroy || loss.lost ? ((cause ?? loss.cause ?? true) as Error | boolean) : undefined)
+      if (owned) hand(destroy || loss.lost ? ((cause ?? loss.cause ?? true) as Error | true) : undefined)
       if (!loss.lost) {
         client.removeListener('error', onError)
         client.removeListener('end', onEnd)
       }
     },
   }
+}
+
+/**
+ * Runs `body` in a transaction that `begin` opens on a client checked out of a node-postgres
+ * pool (by an ORM on top of it: a Drizzle or Kysely transaction), on that client pinned for the
+ * lock, with `lease.db` set to what `begin` passes as `db`. pglock opened the transaction, so it
+ * may close the client: a lock lost to a keep-alive probe ends it, which ends the transaction
+ * and its lock on the server, and fails the statement the ORM's rollback would otherwise wait on
+ * forever. The ORM still gives the client back; the pool then drops it. Until then an error on
+ * the client is pglock's to absorb: a pool does not listen on a client it lent out, and Node
+ * would throw it.
+ *
+ * @example
+ * ```ts
+ * const executor: LockExecutor<NodePgTransaction> = {
+ *   kind: 'pool',
+ *   scope: pool,
+ *   transaction: (body) => runInPgTransaction((callback) => db.transaction((tx) => callback(tx._.session.client, tx)), body),
+ * }
+ * ```
+ */
+export function runInPgTransaction<Db, T>(
+  begin: (callback: (client: ClientBase, db: Db) => Promise<T>) => Promise<unknown>,
+  body: (connection: LockConnection<Db>) => Promise<T>,
+): Promise<T> {
+  let opened: AnyClient | undefined
+  const ignore = () => undefined
+  const ended = begin(async (client, db) => {
+    opened = client as AnyClient
+    opened.on('error', ignore)
+    const end: Hand = (cause) => cause !== undefined && void opened?.end?.().catch(() => undefined)
+    const connection = { ...pin(opened, true, end), db }
+    try {
+      return await body(connection)
+    } finally {
+      await connection.release({ destroy: false })
+    }
+  })
+  return ended.finally(() => opened?.removeListener('error', ignore)) as Promise<T>
 }
 
 /**

@@ -8,7 +8,15 @@ const adapter: AdapterUnderTest = {
   name: 'pg',
   module: fileURLToPath(import.meta.url),
   lib,
-  caps: { sessionOnPool: true, singleConnection: true, transactionHandle: true, beginWithLock: true, survivesTerminatedBackend: true },
+  caps: {
+    sessionOnPool: true,
+    singleConnection: true,
+    transactionHandle: true,
+    beginWithLock: true,
+    poolRecovers: true,
+    endedPoolRefuses: true,
+    survivesTerminatedBackend: true,
+  },
   async openPool({ url, applicationName, max }) {
     const pool = new pg.Pool({ connectionString: url, application_name: applicationName, max })
     pool.on('error', () => undefined)

@@ -1,4 +1,12 @@
-import { InvalidArgumentError, type LockConnection, type LockExecutor, type LockScope, type Row, trackLoss } from '@pglock/core'
+import {
+  InvalidArgumentError,
+  isConnectionFailure,
+  type LockConnection,
+  type LockExecutor,
+  type LockScope,
+  type Row,
+  trackLoss,
+} from '@pglock/core'
 import type { PendingQuery, ReservedSql, Sql, TransactionSql, UnsafeQueryOptions } from 'postgres'
 
 /**
@@ -45,12 +53,23 @@ interface RawConnection {
   terminate(): void
 }
 
-/** A query as postgres.js builds it; `canceller` and `state` are set by postgres.js itself. */
-type RawQuery = PendingQuery<Row[]> & {
-  readonly state: { readonly pid: number } | null
-  readonly active: boolean
-  canceller?: ((query: RawQuery) => Promise<void>) | null
+/** The backend key a CancelRequest names: postgres.js keeps the one a statement was sent to as its `state`. */
+interface BackendKey {
+  readonly pid: number
+  readonly secret: number
 }
+
+/** What postgres.js's canceller reads of a query: where it was sent, and whether it still runs. */
+interface CancelTarget {
+  readonly state: BackendKey | null
+  readonly active: boolean
+}
+
+/** A query as postgres.js builds it; `canceller` and `state` are set by postgres.js itself. */
+type RawQuery = PendingQuery<Row[]> &
+  CancelTarget & {
+    canceller?: ((query: CancelTarget) => Promise<void>) | null
+  }
 
 type OnClose = (error: unknown) => void
 type CloseHook = OnClose & { readonly previous: OnClose | null | undefined; live: boolean }
@@ -92,6 +111,48 @@ function lastRows(result: readonly unknown[]): readonly Row[] {
 
 const settledQueries = new WeakSet<RawQuery>()
 
+/**
+ * `ReservedSql` and `TransactionSql` handles whose connection failed, and why. postgres.js keeps
+ * such a handle pointing at a connection that its pool may reconnect for others, and a reserved
+ * one queues every statement after the first failure forever: pglock refuses them instead.
+ */
+const brokenHandles = new WeakMap<ReservedSql<any> | TransactionSql<any>, unknown>()
+
+/**
+ * Connections pglock took from a `Sql` and gave up on (closed, or saw fail) that postgres.js has
+ * not yet closed, each for at most {@link CLOSE_WAIT_MS}.
+ */
+const closingConnections = new WeakMap<object, Set<Promise<void>>>()
+
+/** How long a connection pglock gave up on delays the next checkout; a blackholed one may never close. */
+const CLOSE_WAIT_MS = 1_000
+
+function closing(pool: object, closed: Promise<void>): void {
+  let pending = closingConnections.get(pool)
+  if (pending === undefined) closingConnections.set(pool, (pending = new Set()))
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const expired = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, CLOSE_WAIT_MS)
+    ;(timer as { unref?: () => void }).unref?.()
+  })
+  const settled: Promise<void> = Promise.race([closed, expired]).then(() => {
+    clearTimeout(timer)
+    pending.delete(settled)
+  })
+  pending.add(settled)
+}
+
+/**
+ * Waits until the connections pglock gave up on in `pool` have closed. postgres.js 3.4 hands a
+ * `sql.reserve()` queued at the moment a connection closes to that connection's reconnect, which
+ * drops it: the reserve never settles (porsager/postgres#1195). pglock's next session lock
+ * right after a loss would otherwise be that reserve.
+ */
+async function untilClosed(pool: object): Promise<void> {
+  const pending = closingConnections.get(pool)
+  if (pending !== undefined && pending.size > 0) await Promise.all(pending)
+}
+
 async function untilSent(query: RawQuery): Promise<void> {
   while (query.state === null && !settledQueries.has(query)) await new Promise((resolve) => setTimeout(resolve, 5))
 }
@@ -116,6 +177,16 @@ async function cancelQuery(query: RawQuery): Promise<void> {
 }
 
 /**
+ * Cancels a statement whose connection postgres.js has already given up on (its socket failed).
+ * Postgres may still be running it, since it does not notice a vanished client while it waits for
+ * a lock, and would grant the lock to the dead session. `backend` is read when the connection
+ * fails, before postgres.js reconnects and overwrites it with the key of a new session.
+ */
+async function cancelOnServer(query: RawQuery, backend: BackendKey): Promise<void> {
+  if (typeof query.canceller === 'function') await query.canceller({ state: backend, active: true })
+}
+
+/**
  * A pinned postgres.js connection, plus whether it has closed under pglock.
  *
  * @example
@@ -125,7 +196,7 @@ async function cancelQuery(query: RawQuery): Promise<void> {
  * ```
  */
 export interface PostgresJsConnection<Db> extends LockConnection<Db> {
-  /** Whether the connection closed while pinned; no statement may be sent on it then. */
+  /** Whether the connection failed or closed while pinned; no statement may be sent on it then. */
   readonly lost: boolean
 }
 
@@ -133,7 +204,15 @@ export interface PostgresJsConnection<Db> extends LockConnection<Db> {
  * Pins the connection behind a `ReservedSql` or `TransactionSql` for a lock, with `db` as its
  * `lease.db`. For adapters layered on postgres.js (a Drizzle or Kysely database).
  *
+ * A statement that fails because the connection did (postgres.js rejects it before telling the
+ * pool the socket closed) reports the loss at once, so that pglock sends nothing more into it.
+ * An owned connection released with `destroy`, or after it failed, is closed unless postgres.js
+ * has already done so; once it has, pglock never touches it again, as the pool may be reconnecting it.
+ * A handle pglock does not own is lost from the start if its connection failed before.
+ *
  * @param giveBack - returns an owned connection to its pool (`reserved.release()`).
+ * @param pool - the `Sql` an owned connection came from: pglock's next `reserve()` on it waits
+ * until a connection it gave up on has closed.
  * @example
  * ```ts
  * const reserved = await sql.reserve()
@@ -143,15 +222,26 @@ export interface PostgresJsConnection<Db> extends LockConnection<Db> {
 export function pinPostgresJs<Db>(
   handle: ReservedSql<any> | TransactionSql<any>,
   db: Db,
-  options: { readonly owned: boolean; readonly giveBack?: (() => void) | undefined },
+  options: { readonly owned: boolean; readonly giveBack?: (() => void) | undefined; readonly pool?: object | undefined },
 ): PostgresJsConnection<Db> {
-  const { owned, giveBack } = options
+  const { owned, giveBack, pool } = options
   const loss = trackLoss()
   let raw: RawConnection | undefined
   let unhook: (() => void) | undefined
   let running: RawQuery | undefined
   let released = false
-  const onClose = (cause: unknown) => loss.report(cause ?? new Error('postgres.js connection closed'))
+  let closed = false
+  let markClosed: (() => void) | undefined
+  const fail = (cause: unknown) => {
+    if (!owned && !loss.lost) brokenHandles.set(handle, cause)
+    loss.report(cause)
+  }
+  const onClose = (cause: unknown) => {
+    closed = true
+    markClosed?.()
+    fail(cause ?? new Error('postgres.js connection closed'))
+  }
+  if (brokenHandles.has(handle)) loss.report(brokenHandles.get(handle))
   const onexecute = (connection: RawConnection) => {
     if (raw === undefined && !released) {
       raw = connection
@@ -175,23 +265,32 @@ export function pinPostgresJs<Db>(
       running = query
       try {
         return lastRows(await query)
+      } catch (error) {
+        if (isConnectionFailure(error)) fail(error)
+        throw error
       } finally {
         if (running === query) running = undefined
       }
     },
     async cancel() {
       const query = running
-      if (query !== undefined && !loss.lost) await cancelQuery(query).catch(() => undefined)
+      if (query === undefined) return
+      if (!loss.lost) return cancelQuery(query).catch(() => undefined)
+      const backend = query.state
+      if (backend !== null) await cancelOnServer(query, { pid: backend.pid, secret: backend.secret }).catch(() => undefined)
     },
     onLost: loss.onLost,
     release({ destroy }) {
       if (released) return
       released = true
       loss.clear()
+      if (owned && !closed && raw !== undefined && (destroy || loss.lost)) {
+        raw.terminate()
+        if (pool !== undefined) closing(pool, new Promise((resolve) => (markClosed = resolve)))
+        return
+      }
       unhook?.()
-      if (!owned || loss.lost) return
-      if (destroy && raw !== undefined) raw.terminate()
-      else giveBack?.()
+      if (owned && !closed && !loss.lost) giveBack?.()
     },
   }
 }
@@ -201,23 +300,27 @@ export function pinPostgresJs<Db>(
  * through an ORM on top of it), on a pinned connection whose `lease.db` is what `begin` passes
  * as `db`. If the connection closes meanwhile, the callback given to `sql.begin()` never settles:
  * `sql.begin()` rejects by itself, and a `ROLLBACK` postgres.js would send on the closed
- * connection would throw in a timer instead of rejecting.
+ * connection would throw in a timer instead of rejecting. pglock opened the transaction, so it
+ * owns the connection: one lost to a keep-alive probe is closed, which ends the transaction and
+ * its lock on the server too.
  *
+ * @param pool - the `Sql` the transaction runs on, as for {@link pinPostgresJs}.
  * @example
  * ```ts
  * const executor: LockExecutor<PgTransaction> = {
  *   kind: 'pool',
  *   scope: sql,
- *   transaction: (body) => runInPostgresJsTransaction((callback) => db.transaction((tx) => callback(tx._.session.client, tx)), body),
+ *   transaction: (body) => runInPostgresJsTransaction((callback) => db.transaction((tx) => callback(tx._.session.client, tx)), body, sql),
  * }
  * ```
  */
 export function runInPostgresJsTransaction<Db, T>(
   begin: (callback: (transaction: TransactionSql<any>, db: Db) => Promise<T>) => Promise<unknown>,
   body: (connection: LockConnection<Db>) => Promise<T>,
+  pool?: object,
 ): Promise<T> {
   return begin((transaction, db) => {
-    const connection = pinPostgresJs(transaction, db, { owned: false })
+    const connection = pinPostgresJs(transaction, db, { owned: true, pool })
     return new Promise<T>((resolve, reject) => {
       body(connection)
         .then(
@@ -277,9 +380,10 @@ function executorFor(db: unknown): LockExecutor<unknown> {
     kind: 'pool',
     scope: db,
     async connect() {
+      await untilClosed(sql)
       const reserved = await sql.reserve()
-      return pinPostgresJs(reserved, reserved, { owned: true, giveBack: () => reserved.release() })
+      return pinPostgresJs(reserved, reserved, { owned: true, giveBack: () => reserved.release(), pool: sql })
     },
-    transaction: (body) => runInPostgresJsTransaction((callback) => begin.call(sql, (tx) => callback(tx, tx)), body),
+    transaction: (body) => runInPostgresJsTransaction((callback) => begin.call(sql, (tx) => callback(tx, tx)), body, sql),
   }
 }

@@ -12,6 +12,13 @@ export interface OpenOptions {
   readonly applicationName: string
   /** the pool size; ignored for single connections */
   readonly max: number
+  /**
+   * The URL is a pooler's (PgBouncer), which may run each transaction on another server
+   * connection: open the handle as its driver's users must for that (postgres.js:
+   * `prepare: false`, or its own `COMMIT`, a named prepared statement, can land where it was never
+   * prepared and silently roll back).
+   */
+  readonly throughPooler?: boolean
 }
 
 /** The lock functions an adapter exports, as the suite calls them. */
@@ -50,6 +57,20 @@ export interface Capabilities {
    * (porsager/postgres#1199).
    */
   readonly survivesTerminatedBackend: boolean
+  /**
+   * After its connections failed (the server shut down while lock statements were in flight, or
+   * refused new connections), the pool lends working connections again, every one of them. False
+   * for postgres.js 3.4: a `sql.reserve()` queued while a connection closes stays pending forever
+   * (porsager/postgres#1195), and a connection whose backend died mid-statement replays that error
+   * onto the next reserve (as in porsager/postgres#1223), which then fails and leaves a request
+   * behind that later swallows a connection, one pool slot lost for good.
+   */
+  readonly poolRecovers: boolean
+  /**
+   * An ended pool refuses to lend a connection, so session locks on it fail. False for postgres.js
+   * 3.4, whose `sql.reserve()` ignores `sql.end()` and opens a new connection.
+   */
+  readonly endedPoolRefuses: boolean
 }
 
 /**

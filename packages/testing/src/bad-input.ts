@@ -209,30 +209,48 @@ export function describeBadInput(adapter: AdapterUnderTest): void {
     })
 
     describe('ended pools and clients', () => {
-      it('fails every function on an ended pool with a clear error, without hanging', async () => {
+      type Call = [string, (db: unknown, key: string) => Promise<unknown>]
+
+      /** Ends a pool that has been used, then expects each call on it to fail with a readable error, opening no backend. */
+      async function expectEndedPoolFails(label: string, calls: readonly Call[]): Promise<void> {
         const pool = await bench.open({ max: 2 })
-        const key = bench.key('ended-pool')
+        const key = bench.key(label)
         await lib.withLock(pool.db, key, () => undefined)
         await pool.close()
-        const calls: [string, () => Promise<unknown>][] = [
-          ['withLock', () => lib.withLock(pool.db, key, () => 1)],
-          ['withLock (transaction)', () => lib.withLock(pool.db, key, () => 1, { scope: 'transaction' })],
-          ['tryWithLock', () => lib.tryWithLock(pool.db, key, () => 1)],
-          ['tryWithLock (transaction)', () => lib.tryWithLock(pool.db, key, () => 1, { scope: 'transaction' })],
-        ]
-        if (caps.sessionOnPool) {
-          calls.push(
-            ['acquire', () => lib.createLock(pool.db, key).acquire()],
-            ['tryAcquire', () => lib.createLock(pool.db, key).tryAcquire()],
-          )
-        }
+        await bench.observer.until(
+          'the ended pool’s backends are gone',
+          async () => (await bench.observer.backends(pool.applicationName)).length === 0,
+        )
         for (const [name, call] of calls) {
-          const result = await settleWithin(call(), SETTLE_BOUND_MS)
+          const result = await settleWithin(call(pool.db, key), SETTLE_BOUND_MS)
           expect(result.state, `${name} on an ended pool`).toBe('rejected')
           expect(String((result as { error: Error }).error?.message), `${name}: a readable message`).not.toBe('')
         }
         expect(await bench.observer.backends(pool.applicationName)).toEqual([])
+      }
+
+      it('fails every function in transaction scope on an ended pool with a clear error, without hanging', async () => {
+        await expectEndedPoolFails('ended-pool-xact', [
+          ['withLock', (db, key) => lib.withLock(db, key, () => 1, { scope: 'transaction' })],
+          ['tryWithLock', (db, key) => lib.tryWithLock(db, key, () => 1, { scope: 'transaction' })],
+        ])
       })
+
+      it.skipIf(!caps.endedPoolRefuses)(
+        'fails every function in session scope on an ended pool with a clear error, without hanging',
+        async () => {
+          await expectEndedPoolFails('ended-pool-session', [
+            ['withLock', (db, key) => lib.withLock(db, key, () => 1)],
+            ['tryWithLock', (db, key) => lib.tryWithLock(db, key, () => 1)],
+            ...(caps.sessionOnPool
+              ? ([
+                  ['acquire', (db, key) => lib.createLock(db, key).acquire()],
+                  ['tryAcquire', (db, key) => lib.createLock(db, key).tryAcquire()],
+                ] satisfies Call[])
+              : []),
+          ])
+        },
+      )
 
       it.skipIf(!caps.singleConnection)('fails every function on an ended connection with a clear error, without hanging', async () => {
         const connection = await bench.open({ kind: 'connection' })

@@ -118,7 +118,7 @@ export class Bench {
   async open(options: BenchOpenOptions = {}): Promise<BenchHandle> {
     const { kind = 'pool', max = 5, url = this.#url, unchecked = false, throughPooler = false } = options
     const applicationName = this.applicationName()
-    const openOptions = { url, applicationName, max }
+    const openOptions = { url, applicationName, max, throughPooler }
     const opened =
       kind === 'pool'
         ? await this.adapter.openPool(openOptions)

@@ -1,7 +1,7 @@
 import { LockLostError, PgLockError } from '@pglock/core'
 import { afterAll, describe, expect, it, onTestFinished } from 'vitest'
 import type { AdapterUnderTest } from './adapter.ts'
-import { abortedWithin, Bench, scaled, settleWithin } from './bench.ts'
+import { abortedWithin, Bench, type BenchHandle, scaled, settleWithin } from './bench.ts'
 import { FaultProxy } from './fault-proxy.ts'
 import { holdUntilReleased } from './races.ts'
 
@@ -312,10 +312,11 @@ export function describeFaults(adapter: AdapterUnderTest, tally = new FaultTally
     })
 
     describe('server unreachable', () => {
-      it('rejects acquires while connections are refused, and works again afterwards', async () => {
+      /** Opens a pool through a proxy that refuses connections, and expects a lock in each scope to fail within the bound. */
+      async function refused(label: string): Promise<{ net: FaultProxy; pool: BenchHandle; key: string }> {
         const net = await proxy()
         const pool = await bench.open({ url: net.url, max: 2 })
-        const key = bench.key('refused')
+        const key = bench.key(label)
         net.refuseNew = true
         tally.add()
         for (const scope of ['session', 'transaction'] as const) {
@@ -323,8 +324,17 @@ export function describeFaults(adapter: AdapterUnderTest, tally = new FaultTally
             lib.withLock(pool.db, key, () => 'ran', { scope }),
             SETTLE_BOUND_MS,
           )
-          expect(result.state).toBe('rejected')
+          expect(result.state, `a ${scope} lock`).toBe('rejected')
         }
+        return { net, pool, key }
+      }
+
+      it('rejects acquires while connections are refused', async () => {
+        await refused('refused')
+      })
+
+      it.skipIf(!caps.poolRecovers)('works again, every connection of the pool, once connections are accepted again', async () => {
+        const { net, pool, key } = await refused('refused-then-back')
         net.refuseNew = false
         expect(await lib.withLock(pool.db, key, () => 'back')).toBe('back')
         await bench.expectAllConnectionsUsable(pool)

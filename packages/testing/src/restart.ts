@@ -115,7 +115,9 @@ export function describeRestart(adapter: AdapterUnderTest): void {
 
         expect(await lib.withLock(a.db, key, () => 'a is back')).toBe('a is back')
         expect(await lib.withLock(b.db, xactKey, () => 'b is back', { scope: 'transaction' })).toBe('b is back')
-        for (const pool of [a, b, ...waiterPools]) await bench.expectAllConnectionsUsable(pool)
+        // the waiters' pools had lock statements in flight when the server went away
+        const cut = caps.poolRecovers ? waiterPools : []
+        for (const pool of [a, b, ...cut]) await bench.expectAllConnectionsUsable(pool)
         if (caps.sessionOnPool) {
           const first = lib.createLock(a.db, key)
           const second = lib.createLock(b.db, key)

@@ -1,0 +1,4 @@
+import { describeReliability } from '@pglock/testing'
+import adapter from './node-postgres.adapter.ts'
+
+describeReliability(adapter)

@@ -1,0 +1,4 @@
+import { describeReliability } from '@pglock/testing'
+import adapter from './postgres-js.adapter.ts'
+
+describeReliability(adapter)
