@@ -3,34 +3,26 @@ import * as lib from '@pglock/drizzle'
 import type { AdapterUnderTest } from '@pglock/testing'
 import { sql } from 'drizzle-orm'
 import { drizzle, type NodePgDatabase } from 'drizzle-orm/node-postgres'
-import pg from 'pg'
+import type pg from 'pg'
+import nodePostgres from '../../pg/test/adapter.ts'
 
-/** Drizzle over a node-postgres `Pool` under the conformance suite, and its `tx`. */
+/**
+ * Drizzle over a node-postgres `Pool` (and over one `Client`) under the conformance suite, and its
+ * `tx`. Pools and clients are opened as the pg adapter's tests open theirs; only the transaction
+ * scope differs, since Drizzle opens its transactions itself.
+ */
 const adapter: AdapterUnderTest = {
   name: 'drizzle-node-postgres',
   module: fileURLToPath(import.meta.url),
   lib,
-  caps: {
-    sessionOnPool: true,
-    singleConnection: true,
-    transactionHandle: true,
-    beginWithLock: false,
-    poolRecovers: true,
-    endedPoolRefuses: true,
-    survivesTerminatedBackend: true,
+  caps: { ...nodePostgres.caps, beginWithLock: false },
+  async openPool(options) {
+    const { db: pool, close } = await nodePostgres.openPool(options)
+    return { db: drizzle({ client: pool as pg.Pool }), close }
   },
-  async openPool({ url, applicationName, max }) {
-    const pool = new pg.Pool({ connectionString: url, application_name: applicationName, max })
-    pool.on('error', () => undefined)
-    let closed: Promise<void> | undefined
-    return { db: drizzle({ client: pool }), close: () => (closed ??= pool.end()) }
-  },
-  async openConnection({ url, applicationName }) {
-    const client = new pg.Client({ connectionString: url, application_name: applicationName })
-    client.on('error', () => undefined)
-    await client.connect()
-    let closed: Promise<void> | undefined
-    return { db: drizzle({ client }), close: () => (closed ??= client.end()) }
+  async openConnection(options) {
+    const { db: client, close } = await (nodePostgres.openConnection as NonNullable<AdapterUnderTest['openConnection']>)(options)
+    return { db: drizzle({ client: client as pg.Client }), close }
   },
   inTransaction: (db, body) => (db as NodePgDatabase).transaction((tx) => body(tx)),
   async query(db, text) {
