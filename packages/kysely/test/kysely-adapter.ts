@@ -22,7 +22,7 @@ export function kyselyAdapter(
       singleConnection: false,
       transactionHandle: true,
       beginWithLock: false,
-      survivesTerminatedBackend: true,
+      survivesConnectionLoss: true,
       poolRecovers: true,
       endedPoolRefuses: true,
       ...caps,

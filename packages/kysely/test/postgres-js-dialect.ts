@@ -7,7 +7,7 @@ import { kyselyAdapter } from './kysely-adapter.ts'
 /**
  * Kysely over postgres.js through kysely-postgres-js, which reserves one connection per checkout.
  * postgres.js 3.4.9 cannot survive a terminated backend on a reserved connection (see
- * `survivesTerminatedBackend`), so the lost-lock tests cannot run on it.
+ * `survivesConnectionLoss`), so the lost-lock tests cannot run on it.
  */
 export default kyselyAdapter(
   'kysely-postgres-js',
@@ -16,5 +16,5 @@ export default kyselyAdapter(
     const client = postgres(url, { max, connection: { application_name: applicationName }, onnotice: () => undefined })
     return new Kysely<any>({ dialect: new PostgresJSDialect({ postgres: client }) })
   },
-  { survivesTerminatedBackend: false, poolRecovers: false, endedPoolRefuses: false },
+  { survivesConnectionLoss: false, poolRecovers: false, endedPoolRefuses: false },
 )

@@ -15,7 +15,7 @@ const adapter: AdapterUnderTest = {
     beginWithLock: true,
     poolRecovers: true,
     endedPoolRefuses: true,
-    survivesTerminatedBackend: true,
+    survivesConnectionLoss: true,
   },
   async openPool({ url, applicationName, max }) {
     const pool = new pg.Pool({ connectionString: url, application_name: applicationName, max })

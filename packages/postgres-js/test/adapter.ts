@@ -22,7 +22,7 @@ const adapter: AdapterUnderTest = {
     beginWithLock: false,
     poolRecovers: false,
     endedPoolRefuses: false,
-    survivesTerminatedBackend: true,
+    survivesConnectionLoss: true,
   },
   async openPool({ url, applicationName, max, throughPooler = false }) {
     const sql = postgres(url, {

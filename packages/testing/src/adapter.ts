@@ -50,13 +50,16 @@ export interface Capabilities {
    */
   readonly beginWithLock: boolean
   /**
-   * The driver keeps working when the server terminates the backend of a connection it has
-   * pinned, as the lost-lock tests do. postgres.js 3.4.9 does not: the next write on a reserved
-   * connection whose backend died throws from a `setImmediate`, out of reach of any `catch`
-   * (porsager/postgres#1208), and giving that connection back to its pool stalls the pool
-   * (porsager/postgres#1199).
+   * The driver keeps working when a connection it has pinned dies under it (its backend
+   * terminated, its socket reset or blackholed, the server restarted), as the lost-lock, fault,
+   * restart and model tests make happen. Kysely over kysely-postgres-js does not: postgres.js
+   * 3.4.9 throws from a `setImmediate`, out of reach of any `catch`, on the next write to a
+   * reserved connection whose socket closed (porsager/postgres#1208), and a reserved connection
+   * given back after that stalls its pool (porsager/postgres#1199). `@pglock/postgres-js` steers
+   * clear of both through postgres.js's `onexecute` hook; Kysely keeps the reserved connection
+   * out of reach.
    */
-  readonly survivesTerminatedBackend: boolean
+  readonly survivesConnectionLoss: boolean
   /**
    * After its connections failed (the server shut down while lock statements were in flight, or
    * refused new connections), the pool lends working connections again, every one of them. False

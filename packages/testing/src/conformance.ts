@@ -397,7 +397,7 @@ export function describeConformance(adapter: AdapterUnderTest): void {
     })
 
     describe('lost locks', () => {
-      it.skipIf(!caps.sessionOnPool || !caps.survivesTerminatedBackend)(
+      it.skipIf(!caps.sessionOnPool || !caps.survivesConnectionLoss)(
         'aborts lock.signal with LockLostError when the holding backend is terminated',
         async () => {
           const pool = await open()
@@ -415,7 +415,7 @@ export function describeConformance(adapter: AdapterUnderTest): void {
       )
 
       for (const scope of ['session', 'transaction'] as const) {
-        it.skipIf(!caps.survivesTerminatedBackend)(
+        it.skipIf(!caps.survivesConnectionLoss)(
           `aborts lease.signal and rejects withLock with LockLostError when the holder dies (${scope} scope)`,
           async () => {
             const pool = await open()
@@ -439,7 +439,7 @@ export function describeConformance(adapter: AdapterUnderTest): void {
           },
         )
 
-        it.skipIf(!caps.survivesTerminatedBackend)(
+        it.skipIf(!caps.survivesConnectionLoss)(
           `hands fn an already aborted lease.signal when it reads it only after the loss (${scope} scope)`,
           async () => {
             const pool = await open()

@@ -71,7 +71,7 @@ export function describeFaults(adapter: AdapterUnderTest, tally = new FaultTally
       )
     }
 
-    describe('holder connection reset', () => {
+    describe.skipIf(!caps.survivesConnectionLoss)('holder connection reset', () => {
       it.skipIf(!caps.sessionOnPool)(`aborts lock.signal with LockLostError within ${RESET_BOUND_MS} ms`, async () => {
         const net = await proxy()
         const pool = await bench.open({ url: net.url, max: 2 })
@@ -130,7 +130,7 @@ export function describeFaults(adapter: AdapterUnderTest, tally = new FaultTally
       })
     })
 
-    describe('blackholed holder', () => {
+    describe.skipIf(!caps.survivesConnectionLoss)('blackholed holder', () => {
       it.skipIf(!caps.sessionOnPool)(
         `reports the lock lost within ${KEEP_ALIVE_BOUND_MS} ms with keepAliveMs ${KEEP_ALIVE_MS}`,
         async () => {
@@ -199,7 +199,7 @@ export function describeFaults(adapter: AdapterUnderTest, tally = new FaultTally
       })
     })
 
-    describe('waiter connection cut', () => {
+    describe.skipIf(!caps.survivesConnectionLoss)('waiter connection cut', () => {
       const waits = [
         { label: 'blocking', options: {} },
         { label: 'with timeoutMs', options: { timeoutMs: 30_000 } },
@@ -235,23 +235,26 @@ export function describeFaults(adapter: AdapterUnderTest, tally = new FaultTally
     })
 
     describe('resets mid-statement', () => {
-      it.skipIf(!caps.sessionOnPool)('rejects an acquire whose grant is cut in flight, and leaves nothing held', async () => {
-        const net = await proxy()
-        const pool = await bench.open({ url: net.url, max: 2 })
-        const key = bench.key('cut-grant')
-        await lib.withLock(pool.db, bench.key('warm'), () => undefined)
-        net.latencyMs = 150
-        const lock = lib.createLock(pool.db, key)
-        const acquiring = lock.acquire()
-        await bench.observer.until('Postgres granted the lock', async () => (await bench.observer.holders(key)).length === 1)
-        inject(net.reset())
-        const result = await settleWithin(acquiring, SETTLE_BOUND_MS)
-        expect(result.state).toBe('rejected')
-        expect(lock.isHeld).toBe(false)
-        await expectFreeSoon(key)
-        net.latencyMs = 0
-        expect(await lib.withLock(pool.db, key, () => 'pool still works')).toBe('pool still works')
-      })
+      it.skipIf(!caps.sessionOnPool || !caps.survivesConnectionLoss)(
+        'rejects an acquire whose grant is cut in flight, and leaves nothing held',
+        async () => {
+          const net = await proxy()
+          const pool = await bench.open({ url: net.url, max: 2 })
+          const key = bench.key('cut-grant')
+          await lib.withLock(pool.db, bench.key('warm'), () => undefined)
+          net.latencyMs = 150
+          const lock = lib.createLock(pool.db, key)
+          const acquiring = lock.acquire()
+          await bench.observer.until('Postgres granted the lock', async () => (await bench.observer.holders(key)).length === 1)
+          inject(net.reset())
+          const result = await settleWithin(acquiring, SETTLE_BOUND_MS)
+          expect(result.state).toBe('rejected')
+          expect(lock.isHeld).toBe(false)
+          await expectFreeSoon(key)
+          net.latencyMs = 0
+          expect(await lib.withLock(pool.db, key, () => 'pool still works')).toBe('pool still works')
+        },
+      )
 
       it.skipIf(!caps.sessionOnPool)('settles a release whose unlock is cut in flight, and leaves nothing held', async () => {
         const net = await proxy()
@@ -272,7 +275,7 @@ export function describeFaults(adapter: AdapterUnderTest, tally = new FaultTally
       })
     })
 
-    describe('repeated faults', () => {
+    describe.skipIf(!caps.survivesConnectionLoss)('repeated faults', () => {
       it(`reports every loss and leaks nothing over ${FAULT_ROUNDS} rounds of holder resets and waiter cuts`, async () => {
         const net = await proxy()
         const direct = await bench.open({ max: 2 })

@@ -267,7 +267,7 @@ export function describeModel(adapter: AdapterUnderTest): void {
     indexes.map((i) => new AcquireAborted(i)),
     indexes.map((i) => new Release(i)),
     indexes.map((i) => new Release(i)),
-    indexes.map((i) => new Kill(i)),
+    ...(caps.survivesConnectionLoss ? [indexes.map((i) => new Kill(i))] : []),
   ]
 
   describe(`${adapter.name}: lock state machine against a model`, () => {

@@ -28,7 +28,7 @@ const SETTLE_BOUND_MS = 5_000
 export function describeRestart(adapter: AdapterUnderTest): void {
   const { lib, caps } = adapter
 
-  describe(`${adapter.name}: Postgres restarts`, () => {
+  describe.skipIf(!caps.survivesConnectionLoss)(`${adapter.name}: Postgres restarts`, () => {
     let server: EmbeddedPostgres | undefined
     beforeAll(async () => {
       server = await startEmbeddedPostgres()
