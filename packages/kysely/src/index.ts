@@ -1,10 +1,15 @@
-import { bindExecutor } from '@pglock/core'
-import { type KyselyHandle, type KyselyLockFunctions, kyselyExecutor } from './kysely-executor.js'
+import { bindScopedExecutor, type LeaseDbOf } from '@pglock/core'
+import { type KyselyHandle, type KyselyLeaseDb, kyselyExecutor } from './kysely-executor.js'
 
 export * from '@pglock/core'
 export { type KyselyHandle, type KyselyLeaseDb, kyselyExecutor } from './kysely-executor.js'
 
-const bound = bindExecutor(kyselyExecutor<KyselyHandle>) as unknown as KyselyLockFunctions
+/** `lease.db` of a Kysely handle, as a type-level function for the core's bound functions. */
+interface KyselyLease extends LeaseDbOf {
+  readonly db: KyselyLeaseDb<this['handle'], this['scope']>
+}
+
+const bound = bindScopedExecutor<KyselyHandle, KyselyLease>(kyselyExecutor)
 
 /**
  * Creates a handle on one advisory lock for a `Kysely` instance or a `Transaction`. It sends no
@@ -32,7 +37,7 @@ const bound = bindExecutor(kyselyExecutor<KyselyHandle>) as unknown as KyselyLoc
  * }
  * ```
  */
-export const createLock: KyselyLockFunctions['createLock'] = bound.createLock
+export const createLock = bound.createLock
 
 /**
  * Runs `fn` while holding the lock and always releases it; resolves to `fn`'s value. In session
@@ -51,7 +56,7 @@ export const createLock: KyselyLockFunctions['createLock'] = bound.createLock
  * }, { scope: 'transaction', timeoutMs: 5_000 })
  * ```
  */
-export const withLock: KyselyLockFunctions['withLock'] = bound.withLock
+export const withLock = bound.withLock
 
 /**
  * Like {@link withLock}, but never waits: resolves `{ acquired: false }` at once when another
@@ -65,4 +70,4 @@ export const withLock: KyselyLockFunctions['withLock'] = bound.withLock
  * if (!run.acquired) console.log('another instance is on it')
  * ```
  */
-export const tryWithLock: KyselyLockFunctions['tryWithLock'] = bound.tryWithLock
+export const tryWithLock = bound.tryWithLock

@@ -2,16 +2,12 @@ import { randomUUID } from 'node:crypto'
 import {
   InvalidArgumentError,
   isConnectionFailure,
-  type LeaseFn,
-  type Lock,
   type LockConnection,
   type LockExecutor,
-  type LockKey,
-  type LockOptions,
+  type LockScope,
   type Row,
-  type TryWithLockResult,
+  trackLoss,
   UnsupportedError,
-  type WithLockOptions,
 } from '@pglock/core'
 import { CompiledQuery, type DatabaseConnection, type Kysely, type Transaction } from 'kysely'
 
@@ -27,45 +23,53 @@ import { CompiledQuery, type DatabaseConnection, type Kysely, type Transaction }
 export type KyselyHandle = Kysely<any>
 
 /**
- * What `lease.db` is for a given handle: the same `Transaction` for a transaction; for an
- * instance, a `Kysely` bound to the lock's connection (session scope) or the `Transaction` that
- * pglock opened (transaction scope).
+ * What `lease.db` is for a handle in a scope: on an instance, a `Kysely` bound to the lock's
+ * connection (session scope) or the `Transaction` that pglock opened (transaction scope); on a
+ * `Transaction`, that `Transaction`. (A session `lease.db` passed back in with transaction scope
+ * is typed as a `Transaction` but stays the connection-bound `Kysely` it is: pglock sends `BEGIN`
+ * on it.)
  *
  * @example
  * ```ts
- * type LeaseDb = KyselyLeaseDb<Kysely<Database>>   // Kysely<Database>
+ * type Pinned = KyselyLeaseDb<Kysely<Database>, 'session'>      // Kysely<Database>
+ * type Tx = KyselyLeaseDb<Kysely<Database>, 'transaction'>      // Transaction<Database>
  * ```
  */
-export type KyselyLeaseDb<H extends KyselyHandle> =
-  H extends Transaction<infer DB> ? Transaction<DB> : H extends Kysely<infer DB> ? Kysely<DB> : never
-
-/** @internal The core's lock functions, typed so that `lease.db` keeps the database type of the handle passed in. */
-export interface KyselyLockFunctions {
-  createLock<H extends KyselyHandle>(db: H, key: LockKey, options?: LockOptions): Lock<KyselyLeaseDb<H>>
-  withLock<H extends KyselyHandle, T>(db: H, key: LockKey, fn: LeaseFn<KyselyLeaseDb<H>, T>, options?: WithLockOptions): Promise<T>
-  tryWithLock<H extends KyselyHandle, T>(
-    db: H,
-    key: LockKey,
-    fn: LeaseFn<KyselyLeaseDb<H>, T>,
-    options?: WithLockOptions,
-  ): Promise<TryWithLockResult<T>>
-}
+export type KyselyLeaseDb<H, S extends LockScope = LockScope> =
+  H extends Transaction<infer DB>
+    ? Transaction<DB>
+    : H extends Kysely<infer DB>
+      ? S extends 'transaction'
+        ? Transaction<DB>
+        : Kysely<DB>
+      : never
 
 /**
- * How often a held lock's connection is probed with `SELECT 1`. Kysely hides the driver's
- * connection events, so a probe failing for want of a connection is how pglock learns that a
- * lock was lost.
+ * How often a held lock's connection is probed. Kysely hides the driver's connection events, so a
+ * probe failing for want of a connection is how pglock learns that a lock was lost.
  */
 const PROBE_INTERVAL_MS = 1_000
+/** How long a connection whose lock state is unknown gets to drop its locks before its backend is terminated. */
+const RESET_BOUND_MS = 1_000
 
 /** Runs SQL text on one connection; resolves to the rows as the dialect returns them. */
 type Run = (sql: string) => Promise<readonly unknown[]>
 
+/** Which backend a connection is: its pid, and when it started (a pid alone may be reused). */
+interface Backend {
+  readonly pid: number
+  readonly started: string
+}
+
 /** The `lease.db` handles pglock gave out, and the instance their connections came from. */
 const instances = new WeakMap<object, Kysely<any>>()
+/** Backends by connection. PostgresDialect keeps one connection object per pg client, so they last. */
+const backends = new WeakMap<DatabaseConnection, Backend>()
 
 const tagPrefix = `pglock:${randomUUID()}:`
 let tags = 0
+
+const BACKEND_SQL = 'SELECT pid, backend_start::text AS started FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid()'
 
 function isKysely(db: unknown): db is Kysely<any> {
   const candidate = db as Partial<Kysely<any>> | null
@@ -79,10 +83,6 @@ function isKysely(db: unknown): db is Kysely<any> {
   )
 }
 
-function runOn(connection: DatabaseConnection): Run {
-  return async (sql) => (await connection.executeQuery(CompiledQuery.raw(sql))).rows
-}
-
 /** Runs through the handle's own connection provider, which queues behind its other queries. */
 function runThrough(db: Kysely<any>): Run {
   return (sql) => db.getExecutor().provideConnection(async (connection) => (await connection.executeQuery(CompiledQuery.raw(sql))).rows)
@@ -93,16 +93,17 @@ function connectionOf(db: Kysely<any>): Promise<DatabaseConnection> {
 }
 
 /**
- * Signals, from another connection, the backend whose current or last statement is the one
- * pglock tagged `tag`. Kysely does not tell pglock which backend a connection is, but Postgres
- * shows every backend's statement text to roles allowed to signal it (the same role), so a tag
- * at the head of the text finds it without asking the connection for its pid first.
+ * Signals a backend from another connection. Kysely does not say which backend a connection is,
+ * and asking it costs a round trip, so pglock finds the backend by the tag at the head of its
+ * own statement text, which Postgres shows in `pg_stat_activity` to every role allowed to signal
+ * it (the same role); or, once a probe has learnt it, by pid and start time.
  */
-function signalSql(fn: 'pg_cancel_backend' | 'pg_terminate_backend', tag: string, activeOnly: boolean): string {
-  return (
-    `SELECT ${fn}(pid) FROM pg_catalog.pg_stat_activity WHERE pid <> pg_backend_pid()` +
-    `${activeOnly ? ` AND state = 'active'` : ''} AND query LIKE '/* ${tag} */%'`
-  )
+function signalSql(fn: 'pg_cancel_backend' | 'pg_terminate_backend', target: { tag: string; active: boolean } | Backend): string {
+  const which =
+    'tag' in target
+      ? `${target.active ? `state = 'active' AND ` : ''}query LIKE '/* ${target.tag} */%'`
+      : `pid = ${target.pid | 0} AND backend_start::text = '${target.started.replace(/'/g, "''")}'`
+  return `SELECT ${fn}(pid) FROM pg_catalog.pg_stat_activity WHERE pid <> pg_backend_pid() AND ${which}`
 }
 
 /**
@@ -130,87 +131,99 @@ async function lastRows(run: Run, sql: string): Promise<readonly Row[]> {
   return (perStatement ? rows[rows.length - 1] : rows) as readonly Row[]
 }
 
-const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref())
 
-interface Wiring<Db> {
+interface Wiring<Db extends Kysely<any>> {
+  /** The handle bound to the connection; pglock's statements go through its provider, queued with the caller's. */
   readonly db: Db
-  readonly run: Run
+  /** The connection, where pglock checked it out itself: its backend is remembered by it. */
+  readonly connection: DatabaseConnection | undefined
   /** The instance the connection came from, whose other connections can signal it; unknown for a `Transaction` the caller opened. */
   readonly instance: Kysely<any> | undefined
-  /** Set for a connection pglock pinned itself: gives it back to the instance. */
+  /** Set for a connection pglock checked out itself: gives it back (to the instance, or to the transaction that Kysely ends). */
   readonly unpin: (() => Promise<void>) | undefined
+  /** The connection is in a transaction pglock opened through Kysely, which ends it. */
+  readonly transaction?: true
 }
 
-function lockConnection<Db>({ db, run, instance, unpin }: Wiring<Db>): LockConnection<Db> {
-  const listeners = new Set<(cause: unknown) => void>()
-  let lost: { cause: unknown } | undefined
+function lockConnection<Db extends Kysely<any>>({ db, connection, instance, unpin, transaction }: Wiring<Db>): LockConnection<Db> {
+  const run = runThrough(db)
+  const loss = trackLoss()
+  let watchers = 0
   let released = false
   let timer: NodeJS.Timeout | undefined
   let probing = false
   let running: string | undefined
-  let last = ''
+  let answered: string | undefined
+  /** Sends pglock's statement under a fresh tag, remembering it while the server may be running it. */
   const tagged: Run = async (sql) => {
     const tag = `${tagPrefix}${(tags += 1)}`
-    running = last = tag
+    running = tag
     try {
-      return await run(`/* ${tag} */ ${sql}`)
+      const rows = await run(`/* ${tag} */ ${sql}`)
+      answered = tag
+      return rows
+    } catch (error) {
+      // reported while `running` still names the statement, so that a cancel can find it on the server
+      if (isConnectionFailure(error)) loss.report(error)
+      else answered = tag
+      throw error
     } finally {
       if (running === tag) running = undefined
     }
   }
-  const fail = (cause: unknown) => {
-    if (lost !== undefined) return
-    lost = { cause }
-    for (const listener of [...listeners]) listener(cause)
-  }
   const watch = () => {
-    if (timer !== undefined || probing || listeners.size === 0 || lost !== undefined || released) return
+    if (timer !== undefined || probing || watchers === 0 || loss.lost || released) return
     timer = setTimeout(probe, PROBE_INTERVAL_MS)
     timer.unref()
   }
   const probe = () => {
     timer = undefined
     probing = true
-    run('SELECT 1').then(
-      () => {
+    const learn = connection !== undefined && !backends.has(connection)
+    run(learn ? BACKEND_SQL : 'SELECT 1').then(
+      (rows) => {
+        const row = rows[0] as { pid?: unknown; started?: unknown } | undefined
+        if (learn && typeof row?.pid === 'number' && typeof row.started === 'string')
+          backends.set(connection, { pid: row.pid, started: row.started })
         probing = false
         watch()
       },
       (error: unknown) => {
         probing = false
-        if (isConnectionFailure(error)) fail(error)
+        if (isConnectionFailure(error)) loss.report(error)
         else watch()
       },
     )
   }
-  /**
-   * What stands in for closing a connection, which Kysely cannot do: drop every session
-   * advisory lock it holds (after rolling back a failed transaction), so that it goes back to
-   * the pool holding none. A connection that failed is dropped by the driver's pool on its own.
-   * Only when a live connection refuses both is its backend terminated, from another connection.
-   */
-  const reset = async (through: Kysely<any>) => {
+  /** Drops every session advisory lock the connection holds; true when done or when the connection is gone. */
+  const unlockAll = async () => {
     for (const sql of ['SELECT pg_advisory_unlock_all()', 'ROLLBACK; SELECT pg_advisory_unlock_all()']) {
       try {
         await tagged(sql)
-        return
+        return true
       } catch (error) {
-        if (isConnectionFailure(error)) return
+        if (isConnectionFailure(error)) return true
       }
     }
-    await runThrough(through)(signalSql('pg_terminate_backend', last, false)).catch(() => undefined)
+    return false
+  }
+  /**
+   * What stands in for closing a connection, which Kysely cannot do: drop its session advisory
+   * locks so that it goes back to the pool holding none. A connection that does not manage to
+   * within a second (blackholed, or stuck behind a statement) or refuses, or whose locks end only
+   * with its transaction, has its backend terminated from another connection.
+   */
+  const reset = async (through: Kysely<any>) => {
+    if (!transaction && (await Promise.race([unlockAll(), delay(RESET_BOUND_MS).then(() => false)]))) return
+    const backend = connection === undefined ? undefined : backends.get(connection)
+    const target = backend ?? (answered === undefined ? undefined : { tag: answered, active: false })
+    if (target !== undefined) await runThrough(through)(signalSql('pg_terminate_backend', target)).catch(() => undefined)
   }
   return {
     db,
     owned: unpin !== undefined,
-    async query(sql) {
-      try {
-        return await lastRows(tagged, sql)
-      } catch (error) {
-        if (isConnectionFailure(error)) fail(error)
-        throw error
-      }
-    },
+    query: (sql) => lastRows(tagged, sql),
     /**
      * The statement may not have reached the server yet when the abort comes, and a cancel that
      * arrives before it would be lost: so this asks again, briefly, until Postgres shows it running.
@@ -223,21 +236,20 @@ function lockConnection<Db>({ db, run, instance, unpin }: Wiring<Db>): LockConne
       }
       const tag = running
       for (let wait = 1; tag !== undefined && running === tag && wait <= 512; wait *= 2) {
-        const signalled = await runThrough(instance)(signalSql('pg_cancel_backend', tag, true)).catch(() => undefined)
+        const signalled = await runThrough(instance)(signalSql('pg_cancel_backend', { tag, active: true })).catch(() => undefined)
         if (signalled === undefined || signalled.length > 0) return
         await delay(wait)
       }
     },
     onLost(listener) {
-      if (lost !== undefined) {
-        listener(lost.cause)
-        return () => undefined
-      }
-      listeners.add(listener)
+      if (loss.lost) return loss.onLost(listener)
+      const stop = loss.onLost(listener)
+      watchers += 1
       watch()
       return () => {
-        listeners.delete(listener)
-        if (listeners.size === 0) {
+        stop()
+        watchers -= 1
+        if (watchers === 0) {
           clearTimeout(timer)
           timer = undefined
         }
@@ -246,10 +258,10 @@ function lockConnection<Db>({ db, run, instance, unpin }: Wiring<Db>): LockConne
     async release({ destroy }) {
       if (released) return
       released = true
-      listeners.clear()
+      loss.clear()
       clearTimeout(timer)
       if (unpin === undefined) return
-      if (destroy && lost === undefined && instance !== undefined) await reset(instance)
+      if (destroy && !loss.lost && instance !== undefined) await reset(instance)
       await unpin()
     },
   }
@@ -271,7 +283,7 @@ function pin(instance: Kysely<any>): Promise<LockConnection<Kysely<any>>> {
         unpinned()
         await pinned.catch(() => undefined)
       }
-      resolve(lockConnection({ db, run: runOn(connection), instance, unpin }))
+      resolve(lockConnection({ db, connection, instance, unpin }))
       await held
     })
     pinned.catch(reject)
@@ -280,27 +292,14 @@ function pin(instance: Kysely<any>): Promise<LockConnection<Kysely<any>>> {
 
 /**
  * Runs `body` in a transaction Kysely opens, so that `lease.db` is Kysely's own `Transaction`.
- * When `body` throws, Kysely rolls back; if that rollback fails too (the connection died, which
- * is how a lock gets lost), Kysely reports the rollback's error, and this reports `body`'s.
+ * The core watches the connection until Kysely's `COMMIT` or `ROLLBACK` settles, and destroys it
+ * if it is lost meanwhile: Kysely would wait forever for the answer of a blackholed connection.
  */
-async function runInTransaction<T>(instance: Kysely<any>, body: (connection: LockConnection<Kysely<any>>) => Promise<T>): Promise<T> {
-  let failure: { error: unknown } | undefined
-  try {
-    return await instance.transaction().execute(async (db) => {
-      instances.set(db, instance)
-      const connection = lockConnection({ db, run: runOn(await connectionOf(db)), instance, unpin: undefined })
-      try {
-        return await body(connection)
-      } catch (error) {
-        failure = { error }
-        throw error
-      } finally {
-        await connection.release({ destroy: false })
-      }
-    })
-  } catch (error) {
-    throw failure === undefined ? error : failure.error
-  }
+function runInTransaction<T>(instance: Kysely<any>, body: (connection: LockConnection<Kysely<any>>) => Promise<T>): Promise<T> {
+  return instance.transaction().execute(async (db) => {
+    instances.set(db, instance)
+    return body(lockConnection({ db, connection: await connectionOf(db), instance, unpin: async () => undefined, transaction: true }))
+  })
 }
 
 /**
@@ -332,7 +331,7 @@ function executorFor(db: Kysely<any>): LockExecutor<Kysely<any>> {
     return {
       kind: 'connection',
       scope: db,
-      connect: async () => lockConnection({ db, run: runThrough(db), instance, unpin: undefined }),
+      connect: async () => lockConnection({ db, connection: undefined, instance, unpin: undefined }),
       inTransaction: () => (db.isTransaction ? true : undefined),
     }
   }
