@@ -3,8 +3,8 @@ import { createLock, withLock } from '@pglock/kysely'
 import { Observer } from '@pglock/testing'
 import { type Kysely, sql } from 'kysely'
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest'
-import pgDialect from './pg-dialect.ts'
-import postgresJsDialect from './postgres-js-dialect.ts'
+import pgDialect from './pg/adapter.ts'
+import postgresJsDialect from './postgres-js/adapter.ts'
 
 /** What only Kysely's handles raise: `lease.db` passed back to pglock, and Transactions pglock opened. */
 for (const adapter of [pgDialect, postgresJsDialect]) {

@@ -1,7 +1,7 @@
 import { fileURLToPath } from 'node:url'
 import { Kysely, PostgresDialect } from 'kysely'
 import pg from 'pg'
-import { kyselyAdapter } from './kysely-adapter.ts'
+import { kyselyAdapter } from '../kysely-adapter.ts'
 
 /**
  * Kysely's built-in PostgresDialect over a node-postgres `Pool`. A pg client checked out of the

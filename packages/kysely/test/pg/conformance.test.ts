@@ -1,4 +1,4 @@
 import { describeConformance } from '@pglock/testing'
-import adapter from './postgres-js-dialect.ts'
+import adapter from './adapter.ts'
 
 describeConformance(adapter)
