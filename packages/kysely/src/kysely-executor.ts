@@ -212,13 +212,16 @@ function lockConnection<Db extends Kysely<any>>({ db, connection, instance, unpi
    * What stands in for closing a connection, which Kysely cannot do: drop its session advisory
    * locks so that it goes back to the pool holding none. A connection that does not manage to
    * within a second (blackholed, or stuck behind a statement) or refuses, or whose locks end only
-   * with its transaction, has its backend terminated from another connection.
+   * with its transaction, has its backend terminated from another connection; it is given back
+   * only once it has failed for that (or after another second), so that no one borrows it first.
    */
   const reset = async (through: Kysely<any>) => {
-    if (!transaction && (await Promise.race([unlockAll(), delay(RESET_BOUND_MS).then(() => false)]))) return
+    const dropping = transaction ? undefined : unlockAll()
+    if (dropping !== undefined && (await Promise.race([dropping, delay(RESET_BOUND_MS).then(() => false)]))) return
     const backend = connection === undefined ? undefined : backends.get(connection)
     const target = backend ?? (answered === undefined ? undefined : { tag: answered, active: false })
     if (target !== undefined) await runThrough(through)(signalSql('pg_terminate_backend', target)).catch(() => undefined)
+    if (dropping !== undefined) await Promise.race([dropping, delay(RESET_BOUND_MS)])
   }
   return {
     db,
