@@ -10,7 +10,7 @@ import { type Kysely, sql } from 'kysely'
 export function kyselyAdapter(
   name: string,
   module: string,
-  open: (options: OpenOptions) => Kysely<any>,
+  open: (options: OpenOptions) => { readonly db: Kysely<any>; readonly close?: () => Promise<void> },
   caps: Partial<AdapterUnderTest['caps']> = {},
 ): AdapterUnderTest {
   return {
@@ -28,9 +28,9 @@ export function kyselyAdapter(
       ...caps,
     },
     async openPool(options) {
-      const db = open(options)
+      const { db, close = () => db.destroy() } = open(options)
       let closed: Promise<void> | undefined
-      return { db, close: () => (closed ??= db.destroy()) }
+      return { db, close: () => (closed ??= close()) }
     },
     inTransaction: (db, body) => (db as Kysely<any>).transaction().execute((trx) => body(trx)),
     async query(db, text) {

@@ -12,5 +12,5 @@ export default kyselyAdapter('kysely-pg', fileURLToPath(import.meta.url), ({ url
   const pool = new pg.Pool({ connectionString: url, application_name: applicationName, max })
   pool.on('error', () => undefined)
   pool.on('connect', (client) => client.on('error', () => undefined))
-  return new Kysely<any>({ dialect: new PostgresDialect({ pool }) })
+  return { db: new Kysely<any>({ dialect: new PostgresDialect({ pool }) }) }
 })
