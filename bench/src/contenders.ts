@@ -1,12 +1,15 @@
 import { once } from 'node:events'
 import net from 'node:net'
 import * as pglockDrizzle from '@pglock/drizzle'
+import * as pglockKysely from '@pglock/kysely'
 import * as pglockPg from '@pglock/pg'
 import * as pglockPostgresJs from '@pglock/postgres-js'
 import advisoryLockModule from 'advisory-lock'
 import { sql as drizzleSql } from 'drizzle-orm'
 import { drizzle as drizzleNodePg } from 'drizzle-orm/node-postgres'
 import { drizzle as drizzlePostgresJs } from 'drizzle-orm/postgres-js'
+import { Kysely, sql as kyselySql, PostgresDialect } from 'kysely'
+import { PostgresJSDialect } from 'kysely-postgres-js'
 import pg from 'pg'
 import pgMutexLockModule from 'pg-mutex-lock'
 import postgres from 'postgres'
@@ -233,6 +236,46 @@ function postgresJsQueryable(sql: postgres.Sql | postgres.ReservedSql | postgres
   return { query: (text) => sql.unsafe(text) }
 }
 
+/**
+ * Kysely's `PostgresDialect` over a node-postgres pool, for `@pglock/kysely`. Kysely adds no error
+ * listener to the clients it checks out, so the pool gives each one, as a Kysely application on pg
+ * must: a backend terminated while pinned would otherwise crash the process.
+ */
+async function openKyselyNodePgPool(target: BenchTarget): Promise<OpenPool<Kysely<any>>> {
+  const pool = openPgPool(target)
+  pool.on('connect', (client) => client.on('error', () => undefined))
+  const db = new Kysely<any>({ dialect: new PostgresDialect({ pool }) })
+  return {
+    db,
+    poolQuery: (text) => kyselySql.raw(text).execute(db),
+    connections: () => pool.totalCount,
+    close: () => db.destroy(),
+  }
+}
+
+/**
+ * Kysely over a postgres.js `Sql` through kysely-postgres-js (`PostgresJSDialect`), which reserves
+ * one connection per checkout; the connections are counted as for the raw postgres.js rows.
+ */
+async function openKyselyPostgresJsPool(target: BenchTarget): Promise<OpenPool<Kysely<any>>> {
+  const { sql, connections } = openPostgresJs(target)
+  const db = new Kysely<any>({ dialect: new PostgresJSDialect({ postgres: sql }) })
+  return {
+    db,
+    poolQuery: (text) => kyselySql.raw(text).execute(db),
+    connections,
+    async close() {
+      await sql.end({ timeout: 5 })
+      await db.destroy()
+    },
+  }
+}
+
+/** A Kysely handle (the instance, or the connection-bound `Kysely` or `Transaction` pglock hands to fn) as a {@link Queryable}. */
+function kyselyQueryable(db: Kysely<any>): Queryable {
+  return { query: (text) => kyselySql.raw(text).execute(db) }
+}
+
 /** Hand-written postgres.js on a reserved connection, the way a competent postgres.js user writes it. */
 async function rawPostgresJsSessionCycle(sql: postgres.Sql, key: number, section: CriticalSection): Promise<void> {
   const reserved = await sql.reserve()
@@ -406,6 +449,24 @@ export const CONTENDERS: readonly Contender[] = [
     lib: pglockDrizzle,
     openPool: openDrizzlePostgresJsPool,
     leaseQueryable: drizzleQueryable,
+    sessionFloor: RAW_POSTGRES_JS_SESSION,
+    transactionFloor: RAW_POSTGRES_JS_TRANSACTION,
+  }),
+  ...pglockContenders({
+    name: 'kysely/pg',
+    packageName: '@pglock/kysely over PostgresDialect on a node-postgres Pool',
+    lib: pglockKysely,
+    openPool: openKyselyNodePgPool,
+    leaseQueryable: kyselyQueryable,
+    sessionFloor: RAW_PG_SESSION,
+    transactionFloor: RAW_PG_TRANSACTION,
+  }),
+  ...pglockContenders({
+    name: 'kysely/postgres.js',
+    packageName: '@pglock/kysely over kysely-postgres-js on a postgres.js Sql',
+    lib: pglockKysely,
+    openPool: openKyselyPostgresJsPool,
+    leaseQueryable: kyselyQueryable,
     sessionFloor: RAW_POSTGRES_JS_SESSION,
     transactionFloor: RAW_POSTGRES_JS_TRANSACTION,
   }),
