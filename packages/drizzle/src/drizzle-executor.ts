@@ -70,20 +70,24 @@ function isDrizzle(db: unknown): db is DrizzleShape {
 
 const isTransaction = (db: DrizzleShape): boolean => typeof db.rollback === 'function'
 
-/** The node-postgres or postgres.js executor for the client under a Drizzle session, if it is one. */
+/**
+ * The node-postgres or postgres.js executor for the client under a Drizzle session, if it is one.
+ * A postgres.js `Sql` is a function and node-postgres clients are objects, so each client is
+ * offered to one adapter only: this runs on every lock, and a refusal builds an error.
+ */
 function clientExecutor(client: unknown): LockExecutor<unknown> | undefined {
-  for (const describe of [postgresJsExecutor, pgExecutor] as ((db: unknown) => LockExecutor<unknown>)[]) {
-    try {
-      return describe(client)
-    } catch (error) {
-      if (!(error instanceof InvalidArgumentError)) throw error
-    }
+  const describe = (typeof client === 'function' ? postgresJsExecutor : pgExecutor) as (db: unknown) => LockExecutor<unknown>
+  try {
+    return describe(client)
+  } catch (error) {
+    if (!(error instanceof InvalidArgumentError)) throw error
+    return undefined
   }
-  return undefined
 }
 
 function rebind<Db>(connection: LockConnection<unknown>, db: Db): LockConnection<Db> {
-  return { ...connection, db }
+  // a copy would freeze getters such as postgres.js's `lost`: inherit them instead
+  return Object.assign(Object.create(connection) as LockConnection<unknown>, { db }) as LockConnection<Db>
 }
 
 /**
