@@ -225,6 +225,7 @@ export function pinPostgresJs<Db>(
   options: { readonly owned: boolean; readonly giveBack?: (() => void) | undefined; readonly pool?: object | undefined },
 ): PostgresJsConnection<Db> {
   const { owned, giveBack, pool } = options
+  const inTransaction = typeof (handle as Partial<TransactionSql<any>>).savepoint === 'function'
   const loss = trackLoss()
   let raw: RawConnection | undefined
   let unhook: (() => void) | undefined
@@ -259,9 +260,7 @@ export function pinPostgresJs<Db>(
       if (loss.lost) throw loss.cause
       const query = handle.unsafe(sql, [], { onexecute } as UnsafeQueryOptions) as RawQuery
       // pglock undoes its own failed statements; inside sql.begin() postgres.js would otherwise fail the whole transaction for them
-      ;(query as { catch: unknown }).catch = () => query
-      const settle = () => settledQueries.add(query)
-      query.then(settle, settle)
+      if (inTransaction) (query as { catch: unknown }).catch = () => query
       running = query
       try {
         return lastRows(await query)
@@ -269,6 +268,7 @@ export function pinPostgresJs<Db>(
         if (isConnectionFailure(error)) fail(error)
         throw error
       } finally {
+        settledQueries.add(query)
         if (running === query) running = undefined
       }
     },
