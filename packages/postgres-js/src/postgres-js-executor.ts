@@ -119,6 +119,17 @@ const settledQueries = new WeakSet<RawQuery>()
 const brokenHandles = new WeakMap<ReservedSql<any> | TransactionSql<any>, unknown>()
 
 /**
+ * The connection each `TransactionSql` pglock has seen runs on. postgres.js gives `sql.begin()` and
+ * every savepoint inside it a handle of its own, and names their connection only to a statement's
+ * `onexecute`: this is how pglock tells that two of them are one connection.
+ */
+const transactionConnections = new WeakMap<TransactionSql<any>, RawConnection>()
+
+function isTransactionSql(handle: ReservedSql<any> | TransactionSql<any>): handle is TransactionSql<any> {
+  return typeof (handle as { savepoint?: unknown }).savepoint === 'function'
+}
+
+/**
  * Connections pglock took from a `Sql` and gave up on (closed, or saw fail) that postgres.js has
  * not yet closed, each for at most {@link CLOSE_WAIT_MS}.
  */
@@ -198,6 +209,12 @@ async function cancelOnServer(query: RawQuery, backend: BackendKey): Promise<voi
 export interface PostgresJsConnection<Db> extends LockConnection<Db> {
   /** Whether the connection failed or closed while pinned; no statement may be sent on it then. */
   readonly lost: boolean
+  /**
+   * For a `ReservedSql`, the handle itself: postgres.js gives its connection no other handle. For
+   * a `TransactionSql`, the postgres.js connection it runs on, which the transaction and each of
+   * its savepoints share: known once pglock has sent a statement through this handle.
+   */
+  readonly scope: object | undefined
 }
 
 /**
@@ -234,6 +251,7 @@ export function pinPostgresJs<Db>(
   let markClosed: (() => void) | undefined
   const fail = (cause: unknown) => {
     if (!owned && !loss.lost) brokenHandles.set(handle, cause)
+    if (isTransactionSql(handle)) transactionConnections.delete(handle)
     loss.report(cause)
   }
   const onClose = (cause: unknown) => {
@@ -243,6 +261,7 @@ export function pinPostgresJs<Db>(
   }
   if (brokenHandles.has(handle)) loss.report(brokenHandles.get(handle))
   const onexecute = (connection: RawConnection) => {
+    if (isTransactionSql(handle) && !loss.lost) transactionConnections.set(handle, connection)
     if (raw === undefined && !released) {
       raw = connection
       unhook = hookClose(connection, onClose)
@@ -254,6 +273,9 @@ export function pinPostgresJs<Db>(
     owned,
     get lost() {
       return loss.lost
+    },
+    get scope() {
+      return isTransactionSql(handle) ? transactionConnections.get(handle) : handle
     },
     async query(sql) {
       if (loss.lost) throw loss.cause
