@@ -129,6 +129,36 @@ function isTransactionSql(handle: ReservedSql<any> | TransactionSql<any>): handl
   return typeof (handle as { savepoint?: unknown }).savepoint === 'function'
 }
 
+/** How many empty statements pglock sends to learn a transaction's connection before it goes without. */
+const LEARN_ATTEMPTS = 3
+
+/**
+ * Learns the connection a `TransactionSql` runs on, unless pglock knows it, by sending an empty
+ * statement through it: `onexecute` names the connection as the statement is written, and the lock
+ * statement follows it on the wire without waiting for its answer. postgres.js skips `onexecute`
+ * for a statement written while the socket is congested or its pipeline is full; another is sent
+ * then. A transaction whose connection failed is left alone: the lock fails on it as before.
+ */
+async function learnConnection(transaction: TransactionSql<any>): Promise<void> {
+  for (let attempt = 1; attempt <= LEARN_ATTEMPTS; attempt += 1) {
+    if (transactionConnections.has(transaction) || brokenHandles.has(transaction)) return
+    const outcome = await new Promise<'named' | 'unnamed' | 'failed'>((resolve) => {
+      const onexecute = (connection: RawConnection) => {
+        transactionConnections.set(transaction, connection)
+        resolve('named')
+        return true
+      }
+      const query = transaction.unsafe('', [], { onexecute } as UnsafeQueryOptions) as RawQuery
+      ;(query as { catch: unknown }).catch = () => query
+      query.then(
+        () => resolve('unnamed'),
+        () => resolve('failed'),
+      )
+    })
+    if (outcome !== 'unnamed') return
+  }
+}
+
 /**
  * Connections pglock took from a `Sql` and gave up on (closed, or saw fail) that postgres.js has
  * not yet closed, each for at most {@link CLOSE_WAIT_MS}.
@@ -389,7 +419,10 @@ function executorFor(db: unknown): LockExecutor<unknown> {
     return {
       kind: 'connection',
       scope: db,
-      connect: async () => pinPostgresJs(transaction, transaction, { owned: false }),
+      async connect() {
+        await learnConnection(transaction)
+        return pinPostgresJs(transaction, transaction, { owned: false })
+      },
       inTransaction: () => true,
     }
   }
