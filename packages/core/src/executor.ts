@@ -28,6 +28,7 @@ export interface PreparedStatement {
  * const connection: LockConnection<PoolClient> = {
  *   db: client,
  *   owned: true,
+ *   scope: client,
  *   query: async (sql) => lastRows(await client.query(sql)),
  *   cancel: () => cancelBackend(client.processID),
  *   onLost: (listener) => { client.on('error', listener); return () => client.off('error', listener) },
@@ -45,6 +46,23 @@ export interface LockConnection<Db> {
    * never closes.
    */
   readonly owned: boolean
+
+  /**
+   * Optional. The physical connection, as one object that every `LockConnection` on it gives,
+   * whichever driver handle it came through (node-postgres: the client; postgres.js: the
+   * connection a transaction and all its savepoints run on; Kysely: its `DatabaseConnection`).
+   * Postgres lets one session re-enter an advisory lock, so two handles that reach one
+   * connection through different objects (a transaction's handle and the handle of one of its
+   * savepoints, or `lease.db` passed back to `createLock`) would otherwise both hold it; the core
+   * queues them in memory by this object as well as by {@link LockExecutor.scope}.
+   *
+   * For a connection the caller passed in, the core reads it when `connect()` has resolved and
+   * waits for it before sending any SQL. For a connection pglock owns, which no other handle can
+   * reach until `lease.db` is handed out, it reads it once the lock is granted, so an adapter may
+   * learn it from the lock statement itself. Leave it out, or give the executor's scope, when
+   * the handle is the only way to that connection.
+   */
+  readonly scope?: object | undefined
 
   /**
    * Runs SQL text that pglock wrote itself (lock ids are validated integer literals, never user
@@ -119,6 +137,7 @@ export interface LockExecutor<Db> {
    * object and a lock id are queued in memory: on a connection Postgres would let a second
    * handle re-enter the lock, and on a pool at most one exclusive waiter per key occupies a
    * connection. Use the driver object itself (the pool, the client), never a fresh object.
+   * Where one connection has several handles, {@link LockConnection.scope} names it.
    */
   readonly scope: object
 

@@ -96,3 +96,23 @@ export function enterGate(
     throw reason
   })
 }
+
+/** @internal The ticket of a lock that occupies no gate of its connection. */
+export const NO_TICKET: GateTicket = { leave: () => undefined }
+
+/**
+ * @internal Enters the gate of the physical connection a lock is taken on (`connection.scope`),
+ * when it names one other than `scope`, the executor's: handles that reach one connection through
+ * different objects queue there. Always exclusive, since Postgres cannot tell them apart. Resolves
+ * {@link NO_TICKET} when there is no such gate, `undefined` when `attempt` finds it busy.
+ */
+export function enterConnectionGate(
+  connection: { readonly scope?: object | undefined },
+  scope: object,
+  token: string,
+  wait: { readonly attempt: boolean; readonly signal?: AbortSignal | undefined; readonly deadline?: number | undefined },
+): Promise<GateTicket | undefined> {
+  const own = connection.scope
+  if (own === undefined || own === scope) return Promise.resolve(NO_TICKET)
+  return enterGate(own, token, true, wait)
+}

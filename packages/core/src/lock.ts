@@ -8,7 +8,7 @@ import {
   UnsupportedError,
 } from './errors.js'
 import type { LockConnection, LockExecutor } from './executor.js'
-import { enterGate, type GateTicket } from './gate.js'
+import { enterConnectionGate, enterGate, type GateTicket, NO_TICKET } from './gate.js'
 import {
   type Framing,
   isConnectionFailure,
@@ -31,6 +31,8 @@ import { checkOut, DeadlineExceeded, interruptible } from './wait.js'
 interface Held<Db> {
   readonly connection: LockConnection<Db>
   readonly ticket: GateTicket
+  /** the place in the gate of the connection itself, where other handles on it queue */
+  readonly onConnection: GateTicket
   readonly stopWatching: () => void
   /** the backend that took the lock, when the lock statement said (session scope) */
   readonly pid: number | undefined
@@ -45,7 +47,9 @@ type State = 'idle' | 'acquiring' | 'held' | 'releasing'
  * A handle holds its lock at most once. In session scope it pins one connection from acquire
  * to release (checked out of a pool, or the connection you passed). Handles for the same key on
  * the same pool or connection queue in memory, so two handles never both hold an exclusive lock,
- * even on one connection where Postgres itself would let the second re-enter.
+ * even on one connection where Postgres itself would let the second re-enter: also when they
+ * reach it through different objects, such as a transaction and one of its savepoints, or
+ * `lock.db` passed back to `createLock`.
  *
  * @typeParam Db - the driver-native handle on the lock's connection.
  *
@@ -263,17 +267,28 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     if (this.scope === 'transaction' && this.#executor.inTransaction?.() === false) throw this.#explain(new NotInTransaction(), timeoutMs)
     this.#state = 'acquiring'
     let deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs
+    const { scope } = this.#executor
+    const token = lockIdToken(this.id)
     let ticket: GateTicket | undefined
     let connection: LockConnection<Db> | undefined
+    let onConnection: GateTicket | undefined
+    const refuse = async () => {
+      await connection?.release({ destroy: false })
+      onConnection?.leave()
+      ticket?.leave()
+      this.#state = 'idle'
+      return false
+    }
     try {
-      ticket = await enterGate(this.#executor.scope, lockIdToken(this.id), this.#gateExclusive(), { attempt, signal, deadline })
-      if (ticket === undefined) {
-        this.#state = 'idle'
-        return false
-      }
+      ticket = await enterGate(scope, token, this.#gateExclusive(), { attempt, signal, deadline })
+      if (ticket === undefined) return refuse()
       const checkout = await checkOut(this.#executor, signal, deadline)
       connection = checkout.connection
       deadline = checkout.deadline
+      if (!connection.owned) {
+        onConnection = await enterConnectionGate(connection, scope, token, { attempt, signal, deadline })
+        if (onConnection === undefined) return refuse()
+      }
       const framing = this.#framing(signal)
       const granted = await takeLock(connection, {
         id: this.id,
@@ -285,21 +300,15 @@ export class Lock<Db = unknown> implements AsyncDisposable {
         signal,
         details: this.#details,
       })
-      if (!granted) {
-        await connection.release({ destroy: false })
-        ticket.leave()
-        this.#state = 'idle'
-        return false
-      }
+      if (!granted) return refuse()
+      onConnection ??= (await enterConnectionGate(connection, scope, token, { attempt: true })) ?? NO_TICKET
       if (framing.kind === 'savepoint' && framing.keepOpen) await keepSavepoint(connection, framing.name)
       this.#abort = new LazyAbort()
-      this.#held = { connection, ticket, pid: granted.pid, stopWatching: this.#watch(connection, granted.pid) }
+      this.#held = { connection, ticket, onConnection, pid: granted.pid, stopWatching: this.#watch(connection, granted.pid) }
       this.#state = 'held'
       return true
     } catch (error) {
-      if (connection !== undefined) await connection.release({ destroy: false })
-      ticket?.leave()
-      this.#state = 'idle'
+      await refuse()
       throw this.#explain(error, timeoutMs)
     }
   }
@@ -351,6 +360,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     held.stopWatching()
     this.#held = undefined
     this.#state = 'idle'
+    held.onConnection.leave()
     held.ticket.leave()
   }
 }

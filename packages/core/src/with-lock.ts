@@ -1,6 +1,6 @@
 import { InvalidArgumentError, LockTimeoutError, type PgLockErrorDetails } from './errors.js'
 import type { LockConnection, LockExecutor } from './executor.js'
-import { enterGate } from './gate.js'
+import { enterConnectionGate, enterGate, type GateTicket, NO_TICKET } from './gate.js'
 import { type Framing, NotInTransaction, nextSavepoint, takeLock, watchConnection } from './hold.js'
 import { type LockId, lockIdToken, resolveLockId } from './keys.js'
 import { LazyAbort } from './lazy-abort.js'
@@ -204,10 +204,10 @@ function untilLost<T>(promise: Promise<T>, lost: AbortSignal): Promise<T> {
 }
 
 /**
- * Takes the transaction lock, runs `fn`, then commits (or releases the savepoint) or rolls back.
- * Once the connection is lost, nothing more is sent on it: an owned connection is destroyed at
- * once, and with `keepAliveMs` a commit or rollback that a silent connection never answers is
- * abandoned, so that `withLock` cannot stay pending.
+ * Takes the transaction lock, runs `fn`, then commits (or releases the savepoint) or rolls back,
+ * holding a place in the gate of the connection itself meanwhile (see `LockConnection.scope`):
+ * waited for before the lock statement on a connection the caller passed in, taken once the lock
+ * is granted on one pglock owns.
  */
 async function holdWhileRunning<Db, T>(
   run: Run<Db, T>,
@@ -216,17 +216,43 @@ async function holdWhileRunning<Db, T>(
   deadline: number | undefined,
   ending: Ending,
 ): Promise<TryWithLockResult<T>> {
-  const granted = await takeLock(connection, {
-    id: run.id,
-    mode: run.mode,
-    framing,
-    attempt: run.attempt,
-    deadline,
-    timeoutMs: run.timeoutMs,
-    signal: run.signal,
-    details: run.details,
-  })
-  if (!granted) return { acquired: false }
+  const { scope } = run.executor
+  const token = lockIdToken(run.id)
+  let onConnection: GateTicket | undefined = NO_TICKET
+  if (!connection.owned)
+    onConnection = await enterConnectionGate(connection, scope, token, { attempt: run.attempt, signal: run.signal, deadline })
+  if (onConnection === undefined) return { acquired: false }
+  try {
+    const granted = await takeLock(connection, {
+      id: run.id,
+      mode: run.mode,
+      framing,
+      attempt: run.attempt,
+      deadline,
+      timeoutMs: run.timeoutMs,
+      signal: run.signal,
+      details: run.details,
+    })
+    if (!granted) return { acquired: false }
+    if (connection.owned) onConnection = (await enterConnectionGate(connection, scope, token, { attempt: true })) ?? NO_TICKET
+    return await runHolding(run, connection, framing, ending)
+  } finally {
+    onConnection.leave()
+  }
+}
+
+/**
+ * Runs `fn` under a granted transaction lock, then ends what `holdWhileRunning` began. Once the
+ * connection is lost, nothing more is sent on it: an owned connection is destroyed at once, and
+ * with `keepAliveMs` a commit or rollback that a silent connection never answers is abandoned, so
+ * that `withLock` cannot stay pending.
+ */
+async function runHolding<Db, T>(
+  run: Run<Db, T>,
+  connection: LockConnection<Db>,
+  framing: Framing,
+  ending: Ending,
+): Promise<TryWithLockResult<T>> {
   const { driver } = ending
   const lost = new LazyAbort()
   let ran = false

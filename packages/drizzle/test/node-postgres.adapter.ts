@@ -15,7 +15,7 @@ const adapter: AdapterUnderTest = {
   name: 'drizzle-node-postgres',
   module: fileURLToPath(import.meta.url),
   lib,
-  caps: { ...nodePostgres.caps, beginWithLock: false },
+  caps: { ...nodePostgres.caps, beginWithLock: false, savepointHandle: true },
   async openPool(options) {
     const { db: pool, close } = await nodePostgres.openPool(options)
     return { db: drizzle({ client: pool as pg.Pool }), close }
@@ -25,6 +25,8 @@ const adapter: AdapterUnderTest = {
     return { db: drizzle({ client: client as pg.Client }), close }
   },
   inTransaction: (db, body) => (db as NodePgDatabase).transaction((tx) => body(tx)),
+  inSavepoint: (tx, body) =>
+    (tx as Parameters<Parameters<NodePgDatabase['transaction']>[0]>[0]).transaction((savepoint) => body(savepoint)),
   async query(db, text) {
     return (await (db as NodePgDatabase).execute(sql.raw(text))).rows
   },

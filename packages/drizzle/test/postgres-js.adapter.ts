@@ -7,7 +7,7 @@ import type { Sql } from 'postgres'
 import postgresJs from '../../postgres-js/test/adapter.ts'
 
 /**
- * Drizzle over a postgres.js `Sql` under the conformance suite, and its `tx`. The `Sql` is opened
+ * Drizzle over a postgres.js `Sql` under the conformance suite, its `tx` and a nested `tx.transaction()`. The `Sql` is opened
  * as the postgres.js adapter's tests open theirs, so it shares their capabilities but one: no
  * single connection, since Drizzle's postgres-js driver cannot wrap a `ReservedSql` (it reads the
  * options only a `Sql` has).
@@ -22,6 +22,8 @@ const adapter: AdapterUnderTest = {
     return { db: drizzle({ client: client as Sql }), close }
   },
   inTransaction: (db, body) => (db as PostgresJsDatabase).transaction((tx) => body(tx)),
+  inSavepoint: (tx, body) =>
+    (tx as Parameters<Parameters<PostgresJsDatabase['transaction']>[0]>[0]).transaction((savepoint) => body(savepoint)),
   async query(db, text) {
     return [...(await (db as PostgresJsDatabase).execute(sql.raw(text)))]
   },

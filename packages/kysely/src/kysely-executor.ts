@@ -138,6 +138,11 @@ interface Wiring<Db extends Kysely<any>> {
   readonly db: Db
   /** The connection, where pglock checked it out itself: its backend is remembered by it. */
   readonly connection: DatabaseConnection | undefined
+  /**
+   * The connection, however the handle reached it: a `Transaction` and those derived from it
+   * (`trx.withSchema()`, a controlled transaction's `savepoint()`) are distinct objects on one.
+   */
+  readonly scope: DatabaseConnection
   /** The instance the connection came from, whose other connections can signal it; unknown for a `Transaction` the caller opened. */
   readonly instance: Kysely<any> | undefined
   /** Set for a connection pglock checked out itself: gives it back (to the instance, or to the transaction that Kysely ends). */
@@ -146,7 +151,7 @@ interface Wiring<Db extends Kysely<any>> {
   readonly transaction?: true
 }
 
-function lockConnection<Db extends Kysely<any>>({ db, connection, instance, unpin, transaction }: Wiring<Db>): LockConnection<Db> {
+function lockConnection<Db extends Kysely<any>>({ db, connection, scope, instance, unpin, transaction }: Wiring<Db>): LockConnection<Db> {
   const run = runThrough(db)
   const loss = trackLoss()
   let watchers = 0
@@ -226,6 +231,7 @@ function lockConnection<Db extends Kysely<any>>({ db, connection, instance, unpi
   return {
     db,
     owned: unpin !== undefined,
+    scope,
     query: (sql) => lastRows(tagged, sql),
     /**
      * The statement may not have reached the server yet when the abort comes, and a cancel that
@@ -286,7 +292,7 @@ function pin(instance: Kysely<any>): Promise<LockConnection<Kysely<any>>> {
         unpinned()
         await pinned.catch(() => undefined)
       }
-      resolve(lockConnection({ db, connection, instance, unpin }))
+      resolve(lockConnection({ db, connection, scope: connection, instance, unpin }))
       await held
     })
     pinned.catch(reject)
@@ -301,7 +307,8 @@ function pin(instance: Kysely<any>): Promise<LockConnection<Kysely<any>>> {
 function runInTransaction<T>(instance: Kysely<any>, body: (connection: LockConnection<Kysely<any>>) => Promise<T>): Promise<T> {
   return instance.transaction().execute(async (db) => {
     instances.set(db, instance)
-    return body(lockConnection({ db, connection: await connectionOf(db), instance, unpin: async () => undefined, transaction: true }))
+    const connection = await connectionOf(db)
+    return body(lockConnection({ db, connection, scope: connection, instance, unpin: async () => undefined, transaction: true }))
   })
 }
 
@@ -334,7 +341,7 @@ function executorFor(db: Kysely<any>): LockExecutor<Kysely<any>> {
     return {
       kind: 'connection',
       scope: db,
-      connect: async () => lockConnection({ db, connection: undefined, instance, unpin: undefined }),
+      connect: async () => lockConnection({ db, connection: undefined, scope: await connectionOf(db), instance, unpin: undefined }),
       inTransaction: () => (db.isTransaction ? true : undefined),
     }
   }

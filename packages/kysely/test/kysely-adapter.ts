@@ -21,6 +21,7 @@ export function kyselyAdapter(
       sessionOnPool: true,
       singleConnection: false,
       transactionHandle: true,
+      savepointHandle: false,
       beginWithLock: false,
       survivesConnectionLoss: true,
       poolRecovers: true,

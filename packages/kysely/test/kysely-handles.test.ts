@@ -70,5 +70,40 @@ for (const adapter of [pgDialect, postgresJsDialect]) {
       expect(outcome).toEqual({ error: reason, waiters: [], usable: [{ one: 1 }] })
       await holder.release()
     })
+
+    it('does not let a Transaction derived with withSchema() take the lock its Transaction holds', async () => {
+      const db = await open()
+      const k = key('with-schema')
+      await db.transaction().execute(async (trx) => {
+        await createLock(trx, k, { scope: 'transaction' }).acquire()
+        const derived = trx.withSchema('public')
+        expect(await createLock(derived, k, { scope: 'transaction' }).tryAcquire()).toBe(false)
+        expect(await observer.holders(k)).toEqual([await pid(trx)])
+      })
+      expect(await observer.locks(k)).toEqual([])
+    })
+
+    it("makes a controlled transaction's savepoint wait for the lock the transaction holds, and take it once released", async () => {
+      const db = await open()
+      const k = key('controlled-savepoint')
+      const trx = await db.startTransaction().execute()
+      try {
+        const outer = await createLock(trx, k).acquire()
+        const savepoint = await trx.savepoint('inner').execute()
+        const inner = createLock(savepoint, k)
+        expect(await inner.tryAcquire()).toBe(false)
+        const waiting = inner.acquire()
+        await new Promise((resolve) => setTimeout(resolve, 50))
+        expect(inner.isHeld).toBe(false)
+        expect(await outer.release()).toBe(true)
+        await waiting
+        expect(await observer.holders(k)).toEqual([await pid(savepoint)])
+        expect(await inner.release()).toBe(true)
+        await savepoint.releaseSavepoint('inner').execute()
+      } finally {
+        await trx.rollback().execute()
+      }
+      expect(await observer.locks(k)).toEqual([])
+    })
   })
 }

@@ -138,6 +138,7 @@ function pin<C extends AnyClient>(client: C, owned: boolean, hand: Hand = (cause
   return {
     db: client,
     owned,
+    scope: client,
     query: async (sql) => lastRows(await (client.query(sql) as unknown as Promise<QueryResult | QueryResult[]>)),
     execute: (statement) => execute(client, statement),
     cancel: () => cancelBackend(client),

@@ -12,6 +12,7 @@ const adapter: AdapterUnderTest = {
     sessionOnPool: true,
     singleConnection: true,
     transactionHandle: true,
+    savepointHandle: false,
     beginWithLock: true,
     poolRecovers: true,
     endedPoolRefuses: true,

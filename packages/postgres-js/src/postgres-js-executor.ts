@@ -119,6 +119,47 @@ const settledQueries = new WeakSet<RawQuery>()
 const brokenHandles = new WeakMap<ReservedSql<any> | TransactionSql<any>, unknown>()
 
 /**
+ * The connection each `TransactionSql` pglock has seen runs on. postgres.js gives `sql.begin()` and
+ * every savepoint inside it a handle of its own, and names their connection only to a statement's
+ * `onexecute`: this is how pglock tells that two of them are one connection.
+ */
+const transactionConnections = new WeakMap<TransactionSql<any>, RawConnection>()
+
+function isTransactionSql(handle: ReservedSql<any> | TransactionSql<any>): handle is TransactionSql<any> {
+  return typeof (handle as { savepoint?: unknown }).savepoint === 'function'
+}
+
+/** How many empty statements pglock sends to learn a transaction's connection before it goes without. */
+const LEARN_ATTEMPTS = 3
+
+/**
+ * Learns the connection a `TransactionSql` runs on, unless pglock knows it, by sending an empty
+ * statement through it: `onexecute` names the connection as the statement is written, and the lock
+ * statement follows it on the wire without waiting for its answer. postgres.js skips `onexecute`
+ * for a statement written while the socket is congested or its pipeline is full; another is sent
+ * then. A transaction whose connection failed is left alone: the lock fails on it as before.
+ */
+async function learnConnection(transaction: TransactionSql<any>): Promise<void> {
+  for (let attempt = 1; attempt <= LEARN_ATTEMPTS; attempt += 1) {
+    if (transactionConnections.has(transaction) || brokenHandles.has(transaction)) return
+    const outcome = await new Promise<'named' | 'unnamed' | 'failed'>((resolve) => {
+      const onexecute = (connection: RawConnection) => {
+        transactionConnections.set(transaction, connection)
+        resolve('named')
+        return true
+      }
+      const query = transaction.unsafe('', [], { onexecute } as UnsafeQueryOptions) as RawQuery
+      ;(query as { catch: unknown }).catch = () => query
+      query.then(
+        () => resolve('unnamed'),
+        () => resolve('failed'),
+      )
+    })
+    if (outcome !== 'unnamed') return
+  }
+}
+
+/**
  * Connections pglock took from a `Sql` and gave up on (closed, or saw fail) that postgres.js has
  * not yet closed, each for at most {@link CLOSE_WAIT_MS}.
  */
@@ -198,6 +239,12 @@ async function cancelOnServer(query: RawQuery, backend: BackendKey): Promise<voi
 export interface PostgresJsConnection<Db> extends LockConnection<Db> {
   /** Whether the connection failed or closed while pinned; no statement may be sent on it then. */
   readonly lost: boolean
+  /**
+   * For a `ReservedSql`, the handle itself: postgres.js gives its connection no other handle. For
+   * a `TransactionSql`, the postgres.js connection it runs on, which the transaction and each of
+   * its savepoints share: known once pglock has sent a statement through this handle.
+   */
+  readonly scope: object | undefined
 }
 
 /**
@@ -235,6 +282,7 @@ export function pinPostgresJs<Db>(
   let markClosed: (() => void) | undefined
   const fail = (cause: unknown) => {
     if (!owned && !loss.lost) brokenHandles.set(handle, cause)
+    if (isTransactionSql(handle)) transactionConnections.delete(handle)
     loss.report(cause)
   }
   const onClose = (cause: unknown) => {
@@ -244,6 +292,7 @@ export function pinPostgresJs<Db>(
   }
   if (brokenHandles.has(handle)) loss.report(brokenHandles.get(handle))
   const onexecute = (connection: RawConnection) => {
+    if (isTransactionSql(handle) && !loss.lost) transactionConnections.set(handle, connection)
     if (raw === undefined && !released) {
       raw = connection
       unhook = hookClose(connection, onClose)
@@ -255,6 +304,9 @@ export function pinPostgresJs<Db>(
     owned,
     get lost() {
       return loss.lost
+    },
+    get scope() {
+      return isTransactionSql(handle) ? transactionConnections.get(handle) : handle
     },
     async query(sql) {
       if (loss.lost) throw loss.cause
@@ -367,7 +419,10 @@ function executorFor(db: unknown): LockExecutor<unknown> {
     return {
       kind: 'connection',
       scope: db,
-      connect: async () => pinPostgresJs(transaction, transaction, { owned: false }),
+      async connect() {
+        await learnConnection(transaction)
+        return pinPostgresJs(transaction, transaction, { owned: false })
+      },
       inTransaction: () => true,
     }
   }

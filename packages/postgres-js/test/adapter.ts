@@ -1,7 +1,7 @@
 import { fileURLToPath } from 'node:url'
 import * as lib from '@pglock/postgres-js'
 import type { AdapterUnderTest } from '@pglock/testing'
-import postgres, { type ISql, type Sql } from 'postgres'
+import postgres, { type ISql, type Sql, type TransactionSql } from 'postgres'
 
 /**
  * Seconds `sql.end()` waits before it terminates what is left. It must have a bound: postgres.js
@@ -10,7 +10,7 @@ import postgres, { type ISql, type Sql } from 'postgres'
  */
 const END_TIMEOUT_S = 0.2
 
-/** postgres.js under the conformance suite: `Sql`, a `ReservedSql`, and the `TransactionSql` of `sql.begin()`. */
+/** postgres.js under the conformance suite: `Sql`, a `ReservedSql`, the `TransactionSql` of `sql.begin()` and of its savepoints. */
 const adapter: AdapterUnderTest = {
   name: 'postgres-js',
   module: fileURLToPath(import.meta.url),
@@ -19,6 +19,7 @@ const adapter: AdapterUnderTest = {
     sessionOnPool: true,
     singleConnection: true,
     transactionHandle: true,
+    savepointHandle: true,
     beginWithLock: false,
     poolRecovers: false,
     endedPoolRefuses: false,
@@ -48,6 +49,7 @@ const adapter: AdapterUnderTest = {
     }
   },
   inTransaction: (pool, body) => (pool as Sql).begin((tx) => body(tx)) as Promise<never>,
+  inSavepoint: (tx, body) => (tx as TransactionSql).savepoint((savepoint) => body(savepoint)) as Promise<never>,
   async query(db, sql) {
     return [...(await (db as ISql).unsafe(sql))]
   },

@@ -45,6 +45,13 @@ export interface Capabilities {
   /** The adapter accepts a handle inside a transaction, for `createLock(tx, key, { scope: 'transaction' })`. */
   readonly transactionHandle: boolean
   /**
+   * The driver gives a savepoint inside a transaction a handle of its own, another object on the
+   * same connection (postgres.js `tx.savepoint()`, Drizzle's nested `tx.transaction()`), run
+   * through `inSavepoint`. node-postgres has none (a savepoint is a statement on the same client);
+   * a Kysely `Transaction` has none either (its handles of one connection are tested with Kysely's).
+   */
+  readonly savepointHandle: boolean
+  /**
    * `withLock` in transaction scope sends `BEGIN` together with the lock, in one round trip
    * (false where the driver opens its transactions itself, as Drizzle and Kysely do).
    */
@@ -94,6 +101,8 @@ export interface AdapterUnderTest {
   openConnection?(options: OpenOptions): Promise<Opened<unknown>>
   /** Runs `body` with a handle inside a transaction on `pool`; required when `caps.transactionHandle`. */
   inTransaction?<T>(pool: unknown, body: (tx: unknown) => Promise<T>): Promise<T>
+  /** Runs `body` with the handle of a savepoint inside `tx`, released when it resolves; required when `caps.savepointHandle`. */
+  inSavepoint?<T>(tx: unknown, body: (savepoint: unknown) => Promise<T>): Promise<T>
   /** Runs one SQL statement (no parameters) through a driver handle, such as `lease.db`; resolves to its rows. */
   query(db: unknown, sql: string): Promise<Record<string, unknown>[]>
 }
