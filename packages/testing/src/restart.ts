@@ -147,19 +147,25 @@ export function describeRestart(adapter: AdapterUnderTest): void {
       })
       expect(await settleWithin(held, SETTLE_BOUND_MS * 2)).toMatchObject({ state: 'rejected', error: expect.any(LockLostError) })
 
+      // A driver whose pool does not recover (postgres.js 3.4 may drop a reserve() queued while its
+      // connection closes, porsager/postgres#1195) is checked on a pool opened after the crash. Each
+      // attempt takes a key of its own: an attempt the driver leaves hanging would otherwise keep
+      // every later one queued behind it in pglock's in-memory queue for that key.
+      const after = caps.poolRecovers ? pool : await bench.open({ max: 3 })
+      let attempt = 0
       await bench.observer.until(
         'Postgres accepts connections again',
         async () => {
+          attempt += 1
           const result = await settleWithin(
-            lib.withLock(pool.db, key, () => 'back'),
+            lib.withLock(after.db, bench.key(`crash-back-${attempt}`), () => 'back'),
             2_000,
           )
           return result.state === 'fulfilled'
         },
         30_000,
       )
-      await bench.expectAllConnectionsUsable(pool)
-      await bench.expectAllConnectionsUsable(victim)
+      for (const recovered of caps.poolRecovers ? [pool, victim] : [after]) await bench.expectAllConnectionsUsable(recovered)
     }, 60_000)
   })
 }
