@@ -51,6 +51,11 @@ function ticketFor(scope: object, token: string, entry: Entry, exclusive: boolea
   }
 }
 
+/** A place in the gate if it is free now and nobody queues for it; else `undefined`. */
+function tryEnter(scope: object, token: string, entry: Entry, exclusive: boolean): GateTicket | undefined {
+  return entry.queue.length === 0 && compatible(entry, exclusive) ? ticketFor(scope, token, entry, exclusive) : undefined
+}
+
 function admitWaiting(scope: object, token: string, entry: Entry): void {
   while (entry.queue.length > 0) {
     const next = entry.queue[0] as Waiter
@@ -74,10 +79,8 @@ export function enterGate(
   wait: { readonly attempt: boolean; readonly signal?: AbortSignal | undefined; readonly deadline?: number | undefined },
 ): Promise<GateTicket | undefined> {
   const entry = entryFor(scope, token)
-  if (entry.queue.length === 0 && compatible(entry, exclusive)) {
-    return Promise.resolve(ticketFor(scope, token, entry, exclusive))
-  }
-  if (wait.attempt) return Promise.resolve(undefined)
+  const free = tryEnter(scope, token, entry, exclusive)
+  if (free !== undefined || wait.attempt) return Promise.resolve(free)
   let waiter: Waiter | undefined
   const admitted = new Promise<GateTicket>((admit) => {
     waiter = { exclusive, admit }
@@ -115,4 +118,16 @@ export function enterConnectionGate(
   const own = connection.scope
   if (own === undefined || own === scope) return Promise.resolve(NO_TICKET)
   return enterGate(own, token, true, wait)
+}
+
+/**
+ * @internal Claims the gate of a connection pglock owns, once its lock is granted: no other handle
+ * can reach that connection before `lease.db` is handed out, so this never waits, and it runs
+ * without a promise on every pooled lock. {@link NO_TICKET} when there is no such gate (or, which
+ * cannot happen, it is taken).
+ */
+export function claimConnectionGate(connection: { readonly scope?: object | undefined }, scope: object, token: string): GateTicket {
+  const own = connection.scope
+  if (own === undefined || own === scope) return NO_TICKET
+  return tryEnter(own, token, entryFor(own, token), true) ?? NO_TICKET
 }

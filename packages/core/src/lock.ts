@@ -8,7 +8,7 @@ import {
   UnsupportedError,
 } from './errors.js'
 import type { LockConnection, LockExecutor } from './executor.js'
-import { enterConnectionGate, enterGate, type GateTicket, NO_TICKET } from './gate.js'
+import { claimConnectionGate, enterConnectionGate, enterGate, type GateTicket } from './gate.js'
 import {
   type Framing,
   isConnectionFailure,
@@ -301,7 +301,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
         details: this.#details,
       })
       if (!granted) return refuse()
-      onConnection ??= (await enterConnectionGate(connection, scope, token, { attempt: true })) ?? NO_TICKET
+      onConnection ??= claimConnectionGate(connection, scope, token)
       if (framing.kind === 'savepoint' && framing.keepOpen) await keepSavepoint(connection, framing.name)
       this.#abort = new LazyAbort()
       this.#held = { connection, ticket, onConnection, pid: granted.pid, stopWatching: this.#watch(connection, granted.pid) }

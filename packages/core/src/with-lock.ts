@@ -1,6 +1,6 @@
 import { InvalidArgumentError, LockTimeoutError, type PgLockErrorDetails } from './errors.js'
 import type { LockConnection, LockExecutor } from './executor.js'
-import { enterConnectionGate, enterGate, type GateTicket, NO_TICKET } from './gate.js'
+import { claimConnectionGate, enterConnectionGate, enterGate, type GateTicket, NO_TICKET } from './gate.js'
 import { type Framing, NotInTransaction, nextSavepoint, takeLock, watchConnection } from './hold.js'
 import { type LockId, lockIdToken, resolveLockId } from './keys.js'
 import { LazyAbort } from './lazy-abort.js'
@@ -234,7 +234,7 @@ async function holdWhileRunning<Db, T>(
       details: run.details,
     })
     if (!granted) return { acquired: false }
-    if (connection.owned) onConnection = (await enterConnectionGate(connection, scope, token, { attempt: true })) ?? NO_TICKET
+    if (connection.owned) onConnection = claimConnectionGate(connection, scope, token)
     return await runHolding(run, connection, framing, ending)
   } finally {
     onConnection.leave()
