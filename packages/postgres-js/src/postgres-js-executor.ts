@@ -129,6 +129,15 @@ function isTransactionSql(handle: ReservedSql<any> | TransactionSql<any>): handl
   return typeof (handle as { savepoint?: unknown }).savepoint === 'function'
 }
 
+/**
+ * Keeps a statement's failure pglock's own: inside `sql.begin()`, postgres.js fails the whole
+ * transaction for a statement whose error nobody caught, and pglock undoes its own failed statements.
+ */
+function ownErrors(query: RawQuery): RawQuery {
+  ;(query as { catch: unknown }).catch = () => query
+  return query
+}
+
 /** How many empty statements pglock sends to learn a transaction's connection before it goes without. */
 const LEARN_ATTEMPTS = 3
 
@@ -148,8 +157,7 @@ async function learnConnection(transaction: TransactionSql<any>): Promise<void> 
         resolve('named')
         return true
       }
-      const query = transaction.unsafe('', [], { onexecute } as UnsafeQueryOptions) as RawQuery
-      ;(query as { catch: unknown }).catch = () => query
+      const query = ownErrors(transaction.unsafe('', [], { onexecute } as UnsafeQueryOptions) as RawQuery)
       query.then(
         () => resolve('unnamed'),
         () => resolve('failed'),
@@ -272,7 +280,7 @@ export function pinPostgresJs<Db>(
   options: { readonly owned: boolean; readonly giveBack?: (() => void) | undefined; readonly pool?: object | undefined },
 ): PostgresJsConnection<Db> {
   const { owned, giveBack, pool } = options
-  const inTransaction = typeof (handle as Partial<TransactionSql<any>>).savepoint === 'function'
+  const transaction = isTransactionSql(handle) ? handle : undefined
   const loss = trackLoss()
   let raw: RawConnection | undefined
   let unhook: (() => void) | undefined
@@ -282,7 +290,7 @@ export function pinPostgresJs<Db>(
   let markClosed: (() => void) | undefined
   const fail = (cause: unknown) => {
     if (!owned && !loss.lost) brokenHandles.set(handle, cause)
-    if (isTransactionSql(handle)) transactionConnections.delete(handle)
+    if (transaction !== undefined) transactionConnections.delete(transaction)
     loss.report(cause)
   }
   const onClose = (cause: unknown) => {
@@ -292,7 +300,7 @@ export function pinPostgresJs<Db>(
   }
   if (brokenHandles.has(handle)) loss.report(brokenHandles.get(handle))
   const onexecute = (connection: RawConnection) => {
-    if (isTransactionSql(handle) && !loss.lost) transactionConnections.set(handle, connection)
+    if (transaction !== undefined && !loss.lost) transactionConnections.set(transaction, connection)
     if (raw === undefined && !released) {
       raw = connection
       unhook = hookClose(connection, onClose)
@@ -306,13 +314,12 @@ export function pinPostgresJs<Db>(
       return loss.lost
     },
     get scope() {
-      return isTransactionSql(handle) ? transactionConnections.get(handle) : handle
+      return transaction === undefined ? handle : transactionConnections.get(transaction)
     },
     async query(sql) {
       if (loss.lost) throw loss.cause
       const query = handle.unsafe(sql, [], { onexecute } as UnsafeQueryOptions) as RawQuery
-      // pglock undoes its own failed statements; inside sql.begin() postgres.js would otherwise fail the whole transaction for them
-      if (inTransaction) (query as { catch: unknown }).catch = () => query
+      if (transaction !== undefined) ownErrors(query)
       running = query
       try {
         return lastRows(await query)
