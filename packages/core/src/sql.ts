@@ -57,8 +57,7 @@ for (const fn of ['lock', 'try', 'unlock'] as const) {
 
 function preparedCall(fn: PreparedFunction, id: LockId, mode: LockMode, pid?: number): PreparedStatement {
   const { name, text } = PREPARED[`${fn} ${mode} ${id.kind}`] as { name: string; text: string }
-  const values: (string | null)[] =
-    id.kind === 'pair' ? [String(id.value[0] | 0), String(id.value[1] | 0)] : [String(BigInt.asIntN(64, id.value))]
+  const values: (string | null)[] = id.kind === 'pair' ? [String(id.value[0] | 0), String(id.value[1] | 0)] : [String(id.value)]
   if (fn === 'unlock') values.push(pid !== undefined && Number.isSafeInteger(pid) ? String(pid) : null)
   return { name, text, values }
 }

@@ -4,6 +4,7 @@ import {
   type LockConnection,
   type LockExecutor,
   type LockScope,
+  type PreparedStatement,
   type Row,
   trackLoss,
 } from '@pglock/core'
@@ -70,6 +71,9 @@ type RawQuery = PendingQuery<Row[]> &
   CancelTarget & {
     canceller?: ((query: CancelTarget) => Promise<void>) | null
   }
+
+/** Query options as postgres.js reads them, `onexecute` included (`sql.begin()` uses it; the types leave it out). */
+type SendOptions = UnsafeQueryOptions & { readonly onexecute?: (connection: RawConnection) => boolean }
 
 type OnClose = (error: unknown) => void
 type CloseHook = OnClose & { readonly previous: OnClose | null | undefined; live: boolean }
@@ -268,6 +272,9 @@ export interface PostgresJsConnection<Db> extends LockConnection<Db> {
  * @param giveBack - returns an owned connection to its pool (`reserved.release()`).
  * @param pool - the `Sql` an owned connection came from: pglock's next `reserve()` on it waits
  * until a connection it gave up on has closed.
+ * @param prepare - send the bare session lock calls as named prepared statements, as postgres.js
+ * does by default for tagged queries (leave it off when the `Sql` was made with `prepare: false`).
+ * The first run of each on a connection costs one round trip more, for its parameter types.
  * @example
  * ```ts
  * const reserved = await sql.reserve()
@@ -277,9 +284,14 @@ export interface PostgresJsConnection<Db> extends LockConnection<Db> {
 export function pinPostgresJs<Db>(
   handle: ReservedSql<any> | TransactionSql<any>,
   db: Db,
-  options: { readonly owned: boolean; readonly giveBack?: (() => void) | undefined; readonly pool?: object | undefined },
+  options: {
+    readonly owned: boolean
+    readonly giveBack?: (() => void) | undefined
+    readonly pool?: object | undefined
+    readonly prepare?: boolean | undefined
+  },
 ): PostgresJsConnection<Db> {
-  const { owned, giveBack, pool } = options
+  const { owned, giveBack, pool, prepare = false } = options
   const transaction = isTransactionSql(handle) ? handle : undefined
   const loss = trackLoss()
   let raw: RawConnection | undefined
@@ -307,6 +319,34 @@ export function pinPostgresJs<Db>(
     }
     return true
   }
+  const send = async (sql: string, values: readonly (string | null)[], options: SendOptions): Promise<readonly Row[]> => {
+    if (loss.lost) throw loss.cause
+    const query = handle.unsafe(sql, values as string[], options as UnsafeQueryOptions) as RawQuery
+    if (transaction !== undefined) ownErrors(query)
+    running = query
+    try {
+      return lastRows(await query)
+    } catch (error) {
+      if (isConnectionFailure(error)) fail(error)
+      throw error
+    } finally {
+      settledQueries.add(query)
+      if (running === query) running = undefined
+    }
+  }
+  /**
+   * Names the connection through an empty statement. A prepared statement's first run on a
+   * connection asks the server for its parameter types before it binds them, and postgres.js
+   * calls `onexecute` for neither half: without this, a lock taken then would go unwatched.
+   */
+  const learn = () => send('', [], { onexecute }).catch(() => undefined)
+  const execute = async ({ text, values }: PreparedStatement): Promise<readonly Row[]> => {
+    try {
+      return await send(text, values, { onexecute, prepare: true })
+    } finally {
+      if (raw === undefined && !loss.lost && !released) await learn()
+    }
+  }
   return {
     db,
     owned,
@@ -316,21 +356,10 @@ export function pinPostgresJs<Db>(
     get scope() {
       return transaction === undefined ? handle : transactionConnections.get(transaction)
     },
-    async query(sql) {
-      if (loss.lost) throw loss.cause
-      const query = handle.unsafe(sql, [], { onexecute } as UnsafeQueryOptions) as RawQuery
-      if (transaction !== undefined) ownErrors(query)
-      running = query
-      try {
-        return lastRows(await query)
-      } catch (error) {
-        if (isConnectionFailure(error)) fail(error)
-        throw error
-      } finally {
-        settledQueries.add(query)
-        if (running === query) running = undefined
-      }
+    query(sql) {
+      return send(sql, [], { onexecute })
     },
+    ...(prepare && transaction === undefined && { execute }),
     async cancel() {
       const query = running
       if (query === undefined) return
@@ -437,6 +466,8 @@ function executorFor(db: unknown): LockExecutor<unknown> {
   if (typeof sql.reserve !== 'function' || typeof sql.begin !== 'function') {
     throw new InvalidArgumentError(`db must be a postgres.js Sql, ReservedSql or TransactionSql, got ${describe(db)}`)
   }
+  /** Named prepared statements are postgres.js's default; `prepare: false` (behind a transaction-pooling proxy) turns them off. */
+  const prepare = (sql as { options?: { prepare?: unknown } }).options?.prepare !== false
   const begin = sql.begin as (callback: (transaction: TransactionSql<any>) => Promise<unknown>) => Promise<unknown>
   return {
     kind: 'pool',
@@ -444,7 +475,7 @@ function executorFor(db: unknown): LockExecutor<unknown> {
     async connect() {
       await untilClosed(sql)
       const reserved = await sql.reserve()
-      return pinPostgresJs(reserved, reserved, { owned: true, giveBack: () => reserved.release(), pool: sql })
+      return pinPostgresJs(reserved, reserved, { owned: true, giveBack: () => reserved.release(), pool: sql, prepare })
     },
     transaction: (body) => runInPostgresJsTransaction((callback) => begin.call(sql, (tx) => callback(tx, tx)), body, sql),
   }
