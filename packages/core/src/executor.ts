@@ -74,6 +74,14 @@ export interface LockConnection<Db> {
   query(sql: string): Promise<readonly Row[]>
 
   /**
+   * Optional. The handle to give as `lease.db` when pglock opens a transaction on this connection
+   * itself, sending `BEGIN` with the lock (transaction scope on a `'pool'` executor without
+   * {@link LockExecutor.transaction}): an ORM's transaction object bound to the connection, such as
+   * a Drizzle `tx`. Without it, `lease.db` is {@link LockConnection.db} in every scope.
+   */
+  transactionDb?(): Db
+
+  /**
    * Optional. Runs `statement` as a named prepared statement (parsed and planned once per
    * connection, then only bound and executed), in one round trip. pglock uses it for the bare
    * session-scope calls (lock, try-lock, unlock without a timeout), where skipping the parse

@@ -271,7 +271,8 @@ async function runHolding<Db, T>(
   const settle = (ended: Promise<void>) => (run.keepAliveMs === undefined ? ended : untilLost(ended, lost.signal))
   let value: T
   try {
-    value = await run.fn(new LockLease(connection.db, lost))
+    const db = framing.kind === 'begin' && connection.transactionDb !== undefined ? connection.transactionDb() : connection.db
+    value = await run.fn(new LockLease(db, lost))
   } catch (error) {
     ran = true
     ending.leaveGate?.()

@@ -1,6 +1,7 @@
 import { InvalidArgumentError, type LockConnection, type LockExecutor, type LockScope, UnsupportedError } from '@pglock/core'
 import { pgExecutor, runInPgTransaction } from '@pglock/pg'
 import { postgresJsExecutor, runInPostgresJsTransaction } from '@pglock/postgres-js'
+import { entityKind } from 'drizzle-orm'
 import type { PgDatabase, PgQueryResultHKT, PgTransaction } from 'drizzle-orm/pg-core'
 
 /**
@@ -137,7 +138,11 @@ function runInDrizzleTransaction<T>(
   body: (connection: LockConnection<DrizzleShape>) => Promise<T>,
   overPool: boolean,
 ): Promise<T> {
-  const begin = <C>(callback: (client: C, tx: DrizzleShape) => Promise<T>) => db.transaction((tx) => callback(tx._.session.client as C, tx))
+  const begin = <C>(callback: (client: C, tx: DrizzleShape) => Promise<T>) =>
+    db.transaction((tx) => {
+      learnTransactionClass(db._.session, tx)
+      return callback(tx._.session.client as C, tx)
+    })
   if (typeof db._.session.client === 'function') return runInPostgresJsTransaction(begin, body, db._.session.client)
   if (overPool) return runInPgTransaction(begin, body)
   return db.transaction(async (tx) => {
@@ -186,6 +191,8 @@ function executorFor(db: unknown): LockExecutor<unknown> {
   const transaction: LockExecutor<unknown>['transaction'] = (body) => runInDrizzleTransaction(db, body, inner.kind === 'pool')
   const pin = inner.connect
   if (pin === undefined) return { kind: 'pool', scope: inner.scope, transaction }
+  const Transaction = inner.kind === 'pool' ? transactionClasses.get(db._.session.constructor) : undefined
+  if (Transaction !== undefined) return { kind: 'pool', scope: inner.scope, connect: () => pinNodePg(db, pin, Transaction) }
   if (inner.kind === 'pool') {
     return { kind: 'pool', scope: inner.scope, transaction, connect: async () => rebindDatabase(db, await pin()) }
   }
@@ -201,4 +208,40 @@ function executorFor(db: unknown): LockExecutor<unknown> {
 
 function rebindDatabase(db: DrizzleShape, connection: LockConnection<unknown>): LockConnection<unknown> {
   return rebind(connection, bindDatabase(db, connection.db))
+}
+
+/** Drizzle's `tx` class over node-postgres, as `NodePgSession.transaction()` builds it. */
+type TransactionClass = new (dialect: unknown, session: SessionShape, schema: unknown) => DrizzleShape
+
+/**
+ * The `tx` class of each node-postgres session class, learnt from the first `db.transaction()`
+ * pglock runs through it: by shape, so that no driver module is imported and the class is the
+ * application's own copy of Drizzle's.
+ */
+const transactionClasses = new WeakMap<object, TransactionClass>()
+
+const isNodePgSession = (session: SessionShape): boolean =>
+  (session.constructor as { readonly [entityKind]?: unknown })[entityKind] === 'NodePgSession'
+
+function learnTransactionClass(session: SessionShape, tx: DrizzleShape): void {
+  if (isNodePgSession(session)) transactionClasses.set(session.constructor, tx.constructor as TransactionClass)
+}
+
+/**
+ * A node-postgres client pinned for a lock, which also offers the `tx` for a transaction lock:
+ * the core then sends `BEGIN` with the lock in one round trip, as `@pglock/pg` does, where
+ * `db.transaction()` sends `BEGIN` alone. The `tx` is built as `NodePgSession.transaction()`
+ * builds it, on the database bound to the pinned client, so it is Drizzle's own
+ * `NodePgTransaction`, nested transactions (savepoints) included.
+ */
+async function pinNodePg(
+  db: DrizzleShape,
+  pin: () => Promise<LockConnection<unknown>>,
+  Transaction: TransactionClass,
+): Promise<LockConnection<unknown>> {
+  const connection = rebindDatabase(db, await pin())
+  const { dialect, schema } = db._.session
+  const bound = connection.db as DrizzleShape
+  connection.transactionDb = () => new Transaction(dialect, bound._.session, schema)
+  return connection
 }

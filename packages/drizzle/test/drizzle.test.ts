@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto'
 import { createLock, withLock } from '@pglock/drizzle'
-import { sql } from 'drizzle-orm'
+import { is, sql, TransactionRollbackError } from 'drizzle-orm'
 import { drizzle as drizzleNodePg } from 'drizzle-orm/node-postgres'
-import { integer, pgTable, withReplicas } from 'drizzle-orm/pg-core'
+import { integer, PgTransaction, pgTable, withReplicas } from 'drizzle-orm/pg-core'
 import { drizzle as drizzlePostgresJs } from 'drizzle-orm/postgres-js'
 import pg from 'pg'
 import postgres from 'postgres'
@@ -10,6 +10,9 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 
 const key = (label: string) => `pglock-test:drizzle:${randomBytes(4).toString('hex')}:${label}`
 const table = `pglock_drizzle_${randomBytes(4).toString('hex')}`
+/** The first row of `db.execute()`: node-postgres answers `{ rows }`, postgres.js the rows themselves. */
+const firstRow = (result: unknown) =>
+  (Array.isArray(result) ? result : (result as { rows: unknown[] }).rows)[0] as Record<string, unknown> | undefined
 const counters = pgTable(table, { id: integer('id').primaryKey(), value: integer('value').notNull() })
 
 describe('drizzle specifics', () => {
@@ -33,6 +36,37 @@ describe('drizzle specifics', () => {
     for (const db of [drizzleNodePg({ client: pool, schema: { counters } }), drizzlePostgresJs({ client, schema: { counters } })]) {
       const row = await withLock(db, key('schema'), ({ db: locked }) => locked.query.counters.findFirst())
       expect(row).toEqual({ id: 1, value: 0 })
+    }
+  })
+
+  it("gives transaction-scope fn Drizzle's own tx, the first time and after, with savepoints and rollback()", async () => {
+    for (const db of [drizzleNodePg({ client: pool, schema: { counters } }), drizzlePostgresJs({ client, schema: { counters } })]) {
+      for (let round = 1; round <= 3; round += 1) {
+        const k = key(`own-tx-${round}`)
+        const seen = await withLock(
+          db,
+          k,
+          async ({ db: tx }) => {
+            const nested = await tx.transaction(async (inner) => firstRow(await inner.execute(sql`SELECT 7 AS seven`))?.seven)
+            await tx.update(counters).set({ value: round }).where(sql`id = 1`)
+            return { tx: is(tx, PgTransaction), nested, row: await tx.query.counters.findFirst() }
+          },
+          { scope: 'transaction' },
+        )
+        expect(seen).toEqual({ tx: true, nested: 7, row: { id: 1, value: round } })
+        const rolledBack = withLock(
+          db,
+          k,
+          async ({ db: tx }) => {
+            await tx.update(counters).set({ value: -1 }).where(sql`id = 1`)
+            tx.rollback()
+          },
+          { scope: 'transaction' },
+        )
+        await expect(rolledBack).rejects.toBeInstanceOf(TransactionRollbackError)
+        expect((await pool.query(`SELECT value FROM ${table} WHERE id = 1`)).rows[0]?.value).toBe(round)
+      }
+      await pool.query(`UPDATE ${table} SET value = 0 WHERE id = 1`)
     }
   })
 

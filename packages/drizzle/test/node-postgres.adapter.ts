@@ -15,7 +15,7 @@ const adapter: AdapterUnderTest = {
   name: 'drizzle-node-postgres',
   module: fileURLToPath(import.meta.url),
   lib,
-  caps: { ...nodePostgres.caps, beginWithLock: false, savepointHandle: true },
+  caps: { ...nodePostgres.caps, savepointHandle: true },
   async openPool(options) {
     const { db: pool, close } = await nodePostgres.openPool(options)
     return { db: drizzle({ client: pool as pg.Pool }), close }

@@ -126,7 +126,10 @@ async function execute(client: AnyClient, statement: PreparedStatement): Promise
 /** How an owned client leaves pglock: with no cause it is given back, with one it is closed. */
 type Hand = (cause: Error | true | undefined) => void
 
-function pin<C extends AnyClient>(client: C, owned: boolean, hand: Hand = (cause) => client.release?.(cause)): LockConnection<C> {
+/** A pinned client; `lease.db` is the client in every scope, so it offers no `transactionDb`. */
+type PinnedClient<C> = Omit<LockConnection<C>, 'transactionDb'>
+
+function pin<C extends AnyClient>(client: C, owned: boolean, hand: Hand = (cause) => client.release?.(cause)): PinnedClient<C> {
   const loss = trackLoss()
   const broken = unusable(client)
   if (broken !== undefined) loss.report(broken)

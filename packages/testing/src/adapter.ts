@@ -53,7 +53,7 @@ export interface Capabilities {
   readonly savepointHandle: boolean
   /**
    * `withLock` in transaction scope sends `BEGIN` together with the lock, in one round trip
-   * (false where the driver opens its transactions itself, as Drizzle and Kysely do).
+   * (false where the driver opens its transactions itself: postgres.js, Drizzle over postgres.js, Kysely).
    */
   readonly beginWithLock: boolean
   /**
