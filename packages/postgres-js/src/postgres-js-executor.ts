@@ -123,6 +123,10 @@ function isSettled(query: RawQuery): boolean {
   return (query as { [SETTLED]?: true })[SETTLED] === true
 }
 
+function markSettled(query: RawQuery): void {
+  ;(query as { [SETTLED]?: true })[SETTLED] = true
+}
+
 /**
  * `ReservedSql` and `TransactionSql` handles whose connection failed, and why. postgres.js keeps
  * such a handle pointing at a connection that its pool may reconnect for others, and a reserved
@@ -338,7 +342,7 @@ export function pinPostgresJs<Db>(
       if (isConnectionFailure(error)) fail(error)
       throw error
     } finally {
-      ;(query as { [SETTLED]?: true })[SETTLED] = true
+      markSettled(query)
       if (running === query) running = undefined
     }
   }
@@ -347,10 +351,12 @@ export function pinPostgresJs<Db>(
    * connection asks the server for its parameter types before it binds them, and postgres.js
    * calls `onexecute` for neither half: without this, a lock taken then would go unwatched.
    */
-  const learn = () => send('', [], { onexecute }).catch(() => undefined)
+  const asText: SendOptions = { onexecute }
+  const prepared: SendOptions = { onexecute, prepare: true }
+  const learn = () => send('', [], asText).catch(() => undefined)
   const execute = async ({ text, values }: PreparedStatement): Promise<readonly Row[]> => {
     try {
-      return await send(text, values, { onexecute, prepare: true })
+      return await send(text, values, prepared)
     } finally {
       if (raw === undefined && !loss.lost && !released) await learn()
     }
@@ -365,7 +371,7 @@ export function pinPostgresJs<Db>(
       return transaction === undefined ? handle : transactionConnections.get(transaction)
     },
     query(sql) {
-      return send(sql, [], { onexecute })
+      return send(sql, [], asText)
     },
     ...(prepare && transaction === undefined && { execute }),
     async cancel() {
