@@ -3,6 +3,27 @@ import { interruptible } from './wait.js'
 /** @internal A place in an in-memory gate; `leave()` lets the next waiter in. */
 export interface GateTicket {
   leave(): void
+  /**
+   * Names a check that newcomers run when they find the gate taken: it makes the holder leave if
+   * it no longer holds its lock. Transaction locks need it, as they end with their transaction
+   * without a word to pglock.
+   */
+  recheckWith(check: Recheck): void
+}
+
+/**
+ * Makes a holder leave if it no longer holds; runs its statement through `via`, the newcomer's
+ * connection, when the newcomer reached the same connection through another handle (the holder's
+ * own handle may be a transaction that is over).
+ */
+export type Recheck = (via: { query(sql: string): Promise<readonly Readonly<Record<string, unknown>>[]> } | undefined) => Promise<void>
+
+interface Wait {
+  readonly attempt: boolean
+  readonly signal?: AbortSignal | undefined
+  readonly deadline?: number | undefined
+  /** the newcomer's connection, for holders' rechecks (see {@link Recheck}) */
+  readonly via?: Parameters<Recheck>[0]
 }
 
 interface Waiter {
@@ -14,6 +35,8 @@ interface Entry {
   exclusive: boolean
   shared: number
   readonly queue: Waiter[]
+  /** the rechecks of holders that may have ended unseen (see {@link GateTicket.recheckWith}) */
+  checks: Set<Recheck> | undefined
 }
 
 const gates = new WeakMap<object, Map<string, Entry>>()
@@ -26,7 +49,7 @@ function entryFor(scope: object, token: string): Entry {
   }
   let entry = byToken.get(token)
   if (entry === undefined) {
-    entry = { exclusive: false, shared: 0, queue: [] }
+    entry = { exclusive: false, shared: 0, queue: [], checks: undefined }
     byToken.set(token, entry)
   }
   return entry
@@ -40,15 +63,29 @@ function ticketFor(scope: object, token: string, entry: Entry, exclusive: boolea
   if (exclusive) entry.exclusive = true
   else entry.shared += 1
   let left = false
+  let check: Recheck | undefined
   return {
     leave() {
       if (left) return
       left = true
+      if (check !== undefined) entry.checks?.delete(check)
       if (exclusive) entry.exclusive = false
       else entry.shared -= 1
       admitWaiting(scope, token, entry)
     },
+    recheckWith(recheck) {
+      if (left) return
+      check = recheck
+      entry.checks ??= new Set()
+      entry.checks.add(recheck)
+    },
   }
+}
+
+/** Runs the rechecks of the gate's holders; a failed one counts as "still held". */
+function recheckHolders(entry: Entry, via: Parameters<Recheck>[0]): Promise<unknown> {
+  const checks = [...(entry.checks ?? [])]
+  return Promise.all(checks.map((check) => check(via).catch(() => undefined)))
 }
 
 /** A place in the gate if it is free now and nobody queues for it; else `undefined`. */
@@ -72,15 +109,22 @@ function admitWaiting(scope: object, token: string, entry: Entry): void {
  * Waiters are admitted first come, first served. With `attempt`, resolves `undefined` at once
  * instead of queueing when the gate is busy.
  */
-export function enterGate(
-  scope: object,
-  token: string,
-  exclusive: boolean,
-  wait: { readonly attempt: boolean; readonly signal?: AbortSignal | undefined; readonly deadline?: number | undefined },
-): Promise<GateTicket | undefined> {
+export function enterGate(scope: object, token: string, exclusive: boolean, wait: Wait): Promise<GateTicket | undefined> {
   const entry = entryFor(scope, token)
   const free = tryEnter(scope, token, entry, exclusive)
-  if (free !== undefined || wait.attempt) return Promise.resolve(free)
+  if (free !== undefined) return Promise.resolve(free)
+  if (wait.attempt) {
+    if (entry.checks === undefined || entry.checks.size === 0) return Promise.resolve(undefined)
+    return interruptible(recheckHolders(entry, wait.via), { ...wait, abandon: () => undefined }).then(() => {
+      const now = entryFor(scope, token)
+      return tryEnter(scope, token, now, exclusive)
+    })
+  }
+  if (entry.checks !== undefined && entry.checks.size > 0) void recheckHolders(entry, wait.via)
+  return queue(scope, token, entry, exclusive, wait)
+}
+
+function queue(scope: object, token: string, entry: Entry, exclusive: boolean, wait: Wait): Promise<GateTicket> {
   let waiter: Waiter | undefined
   const admitted = new Promise<GateTicket>((admit) => {
     waiter = { exclusive, admit }
@@ -101,7 +145,7 @@ export function enterGate(
 }
 
 /** @internal The ticket of a lock that occupies no gate of its connection. */
-export const NO_TICKET: GateTicket = { leave: () => undefined }
+export const NO_TICKET: GateTicket = { leave: () => undefined, recheckWith: () => undefined }
 
 /**
  * @internal Enters the gate of the physical connection a lock is taken on (`connection.scope`),
@@ -113,11 +157,11 @@ export function enterConnectionGate(
   connection: { readonly scope?: object | undefined },
   scope: object,
   token: string,
-  wait: { readonly attempt: boolean; readonly signal?: AbortSignal | undefined; readonly deadline?: number | undefined },
+  wait: Wait,
 ): Promise<GateTicket | undefined> {
   const own = connection.scope
   if (own === undefined || own === scope) return Promise.resolve(NO_TICKET)
-  return enterGate(own, token, true, wait)
+  return enterGate(own, token, true, { ...wait, via: connection as Parameters<Recheck>[0] })
 }
 
 /**

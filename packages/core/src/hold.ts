@@ -69,6 +69,8 @@ export interface TakeRequest {
   readonly timeoutMs: number | undefined
   readonly signal: AbortSignal | undefined
   readonly details: PgLockErrorDetails
+  /** a fresh transaction mark, to learn which transaction a lock on a caller's transaction lives in */
+  readonly mark?: string | undefined
 }
 
 let savepoints = 0
@@ -165,9 +167,18 @@ function failureFor(error: unknown, request: TakeRequest): unknown {
   return error
 }
 
-/** A granted lock: `pid` is the backend holding it, when the lock statement said (session locks do). */
+/**
+ * A granted lock: `pid` is the backend holding it, when the lock statement said (session locks
+ * do); `mark` the transaction it lives in, when the request asked (see {@link TakeRequest.mark}).
+ */
 export interface Granted {
   readonly pid: number | undefined
+  readonly mark: string | undefined
+}
+
+function granted(row: Row | undefined): Granted {
+  const mark = row?.tx
+  return { pid: pidOf(row), mark: typeof mark === 'string' ? mark : undefined }
 }
 
 /**
@@ -191,6 +202,7 @@ export async function takeLock(connection: LockConnection<unknown>, request: Tak
     timeoutMs: attempt ? undefined : left,
     begin: framing.kind === 'begin',
     savepoint: framing.kind === 'savepoint' ? { name: framing.name, keepOpen: framing.keepOpen } : undefined,
+    mark: request.mark,
   }
   request.signal?.throwIfAborted()
   let lost = false
@@ -204,7 +216,7 @@ export async function takeLock(connection: LockConnection<unknown>, request: Tak
     const outcome = await runCancellable(connection, prepared ?? acquireSql(plan), request.signal)
     waiting = false
     if (outcome.ok && !request.signal?.aborted) {
-      if (!attempt || outcome.rows[0]?.acquired === true) return { pid: pidOf(outcome.rows[0]) }
+      if (!attempt || outcome.rows[0]?.acquired === true) return granted(outcome.rows[0])
       if (framing.kind === 'begin' || (framing.kind === 'savepoint' && framing.keepOpen))
         await undo(connection, request, undefined, () => lost)
       return attemptRefused(request)

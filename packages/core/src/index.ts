@@ -21,7 +21,7 @@ export {
 export type { LockConnection, LockExecutor, PreparedStatement, Row } from './executor.js'
 export { isConnectionFailure } from './hold.js'
 export { type LockId, pgLocksRow, postgresLock01, resolveLockId, sha1Int64 } from './keys.js'
-export { Lock } from './lock.js'
+export { type HeldLock, Lock } from './lock.js'
 export { type LossTracker, trackLoss } from './loss.js'
 export type {
   AcquireOptions,

@@ -8,7 +8,7 @@ import {
   UnsupportedError,
 } from './errors.js'
 import type { LockConnection, LockExecutor } from './executor.js'
-import { claimConnectionGate, enterConnectionGate, enterGate, type GateTicket } from './gate.js'
+import { claimConnectionGate, enterConnectionGate, enterGate, type GateTicket, type Recheck } from './gate.js'
 import {
   type Framing,
   isConnectionFailure,
@@ -24,7 +24,7 @@ import {
 import { type LockId, lockIdToken, resolveLockId } from './keys.js'
 import { LazyAbort } from './lazy-abort.js'
 import { type ResolvedLockOptions, resolveAcquireOptions, resolveLockOptions } from './options.js'
-import { pidOf, preparedUnlock, QUERY_CANCELED, unlockSql } from './sql.js'
+import { CURRENT_MARK_SQL, IN_FAILED_SQL_TRANSACTION, pidOf, preparedUnlock, QUERY_CANCELED, unlockSql } from './sql.js'
 import type { AcquireOptions, LockKey, LockMode, LockOptions, LockScope } from './types.js'
 import { checkOut, DeadlineExceeded, interruptible } from './wait.js'
 
@@ -36,9 +36,48 @@ interface Held<Db> {
   readonly stopWatching: () => void
   /** the backend that took the lock, when the lock statement said (session scope) */
   readonly pid: number | undefined
+  /** for a lock in a caller's transaction: that transaction, which ends the lock unseen */
+  transaction?: TransactionHold
+}
+
+/** A transaction lock on a caller's connection, which ends when its transaction does. */
+interface TransactionHold {
+  /** the mark Postgres keeps for the transaction while it lasts (see `acquireSql`) */
+  readonly mark: string
+  /** the physical connection, where later transactions run */
+  readonly connection: object
+  /** settles the handle: its transaction is over */
+  readonly end: () => void
+}
+
+/**
+ * The transaction locks taken on each physical connection and not released. A lock taken in a
+ * later transaction there ends every one of them that carries another mark.
+ */
+const transactionHolds = new WeakMap<object, Set<TransactionHold>>()
+
+const MARK_PREFIX = Math.random().toString(36).slice(2, 10)
+let marks = 0
+
+/** A transaction mark unique within this process (only `[a-z0-9.]`, as it travels as a literal). */
+function nextMark(): string {
+  marks += 1
+  return `${MARK_PREFIX}.${marks}`
 }
 
 type State = 'idle' | 'acquiring' | 'held' | 'releasing'
+
+/**
+ * A {@link Lock} as `acquire()` resolves it: held, so `db` is the driver's handle on the
+ * connection (or transaction) that holds the lock, never `undefined`.
+ *
+ * @example
+ * ```ts
+ * const lock: HeldLock<PoolClient> = await createLock(pool, 'job:7').acquire()
+ * await lock.db.query('SELECT 1')
+ * ```
+ */
+export type HeldLock<Db> = Lock<Db> & { readonly db: Db }
 
 /**
  * A handle on one advisory lock, for acquire and release split across code. Create it with
@@ -148,23 +187,27 @@ export class Lock<Db = unknown> implements AsyncDisposable {
    * `LockTimeoutError` when time runs out; with `signal` it rejects with `signal.reason` when
    * aborted, and the wait in Postgres is cancelled. Neither leaves the lock held.
    *
+   * It resolves to this handle typed as held, so its `db` is the driver's handle, not `undefined`.
+   *
    * @throws `AlreadyHeldError` if this handle holds (or is acquiring) its lock.
    * @example
    * ```ts
    * const lock = await createLock(pool, 'job:7').acquire({ timeoutMs: 5_000 })
+   * await lock.db.query('SELECT 1') // the connection that holds the lock
    * ```
    */
-  async acquire(options?: AcquireOptions): Promise<this> {
+  async acquire(options?: AcquireOptions): Promise<this & HeldLock<Db>> {
     const { timeoutMs, signal } = resolveAcquireOptions(options, this.#details)
     await this.#take(false, timeoutMs, signal)
-    return this
+    return this as this & HeldLock<Db>
   }
 
   /**
    * Releases the lock. Resolves `true` when it released it, `false` (sending no SQL) when the
    * handle did not hold it or the lock had been lost. A pooled connection goes back to its pool
    * only after Postgres confirmed the unlock; otherwise it is closed, which also drops the lock.
-   * In transaction scope the lock ends with the transaction: `release()` sends no SQL.
+   * In transaction scope the lock ends with the transaction: `release()` sends no SQL, and
+   * calling it is optional (a handle left unreleased never blocks a later transaction).
    *
    * On a pool, the next handle queued in memory for the same key is let into Postgres as the
    * unlock is sent, on a connection of its own: Postgres hands it the lock as soon as the unlock
@@ -182,8 +225,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     if (this.#state !== 'held' || held === undefined) return false
     this.#state = 'releasing'
     if (this.scope === 'transaction') {
-      held.stopWatching()
-      this.#settle(held)
+      await this.#end(held)
       return false
     }
     if (held.connection.owned) held.ticket.leave()
@@ -299,13 +341,16 @@ export class Lock<Db = unknown> implements AsyncDisposable {
         timeoutMs,
         signal,
         details: this.#details,
+        mark: framing.kind === 'savepoint' ? nextMark() : undefined,
       })
       if (!granted) return refuse()
       onConnection ??= claimConnectionGate(connection, scope, token)
       if (framing.kind === 'savepoint' && framing.keepOpen) await keepSavepoint(connection, framing.name)
       this.#abort = new LazyAbort()
-      this.#held = { connection, ticket, onConnection, pid: granted.pid, stopWatching: this.#watch(connection, granted.pid) }
+      const held: Held<Db> = { connection, ticket, onConnection, pid: granted.pid, stopWatching: this.#watch(connection, granted.pid) }
+      this.#held = held
       this.#state = 'held'
+      if (granted.mark !== undefined) this.#endWithTransaction(held, granted.mark)
       return true
     } catch (error) {
       await refuse()
@@ -350,6 +395,46 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     )
   }
 
+  /**
+   * Ties a lock taken in a caller's transaction to that transaction, which may end (`COMMIT`,
+   * `ROLLBACK`) without a word to pglock. Locks of earlier transactions on the connection end
+   * now, as this one runs in another; a handle that finds the lock's place taken in memory asks
+   * Postgres whether the holder's transaction still runs.
+   */
+  #endWithTransaction(held: Held<Db>, mark: string): void {
+    const physical = held.connection.scope ?? this.#executor.scope
+    let holds = transactionHolds.get(physical)
+    if (holds === undefined) transactionHolds.set(physical, (holds = new Set()))
+    for (const other of [...holds]) if (other.mark !== mark) other.end()
+    const hold: TransactionHold = { mark, connection: physical, end: () => void this.#end(held) }
+    holds.add(hold)
+    held.transaction = hold
+    let checking: Promise<void> | undefined
+    const recheck: Recheck = (via) => (checking ??= this.#recheck(held, mark, via ?? held.connection).finally(() => (checking = undefined)))
+    held.ticket.recheckWith(recheck)
+    held.onConnection.recheckWith(recheck)
+  }
+
+  /** Ends the handle if the transaction its lock was taken in is over; asks through `via`, on the same connection. */
+  async #recheck(held: Held<Db>, mark: string, via: NonNullable<Parameters<Recheck>[0]>): Promise<void> {
+    let current: unknown
+    try {
+      const [row] = await via.query(CURRENT_MARK_SQL)
+      current = row?.tx
+    } catch (error) {
+      // a failed transaction still holds its locks until it is rolled back
+      if (sqlState(error) === IN_FAILED_SQL_TRANSACTION) return
+    }
+    if (current !== mark && this.#held === held) await this.#end(held)
+  }
+
+  /** Settles a transaction lock that ended with its transaction, letting go of its connection. */
+  async #end(held: Held<Db>): Promise<void> {
+    if (this.#held !== held) return
+    this.#settle(held)
+    await Promise.resolve(held.connection.release({ destroy: false })).catch(() => undefined)
+  }
+
   #lose(held: Held<Db>, error: LockLostError, destroy: boolean): void {
     void Promise.resolve(held.connection.release({ destroy, cause: error })).catch(() => undefined)
     this.#settle(held)
@@ -358,6 +443,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
 
   #settle(held: Held<Db>): void {
     held.stopWatching()
+    if (held.transaction !== undefined) transactionHolds.get(held.transaction.connection)?.delete(held.transaction)
     this.#held = undefined
     this.#state = 'idle'
     held.onConnection.leave()

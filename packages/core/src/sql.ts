@@ -106,7 +106,24 @@ export interface AcquirePlan {
    * that no transaction is open.
    */
   readonly savepoint?: { readonly name: string; readonly keepOpen: boolean } | undefined
+  /**
+   * Transaction scope on a caller's transaction: answer in column `tx` the mark of the transaction
+   * the lock was taken in, setting it to this fresh value if the transaction has none yet.
+   */
+  readonly mark?: string | undefined
 }
+
+/**
+ * The mark of the current transaction, set on first use: a transaction-local setting, which
+ * Postgres itself resets at `COMMIT` or `ROLLBACK` (and at `ROLLBACK TO` a savepoint taken before
+ * it), exactly when a transaction lock taken with it ends. `fresh` is unique within the process.
+ */
+function markSql(fresh: string): string {
+  return `COALESCE(NULLIF(current_setting('pglock.tx', true), ''), set_config('pglock.tx', '${fresh}', true))`
+}
+
+/** Answers in column `tx` the mark of the transaction the connection is in now, or `''` for none. */
+export const CURRENT_MARK_SQL = `SELECT COALESCE(current_setting('pglock.tx', true), '') AS tx`
 
 /**
  * The SQL text that takes a lock. One round trip however it is framed: `BEGIN`, a savepoint and
@@ -128,6 +145,10 @@ export function acquireSql(plan: AcquirePlan): string {
   }
   if (plan.begin) parts.unshift('BEGIN')
   if (!transaction) parts[parts.length - 1] += ', pg_backend_pid() AS pid'
+  else if (plan.mark !== undefined) {
+    if (plan.attempt) parts[parts.length - 1] += `, ${markSql(plan.mark)} AS tx`
+    else parts.push(`SELECT ${markSql(plan.mark)} AS tx`)
+  }
   return parts.join('; ')
 }
 

@@ -6,6 +6,9 @@ import { drizzle, type NodePgDatabase } from 'drizzle-orm/node-postgres'
 import type pg from 'pg'
 import nodePostgres from '../../pg/test/adapter.ts'
 
+/** The driver's handle under a Drizzle `tx`: a `PoolClient`, or a postgres.js `TransactionSql`. */
+export const sessionClient = (tx: unknown): unknown => (tx as { _: { session: { client: unknown } } })._.session.client
+
 /**
  * Drizzle over a node-postgres `Pool` (and over one `Client`) under the conformance suite, and its
  * `tx`. Pools and clients are opened as the pg adapter's tests open theirs; only the transaction
@@ -25,6 +28,10 @@ const adapter: AdapterUnderTest = {
     return { db: drizzle({ client: client as pg.Client }), close }
   },
   inTransaction: (db, body) => (db as NodePgDatabase).transaction((tx) => body(tx)),
+  listenerCount(tx) {
+    const client = sessionClient(tx) as pg.PoolClient
+    return client.listenerCount('error') + client.listenerCount('end')
+  },
   inSavepoint: (tx, body) =>
     (tx as Parameters<Parameters<NodePgDatabase['transaction']>[0]>[0]).transaction((savepoint) => body(savepoint)),
   async query(db, text) {

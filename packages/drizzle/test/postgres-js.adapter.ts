@@ -3,8 +3,9 @@ import * as lib from '@pglock/drizzle'
 import type { AdapterUnderTest } from '@pglock/testing'
 import { sql } from 'drizzle-orm'
 import { drizzle, type PostgresJsDatabase } from 'drizzle-orm/postgres-js'
-import type { Sql } from 'postgres'
-import postgresJs from '../../postgres-js/test/adapter.ts'
+import type { Sql, TransactionSql } from 'postgres'
+import postgresJs, { closeHooks } from '../../postgres-js/test/adapter.ts'
+import { sessionClient } from './node-postgres.adapter.ts'
 
 /**
  * Drizzle over a postgres.js `Sql` under the conformance suite, its `tx` and a nested `tx.transaction()`. The `Sql` is opened
@@ -22,6 +23,7 @@ const adapter: AdapterUnderTest = {
     return { db: drizzle({ client: client as Sql }), close }
   },
   inTransaction: (db, body) => (db as PostgresJsDatabase).transaction((tx) => body(tx)),
+  listenerCount: (tx) => closeHooks(sessionClient(tx) as TransactionSql),
   inSavepoint: (tx, body) =>
     (tx as Parameters<Parameters<PostgresJsDatabase['transaction']>[0]>[0]).transaction((savepoint) => body(savepoint)),
   async query(db, text) {

@@ -83,9 +83,21 @@ function isKysely(db: unknown): db is Kysely<any> {
   )
 }
 
-/** Runs through the handle's own connection provider, which queues behind its other queries. */
+/**
+ * Runs through the handle's own connection provider, which queues behind its other queries.
+ * Async, as a finished `Transaction` throws from `provideConnection` itself.
+ */
 function runThrough(db: Kysely<any>): Run {
-  return (sql) => db.getExecutor().provideConnection(async (connection) => (await connection.executeQuery(CompiledQuery.raw(sql))).rows)
+  return async (sql) =>
+    db.getExecutor().provideConnection(async (connection) => (await connection.executeQuery(CompiledQuery.raw(sql))).rows)
+}
+
+/**
+ * Whether Kysely refused a statement because the `Transaction` it was sent through has ended:
+ * its transaction locks ended with it, so nothing was lost. Kysely says so only in its message.
+ */
+function transactionOver(error: unknown): boolean {
+  return /^Transaction is already (committed|rolled back)$/.test(String((error as Error | null)?.message))
 }
 
 function connectionOf(db: Kysely<any>): Promise<DatabaseConnection> {
@@ -196,6 +208,7 @@ function lockConnection<Db extends Kysely<any>>({ db, connection, scope, instanc
       },
       (error: unknown) => {
         probing = false
+        if (transactionOver(error)) return
         if (isConnectionFailure(error)) loss.report(error)
         else watch()
       },

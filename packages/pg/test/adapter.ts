@@ -45,6 +45,7 @@ const adapter: AdapterUnderTest = {
       client.release()
     }
   },
+  listenerCount: (tx) => (tx as pg.PoolClient).listenerCount('error') + (tx as pg.PoolClient).listenerCount('end'),
   async query(db, sql) {
     return (await (db as pg.Pool | pg.ClientBase).query(sql)).rows
   },

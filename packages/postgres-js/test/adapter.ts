@@ -10,6 +10,26 @@ import postgres, { type ISql, type Sql, type TransactionSql } from 'postgres'
  */
 const END_TIMEOUT_S = 0.2
 
+/**
+ * How many of pglock's `onclose` hooks sit on the connection behind a `TransactionSql`: pglock
+ * stacks one per pinned lock (see `hookClose`), each pointing at the one below as `previous`.
+ */
+export async function closeHooks(tx: TransactionSql): Promise<number> {
+  let connection: { onclose?: unknown } | undefined
+  const onexecute = (raw: { onclose?: unknown }) => {
+    connection = raw
+    return true
+  }
+  await tx.unsafe('', [], { onexecute } as never)
+  if (connection === undefined) throw new Error('postgres.js did not name the connection')
+  let hooks = 0
+  for (let hook = connection.onclose as { previous?: unknown; live?: boolean } | undefined; hook !== undefined && 'live' in hook; ) {
+    if (hook.live === true) hooks += 1
+    hook = hook.previous as typeof hook
+  }
+  return hooks
+}
+
 /** postgres.js under the conformance suite: `Sql`, a `ReservedSql`, the `TransactionSql` of `sql.begin()` and of its savepoints. */
 const adapter: AdapterUnderTest = {
   name: 'postgres-js',
@@ -48,6 +68,7 @@ const adapter: AdapterUnderTest = {
         })()),
     }
   },
+  listenerCount: (tx) => closeHooks(tx as TransactionSql),
   inTransaction: (pool, body) => (pool as Sql).begin((tx) => body(tx)) as Promise<never>,
   inSavepoint: (tx, body) => (tx as TransactionSql).savepoint((savepoint) => body(savepoint)) as Promise<never>,
   async query(db, sql) {

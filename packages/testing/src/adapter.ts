@@ -103,6 +103,12 @@ export interface AdapterUnderTest {
   inTransaction?<T>(pool: unknown, body: (tx: unknown) => Promise<T>): Promise<T>
   /** Runs `body` with the handle of a savepoint inside `tx`, released when it resolves; required when `caps.savepointHandle`. */
   inSavepoint?<T>(tx: unknown, body: (savepoint: unknown) => Promise<T>): Promise<T>
+  /**
+   * How many listeners pglock could have left on the driver connection behind a transaction
+   * handle (node-postgres: the client's `error` and `end` listeners). Leave it out for a driver
+   * pglock adds no listeners to.
+   */
+  listenerCount?(tx: unknown): number | Promise<number>
   /** Runs one SQL statement (no parameters) through a driver handle, such as `lease.db`; resolves to its rows. */
   query(db: unknown, sql: string): Promise<Record<string, unknown>[]>
 }

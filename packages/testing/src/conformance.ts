@@ -197,7 +197,8 @@ export function describeConformance(adapter: AdapterUnderTest): void {
               async () => {
                 inside += 1
                 most = Math.max(most, inside)
-                await sleep(50)
+                // stay inside until all three are, however slowly the pool opens connections
+                for (let waited = 0; inside < 3 && waited < 5_000; waited += 10) await sleep(10)
                 inside -= 1
               },
               { mode: 'shared' },
@@ -265,6 +266,77 @@ export function describeConformance(adapter: AdapterUnderTest): void {
         })
         expect(await observer.locks(k)).toEqual([])
       })
+
+      it.skipIf(!caps.transactionHandle)(
+        'ends a transaction lock with its transaction, so later transactions on the connection take the key without release()',
+        async () => {
+          const pool = await open('pool', 1) // one connection: every transaction runs on it
+          const k = key('unreleased')
+          const inTransaction = adapter.inTransaction as NonNullable<typeof adapter.inTransaction>
+          for (let round = 0; round < 3; round += 1) {
+            await inTransaction(pool.db, async (tx) => {
+              const lock = await lib.createLock(tx, k, { scope: 'transaction' }).acquire({ timeoutMs: 2_000 })
+              expect(lock.isHeld).toBe(true)
+              expect(await observer.holders(k)).toEqual([await pid(tx)])
+              expect(await lib.createLock(tx, k, { scope: 'transaction' }).tryAcquire()).toBe(false)
+            })
+            expect(await observer.locks(k)).toEqual([])
+          }
+          const tried = await inTransaction(pool.db, (tx) => lib.createLock(tx, k, { scope: 'transaction' }).tryAcquire())
+          expect(tried).toBe(true)
+          expect(await lib.withLock(pool.db, k, () => 'free', { timeoutMs: 2_000 })).toBe('free')
+        },
+      )
+
+      it.skipIf(!caps.singleConnection)(
+        'ends a transaction lock at COMMIT on a connection the caller drives with BEGIN and COMMIT',
+        async () => {
+          const connection = await open('connection')
+          const k = key('begin-commit')
+          for (let round = 0; round < 2; round += 1) {
+            await adapter.query(connection.db, 'BEGIN')
+            const lock = await lib.createLock(connection.db, k, { scope: 'transaction' }).acquire({ timeoutMs: 2_000 })
+            expect(lock.isHeld).toBe(true)
+            await adapter.query(connection.db, 'COMMIT')
+            expect(await observer.locks(k)).toEqual([])
+          }
+        },
+      )
+
+      it.skipIf(!caps.transactionHandle)(
+        'leaves no listener on the connection after 1,000 transaction locks, released or not',
+        async () => {
+          const pool = await open('pool', 1)
+          const inTransaction = adapter.inTransaction as NonNullable<typeof adapter.inTransaction>
+          const warnings: Error[] = []
+          const onWarning = (warning: Error) => warnings.push(warning)
+          process.on('warning', onWarning)
+          try {
+            const counts = await inTransaction(pool.db, async (tx) => {
+              const before = await adapter.listenerCount?.(tx)
+              for (let i = 0; i < 1_000; i += 1) {
+                const lock = await lib.createLock(tx, key('listeners'), { scope: 'transaction' }).acquire()
+                await lock.release()
+              }
+              return { before, after: await adapter.listenerCount?.(tx) }
+            })
+            expect(counts.after).toBe(counts.before)
+            const seen: number[] = []
+            for (let i = 0; i < 200; i += 1) {
+              await inTransaction(pool.db, async (tx) => {
+                await lib.createLock(tx, key('listeners-unreleased'), { scope: 'transaction' }).acquire()
+                seen.push((await adapter.listenerCount?.(tx)) ?? 0)
+              })
+            }
+            // a lock left unreleased keeps its listeners only until a later transaction takes a lock
+            expect(Math.max(...seen)).toBe(seen[0])
+            await sleep(10) // process warnings are emitted on the next tick
+          } finally {
+            process.off('warning', onWarning)
+          }
+          expect(warnings.map((warning) => warning.name)).not.toContain('MaxListenersExceededWarning')
+        },
+      )
 
       it.skipIf(!caps.transactionHandle)('leaves the caller transaction usable after a transaction-scope timeout', async () => {
         const [a, b] = [await open(), await open()]
