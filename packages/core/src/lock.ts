@@ -59,6 +59,15 @@ const transactionHolds = new WeakMap<object, Set<TransactionHold>>()
 const MARK_PREFIX = Math.random().toString(36).slice(2, 10)
 let marks = 0
 
+/**
+ * @internal Ends the transaction locks left unreleased on a connection fresh from its pool: a
+ * pool lends a connection only once the transaction that used it is over.
+ */
+export function endTransactionLocks(physical: object | undefined): void {
+  const holds = physical === undefined ? undefined : transactionHolds.get(physical)
+  if (holds !== undefined) for (const hold of [...holds]) hold.end()
+}
+
 /** A transaction mark unique within this process (only `[a-z0-9.]`, as it travels as a literal). */
 function nextMark(): string {
   marks += 1
@@ -344,7 +353,10 @@ export class Lock<Db = unknown> implements AsyncDisposable {
         mark: framing.kind === 'savepoint' ? nextMark() : undefined,
       })
       if (!granted) return refuse()
-      onConnection ??= claimConnectionGate(connection, scope, token)
+      if (onConnection === undefined) {
+        endTransactionLocks(connection.scope)
+        onConnection = claimConnectionGate(connection, scope, token)
+      }
       if (framing.kind === 'savepoint' && framing.keepOpen) await keepSavepoint(connection, framing.name)
       this.#abort = new LazyAbort()
       const held: Held<Db> = { connection, ticket, onConnection, pid: granted.pid, stopWatching: this.#watch(connection, granted.pid) }

@@ -4,7 +4,7 @@ import { claimConnectionGate, enterConnectionGate, enterGate, type GateTicket, N
 import { type Framing, NotInTransaction, nextSavepoint, takeLock, watchConnection } from './hold.js'
 import { type LockId, lockIdToken, resolveLockId } from './keys.js'
 import { LazyAbort } from './lazy-abort.js'
-import { Lock } from './lock.js'
+import { endTransactionLocks, Lock } from './lock.js'
 import { resolveAcquireOptions, resolveLockOptions } from './options.js'
 import { rollbackToSavepointSql } from './sql.js'
 import type { Lease, LockKey, LockMode, TryWithLockResult, WithLockOptions } from './types.js'
@@ -234,7 +234,10 @@ async function holdWhileRunning<Db, T>(
       details: run.details,
     })
     if (!granted) return { acquired: false }
-    if (connection.owned) onConnection = claimConnectionGate(connection, scope, token)
+    if (connection.owned) {
+      endTransactionLocks(connection.scope)
+      onConnection = claimConnectionGate(connection, scope, token)
+    }
     return await runHolding(run, connection, framing, ending)
   } finally {
     onConnection.leave()
