@@ -1,31 +1,34 @@
 import { InvalidArgumentError, type LockConnection, type LockExecutor, type LockScope, UnsupportedError } from '@pglock/core'
-import { pgExecutor, runInPgTransaction } from '@pglock/pg'
-import { postgresJsExecutor, runInPostgresJsTransaction } from '@pglock/postgres-js'
 import { entityKind } from 'drizzle-orm'
-import type { PgDatabase, PgQueryResultHKT, PgTransaction } from 'drizzle-orm/pg-core'
+import type { PgDialect } from 'drizzle-orm/pg-core'
+import { dialectOf, sessionOptionsOf, transactionClientOf } from './drizzle-privates.js'
 
 /**
- * A Drizzle handle pglock can lock with: a Postgres database or a transaction (`tx`) of one.
+ * A Drizzle Postgres handle by the shape pglock needs from its types: a database or a `tx`, of
+ * drizzle-orm 0.45 or 1.0. Each driver's entry narrows it to that driver's database.
  *
  * @example
  * ```ts
- * async function exclusively<T>(db: DrizzleHandle, job: string, fn: () => Promise<T>): Promise<T> {
+ * async function exclusively<T>(db: AnyDrizzleHandle, job: string, fn: () => Promise<T>): Promise<T> {
  *   return withLock(db, `job:${job}`, fn, { scope: 'transaction' })
  * }
  * ```
  */
-export type DrizzleHandle = PgDatabase<PgQueryResultHKT, any, any>
+export interface AnyDrizzleHandle {
+  readonly _: { readonly session: unknown }
+  transaction(transaction: (tx: any) => Promise<any>, config?: any): Promise<any>
+}
 
 /**
  * The transaction handle (`tx`) that `db.transaction()` passes to its callback.
  *
  * @example
  * ```ts
- * const db = drizzle(pool, { schema })
- * type Tx = DrizzleTransactionOf<typeof db> // PgTransaction<NodePgQueryResultHKT, typeof schema, ...>
+ * const db = drizzle({ client: pool, schema })
+ * type Tx = DrizzleTransactionOf<typeof db> // what db.transaction() passes to its callback
  * ```
  */
-export type DrizzleTransactionOf<H extends DrizzleHandle> = Parameters<Parameters<H['transaction']>[0]>[0]
+export type DrizzleTransactionOf<H extends AnyDrizzleHandle> = Parameters<Parameters<H['transaction']>[0]>[0]
 
 /**
  * What `lease.db` is for a handle in a scope: for a database, a database of the same kind bound
@@ -38,18 +41,17 @@ export type DrizzleTransactionOf<H extends DrizzleHandle> = Parameters<Parameter
  * type Tx = DrizzleLeaseDb<typeof db, 'transaction'>    // DrizzleTransactionOf<typeof db>
  * ```
  */
-export type DrizzleLeaseDb<H, S extends LockScope = LockScope> =
-  H extends PgTransaction<any, any, any>
-    ? H
-    : H extends DrizzleHandle
-      ? S extends 'transaction'
-        ? DrizzleTransactionOf<H>
-        : Omit<H, '$client'>
-      : never
+export type DrizzleLeaseDb<H, S extends LockScope = LockScope> = H extends { rollback(): never }
+  ? H
+  : H extends AnyDrizzleHandle
+    ? S extends 'transaction'
+      ? DrizzleTransactionOf<H>
+      : Omit<H, '$client'>
+    : never
 
-/** The parts of a Drizzle database pglock reads; `_.session` is public, the rest mirrors `db.transaction()`'s own code. */
-interface DrizzleShape {
-  readonly _: { readonly session: SessionShape }
+/** @internal A Drizzle database or `tx` as pglock reads it at run time: only public members. */
+export interface DrizzleShape {
+  readonly _: { readonly session: object; readonly relations?: unknown; readonly schema?: unknown }
   readonly $client?: unknown
   readonly $cache?: unknown
   readonly $primary?: unknown
@@ -57,11 +59,47 @@ interface DrizzleShape {
   rollback?(): never
 }
 
-interface SessionShape {
-  readonly client: unknown
-  readonly dialect: unknown
-  readonly schema: unknown
-  readonly options: unknown
+/**
+ * Drizzle's publicly exported classes for one driver (`NodePgDatabase`, `NodePgSession`,
+ * `NodePgTransaction` from `drizzle-orm/node-postgres`, and so on), constructed as that driver's
+ * `drizzle()` and `db.transaction()` construct them. The constructors take the same arguments in
+ * drizzle-orm 0.45 and 1.0; the third is the relational schema (0.45) or the relations (1.0).
+ */
+export interface DrizzleClasses {
+  readonly Database: new (dialect: PgDialect, session: any, schema: any) => object
+  readonly Session: new (client: any, dialect: PgDialect, schema: any, options: any) => object
+  /**
+   * The `tx` class, where pglock opens the transaction itself and sends `BEGIN` with the lock.
+   * `nestedIndex` and `parseRqbJson` are passed as `db.transaction()` passes them (0.45 has no
+   * fifth parameter).
+   */
+  readonly Transaction?: new (
+    dialect: PgDialect,
+    session: any,
+    schema: any,
+    nestedIndex: number,
+    parseRqbJson: boolean,
+  ) => object
+}
+
+/** How one of Drizzle's Postgres drivers maps onto a pglock driver adapter. */
+export interface DrizzleDriver {
+  /** The entry users import, for messages (`@pglock/drizzle/node-postgres`). */
+  readonly entry: string
+  /** What the entry locks through, for messages. */
+  readonly supports: string
+  /** Whether a Drizzle database or `tx` is one of this driver's. */
+  owns(db: object): boolean
+  /** The pglock executor of the driver client under a database or `tx`, if it is one of this driver's. */
+  clientExecutor(client: unknown): LockExecutor<unknown> | undefined
+  /** Drizzle's classes for this driver: imported by each driver's entry, loaded on first use by the root entry. */
+  classes(): DrizzleClasses | Promise<DrizzleClasses>
+  /**
+   * Runs `body` inside `db.transaction()`, for a driver whose transactions only its client can
+   * open (postgres.js's `sql.begin()`). Without it, pglock opens the transaction on a pinned
+   * connection, sending `BEGIN` with the lock, and `lease.db` is a `DrizzleClasses.Transaction`.
+   */
+  runInTransaction?<T>(db: DrizzleShape, body: (connection: LockConnection<unknown>) => Promise<T>): Promise<T>
 }
 
 function isDrizzle(db: unknown): db is DrizzleShape {
@@ -71,19 +109,13 @@ function isDrizzle(db: unknown): db is DrizzleShape {
 
 const isTransaction = (db: DrizzleShape): boolean => typeof db.rollback === 'function'
 
-/**
- * The node-postgres or postgres.js executor for the client under a Drizzle session, if it is one.
- * A postgres.js `Sql` is a function and node-postgres clients are objects, so each client is
- * offered to one adapter only: this runs on every lock, and a refusal builds an error.
- */
-function clientExecutor(client: unknown): LockExecutor<unknown> | undefined {
-  const describe = (typeof client === 'function' ? postgresJsExecutor : pgExecutor) as (db: unknown) => LockExecutor<unknown>
-  try {
-    return describe(client)
-  } catch (error) {
-    if (!(error instanceof InvalidArgumentError)) throw error
-    return undefined
-  }
+/** A value's kind for messages: Drizzle's own name for its classes, else the constructor's. */
+export function kindOf(value: unknown): string {
+  if (value === null || value === undefined) return String(value)
+  if (typeof value !== 'object') return typeof value
+  const type = Object.getPrototypeOf(value)?.constructor as { readonly [entityKind]?: unknown; readonly name?: string } | undefined
+  const kind = type?.[entityKind] ?? type?.name
+  return typeof kind === 'string' && kind !== 'Object' ? kind : 'an object'
 }
 
 /**
@@ -98,150 +130,110 @@ function rebind<Db>(connection: LockConnection<unknown>, db: Db): LockConnection
 }
 
 /**
- * A database of `db`'s own class on `client` (one pinned connection), built the way
- * `db.transaction()` builds its `tx`, so that it keeps `db`'s schema, casing, logger and cache.
+ * What building a database of `db`'s kind on another connection takes, as `drizzle()` took it:
+ * the dialect and the session's options (driver privates), and the relational schema (0.45,
+ * from the public `db._`) or the relations (1.0).
  */
-function bindDatabase<Db extends DrizzleShape>(db: Db, client: unknown): Db {
-  const session = db._.session
-  const Session = session.constructor as new (client: unknown, dialect: unknown, schema: unknown, options: unknown) => SessionShape
-  const Database = db.constructor as new (dialect: unknown, session: SessionShape, schema: unknown) => Db
-  const bound = new Database(session.dialect, new Session(client, session.dialect, session.schema, session.options), session.schema)
-  return Object.assign(bound, { $client: client, $cache: db.$cache })
+interface DatabaseParts {
+  readonly dialect: PgDialect
+  readonly schema: unknown
+  readonly options: object
+  readonly cache: unknown
 }
 
-function kindOf(value: unknown): string {
-  if (value === null || value === undefined) return String(value)
-  return typeof value === 'object' ? (Object.getPrototypeOf(value)?.constructor?.name ?? 'an object') : typeof value
+function partsOf(db: DrizzleShape): DatabaseParts {
+  const meta = db._ as {
+    readonly relations?: unknown
+    readonly schema?: unknown
+    readonly fullSchema?: unknown
+    readonly tableNamesMap?: unknown
+  }
+  const schema =
+    'relations' in meta
+      ? meta.relations
+      : meta.schema === undefined
+        ? undefined
+        : { fullSchema: meta.fullSchema, schema: meta.schema, tableNamesMap: meta.tableNamesMap }
+  return { dialect: dialectOf(db), schema, options: sessionOptionsOf(db), cache: db.$cache }
 }
 
-function unsupportedClient(client: unknown): UnsupportedError {
-  return new UnsupportedError(
-    `@pglock/drizzle locks through Drizzle databases over node-postgres (drizzle-orm/node-postgres) or postgres.js (drizzle-orm/postgres-js); this one runs on ${kindOf(client)}`,
-  )
+/** A session and a database of the driver's classes on `client`, built as `drizzle()` builds them. */
+function bindDatabase(classes: DrizzleClasses, parts: DatabaseParts, client: unknown): { session: object; db: object } {
+  const session = new classes.Session(client, parts.dialect, parts.schema, parts.options)
+  const db = Object.assign(new classes.Database(parts.dialect, session, parts.schema), { $client: client, $cache: parts.cache })
+  return { session, db }
+}
+
+function newTransaction(classes: DrizzleClasses, parts: DatabaseParts, session: object): object {
+  return new (classes.Transaction as NonNullable<DrizzleClasses['Transaction']>)(parts.dialect, session, parts.schema, 0, false)
+}
+
+function unsupportedClient(driver: DrizzleDriver, client: unknown): UnsupportedError {
+  return new UnsupportedError(`${driver.entry} locks through ${driver.supports}; this one runs on ${kindOf(client)}`)
 }
 
 /** The executor of the one connection a `tx` runs on. */
-function transactionExecutor(tx: DrizzleShape): LockExecutor<unknown> & Required<Pick<LockExecutor<unknown>, 'connect'>> {
-  const client = tx._.session.client
-  const inner = clientExecutor(client)
-  if (inner?.connect === undefined) throw unsupportedClient(client)
-  return inner as LockExecutor<unknown> & Required<Pick<LockExecutor<unknown>, 'connect'>>
+function transactionExecutor(driver: DrizzleDriver, tx: DrizzleShape): LockExecutor<unknown> {
+  const client = transactionClientOf(tx)
+  const inner = driver.clientExecutor(client)
+  const connect = inner?.connect
+  if (inner === undefined || connect === undefined) throw unsupportedClient(driver, client)
+  return { kind: 'connection', scope: inner.scope, connect: async () => rebind(await connect(), tx), inTransaction: () => true }
 }
 
 /**
- * Runs `body` inside `db.transaction()`, on the transaction's own connection, with `lease.db` set
- * to the `tx`. Over a pool, pglock owns the connection it opened the transaction on, and closes it
- * when the lock is lost; over one client, that client is the caller's.
+ * Describes a Drizzle database or `tx` of `driver` to the core, by the client underneath. A
+ * database over a pool pins a connection of it for a session lock, with `lease.db` a database of
+ * the same kind on that connection. Over node-postgres, a transaction lock runs on a pinned
+ * connection too: pglock sends `BEGIN` with the lock and gives Drizzle's own `tx` on that
+ * connection; over postgres.js it runs in `db.transaction()`. A database over one connection
+ * holds session locks on it, and `lease.db` is the database itself. A `tx` is one connection
+ * inside a transaction, which pglock never ends. A database with read replicas locks on its primary.
  */
-function runInDrizzleTransaction<T>(
-  db: DrizzleShape,
-  body: (connection: LockConnection<DrizzleShape>) => Promise<T>,
-  overPool: boolean,
-): Promise<T> {
-  const begin = <C>(callback: (client: C, tx: DrizzleShape) => Promise<T>) =>
-    db.transaction((tx) => {
-      learnTransactionClass(db._.session, tx)
-      return callback(tx._.session.client as C, tx)
-    })
-  if (typeof db._.session.client === 'function') return runInPostgresJsTransaction(begin, body, db._.session.client)
-  if (overPool) return runInPgTransaction(begin, body)
-  return db.transaction(async (tx) => {
-    const connection = rebind(await transactionExecutor(tx).connect(), tx)
-    try {
-      return await body(connection)
-    } finally {
-      await connection.release({ destroy: false })
-    }
-  })
-}
-
-/**
- * Describes a Drizzle Postgres database or transaction to the core, by the client underneath.
- * A database over a node-postgres `Pool` or a postgres.js `Sql` pins a connection of it for a
- * session lock and runs a transaction lock in `db.transaction()`. A database over one connection
- * (a node-postgres `Client`, a postgres.js `ReservedSql`) holds session locks on that connection,
- * as the driver adapters do, and `lease.db` is the database itself. A `tx` is one connection inside a
- * transaction, which pglock never ends. A database with read replicas (`withReplicas`) locks on
- * its primary.
- *
- * @throws `UnsupportedError` for a database over another driver, `InvalidArgumentError` for a
- * value that is not a Drizzle Postgres database.
- * @example
- * ```ts
- * import { bindExecutor } from '@pglock/core'
- * import { drizzleExecutor } from '@pglock/drizzle'
- *
- * const { withLock } = bindExecutor(drizzleExecutor)
- * ```
- */
-export function drizzleExecutor<H extends DrizzleHandle>(db: H): LockExecutor<DrizzleLeaseDb<H>> {
-  return executorFor(db) as LockExecutor<DrizzleLeaseDb<H>>
-}
-
-function executorFor(db: unknown): LockExecutor<unknown> {
-  if (!isDrizzle(db)) throw new InvalidArgumentError(`db must be a Drizzle Postgres database or transaction, got ${kindOf(db)}`)
-  if (db.$primary !== undefined) return executorFor(db.$primary)
-  const client = db._.session.client
-  if (isTransaction(db)) {
-    const inner = transactionExecutor(db)
-    return { kind: 'connection', scope: inner.scope, connect: async () => rebind(await inner.connect(), db), inTransaction: () => true }
+export function describeDrizzle(handle: unknown, driver: DrizzleDriver): LockExecutor<unknown> {
+  if (!isDrizzle(handle)) {
+    throw new InvalidArgumentError(`db must be a Drizzle database or transaction for ${driver.entry}, got ${kindOf(handle)}`)
   }
-  const inner = clientExecutor(client)
-  if (inner === undefined) throw unsupportedClient(client)
-  const transaction: LockExecutor<unknown>['transaction'] = (body) => runInDrizzleTransaction(db, body, inner.kind === 'pool')
-  const pin = inner.connect
-  if (pin === undefined) return { kind: 'pool', scope: inner.scope, transaction }
-  const Transaction = inner.kind === 'pool' ? transactionClasses.get(db._.session.constructor) : undefined
-  if (Transaction !== undefined) return { kind: 'pool', scope: inner.scope, connect: () => pinNodePg(db, pin, Transaction) }
+  const db: DrizzleShape = handle
+  if (db.$primary !== undefined) return describeDrizzle(db.$primary, driver)
+  if (!driver.owns(db)) throw new UnsupportedError(`${driver.entry} locks through ${driver.supports}; this database is a ${kindOf(db)}`)
+  if (isTransaction(db)) return transactionExecutor(driver, db)
+  const client = db.$client
+  const inner = driver.clientExecutor(client)
+  const pin = inner?.connect
+  if (inner === undefined || pin === undefined) throw unsupportedClient(driver, client)
+  const parts = partsOf(db)
+  const { runInTransaction } = driver
   if (inner.kind === 'pool') {
-    return { kind: 'pool', scope: inner.scope, transaction, connect: async () => rebindDatabase(db, await pin()) }
+    const connect = async (): Promise<LockConnection<unknown>> => {
+      const classes = await driver.classes()
+      const connection = await pin()
+      try {
+        const bound = bindDatabase(classes, parts, connection.db)
+        rebind(connection, bound.db)
+        if (runInTransaction === undefined) connection.transactionDb = () => newTransaction(classes, parts, bound.session)
+        return connection
+      } catch (error) {
+        await connection.release({ destroy: false })
+        throw error
+      }
+    }
+    return runInTransaction === undefined
+      ? { kind: 'pool', scope: inner.scope, connect }
+      : { kind: 'pool', scope: inner.scope, connect, transaction: (body) => runInTransaction(db, body) }
   }
   const inTransaction = inner.inTransaction?.bind(inner)
+  const connect = async (): Promise<LockConnection<unknown>> => {
+    const classes = await driver.classes()
+    const connection = rebind<unknown>(await pin(), db)
+    if (runInTransaction === undefined) connection.transactionDb = () => newTransaction(classes, parts, db._.session)
+    return connection
+  }
   return {
     kind: 'connection',
     scope: inner.scope,
-    transaction,
-    connect: async () => rebind(await pin(), db),
+    connect,
+    ...(runInTransaction === undefined ? {} : { transaction: (body) => runInTransaction(db, body) }),
     ...(inTransaction === undefined ? {} : { inTransaction }),
-  }
-}
-
-function rebindDatabase(db: DrizzleShape, connection: LockConnection<unknown>): LockConnection<unknown> {
-  return rebind(connection, bindDatabase(db, connection.db))
-}
-
-/** Drizzle's `tx` class over node-postgres, as `NodePgSession.transaction()` builds it. */
-type TransactionClass = new (dialect: unknown, session: SessionShape, schema: unknown) => DrizzleShape
-
-/**
- * The `tx` class of each node-postgres session class, learnt from the first `db.transaction()`
- * pglock runs through it: by shape, so that no driver module is imported and the class is the
- * application's own copy of Drizzle's.
- */
-const transactionClasses = new WeakMap<object, TransactionClass>()
-
-const isNodePgSession = (session: SessionShape): boolean =>
-  (session.constructor as { readonly [entityKind]?: unknown })[entityKind] === 'NodePgSession'
-
-function learnTransactionClass(session: SessionShape, tx: DrizzleShape): void {
-  if (isNodePgSession(session)) transactionClasses.set(session.constructor, tx.constructor as TransactionClass)
-}
-
-/**
- * A node-postgres client pinned for a lock, which also offers the `tx` for a transaction lock:
- * the core then sends `BEGIN` with the lock in one round trip, as `@pglock/pg` does, where
- * `db.transaction()` sends `BEGIN` alone. The `tx` is built as `NodePgSession.transaction()`
- * builds it, on the database bound to the pinned client, so it is Drizzle's own
- * `NodePgTransaction`, nested transactions (savepoints) included.
- */
-async function pinNodePg(
-  db: DrizzleShape,
-  pin: () => Promise<LockConnection<unknown>>,
-  Transaction: TransactionClass,
-): Promise<LockConnection<unknown>> {
-  const connection = rebindDatabase(db, await pin())
-  const { dialect, schema } = db._.session
-  const bound = connection.db as DrizzleShape
-  connection.transactionDb = () => new Transaction(dialect, bound._.session, schema)
-  return connection
+  } as LockExecutor<unknown>
 }

@@ -1,8 +1,76 @@
-import { bindScopedExecutor, type LeaseDbOf } from '@pglock/core'
-import { type DrizzleHandle, type DrizzleLeaseDb, drizzleExecutor } from './drizzle-executor.js'
+import { bindScopedExecutor, type LeaseDbOf, type LockExecutor } from '@pglock/core'
+import { type AnyDrizzleHandle, type DrizzleClasses, type DrizzleLeaseDb, type DrizzleShape, describeDrizzle } from './drizzle-executor.js'
+import { transactionClientOf } from './drizzle-privates.js'
+import { nodePgDriver } from './node-postgres-driver.js'
+import { postgresJsDriver } from './postgres-js-driver.js'
 
 export * from '@pglock/core'
-export { type DrizzleHandle, type DrizzleLeaseDb, type DrizzleTransactionOf, drizzleExecutor } from './drizzle-executor.js'
+export type { DrizzleLeaseDb, DrizzleTransactionOf } from './drizzle-executor.js'
+
+/**
+ * A Drizzle Postgres database over node-postgres or postgres.js, or a transaction (`tx`) of one.
+ * The driver entries (`@pglock/drizzle/node-postgres`, `@pglock/drizzle/postgres-js`) type it by
+ * their driver's database.
+ *
+ * @example
+ * ```ts
+ * async function exclusively<T>(db: DrizzleHandle, job: string, fn: () => Promise<T>): Promise<T> {
+ *   return withLock(db, `job:${job}`, fn, { scope: 'transaction' })
+ * }
+ * ```
+ */
+export type DrizzleHandle = AnyDrizzleHandle
+
+const supports = 'Drizzle databases over node-postgres (drizzle-orm/node-postgres) or postgres.js (drizzle-orm/postgres-js)'
+
+/** Loads a driver's classes once, when its first lock needs them, so that this entry imports neither driver. */
+function loader(load: () => Promise<DrizzleClasses>): () => Promise<DrizzleClasses> {
+  let loading: Promise<DrizzleClasses> | undefined
+  return () => (loading ??= load())
+}
+
+const nodePg = nodePgDriver({
+  entry: '@pglock/drizzle',
+  supports,
+  owns: () => true,
+  classes: loader(async () => (await import('./node-postgres-classes.js')).nodePgClasses),
+})
+
+const postgresJs = postgresJsDriver({
+  entry: '@pglock/drizzle',
+  supports,
+  owns: () => true,
+  classes: loader(async () => (await import('./postgres-js-classes.js')).postgresJsClasses),
+})
+
+/** The driver client under a Drizzle database or `tx`, as far as its shape tells. */
+function clientUnder(db: unknown): unknown {
+  if (typeof db !== 'object' || db === null) return undefined
+  const handle = db as Partial<DrizzleShape>
+  if (handle.$primary !== undefined) return clientUnder(handle.$primary)
+  if (typeof handle.rollback === 'function' && typeof handle._?.session === 'object') return transactionClientOf(handle as DrizzleShape)
+  return handle.$client
+}
+
+/**
+ * Describes a Drizzle database or `tx` over node-postgres or postgres.js to the core, choosing the
+ * driver by the client underneath (a postgres.js `Sql` is a function, node-postgres clients are
+ * objects). It works as the driver entries' `drizzleExecutor` does, and loads that driver's
+ * Drizzle module the first time a lock needs it.
+ *
+ * @throws `UnsupportedError` for a database over another driver, `InvalidArgumentError` for a
+ * value that is not a Drizzle Postgres database.
+ * @example
+ * ```ts
+ * import { bindExecutor } from '@pglock/core'
+ * import { drizzleExecutor } from '@pglock/drizzle'
+ *
+ * const { withLock } = bindExecutor(drizzleExecutor)
+ * ```
+ */
+export function drizzleExecutor<H extends DrizzleHandle>(db: H): LockExecutor<DrizzleLeaseDb<H>> {
+  return describeDrizzle(db, typeof clientUnder(db) === 'function' ? postgresJs : nodePg) as LockExecutor<DrizzleLeaseDb<H>>
+}
 
 /** `lease.db` of a Drizzle handle, as a type-level function for the core's bound functions. */
 interface DrizzleLease extends LeaseDbOf {
@@ -15,11 +83,12 @@ const bound = bindScopedExecutor<DrizzleHandle, DrizzleLease>(drizzleExecutor)
  * Creates a handle on one advisory lock for a Drizzle database (over node-postgres or
  * postgres.js) or a transaction `tx`. It sends no SQL until you acquire. On a database, session
  * scope pins one connection of its pool from acquire to release and gives it back only after a
- * confirmed unlock; `lock.db` is a database of the same kind on that connection.
+ * confirmed unlock; `lock.db` is a database of the same kind on that connection. Prefer the
+ * driver's entry (`@pglock/drizzle/node-postgres` or `@pglock/drizzle/postgres-js`), which
+ * types `db` by that driver.
  *
  * @throws `InvalidKeyError` for a key that cannot name a lock; `UnsupportedError` for transaction
- * scope on a database (use `withLock`, or pass the `tx`), and for session scope on a database
- * that has no pool to pin a connection from.
+ * scope on a database (use `withLock`, or pass the `tx`), and as {@link drizzleExecutor} says.
  * @example
  * ```ts
  * import { drizzle } from 'drizzle-orm/node-postgres'
@@ -41,8 +110,8 @@ export const createLock = bound.createLock
 /**
  * Runs `fn` while holding the lock and always releases it; resolves to `fn`'s value. On a
  * database, session scope runs `fn` with `lease.db` bound to the connection holding the lock;
- * transaction scope runs it inside `db.transaction()` with `lease.db` set to the `tx`, which
- * commits when `fn` resolves and rolls back when it throws. If the lock is lost while `fn` runs,
+ * transaction scope runs it in a transaction with `lease.db` set to Drizzle's `tx`, which commits
+ * when `fn` resolves and rolls back when it throws. If the lock is lost while `fn` runs,
  * `lease.signal` aborts and `withLock` rejects with `LockLostError`.
  *
  * @example

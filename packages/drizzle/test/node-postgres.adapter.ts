@@ -1,5 +1,5 @@
 import { fileURLToPath } from 'node:url'
-import * as lib from '@pglock/drizzle'
+import * as lib from '@pglock/drizzle/node-postgres'
 import type { AdapterUnderTest } from '@pglock/testing'
 import { sql } from 'drizzle-orm'
 import { drizzle, type NodePgDatabase } from 'drizzle-orm/node-postgres'

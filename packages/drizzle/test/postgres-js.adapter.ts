@@ -1,5 +1,5 @@
 import { fileURLToPath } from 'node:url'
-import * as lib from '@pglock/drizzle'
+import * as lib from '@pglock/drizzle/postgres-js'
 import type { AdapterUnderTest } from '@pglock/testing'
 import { sql } from 'drizzle-orm'
 import { drizzle, type PostgresJsDatabase } from 'drizzle-orm/postgres-js'

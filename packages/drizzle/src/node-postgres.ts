@@ -1,0 +1,119 @@
+import { bindScopedExecutor, type LeaseDbOf, type LockExecutor } from '@pglock/core'
+import { is } from 'drizzle-orm'
+import { type NodePgDatabase, NodePgDatabase as NodePgDatabaseClass, NodePgTransaction } from 'drizzle-orm/node-postgres'
+import { type DrizzleLeaseDb, type DrizzleTransactionOf, describeDrizzle } from './drizzle-executor.js'
+import { nodePgClasses } from './node-postgres-classes.js'
+import { nodePgDriver } from './node-postgres-driver.js'
+
+export * from '@pglock/core'
+export type { DrizzleLeaseDb, DrizzleTransactionOf } from './drizzle-executor.js'
+
+/**
+ * A Drizzle database over node-postgres (`drizzle()` of `drizzle-orm/node-postgres`, over a
+ * `Pool` or one `Client`), or a transaction (`tx`) of one.
+ *
+ * @example
+ * ```ts
+ * import type { DrizzleHandle } from '@pglock/drizzle/node-postgres'
+ *
+ * async function exclusively<T>(db: DrizzleHandle, job: string, fn: () => Promise<T>): Promise<T> {
+ *   return withLock(db, `job:${job}`, fn, { scope: 'transaction' })
+ * }
+ * ```
+ */
+export type DrizzleHandle = NodePgDatabase<any> | DrizzleTransactionOf<NodePgDatabase<any>>
+
+const driver = nodePgDriver({
+  entry: '@pglock/drizzle/node-postgres',
+  supports: 'Drizzle databases over node-postgres (drizzle-orm/node-postgres); use @pglock/drizzle/postgres-js for drizzle-orm/postgres-js',
+  owns: (db) => is(db, NodePgDatabaseClass) || is(db, NodePgTransaction),
+  classes: () => nodePgClasses,
+})
+
+/**
+ * Describes a Drizzle node-postgres database or `tx` to the core. A database over a `Pool` pins
+ * one client of it for each lock: in session scope `lease.db` is a `NodePgDatabase` on that client;
+ * in transaction scope pglock sends `BEGIN` with the lock in one round trip and `lease.db` is
+ * Drizzle's own `NodePgTransaction` on that client. A database over one `Client` locks on that
+ * client. A `tx` locks inside its transaction.
+ *
+ * @throws `UnsupportedError` for a database of another Drizzle driver or one over an object that
+ * is no node-postgres client, and for a drizzle-orm release without a member pglock reads
+ * (naming the version); `InvalidArgumentError` for a value that is not a Drizzle database.
+ * @example
+ * ```ts
+ * import { bindExecutor } from '@pglock/core'
+ * import { drizzleExecutor } from '@pglock/drizzle/node-postgres'
+ *
+ * const { withLock } = bindExecutor(drizzleExecutor)
+ * ```
+ */
+export function drizzleExecutor<H extends DrizzleHandle>(db: H): LockExecutor<DrizzleLeaseDb<H>> {
+  return describeDrizzle(db, driver) as LockExecutor<DrizzleLeaseDb<H>>
+}
+
+/** `lease.db` of a Drizzle handle, as a type-level function for the core's bound functions. */
+interface DrizzleLease extends LeaseDbOf {
+  readonly db: DrizzleLeaseDb<this['handle'], this['scope']>
+}
+
+const bound = bindScopedExecutor<DrizzleHandle, DrizzleLease>(drizzleExecutor)
+
+/**
+ * Creates a handle on one advisory lock for a Drizzle node-postgres database or a `tx`. It sends
+ * no SQL until you acquire. On a database over a `Pool`, session scope pins one client of the
+ * pool from acquire to release and gives it back only after a confirmed unlock; `lock.db` is a
+ * database of the same kind (schema, casing, logger) on that client.
+ *
+ * @throws `InvalidKeyError` for a key that cannot name a lock; `UnsupportedError` for transaction
+ * scope on a database (use `withLock`, or pass the `tx`), and as {@link drizzleExecutor} says.
+ * @example
+ * ```ts
+ * import { drizzle } from 'drizzle-orm/node-postgres'
+ * import { createLock } from '@pglock/drizzle/node-postgres'
+ *
+ * const db = drizzle(process.env.DATABASE_URL)
+ * const lock = createLock(db, 'job:7')
+ * if (await lock.tryAcquire()) {
+ *   try {
+ *     await lock.db?.update(jobs).set({ startedAt: new Date() }).where(eq(jobs.id, 7))
+ *   } finally {
+ *     await lock.release()
+ *   }
+ * }
+ * ```
+ */
+export const createLock = bound.createLock
+
+/**
+ * Runs `fn` while holding the lock and always releases it; resolves to `fn`'s value. On a
+ * database, session scope runs `fn` with `lease.db` bound to the client holding the lock;
+ * transaction scope sends `BEGIN` with the lock and runs `fn` with `lease.db` set to Drizzle's
+ * `tx`, committed when `fn` resolves and rolled back when it throws. If the lock is lost while
+ * `fn` runs, `lease.signal` aborts and `withLock` rejects with `LockLostError`.
+ *
+ * @example
+ * ```ts
+ * import { withLock } from '@pglock/drizzle/node-postgres'
+ *
+ * await withLock(db, 'invoice:42', async ({ db: tx }) => {
+ *   const [invoice] = await tx.select().from(invoices).where(eq(invoices.id, 42))
+ *   await tx.update(invoices).set({ total: invoice.total + 1 }).where(eq(invoices.id, 42))
+ * }, { scope: 'transaction', timeoutMs: 5_000 })
+ * ```
+ */
+export const withLock = bound.withLock
+
+/**
+ * Like {@link withLock}, but never waits: resolves `{ acquired: false }` at once when another
+ * holder has the lock, else `{ acquired: true, value }`.
+ *
+ * @example
+ * ```ts
+ * import { tryWithLock } from '@pglock/drizzle/node-postgres'
+ *
+ * const run = await tryWithLock(db, 'cron:nightly', () => nightly())
+ * if (!run.acquired) console.log('another instance is on it')
+ * ```
+ */
+export const tryWithLock = bound.tryWithLock

@@ -1,0 +1,118 @@
+import { bindScopedExecutor, type LeaseDbOf, type LockExecutor } from '@pglock/core'
+import { is } from 'drizzle-orm'
+import { type PostgresJsDatabase, PostgresJsDatabase as PostgresJsDatabaseClass, PostgresJsTransaction } from 'drizzle-orm/postgres-js'
+import { type DrizzleLeaseDb, type DrizzleTransactionOf, describeDrizzle } from './drizzle-executor.js'
+import { postgresJsClasses } from './postgres-js-classes.js'
+import { postgresJsDriver } from './postgres-js-driver.js'
+
+export * from '@pglock/core'
+export type { DrizzleLeaseDb, DrizzleTransactionOf } from './drizzle-executor.js'
+
+/**
+ * A Drizzle database over postgres.js (`drizzle()` of `drizzle-orm/postgres-js`, over a `Sql`),
+ * or a transaction (`tx`) of one.
+ *
+ * @example
+ * ```ts
+ * import type { DrizzleHandle } from '@pglock/drizzle/postgres-js'
+ *
+ * async function exclusively<T>(db: DrizzleHandle, job: string, fn: () => Promise<T>): Promise<T> {
+ *   return withLock(db, `job:${job}`, fn, { scope: 'transaction' })
+ * }
+ * ```
+ */
+export type DrizzleHandle = PostgresJsDatabase<any> | DrizzleTransactionOf<PostgresJsDatabase<any>>
+
+const driver = postgresJsDriver({
+  entry: '@pglock/drizzle/postgres-js',
+  supports: 'Drizzle databases over postgres.js (drizzle-orm/postgres-js); use @pglock/drizzle/node-postgres for drizzle-orm/node-postgres',
+  owns: (db) => is(db, PostgresJsDatabaseClass) || is(db, PostgresJsTransaction),
+  classes: () => postgresJsClasses,
+})
+
+/**
+ * Describes a Drizzle postgres.js database or `tx` to the core. A database over a `Sql` reserves
+ * one connection for each session lock, and `lease.db` is a `PostgresJsDatabase` on it; a
+ * transaction lock runs in `db.transaction()` (postgres.js's `sql.begin()` sends `BEGIN` on its
+ * own) and `lease.db` is Drizzle's `tx`. A `tx` locks inside its transaction.
+ *
+ * @throws `UnsupportedError` for a database of another Drizzle driver, and for a drizzle-orm
+ * release without a member pglock reads (naming the version); `InvalidArgumentError` for a value
+ * that is not a Drizzle database.
+ * @example
+ * ```ts
+ * import { bindExecutor } from '@pglock/core'
+ * import { drizzleExecutor } from '@pglock/drizzle/postgres-js'
+ *
+ * const { withLock } = bindExecutor(drizzleExecutor)
+ * ```
+ */
+export function drizzleExecutor<H extends DrizzleHandle>(db: H): LockExecutor<DrizzleLeaseDb<H>> {
+  return describeDrizzle(db, driver) as LockExecutor<DrizzleLeaseDb<H>>
+}
+
+/** `lease.db` of a Drizzle handle, as a type-level function for the core's bound functions. */
+interface DrizzleLease extends LeaseDbOf {
+  readonly db: DrizzleLeaseDb<this['handle'], this['scope']>
+}
+
+const bound = bindScopedExecutor<DrizzleHandle, DrizzleLease>(drizzleExecutor)
+
+/**
+ * Creates a handle on one advisory lock for a Drizzle postgres.js database or a `tx`. It sends no
+ * SQL until you acquire. On a database, session scope reserves one connection from acquire to
+ * release and gives it back only after a confirmed unlock; `lock.db` is a database of the same
+ * kind (schema, casing, logger) on that connection.
+ *
+ * @throws `InvalidKeyError` for a key that cannot name a lock; `UnsupportedError` for transaction
+ * scope on a database (use `withLock`, or pass the `tx`), and as {@link drizzleExecutor} says.
+ * @example
+ * ```ts
+ * import { drizzle } from 'drizzle-orm/postgres-js'
+ * import { createLock } from '@pglock/drizzle/postgres-js'
+ *
+ * const db = drizzle(process.env.DATABASE_URL)
+ * const lock = createLock(db, 'job:7')
+ * if (await lock.tryAcquire()) {
+ *   try {
+ *     await lock.db?.update(jobs).set({ startedAt: new Date() }).where(eq(jobs.id, 7))
+ *   } finally {
+ *     await lock.release()
+ *   }
+ * }
+ * ```
+ */
+export const createLock = bound.createLock
+
+/**
+ * Runs `fn` while holding the lock and always releases it; resolves to `fn`'s value. On a
+ * database, session scope runs `fn` with `lease.db` bound to the connection holding the lock;
+ * transaction scope runs it inside `db.transaction()` with `lease.db` set to the `tx`, committed
+ * when `fn` resolves and rolled back when it throws. If the lock is lost while `fn` runs,
+ * `lease.signal` aborts and `withLock` rejects with `LockLostError`.
+ *
+ * @example
+ * ```ts
+ * import { withLock } from '@pglock/drizzle/postgres-js'
+ *
+ * await withLock(db, 'invoice:42', async ({ db: tx }) => {
+ *   const [invoice] = await tx.select().from(invoices).where(eq(invoices.id, 42))
+ *   await tx.update(invoices).set({ total: invoice.total + 1 }).where(eq(invoices.id, 42))
+ * }, { scope: 'transaction', timeoutMs: 5_000 })
+ * ```
+ */
+export const withLock = bound.withLock
+
+/**
+ * Like {@link withLock}, but never waits: resolves `{ acquired: false }` at once when another
+ * holder has the lock, else `{ acquired: true, value }`.
+ *
+ * @example
+ * ```ts
+ * import { tryWithLock } from '@pglock/drizzle/postgres-js'
+ *
+ * const run = await tryWithLock(db, 'cron:nightly', () => nightly())
+ * if (!run.acquired) console.log('another instance is on it')
+ * ```
+ */
+export const tryWithLock = bound.tryWithLock
