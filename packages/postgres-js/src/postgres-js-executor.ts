@@ -7,8 +7,23 @@ import {
   type PreparedStatement,
   type Row,
   trackLoss,
+  UnsupportedError,
 } from '@pglock/core'
-import type { PendingQuery, ReservedSql, Sql, TransactionSql, UnsafeQueryOptions } from 'postgres'
+import type { ReservedSql, Sql, TransactionSql } from 'postgres'
+import { brokenHandles, isTransactionSql, lastRows } from './handles.js'
+import { endpointOf, nameHandleV4, pinV4 } from './pin-v4.js'
+import {
+  type BackendKey,
+  backendKeyOf,
+  cancelV3,
+  cancelV3Backend,
+  type DriverQuery,
+  generationOf,
+  hookClose,
+  keepErrorsOwn,
+  onexecuteOption,
+  type V3Connection,
+} from './privates.js'
 
 /**
  * A postgres.js handle pglock can lock with: a `Sql` (a pool), a `ReservedSql` or a `TransactionSql`.
@@ -43,74 +58,14 @@ export type PostgresJsLeaseDb<H, S extends LockScope = LockScope> =
           : ReservedSql<T>
         : never
 
-/**
- * The one connection behind a `ReservedSql` or `TransactionSql`, as postgres.js hands it to the
- * `onexecute` query option (which `sql.begin()` itself uses). pglock needs it for two things
- * postgres.js has no public API for: hearing that the connection closed (`onclose`, which the
- * pool calls once) and closing a connection whose session state is unknown (`terminate`).
- */
-interface RawConnection {
-  onclose?: OnClose | null | undefined
-  terminate(): void
-}
+/** A 3.4 statement: `state` is the backend key it was sent to, `null` until it is written. */
+type RawQuery = DriverQuery & PromiseLike<readonly unknown[]> & { readonly state: BackendKey | null }
 
-/** The backend key a CancelRequest names: postgres.js keeps the one a statement was sent to as its `state`. */
-interface BackendKey {
-  readonly pid: number
-  readonly secret: number
-}
-
-/** What postgres.js's canceller reads of a query: where it was sent, and whether it still runs. */
-interface CancelTarget {
-  readonly state: BackendKey | null
-  readonly active: boolean
-}
-
-/** A query as postgres.js builds it; `canceller` and `state` are set by postgres.js itself. */
-type RawQuery = PendingQuery<Row[]> &
-  CancelTarget & {
-    canceller?: ((query: CancelTarget) => Promise<void>) | null
-  }
-
-/** Query options as postgres.js reads them, `onexecute` included (`sql.begin()` uses it; the types leave it out). */
-type SendOptions = UnsafeQueryOptions & { readonly onexecute?: (connection: RawConnection) => boolean }
-
-type OnClose = (error: unknown) => void
-type CloseHook = OnClose & { readonly previous: OnClose | null | undefined; live: boolean }
-
-function isCloseHook(handler: OnClose | null | undefined): handler is CloseHook {
-  return typeof handler === 'function' && 'live' in handler
-}
-
-/**
- * Listens for the connection closing, keeping whatever `onclose` was there (`sql.begin()` sets one).
- * Listeners stack; one removed out of order is skipped when those above it go.
- */
-function hookClose(connection: RawConnection, listener: OnClose): () => void {
-  const hook: CloseHook = Object.assign(
-    (error: unknown) => {
-      hook.previous?.(error)
-      if (hook.live) listener(error)
-    },
-    { previous: connection.onclose, live: true },
-  )
-  connection.onclose = hook
-  return () => {
-    hook.live = false
-    if (connection.onclose !== hook) return
-    let handler = hook.previous
-    while (isCloseHook(handler) && !handler.live) handler = handler.previous
-    connection.onclose = handler
-  }
-}
+/** Query options as postgres.js reads them: 3.4's `onexecute` among them (the types leave it out). */
+type SendOptions = Readonly<Record<string, unknown>>
 
 function isQueryFunction(db: unknown): db is PostgresJsHandle {
   return typeof db === 'function' && typeof (db as Sql).unsafe === 'function'
-}
-
-/** The rows of the last statement: postgres.js resolves several statements to one result per statement that returned rows. */
-function lastRows(result: readonly unknown[]): readonly Row[] {
-  return ('command' in result ? result : (result[result.length - 1] ?? [])) as readonly Row[]
 }
 
 /**
@@ -128,31 +83,11 @@ function markSettled(query: RawQuery): void {
 }
 
 /**
- * `ReservedSql` and `TransactionSql` handles whose connection failed, and why. postgres.js keeps
- * such a handle pointing at a connection that its pool may reconnect for others, and a reserved
- * one queues every statement after the first failure forever: pglock refuses them instead.
- */
-const brokenHandles = new WeakMap<ReservedSql<any> | TransactionSql<any>, unknown>()
-
-/**
  * The connection each `TransactionSql` pglock has seen runs on. postgres.js gives `sql.begin()` and
  * every savepoint inside it a handle of its own, and names their connection only to a statement's
  * `onexecute`: this is how pglock tells that two of them are one connection.
  */
-const transactionConnections = new WeakMap<TransactionSql<any>, RawConnection>()
-
-function isTransactionSql(handle: ReservedSql<any> | TransactionSql<any>): handle is TransactionSql<any> {
-  return typeof (handle as { savepoint?: unknown }).savepoint === 'function'
-}
-
-/**
- * Keeps a statement's failure pglock's own: inside `sql.begin()`, postgres.js fails the whole
- * transaction for a statement whose error nobody caught, and pglock undoes its own failed statements.
- */
-function ownErrors(query: RawQuery): RawQuery {
-  ;(query as { catch: unknown }).catch = () => query
-  return query
-}
+const transactionConnections = new WeakMap<TransactionSql<any>, V3Connection>()
 
 /** How many empty statements pglock sends to learn a transaction's connection before it goes without. */
 const LEARN_ATTEMPTS = 3
@@ -168,12 +103,12 @@ async function learnConnection(transaction: TransactionSql<any>): Promise<void> 
   for (let attempt = 1; attempt <= LEARN_ATTEMPTS; attempt += 1) {
     if (transactionConnections.has(transaction) || brokenHandles.has(transaction)) return
     const outcome = await new Promise<'named' | 'unnamed' | 'failed'>((resolve) => {
-      const onexecute = (connection: RawConnection) => {
+      const named = onexecuteOption((connection) => {
+        if (connection instanceof UnsupportedError) return resolve('failed')
         transactionConnections.set(transaction, connection)
         resolve('named')
-        return true
-      }
-      const query = ownErrors(transaction.unsafe('', [], { onexecute } as UnsafeQueryOptions) as RawQuery)
+      })
+      const query = keepErrorsOwn(transaction.unsafe('', [], named) as unknown as RawQuery)
       query.then(
         () => resolve('unnamed'),
         () => resolve('failed'),
@@ -223,32 +158,16 @@ async function untilSent(query: RawQuery): Promise<void> {
 }
 
 /**
- * Cancels a statement with postgres.js's own CancelRequest, and resolves once the server has
- * closed the cancel connection, which Postgres does only after signalling the backend (libpq's
- * `PQcancel` waits for the same). `query.cancel()` throws that promise away, so pglock calls the
- * query's canceller itself. A statement already answered is left alone: postgres.js would keep
- * such a request pending forever. One still queued behind other statements on the connection is
- * cancelled once it is sent: cancelling it before stalls a reserved connection in postgres.js 3.4.
+ * Cancels a 3.4 statement, and resolves once the server has handled the request. A statement
+ * already answered is left alone: 3.4 would keep such a request pending forever. One still queued
+ * behind other statements on the connection is cancelled once it is sent: cancelling it before
+ * stalls a reserved connection in 3.4.
  */
 async function cancelQuery(query: RawQuery): Promise<void> {
   await null
   await untilSent(query)
   if (isSettled(query)) return
-  if (typeof query.canceller !== 'function') {
-    query.cancel()
-    return
-  }
-  await query.canceller(query)
-}
-
-/**
- * Cancels a statement whose connection postgres.js has already given up on (its socket failed).
- * Postgres may still be running it, since it does not notice a vanished client while it waits for
- * a lock, and would grant the lock to the dead session. `backend` is read when the connection
- * fails, before postgres.js reconnects and overwrites it with the key of a new session.
- */
-async function cancelOnServer(query: RawQuery, backend: BackendKey): Promise<void> {
-  if (typeof query.canceller === 'function') await query.canceller({ state: backend, active: true })
+  await cancelV3(query)
 }
 
 /**
@@ -304,9 +223,13 @@ export function pinPostgresJs<Db>(
   },
 ): PostgresJsConnection<Db> {
   const { owned, giveBack, pool, prepare = false } = options
+  if (generationOf(handle) === 4) {
+    return pinV4(handle, db, { owned, giveBack, prepare, endpoint: pool === undefined ? undefined : endpointOf(pool) })
+  }
   const transaction = isTransactionSql(handle) ? handle : undefined
   const loss = trackLoss()
-  let raw: RawConnection | undefined
+  let raw: V3Connection | undefined
+  let refused: UnsupportedError | undefined
   let unhook: (() => void) | undefined
   let running: RawQuery | undefined
   let released = false
@@ -323,18 +246,21 @@ export function pinPostgresJs<Db>(
     fail(cause ?? new Error('postgres.js connection closed'))
   }
   if (brokenHandles.has(handle)) loss.report(brokenHandles.get(handle))
-  const onexecute = (connection: RawConnection) => {
+  const onexecute = (connection: V3Connection | UnsupportedError) => {
+    if (connection instanceof UnsupportedError) {
+      refused ??= connection
+      return
+    }
     if (transaction !== undefined && !loss.lost) transactionConnections.set(transaction, connection)
     if (raw === undefined && !released) {
       raw = connection
       unhook = hookClose(connection, onClose)
     }
-    return true
   }
   const send = async (sql: string, values: readonly (string | null)[], options: SendOptions): Promise<readonly Row[]> => {
     if (loss.lost) throw loss.cause
-    const query = handle.unsafe(sql, values as string[], options as UnsafeQueryOptions) as RawQuery
-    if (transaction !== undefined) ownErrors(query)
+    const query = handle.unsafe(sql, values as string[], options as never) as unknown as RawQuery
+    if (transaction !== undefined) keepErrorsOwn(query)
     running = query
     try {
       return lastRows(await query)
@@ -344,6 +270,7 @@ export function pinPostgresJs<Db>(
     } finally {
       markSettled(query)
       if (running === query) running = undefined
+      if (refused !== undefined) fail(refused)
     }
   }
   /**
@@ -351,8 +278,8 @@ export function pinPostgresJs<Db>(
    * connection asks the server for its parameter types before it binds them, and postgres.js
    * calls `onexecute` for neither half: without this, a lock taken then would go unwatched.
    */
-  const asText: SendOptions = { onexecute }
-  const prepared: SendOptions = { onexecute, prepare: true }
+  const asText: SendOptions = onexecuteOption(onexecute)
+  const prepared: SendOptions = { ...asText, prepare: true }
   const learn = () => send('', [], asText).catch(() => undefined)
   const execute = async ({ text, values }: PreparedStatement): Promise<readonly Row[]> => {
     try {
@@ -378,8 +305,8 @@ export function pinPostgresJs<Db>(
       const query = running
       if (query === undefined) return
       if (!loss.lost) return cancelQuery(query).catch(() => undefined)
-      const backend = query.state
-      if (backend !== null) await cancelOnServer(query, { pid: backend.pid, secret: backend.secret }).catch(() => undefined)
+      const backend = backendKeyOf(query)
+      if (backend !== null) await cancelV3Backend(query, backend).catch(() => undefined)
     },
     onLost: loss.onLost,
     release({ destroy }) {
@@ -462,7 +389,14 @@ function executorFor(db: unknown): LockExecutor<unknown> {
     throw new InvalidArgumentError(`db must be a postgres.js Sql, ReservedSql or TransactionSql, got ${describe(db)}`)
   if (typeof (db as { release?: unknown }).release === 'function') {
     const reserved = db as ReservedSql<any>
-    return { kind: 'connection', scope: db, connect: async () => pinPostgresJs(reserved, reserved, { owned: false }) }
+    return {
+      kind: 'connection',
+      scope: db,
+      async connect() {
+        if (generationOf(reserved) === 4) await nameHandleV4(reserved)
+        return pinPostgresJs(reserved, reserved, { owned: false })
+      },
+    }
   }
   if (typeof (db as { savepoint?: unknown }).savepoint === 'function') {
     const transaction = db as TransactionSql<any>
@@ -470,7 +404,7 @@ function executorFor(db: unknown): LockExecutor<unknown> {
       kind: 'connection',
       scope: db,
       async connect() {
-        await learnConnection(transaction)
+        await (generationOf(transaction) === 4 ? nameHandleV4(transaction) : learnConnection(transaction))
         return pinPostgresJs(transaction, transaction, { owned: false })
       },
       inTransaction: () => true,
@@ -489,7 +423,12 @@ function executorFor(db: unknown): LockExecutor<unknown> {
     async connect() {
       await untilClosed(sql)
       const reserved = await sql.reserve()
-      return pinPostgresJs(reserved, reserved, { owned: true, giveBack: () => reserved.release(), pool: sql, prepare })
+      try {
+        return pinPostgresJs(reserved, reserved, { owned: true, giveBack: () => reserved.release(), pool: sql, prepare })
+      } catch (error) {
+        reserved.release()
+        throw error
+      }
     },
     transaction: (body) => runInPostgresJsTransaction((callback) => begin.call(sql, (tx) => callback(tx, tx)), body, sql),
   }

@@ -1,0 +1,18 @@
+import type { Row } from '@pglock/core'
+import type { ReservedSql, TransactionSql } from 'postgres'
+
+/** The rows of the last statement: postgres.js resolves several statements to one result per statement that returned rows. */
+export function lastRows(result: readonly unknown[]): readonly Row[] {
+  return ('command' in result ? result : (result[result.length - 1] ?? [])) as readonly Row[]
+}
+
+export function isTransactionSql(handle: ReservedSql<any> | TransactionSql<any>): handle is TransactionSql<any> {
+  return typeof (handle as { savepoint?: unknown }).savepoint === 'function'
+}
+
+/**
+ * `ReservedSql` and `TransactionSql` handles whose connection failed, and why. postgres.js 3.4
+ * keeps such a handle pointing at a connection that its pool may reconnect for others, and a
+ * reserved one queues every statement after the first failure forever: pglock refuses them instead.
+ */
+export const brokenHandles = new WeakMap<ReservedSql<any> | TransactionSql<any>, unknown>()

@@ -1,0 +1,231 @@
+/**
+ * Every undocumented postgres.js member pglock touches, for 3.4 and for 4.x, and nowhere else.
+ *
+ * Each is checked by shape where pglock first reaches it. When a postgres.js version lacks one,
+ * pglock fails with `UnsupportedError` naming postgres.js and its version, before any lock
+ * statement is sent where the member can be seen that early, and never goes on without it.
+ *
+ * What 4.x offers publicly is used instead where it exists (see `pool-events.ts`): pool events and
+ * query tracing on `diagnostics_channel`, `query.cancel()`, `reserve()`/`release()`.
+ */
+import { readFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
+import { UnsupportedError } from '@pglock/core'
+import type { ReservedSql, TransactionSql } from 'postgres'
+
+/** The generation of a postgres.js handle: 3 for 3.4, 4 for the rewritten 4.x. */
+export type Generation = 3 | 4
+
+/** A statement as `sql.unsafe()` returns it: a lazy promise that sends nothing until awaited. */
+export type DriverQuery = PromiseLike<unknown> & { cancel(): unknown }
+
+/** The backend key a CancelRequest names. */
+export interface BackendKey {
+  readonly pid: number
+  readonly secret: number
+}
+
+let version: string | undefined
+
+/** The installed postgres.js version, as `postgres.js 4.2.0` (or `postgres.js` when unreadable). */
+export function driverName(): string {
+  version ??= readVersion()
+  return version === '' ? 'postgres.js' : `postgres.js ${version}`
+}
+
+function readVersion(): string {
+  try {
+    const from = import.meta.url
+    const entry = typeof from === 'string' ? createRequire(from).resolve('postgres') : require.resolve('postgres')
+    for (let dir = dirname(entry); dir !== dirname(dir); dir = dirname(dir)) {
+      try {
+        const manifest = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: string; version?: string }
+        if (manifest.name === 'postgres') return manifest.version ?? ''
+      } catch {}
+    }
+  } catch {}
+  return ''
+}
+
+/**
+ * The error for a member this postgres.js lacks.
+ *
+ * @example
+ * ```ts
+ * throw unsupported('Query#state', 'cancel a lock wait on a connection that failed')
+ * ```
+ */
+export function unsupported(member: string, purpose: string): UnsupportedError {
+  return new UnsupportedError(
+    `${driverName()} has no ${member}, which @pglock/postgres-js needs to ${purpose}; ` +
+      'it supports postgres.js ^3.4.5 and ^4 (check for a newer @pglock/postgres-js)',
+  )
+}
+
+function has(target: object, member: string): boolean {
+  return member in target
+}
+
+const generations = new WeakMap<object, Generation>()
+
+/**
+ * Tells 3.4 from 4.x, and checks the members pglock will read on the handle's statements, on a
+ * statement that is never sent (postgres.js sends one only once it is awaited): 3.4 builds each
+ * query with its pool's `canceller`, 4.x has none; both keep the backend key a statement went to
+ * as its `state`, which pglock reads to cancel a lock wait on a connection that failed. Known per
+ * handle once seen.
+ *
+ * @throws `UnsupportedError` when the statement lacks a member pglock reads.
+ */
+export function generationOf(handle: ReservedSql<any> | TransactionSql<any>): Generation {
+  let generation = generations.get(handle)
+  if (generation === undefined) {
+    const probe = handle.unsafe('')
+    generation = has(probe, 'canceller') ? 3 : 4
+    if (!has(probe, 'state')) throw unsupported('Query#state', 'cancel a lock wait on a connection that failed')
+    generations.set(handle, generation)
+  }
+  return generation
+}
+
+/** The backend key of the connection `query` was queued on, or `null` before that. */
+export function backendKeyOf(query: DriverQuery): BackendKey | null {
+  const state = (query as { state?: unknown }).state
+  if (state === null || state === undefined) return null
+  const { pid, secret } = state as Partial<BackendKey>
+  return typeof pid === 'number' && typeof secret === 'number' ? { pid, secret } : null
+}
+
+/**
+ * Keeps a statement's failure pglock's own inside `sql.begin()`, where postgres.js otherwise
+ * fails the whole transaction for it even though pglock undoes it under its savepoint. 3.4 and
+ * 4.0–4.1 hear a statement's failure through `catch`, 4.2 through `watch(null, onRejected)`.
+ */
+export function keepErrorsOwn<Q extends DriverQuery>(query: Q): Q {
+  const target = query as Q & { catch: unknown; watch?: unknown }
+  target.catch = () => query
+  const watch = target.watch
+  if (typeof watch === 'function') {
+    target.watch = (onFulfilled: unknown, onRejected: unknown) =>
+      onFulfilled === null || onFulfilled === undefined ? query : watch.call(query, onFulfilled, onRejected)
+  }
+  return query
+}
+
+// postgres.js 3.4
+
+/**
+ * The one connection behind a 3.4 `ReservedSql` or `TransactionSql`, as 3.4 hands it to the
+ * `onexecute` query option (which `sql.begin()` itself uses). pglock needs it for two things 3.4
+ * has no public API for: hearing that the connection closed (`onclose`, which the pool calls
+ * once) and closing a connection whose session state is unknown (`terminate`).
+ */
+export interface V3Connection {
+  onclose?: OnClose | null | undefined
+  terminate(): void
+}
+
+type OnClose = (error: unknown) => void
+type CloseHook = OnClose & { readonly previous: OnClose | null | undefined; live: boolean }
+
+/**
+ * Query options with 3.4's `onexecute`, which 3.4 calls with the connection as it writes the
+ * statement. A connection without `terminate()` is passed on as the `UnsupportedError` it is,
+ * for the caller to fail with once the statement settles: throwing inside 3.4's write would
+ * leave its connection in a state nobody knows.
+ */
+export function onexecuteOption(onexecute: (connection: V3Connection | UnsupportedError) => void): Readonly<Record<string, unknown>> {
+  return {
+    onexecute(connection: unknown) {
+      onexecute(
+        typeof (connection as V3Connection | null)?.terminate === 'function'
+          ? (connection as V3Connection)
+          : unsupported('connection.terminate() in onexecute', 'watch and close a pinned connection'),
+      )
+      return true
+    },
+  }
+}
+
+function isCloseHook(handler: OnClose | null | undefined): handler is CloseHook {
+  return typeof handler === 'function' && 'live' in handler
+}
+
+/**
+ * Listens for a 3.4 connection closing, keeping whatever `onclose` was there (`sql.begin()` sets
+ * one). Listeners stack; one removed out of order is skipped when those above it go.
+ */
+export function hookClose(connection: V3Connection, listener: OnClose): () => void {
+  const hook: CloseHook = Object.assign(
+    (error: unknown) => {
+      hook.previous?.(error)
+      if (hook.live) listener(error)
+    },
+    { previous: connection.onclose, live: true },
+  )
+  connection.onclose = hook
+  return () => {
+    hook.live = false
+    if (connection.onclose !== hook) return
+    let handler = hook.previous
+    while (isCloseHook(handler) && !handler.live) handler = handler.previous
+    connection.onclose = handler
+  }
+}
+
+/** What 3.4's canceller reads of a query: where it was sent, and whether it still runs. */
+interface CancelTarget {
+  readonly state: BackendKey | null
+  readonly active: boolean
+}
+
+type Canceller = (query: CancelTarget) => Promise<void>
+
+function cancellerOf(query: DriverQuery): Canceller | undefined {
+  const canceller = (query as { canceller?: unknown }).canceller
+  return typeof canceller === 'function' ? (canceller as Canceller) : undefined
+}
+
+/**
+ * Cancels a 3.4 statement with its own CancelRequest and resolves once the server has closed the
+ * cancel connection, which Postgres does only after signalling the backend. `query.cancel()`
+ * throws that promise away, so pglock calls the query's canceller itself; 3.4 drops the
+ * canceller once used, and then `query.cancel()` is all there is.
+ */
+export async function cancelV3(query: DriverQuery): Promise<void> {
+  const canceller = cancellerOf(query)
+  if (canceller === undefined) {
+    query.cancel()
+    return
+  }
+  await canceller.call(query, query as unknown as CancelTarget)
+}
+
+/**
+ * Cancels what a failed 3.4 connection's backend runs, by the key read when the connection
+ * failed (3.4 reconnects the same connection object and overwrites its key).
+ */
+export async function cancelV3Backend(query: DriverQuery, backend: BackendKey): Promise<void> {
+  await cancellerOf(query)?.call(query, { state: backend, active: true })
+}
+
+// postgres.js 4.x
+
+/** The connection a 4.x statement was placed on, as far as pglock uses it. */
+interface V4Connection {
+  destroy(error?: unknown): void
+}
+
+/**
+ * Closes the connection a 4.x statement ran on at once. 4.x has no public way to close one
+ * reserved connection: `release()` returns it to the pool whenever its transaction status is idle,
+ * which a session holding an advisory lock is.
+ */
+export function destroyV4Connection(query: DriverQuery): void {
+  const connection = (query as { connection?: unknown }).connection
+  if (typeof (connection as V4Connection | undefined)?.destroy !== 'function') {
+    throw unsupported('Query#connection.destroy()', 'close a connection whose lock state is unknown')
+  }
+  ;(connection as V4Connection).destroy()
+}
