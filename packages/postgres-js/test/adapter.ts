@@ -11,8 +11,8 @@ import postgres, { type ISql, type Sql, type TransactionSql } from 'postgres'
 const END_TIMEOUT_S = 0.2
 
 /**
- * How many of pglock's `onclose` hooks sit on the connection behind a `TransactionSql`: pglock
- * stacks one per pinned lock (see `hookClose`), each pointing at the one below as `previous`.
+ * How many of pglock's `onclose` hooks sit on the connection behind a `TransactionSql` on
+ * postgres.js 3.4: pglock stacks one per pinned lock, each pointing at the one below as `previous`.
  */
 export async function closeHooks(tx: TransactionSql): Promise<number> {
   let connection: { onclose?: unknown } | undefined
@@ -20,8 +20,9 @@ export async function closeHooks(tx: TransactionSql): Promise<number> {
     connection = raw
     return true
   }
-  await tx.unsafe('', [], { onexecute } as never)
-  if (connection === undefined) throw new Error('postgres.js did not name the connection')
+  await tx.unsafe(';', [], { onexecute } as never)
+  // postgres.js 4 has no `onexecute`: pglock hears of closes on a channel, not through hooks on the connection
+  if (connection === undefined) return 0
   let hooks = 0
   for (let hook = connection.onclose as { previous?: unknown; live?: boolean } | undefined; hook !== undefined && 'live' in hook; ) {
     if (hook.live === true) hooks += 1
