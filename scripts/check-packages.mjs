@@ -6,25 +6,17 @@
  *
  * Usage: node scripts/check-packages.mjs [package-dir ...]   (default: every public package)
  */
-import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
-
-const root = resolve(import.meta.dirname, '..')
-const run = (command, args, options = {}) => execFileSync(command, args, { stdio: 'pipe', encoding: 'utf8', ...options })
+import { installPacked, packPackages, publicPackages, root, run } from './pack.mjs'
 
 const dirs = process.argv.slice(2).length > 0 ? process.argv.slice(2).map((dir) => resolve(dir)) : publicPackages()
 const work = mkdtempSync(join(tmpdir(), 'pglock-pack-'))
 let failures = 0
 
 try {
-  const packed = dirs.map((dir) => {
-    const manifest = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8'))
-    const output = run('pnpm', ['pack', '--pack-destination', work], { cwd: dir })
-    const tarball = output.trim().split('\n').pop()
-    return { dir, manifest, tarball: resolve(dir, tarball) }
-  })
+  const packed = packPackages(dirs, work)
 
   for (const { dir, manifest } of packed) {
     step(`${manifest.name}: publint --strict`, () => run('pnpm', ['exec', 'publint', '--strict', dir], { cwd: root }))
@@ -34,17 +26,7 @@ try {
   }
 
   const app = join(work, 'app')
-  run('mkdir', ['-p', app])
-  writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'pglock-smoke', private: true, version: '0.0.0' }))
-  const peers = new Set(['typescript@5', '@types/node@20'])
-  for (const { manifest } of packed) {
-    for (const [name, range] of Object.entries(manifest.peerDependencies ?? {})) {
-      if (!name.startsWith('@pglock/')) peers.add(`${name}@${range}`)
-    }
-  }
-  step('npm install of the packed tarballs and their peers', () =>
-    run('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', ...packed.map((p) => p.tarball), ...peers], { cwd: app }),
-  )
+  step('npm install of the packed tarballs and their peers', () => installPacked(app, packed))
 
   for (const { manifest } of packed) {
     const name = manifest.name
@@ -93,18 +75,6 @@ if (failures > 0) {
   process.exit(1)
 }
 console.log(`check-packages: ${dirs.length} package(s) packed, linted, installed and loaded from CJS and ESM`)
-
-function publicPackages() {
-  return readdirSync(join(root, 'packages'))
-    .map((name) => join(root, 'packages', name))
-    .filter((dir) => {
-      try {
-        return !JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')).private
-      } catch {
-        return false
-      }
-    })
-}
 
 function step(label, action) {
   try {
