@@ -132,6 +132,8 @@ export class Lock<Db = unknown> implements AsyncDisposable {
   #state: State = 'idle'
   #held: Held<Db> | undefined
   #abort = new LazyAbort()
+  /** `db` of a lock that was lost, kept until release or the next acquire: its queries fail as the driver's */
+  #lostDb: Db | undefined
 
   /** @internal Use your adapter's `createLock`. */
   constructor(executor: LockExecutor<Db>, key: LockKey, options: LockOptions | undefined) {
@@ -171,9 +173,12 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     return this.#abort.signal
   }
 
-  /** The driver-native handle on the connection that holds the lock, while held; else `undefined`. */
+  /**
+   * The driver-native handle on the connection that holds the lock, while held, and after a loss
+   * until `release()` (its queries then fail as the driver fails them); else `undefined`.
+   */
   get db(): Db | undefined {
-    return this.#held?.connection.db
+    return this.#held?.connection.db ?? this.#lostDb
   }
 
   /**
@@ -230,6 +235,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
    * ```
    */
   async release(): Promise<boolean> {
+    this.#lostDb = undefined
     const held = this.#held
     if (this.#state !== 'held' || held === undefined) return false
     this.#state = 'releasing'
@@ -315,6 +321,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
   async #take(attempt: boolean, timeoutMs: number | undefined, signal: AbortSignal | undefined): Promise<boolean> {
     if (this.#state !== 'idle') throw new AlreadyHeldError(this.#details)
     signal?.throwIfAborted()
+    this.#lostDb = undefined
     if (this.scope === 'transaction' && this.#executor.inTransaction?.() === false) throw this.#explain(new NotInTransaction(), timeoutMs)
     this.#state = 'acquiring'
     let deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs
@@ -450,6 +457,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
   #lose(held: Held<Db>, error: LockLostError, destroy: boolean): void {
     void Promise.resolve(held.connection.release({ destroy, cause: error })).catch(() => undefined)
     this.#settle(held)
+    this.#lostDb = held.connection.db
     this.#abort.abort(error)
   }
 

@@ -477,13 +477,16 @@ export function describeConformance(adapter: AdapterUnderTest): void {
           const pool = await open()
           const k = key('lost')
           const lock = await lib.createLock(pool.db, k).acquire()
+          const held = lock.db
           const [holder] = await observer.holders(k)
           await observer.terminate(holder as number)
           const reason = await aborted(lock.signal)
           expect(reason).toBeInstanceOf(LockLostError)
           expect(reason).toMatchObject({ code: 'LOST', key: k })
           expect(lock.isHeld).toBe(false)
+          expect(lock.db).toBe(held) // still the handle it was typed as; its queries fail as the driver fails them
           expect(await lock.release()).toBe(false)
+          expect(lock.db).toBeUndefined()
           expect(await lib.withLock(pool.db, k, () => 'pool still works')).toBe('pool still works')
         },
       )
