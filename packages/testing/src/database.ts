@@ -62,11 +62,22 @@ export async function resolveTestDatabase(): Promise<TestDatabase> {
   )
 }
 
-type DockerProbe = { ok: true; endpoint: string } | { ok: false; reason: string }
+/** Whether a Docker engine answers, at which endpoint, or why not. */
+export type DockerProbe = { ok: true; endpoint: string } | { ok: false; reason: string }
 
 type DockerEndpoint = { kind: 'socket'; path: string } | { kind: 'tcp'; host: string; port: number }
 
-async function probeDocker(): Promise<DockerProbe> {
+/**
+ * Asks the Docker engine at `DOCKER_HOST`, or else at the usual sockets, for `/_ping`, giving up
+ * after 1.5 s: Testcontainers is tried only when this answers.
+ *
+ * @example
+ * ```ts
+ * const docker = await probeDocker()
+ * if (!docker.ok) console.log(`no Docker: ${docker.reason}`)
+ * ```
+ */
+export async function probeDocker(): Promise<DockerProbe> {
   const dockerHost = process.env.DOCKER_HOST
   if (dockerHost) {
     const endpoint = parseDockerHost(dockerHost)
