@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { LockLostError, LockTimeoutError, UnsupportedError } from '@pglock/core'
-import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest'
+import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest'
 import type { AdapterUnderTest } from './adapter.ts'
 import { abortedWithin, Bench, settleWithin } from './bench.ts'
 import { type PgBouncer, startPgBouncer } from './pgbouncer.ts'
@@ -8,7 +8,8 @@ import { type PgBouncer, startPgBouncer } from './pgbouncer.ts'
 const SETTLE_BOUND_MS = 5_000
 
 /**
- * pglock behind PgBouncer (Debian's `pgbouncer`, started by the suite on a free loopback port).
+ * pglock behind PgBouncer, started by the suite as the run's global setup resolved it (`resolvePgBouncer`:
+ * an installed `pgbouncer` on a free loopback port, a container, or one installed with apt-get).
  * In transaction pooling, a client's statements run on whichever server connection is free, so
  * transaction-scope locks work (a transaction keeps its server connection) and session-scope
  * locks do not (the lock stays on the server connection that took it, which then serves other
@@ -30,9 +31,10 @@ export function describePgBouncer(adapter: AdapterUnderTest): void {
 
   describe(`${adapter.name}: behind PgBouncer`, () => {
     const bench = new Bench(adapter, 'pgbouncer').install()
+    const runtime = inject('pgbouncer')
     let transactionPooling: PgBouncer | undefined
     beforeAll(async () => {
-      transactionPooling = await startPgBouncer(bench.url, { poolMode: 'transaction', poolSize: 2 })
+      transactionPooling = await startPgBouncer(bench.url, { poolMode: 'transaction', poolSize: 2, runtime })
     })
     afterAll(async () => {
       await transactionPooling?.stop()
@@ -253,7 +255,7 @@ export function describePgBouncer(adapter: AdapterUnderTest): void {
       )
 
       it.skipIf(!caps.sessionOnPool)('cannot tell two clients apart that the bouncer gives the same server connection', async () => {
-        const single = await startPgBouncer(bench.url, { poolMode: 'transaction', poolSize: 1 })
+        const single = await startPgBouncer(bench.url, { poolMode: 'transaction', poolSize: 1, runtime })
         onTestFinished(() => single.stop())
         const [a, b] = [await through(single, 1), await through(single, 1)]
         const key = bench.key('session-reentered')
@@ -269,7 +271,7 @@ export function describePgBouncer(adapter: AdapterUnderTest): void {
 
     describe('session pooling', () => {
       it.skipIf(!caps.sessionOnPool)('keeps session locks on their session: acquire, exclusion and release work', async () => {
-        const sessionPooling = await startPgBouncer(bench.url, { poolMode: 'session', poolSize: 4 })
+        const sessionPooling = await startPgBouncer(bench.url, { poolMode: 'session', poolSize: 4, runtime })
         onTestFinished(() => sessionPooling.stop())
         const [a, b] = [await through(sessionPooling, 2), await through(sessionPooling, 2)]
         const key = bench.key('session-pooling')

