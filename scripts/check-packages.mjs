@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 /**
  * Checks what users install, not what the workspace sees: packs every public package, runs
- * publint --strict and attw on it, installs the tarballs with npm into an empty folder, and loads
- * each one from CommonJS and ESM and type-checks a file of each kind against its types.
+ * publint --strict and attw on it, installs the tarballs with npm into an empty folder, loads
+ * each one from CommonJS and ESM, and compiles strict consumers against the installed
+ * declarations on TypeScript 5.2, 5.9 and 7 (check-types.mjs).
  *
  * Usage: node scripts/check-packages.mjs [package-dir ...]   (default: every public package)
  */
@@ -10,6 +11,7 @@ import { execFileSync } from 'node:child_process'
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
+import { checkTypes } from './check-types.mjs'
 
 const root = resolve(import.meta.dirname, '..')
 const run = (command, args, options = {}) => execFileSync(command, args, { stdio: 'pipe', encoding: 'utf8', ...options })
@@ -36,15 +38,17 @@ try {
   const app = join(work, 'app')
   run('mkdir', ['-p', app])
   writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'pglock-smoke', private: true, version: '0.0.0' }))
-  const peers = new Set(['typescript@5', '@types/node@20'])
+  const peers = new Set(['@types/node@20'])
   for (const { manifest } of packed) {
     for (const [name, range] of Object.entries(manifest.peerDependencies ?? {})) {
       if (!name.startsWith('@pglock/')) peers.add(`${name}@${range}`)
     }
   }
-  step('npm install of the packed tarballs and their peers', () =>
-    run('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', ...packed.map((p) => p.tarball), ...peers], { cwd: app }),
-  )
+  let installed = false
+  step('npm install of the packed tarballs and their peers', () => {
+    run('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', ...packed.map((p) => p.tarball), ...peers], { cwd: app })
+    installed = true
+  })
 
   for (const { manifest } of packed) {
     const name = manifest.name
@@ -60,30 +64,9 @@ try {
     step(`${name}: import`, () =>
       run('node', ['--input-type=module', '-e', probe.replace('const m = MODULE;', `const m = await import('${name}');`)], { cwd: app }),
     )
-    const entry = adapter ? 'createLock' : 'bindExecutor'
-    const source = `import { ${entry}, LockTimeoutError, type LockKey } from '${name}'\nconst key: LockKey = 'k'\nexport const check: [typeof ${entry}, typeof LockTimeoutError, LockKey] = [${entry}, LockTimeoutError, key]\n`
-    writeFileSync(join(app, 'check.mts'), source)
-    writeFileSync(join(app, 'check.cts'), source)
-    step(`${name}: types from .mts and .cts`, () =>
-      run(
-        join(app, 'node_modules/.bin/tsc'),
-        [
-          '--noEmit',
-          '--strict',
-          '--skipLibCheck',
-          '--module',
-          'nodenext',
-          '--moduleResolution',
-          'nodenext',
-          '--types',
-          'node',
-          'check.mts',
-          'check.cts',
-        ],
-        { cwd: app },
-      ),
-    )
   }
+
+  if (installed) await checkTypes({ work, app, packed, step })
 } finally {
   rmSync(work, { recursive: true, force: true })
 }
@@ -92,7 +75,9 @@ if (failures > 0) {
   console.error(`check-packages: ${failures} check(s) failed`)
   process.exit(1)
 }
-console.log(`check-packages: ${dirs.length} package(s) packed, linted, installed and loaded from CJS and ESM`)
+console.log(
+  `check-packages: ${dirs.length} package(s) packed, linted, installed, loaded from CJS and ESM, and compiled against by strict consumers`,
+)
 
 function publicPackages() {
   return readdirSync(join(root, 'packages'))
