@@ -1,14 +1,16 @@
 #!/usr/bin/env node
 /**
  * Checks what users install, not what the workspace sees: packs every public package, runs
- * publint --strict and attw on it, installs the tarballs with npm into an empty folder, and loads
- * each one from CommonJS and ESM and type-checks a file of each kind against its types.
+ * publint --strict and attw on it, installs the tarballs with npm into an empty folder, loads
+ * each one from CommonJS and ESM, and compiles strict consumers against the installed
+ * declarations on TypeScript 5.2, 5.9 and 7 (check-types.mjs).
  *
  * Usage: node scripts/check-packages.mjs [package-dir ...]   (default: every public package)
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
+import { checkTypes } from './check-types.mjs'
 import { installPacked, packPackages, publicPackages, root, run } from './pack.mjs'
 
 const dirs = process.argv.slice(2).length > 0 ? process.argv.slice(2).map((dir) => resolve(dir)) : publicPackages()
@@ -26,7 +28,11 @@ try {
   }
 
   const app = join(work, 'app')
-  step('npm install of the packed tarballs and their peers', () => installPacked(app, packed))
+  let installed = false
+  step('npm install of the packed tarballs and their peers', () => {
+    installPacked(app, packed)
+    installed = true
+  })
 
   for (const { manifest } of packed) {
     const name = manifest.name
@@ -42,30 +48,9 @@ try {
     step(`${name}: import`, () =>
       run('node', ['--input-type=module', '-e', probe.replace('const m = MODULE;', `const m = await import('${name}');`)], { cwd: app }),
     )
-    const entry = adapter ? 'createLock' : 'bindExecutor'
-    const source = `import { ${entry}, LockTimeoutError, type LockKey } from '${name}'\nconst key: LockKey = 'k'\nexport const check: [typeof ${entry}, typeof LockTimeoutError, LockKey] = [${entry}, LockTimeoutError, key]\n`
-    writeFileSync(join(app, 'check.mts'), source)
-    writeFileSync(join(app, 'check.cts'), source)
-    step(`${name}: types from .mts and .cts`, () =>
-      run(
-        join(app, 'node_modules/.bin/tsc'),
-        [
-          '--noEmit',
-          '--strict',
-          '--skipLibCheck',
-          '--module',
-          'nodenext',
-          '--moduleResolution',
-          'nodenext',
-          '--types',
-          'node',
-          'check.mts',
-          'check.cts',
-        ],
-        { cwd: app },
-      ),
-    )
   }
+
+  if (installed) await checkTypes({ work, app, packed, step })
 } finally {
   rmSync(work, { recursive: true, force: true })
 }
@@ -74,7 +59,9 @@ if (failures > 0) {
   console.error(`check-packages: ${failures} check(s) failed`)
   process.exit(1)
 }
-console.log(`check-packages: ${dirs.length} package(s) packed, linted, installed and loaded from CJS and ESM`)
+console.log(
+  `check-packages: ${dirs.length} package(s) packed, linted, installed, loaded from CJS and ESM, and compiled against by strict consumers`,
+)
 
 function step(label, action) {
   try {
