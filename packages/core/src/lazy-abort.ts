@@ -7,6 +7,7 @@ export class LazyAbort {
   #controller: AbortController | undefined
   #aborted = false
   #reason: unknown
+  #listeners: ((reason: unknown) => void)[] | undefined
 
   get signal(): AbortSignal {
     if (this.#controller === undefined) {
@@ -31,6 +32,26 @@ export class LazyAbort {
     this.#aborted = true
     this.#reason = reason
     this.#controller?.abort(reason)
+    const listeners = this.#listeners
+    this.#listeners = undefined
+    for (const listener of listeners ?? []) listener(reason)
+  }
+
+  /**
+   * Calls `listener` with the reason on abort (at once if aborted already), without making a
+   * signal. Returns a function that stops listening.
+   */
+  onAbort(listener: (reason: unknown) => void): () => void {
+    if (this.#aborted) {
+      listener(this.#reason)
+      return () => undefined
+    }
+    this.#listeners ??= []
+    this.#listeners.push(listener)
+    return () => {
+      const index = this.#listeners?.indexOf(listener) ?? -1
+      if (index !== -1) this.#listeners?.splice(index, 1)
+    }
   }
 
   throwIfAborted(): void {
