@@ -125,9 +125,12 @@ export function describeLossPoints(adapter: AdapterUnderTest): void {
 
     /**
      * The pool lends working connections after a loss: every one of them where the driver's pool
-     * recovers. postgres.js 3.4 replays the error of a backend terminated mid-statement onto the
-     * next use of that connection (porsager/postgres#1223), and may lose the slot: there, a lock
-     * must work again by the second try.
+     * recovers. postgres.js 3.4's does not (`poolRecovers`): it replays the error of a backend
+     * terminated mid-statement onto the next use of that connection object (porsager/postgres#1223);
+     * a `sql.reserve()` that meets it rejects, and its request, left queued, later swallows a
+     * connection. There a transaction lock, whose `sql.begin()` is a plain query, must work by the
+     * second try; a session lock right after such a loss fails in most trials (the README's
+     * postgres.js notes say so).
      */
     const expectPoolWorks = async (pool: BenchHandle, idleKilled: boolean) => {
       if (caps.poolRecovers) {
