@@ -7,7 +7,9 @@ export class LazyAbort {
   #controller: AbortController | undefined
   #aborted = false
   #reason: unknown
-  #listeners: ((reason: unknown) => void)[] | undefined
+  /** Usually one listener at a time (a wait on the driver), so an array only from the second on. */
+  #listener: ((reason: unknown) => void) | undefined
+  #more: ((reason: unknown) => void)[] | undefined
 
   get signal(): AbortSignal {
     if (this.#controller === undefined) {
@@ -32,9 +34,12 @@ export class LazyAbort {
     this.#aborted = true
     this.#reason = reason
     this.#controller?.abort(reason)
-    const listeners = this.#listeners
-    this.#listeners = undefined
-    for (const listener of listeners ?? []) listener(reason)
+    const listener = this.#listener
+    const more = this.#more
+    this.#listener = undefined
+    this.#more = undefined
+    listener?.(reason)
+    for (const other of more ?? []) other(reason)
   }
 
   /**
@@ -46,11 +51,17 @@ export class LazyAbort {
       listener(this.#reason)
       return () => undefined
     }
-    this.#listeners ??= []
-    this.#listeners.push(listener)
+    if (this.#listener === undefined) {
+      this.#listener = listener
+      return () => {
+        if (this.#listener === listener) this.#listener = undefined
+      }
+    }
+    const more = (this.#more ??= [])
+    more.push(listener)
     return () => {
-      const index = this.#listeners?.indexOf(listener) ?? -1
-      if (index !== -1) this.#listeners?.splice(index, 1)
+      const index = more.indexOf(listener)
+      if (index !== -1) more.splice(index, 1)
     }
   }
 
