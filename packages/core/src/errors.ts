@@ -133,7 +133,9 @@ export class LockTimeoutError extends PgLockError {
 
 /**
  * The lock was lost while held: the connection holding it failed or ended, or the unlock found
- * it already gone. `lock.signal` and `lease.signal` abort with this error as their reason.
+ * it already gone. `lock.signal` and `lease.signal` abort with this error as their reason, and
+ * `withLock` rejects with it when the lock was lost while `fn` ran, whatever `fn` did with the
+ * driver's error: if `fn` threw, its error is the `cause`.
  *
  * @example
  * ```ts

@@ -26,7 +26,7 @@ import { LazyAbort } from './lazy-abort.js'
 import { type ResolvedLockOptions, resolveAcquireOptions, resolveLockOptions } from './options.js'
 import { CURRENT_MARK_SQL, IN_FAILED_SQL_TRANSACTION, pidOf, preparedUnlock, QUERY_CANCELED, unlockSql } from './sql.js'
 import type { AcquireOptions, LockKey, LockMode, LockOptions, LockScope } from './types.js'
-import { checkOut, DeadlineExceeded, interruptible } from './wait.js'
+import { checkOut, DeadlineExceeded, untilLost } from './wait.js'
 
 interface Held<Db> {
   readonly connection: LockConnection<Db>
@@ -218,7 +218,9 @@ export class Lock<Db = unknown> implements AsyncDisposable {
 
   /**
    * Releases the lock. Resolves `true` when it released it, `false` (sending no SQL) when the
-   * handle did not hold it or the lock had been lost. A pooled connection goes back to its pool
+   * handle did not hold it or the lock had been lost. If the lock is lost while the unlock is in
+   * flight, it resolves `false` as soon as the loss is known, without waiting for the driver to
+   * answer a statement on a dead connection. A pooled connection goes back to its pool
    * only after Postgres confirmed the unlock; otherwise it is closed, which also drops the lock.
    * In transaction scope the lock ends with the transaction: `release()` sends no SQL, and
    * calling it is optional (a handle left unreleased never blocks a later transaction).
@@ -246,10 +248,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     if (held.connection.owned) held.ticket.leave()
     let released: boolean
     try {
-      const unlocking = this.#unlock(held)
-      released = await (this.#keepAliveMs === undefined
-        ? unlocking
-        : interruptible(unlocking, { signal: this.#abort.signal, abandon: () => undefined }))
+      released = await untilLost(this.#unlock(held), this.#abort)
     } catch (error) {
       if (error instanceof SessionMoved) return this.#moved(held, error)
       if (this.#state !== 'releasing') return false

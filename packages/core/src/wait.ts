@@ -1,5 +1,6 @@
 import { UnsupportedError } from './errors.js'
 import type { LockConnection, LockExecutor } from './executor.js'
+import type { LazyAbort } from './lazy-abort.js'
 
 /** @internal Thrown by {@link interruptible} when the deadline passes first. */
 export class DeadlineExceeded extends Error {
@@ -53,6 +54,32 @@ export function interruptible<T>(
       },
     )
     if (signal?.aborted) onAbort()
+  })
+}
+
+/**
+ * @internal Waits for `promise`, a statement or step on a held lock's connection, until the lock is
+ * reported lost (`lost` aborts): then rejects with the loss, and whatever `promise` does later is
+ * ignored. A driver may never settle a statement sent as its connection died (postgres.js 3.4 after
+ * a socket error), and once the loss is known there is nothing left to wait for.
+ */
+export function untilLost<T>(promise: Promise<T>, lost: LazyAbort): Promise<T> {
+  if (lost.aborted) {
+    promise.catch(() => undefined)
+    return Promise.reject(lost.reason)
+  }
+  return new Promise<T>((resolve, reject) => {
+    const stop = lost.onAbort(reject)
+    promise.then(
+      (value) => {
+        stop()
+        resolve(value)
+      },
+      (error: unknown) => {
+        stop()
+        reject(error)
+      },
+    )
   })
 }
 

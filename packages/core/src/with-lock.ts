@@ -1,14 +1,14 @@
-import { InvalidArgumentError, LockTimeoutError, type PgLockErrorDetails } from './errors.js'
+import { describeKey, InvalidArgumentError, LockLostError, LockTimeoutError, type PgLockErrorDetails } from './errors.js'
 import type { LockConnection, LockExecutor } from './executor.js'
 import { claimConnectionGate, enterConnectionGate, enterGate, type GateTicket, NO_TICKET } from './gate.js'
-import { type Framing, NotInTransaction, nextSavepoint, takeLock, watchConnection } from './hold.js'
+import { type Framing, isConnectionFailure, NotInTransaction, nextSavepoint, takeLock, watchConnection } from './hold.js'
 import { type LockId, lockIdToken, resolveLockId } from './keys.js'
 import { LazyAbort } from './lazy-abort.js'
 import { endTransactionLocks, Lock } from './lock.js'
 import { resolveAcquireOptions, resolveLockOptions } from './options.js'
 import { rollbackToSavepointSql } from './sql.js'
 import type { Lease, LockKey, LockMode, TryWithLockResult, WithLockOptions } from './types.js'
-import { checkOut, DeadlineExceeded, interruptible } from './wait.js'
+import { checkOut, DeadlineExceeded, interruptible, untilLost } from './wait.js'
 
 /**
  * The lease `withLock` hands to `fn`. `signal` is a getter on the prototype, so that its
@@ -108,10 +108,30 @@ async function runInSession<Db, T>(
     value = await fn(new LockLease(lock.db as Db, lock))
   } catch (error) {
     await lock.release().catch(() => undefined)
-    throw error
+    throw lock.signal.aborted ? lostWhileRunning(lock.signal.reason, error) : error
   }
   if (!(await lock.release())) lock.signal.throwIfAborted()
   return { acquired: true, value }
+}
+
+/**
+ * What `withLock` rejects with when the lock was lost while `fn` ran and `fn` threw `error`: the
+ * loss, with `fn`'s error as its `cause` (a driver error on the dead connection, usually), so that
+ * a lost lock reads the same whatever `fn` did with the driver's error. Decided once the unlock or
+ * rollback has said whether the connection is gone: the driver may reject `fn`'s statement before
+ * the adapter reports the loss.
+ */
+function lostWhileRunning(loss: unknown, error: unknown): unknown {
+  if (error === loss || !(loss instanceof LockLostError)) return loss
+  return new LockLostError(loss.message, { key: loss.key, mode: loss.mode, scope: loss.scope, cause: error })
+}
+
+/** The loss of a transaction lock whose connection failed under pglock's own `COMMIT`, `ROLLBACK`, or the driver's. */
+function connectionFailed(details: PgLockErrorDetails, cause: unknown): LockLostError {
+  return new LockLostError(
+    `lock ${describeKey(details.key)} was lost: the connection holding it failed (${String((cause as Error)?.message ?? cause)})`,
+    { ...details, cause },
+  )
 }
 
 async function runInTransaction<Db, T>(run: Run<Db, T>): Promise<TryWithLockResult<T>> {
@@ -141,26 +161,38 @@ async function runInTransaction<Db, T>(run: Run<Db, T>): Promise<TryWithLockResu
  * died (which is how the lock was lost) would otherwise replace `LockLostError`, and postgres.js
  * rejects `sql.begin()` as soon as the connection closes, before `fn` has even returned. A loss
  * after `fn` returned stops the wait for the driver's commit, which a dead connection never ends.
+ * Once `fn` has run, a driver failing for its connection (its own `COMMIT` or `ROLLBACK`, or
+ * `sql.begin()` seeing the socket close) means the lock was lost, even before the adapter says so.
  */
 async function inDriverTransaction<Db, T>(
   run: Run<Db, T>,
   transaction: NonNullable<LockExecutor<Db>['transaction']>,
   ending: Ending,
 ): Promise<TryWithLockResult<T>> {
-  const driver: DriverTransactionWatch = { abandoned: new AbortController(), stop: () => undefined }
+  const driver: DriverTransactionWatch = { abandoned: new AbortController(), stop: () => undefined, lost: undefined }
   let held: Promise<TryWithLockResult<T>> | undefined
   try {
     const ended = transaction(
       (connection) => (held = holdWhileRunning(run, connection, { kind: 'driver-transaction' }, run.deadline, { ...ending, driver })),
     )
-    return await untilLost(ended, driver.abandoned.signal)
+    return await interruptible(ended, { signal: driver.abandoned.signal, abandon: () => undefined })
   } catch (error) {
     if (held === undefined) throw error
     const failure = await held.then(
       () => undefined,
       (reason: unknown) => ({ reason }),
     )
-    throw failure === undefined ? error : failure.reason
+    const { lost } = driver
+    if (lost === undefined || (failure !== undefined && failure.reason instanceof LockLostError)) {
+      throw failure === undefined ? error : failure.reason
+    }
+    const loss = lost.aborted
+      ? lost.reason
+      : error !== failure?.reason && isConnectionFailure(error)
+        ? connectionFailed(run.details, error)
+        : undefined
+    if (loss === undefined) throw failure === undefined ? error : failure.reason
+    throw failure === undefined ? loss : lostWhileRunning(loss, failure.reason)
   } finally {
     driver.stop()
   }
@@ -197,10 +229,8 @@ interface Ending {
 interface DriverTransactionWatch {
   readonly abandoned: AbortController
   stop: () => void
-}
-
-function untilLost<T>(promise: Promise<T>, lost: AbortSignal): Promise<T> {
-  return interruptible(promise, { signal: lost, abandon: () => undefined })
+  /** Set once the lock is granted and `fn` is about to run: aborted when the lock is lost. */
+  lost: LazyAbort | undefined
 }
 
 /**
@@ -246,9 +276,10 @@ async function holdWhileRunning<Db, T>(
 
 /**
  * Runs `fn` under a granted transaction lock, then ends what `holdWhileRunning` began. Once the
- * connection is lost, nothing more is sent on it: an owned connection is destroyed at once, and
- * with `keepAliveMs` a commit or rollback that a silent connection never answers is abandoned, so
- * that `withLock` cannot stay pending.
+ * connection is lost, nothing more is sent on it: an owned connection is destroyed at once, and a
+ * commit or rollback still in flight is abandoned (the driver may never answer it), so that
+ * `withLock` cannot stay pending. It waits for `fn` itself, though: `withLock` never settles while
+ * `fn` still runs.
  */
 async function runHolding<Db, T>(
   run: Run<Db, T>,
@@ -270,8 +301,15 @@ async function runHolding<Db, T>(
     run.details,
   )
   const stop = driver === undefined ? stopWatching : () => undefined
-  if (driver !== undefined) driver.stop = stopWatching
-  const settle = (ended: Promise<void>) => (run.keepAliveMs === undefined ? ended : untilLost(ended, lost.signal))
+  if (driver !== undefined) {
+    driver.stop = stopWatching
+    driver.lost = lost
+  }
+  /** Whether a failure of pglock's own `COMMIT` or `ROLLBACK` shows the lock lost; if so, reported as lost. */
+  const lostBy = (failure: unknown): boolean => {
+    if (!lost.aborted && isConnectionFailure(failure)) lost.abort(connectionFailed(run.details, failure))
+    return lost.aborted
+  }
   let value: T
   try {
     const db = framing.kind === 'begin' && connection.transactionDb !== undefined ? connection.transactionDb() : connection.db
@@ -279,19 +317,21 @@ async function runHolding<Db, T>(
   } catch (error) {
     ran = true
     ending.leaveGate?.()
-    if (lost.aborted) driver?.abandoned.abort(error)
-    else await settle(finish(connection, framing, false)).catch(() => undefined)
+    const gone = lost.aborted || (await untilLost(finish(connection, framing, false), lost).then(() => false, lostBy))
     stop()
-    throw error
+    if (!gone) throw error
+    const failure = lostWhileRunning(lost.reason, error)
+    driver?.abandoned.abort(failure)
+    throw failure
   }
   ran = true
   ending.leaveGate?.()
   try {
     if (lost.aborted) driver?.abandoned.abort(lost.reason)
     lost.throwIfAborted()
-    await settle(finish(connection, framing, true))
+    await untilLost(finish(connection, framing, true), lost)
   } catch (error) {
-    lost.throwIfAborted()
+    if (lostBy(error)) throw lost.reason
     throw error
   } finally {
     stop()

@@ -26,6 +26,7 @@ export function kyselyAdapter(
       survivesConnectionLoss: true,
       poolRecovers: true,
       endedPoolRefuses: true,
+      lostConnectionMayReturn: true,
       ...caps,
     },
     async openPool(options) {

@@ -45,6 +45,7 @@ const adapter: AdapterUnderTest = {
     poolRecovers: false,
     endedPoolRefuses: false,
     survivesConnectionLoss: true,
+    transactionRejectsOnLoss: true,
   },
   async openPool({ url, applicationName, max, throughPooler = false }) {
     const sql = postgres(url, {

@@ -81,6 +81,20 @@ export interface Capabilities {
    * 3.4, whose `sql.reserve()` ignores `sql.end()` and opens a new connection.
    */
   readonly endedPoolRefuses: boolean
+  /**
+   * Optional (false when left out). The driver's own transaction (`inTransaction`) rejects by
+   * itself once its connection closes, and its callback must not settle after that: postgres.js
+   * 3.4's `sql.begin()` rejects at once, but sends its `COMMIT` or `ROLLBACK` into the closed
+   * connection if the callback settles, which throws an uncaught `TypeError` from a
+   * `setImmediate` (porsager/postgres#1208). The suites then leave the callback pending after a loss.
+   */
+  readonly transactionRejectsOnLoss?: boolean
+  /**
+   * Optional (false when left out). A pooled connection whose backend died may go back to its pool
+   * and fail its next use, once: Kysely has no way to close a connection, so pglock gives a lost
+   * one back, and the driver may lend it again before it has seen its socket close.
+   */
+  readonly lostConnectionMayReturn?: boolean
 }
 
 /**

@@ -1,4 +1,5 @@
-import { describeReliability } from '@pglock/testing'
+import { describeLossPoints, describeReliability } from '@pglock/testing'
 import adapter from './adapter.ts'
 
 describeReliability(adapter)
+describeLossPoints(adapter)

@@ -1,0 +1,4 @@
+import { describeLossPoints } from '@pglock/testing'
+import adapter from './adapter.ts'
+
+describeLossPoints(adapter)
