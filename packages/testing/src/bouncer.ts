@@ -237,7 +237,7 @@ export function describePgBouncer(adapter: AdapterUnderTest): void {
         async () => {
           const pool = await through(transactionPooling, 2)
           const key = bench.key('session-moved-probe')
-          const lock = lib.createLock(pool.db, key, { keepAliveMs: 50 })
+          const lock = lib.createLock(pool.db, key, { keepAliveMs: 250 }) // long enough that a loaded machine answers the probe in time
           let lost: Awaited<ReturnType<typeof abortedWithin>> | undefined
           const heldOn = await withSessionMoved(
             key,
