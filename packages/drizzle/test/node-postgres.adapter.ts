@@ -27,7 +27,20 @@ const adapter: AdapterUnderTest = {
     const { db: client, close } = await (nodePostgres.openConnection as NonNullable<AdapterUnderTest['openConnection']>)(options)
     return { db: drizzle({ client: client as pg.Client }), close }
   },
-  inTransaction: (db, body) => (db as NodePgDatabase).transaction((tx) => body(tx)),
+  async inTransaction(db, body) {
+    // as node-postgres asks of a checked-out client: its connection may die under the loss tests
+    let client: pg.PoolClient | undefined
+    const ignore = () => undefined
+    try {
+      return await (db as NodePgDatabase).transaction((tx) => {
+        client = sessionClient(tx) as pg.PoolClient
+        client.on('error', ignore)
+        return body(tx)
+      })
+    } finally {
+      client?.off('error', ignore)
+    }
+  },
   listenerCount(tx) {
     const client = sessionClient(tx) as pg.PoolClient
     return client.listenerCount('error') + client.listenerCount('end')
