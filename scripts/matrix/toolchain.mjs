@@ -8,20 +8,22 @@ import { chmodSync, chownSync, existsSync, mkdirSync, openSync, readFileSync, sy
 import { createRequire } from 'node:module'
 import { createServer } from 'node:net'
 import { dirname, join, relative } from 'node:path'
+import { newestVersion } from './workspace.mjs'
 
 const platform = `${process.platform}-${process.arch}`
 
 /**
  * A directory whose Node binary runs the given major: this process's own when it is that major,
- * else `node-<platform>-<arch>@<major>` installed under `cache` (npm picks the newest of the major).
+ * else the newest `node-<platform>-<arch>` of that major, installed under `cache` once.
  */
 export function installNode(cache, major) {
   if (Number(process.versions.node.split('.')[0]) === major) return { bin: dirname(process.execPath), version: process.versions.node }
-  const prefix = join(cache, `node-${major}`)
-  npmInstall(prefix, `node-${platform}@${major}`)
+  const version = newestVersion(`node-${platform}`, String(major))
+  const prefix = join(cache, `node-${version}`)
   const bin = join(prefix, 'node_modules', `node-${platform}`, 'bin')
-  const version = execFileSync(join(bin, 'node'), ['--version'], { encoding: 'utf8' }).trim().replace(/^v/, '')
-  if (Number(version.split('.')[0]) !== major) throw new Error(`node-${platform}@${major} installed Node ${version}`)
+  if (!existsSync(join(bin, 'node'))) npmInstall(prefix, `node-${platform}@${version}`)
+  const reported = execFileSync(join(bin, 'node'), ['--version'], { encoding: 'utf8' }).trim()
+  if (reported !== `v${version}`) throw new Error(`node-${platform}@${version} runs Node ${reported}`)
   return { bin, version }
 }
 
