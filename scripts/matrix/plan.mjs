@@ -38,16 +38,20 @@ export const DRIVER_VERSIONS = [
   { adapter: 'pg', spec: '8.11.x', note: 'lowest of the peer range' },
   { adapter: 'pg', spec: '^8' },
   { adapter: 'postgres-js', spec: '3.4.x' },
-  { adapter: 'postgres-js', spec: '^4', disabled: 'support in progress (peer range ^3.4.5 today)' },
+  { adapter: 'postgres-js', spec: '^4', disabled: 'support in progress: lost-lock detection, cancel and restarts fail on 4.x' },
   { adapter: 'drizzle', spec: '0.45.x' },
-  { adapter: 'drizzle', spec: '^1.0.0-rc.0', disabled: 'support in progress (peer range ^0.45.0 today)' },
+  {
+    adapter: 'drizzle',
+    spec: '^1.0.0-rc.0',
+    disabled: 'support in progress: session scope, `tx` and replicas fail on the rc, the fault suite hangs',
+  },
   { adapter: 'kysely', spec: '0.28.x' },
   { adapter: 'kysely', spec: '0.29.x', minNode: 22 },
   {
     adapter: 'kysely',
     spec: '^0.30.0-beta.0',
     minNode: 22,
-    disabled: 'support in progress (peer range <0.30.0 today)',
+    disabled: 'support in progress (peer range stops below 0.30)',
   },
 ]
 

@@ -18,7 +18,7 @@
  *   --keep               keep the scratch workspaces and Postgres data directories
  */
 import { spawn, spawnSync } from 'node:child_process'
-import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { delimiter, join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -27,7 +27,7 @@ import { testedWith, writeReadme } from './report.mjs'
 import { installNode, installPostgres, loadPg, serverUser, startPostgres } from './toolchain.mjs'
 import { newestVersion, prepareWorkspace, testFiles } from './workspace.mjs'
 
-const CELL_TIMEOUT_MS = 20 * 60_000
+const CELL_TIMEOUT_MS = 10 * 60_000
 const root = resolve(import.meta.dirname, '../..')
 const { values: options } = parseArgs({
   options: {
@@ -65,13 +65,12 @@ for (const { dir } of ADAPTERS) {
 const started = Date.now()
 const out = join(root, '.pglock-matrix')
 const logs = join(out, 'logs')
-rmSync(logs, { recursive: true, force: true })
 mkdirSync(logs, { recursive: true })
-const cache = join(tmpdir(), 'pglock-matrix-cache')
+const temp = traversableTemp()
+const cache = join(temp, 'pglock-matrix-cache')
 mkdirSync(cache, { recursive: true })
 chmodSync(cache, 0o755)
-// The servers run as the `postgres` user when this is root: everything they read must be world-traversable.
-const work = mkdtempSync(join(tmpdir(), 'pglock-matrix-'))
+const work = mkdtempSync(join(temp, 'pglock-matrix-'))
 chmodSync(work, 0o755)
 
 const servers = new Map()
@@ -254,6 +253,7 @@ async function attemptCell(cell, { node, server, workspace, attempt }) {
     PGLOCK_MATRIX_PROBE: probe,
     PGLOCK_MATRIX_REPORT: report,
     NO_COLOR: '1',
+    TMPDIR: temp,
   }
   delete env.DATABASE_URL
   delete env.FORCE_COLOR
@@ -324,6 +324,17 @@ function newestOrNothing(cell) {
   } catch {
     return undefined
   }
+}
+
+/**
+ * The temp folder to work in. As root the servers run as the OS user `postgres`, who must reach
+ * their binaries and data: a private TMPDIR (mode 0700 somewhere above it) gives way to /tmp.
+ */
+function traversableTemp() {
+  const reachable = (dir) => dir.split('/').every((_, i, parts) => (statSync(parts.slice(0, i + 1).join('/') || '/').mode & 0o001) !== 0)
+  if (process.getuid?.() !== 0 || reachable(tmpdir())) return tmpdir()
+  if (reachable('/tmp')) return '/tmp'
+  fail(`neither ${tmpdir()} nor /tmp can be reached by the postgres user; set TMPDIR to a world-traversable folder`)
 }
 
 function describeCell(cell) {
