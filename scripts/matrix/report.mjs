@@ -20,16 +20,15 @@ export function testedWith(results) {
     `reliability suites, on Node ${list(NODE_MAJORS)} and Postgres ${list(POSTGRES.map((p) => p.major))}, in ${ran.length} cells`,
     `(${passed} passed, ${ran.length - passed} failed, ${minutes(results.wallSeconds)}). Each cell records the versions its test process loaded.`,
     '',
-    '| package | driver | Node | Postgres | result |',
-    '| --- | --- | --- | --- | --- |',
   ]
+  const rows = []
   for (const adapter of ADAPTERS) {
     for (const entry of DRIVER_VERSIONS.filter((e) => e.adapter === adapter.name)) {
       const cells = results.cells.filter((cell) => cell.adapter === adapter.name && cell.spec === entry.spec)
-      if (cells.length === 0) continue
-      lines.push(row(adapter, entry, cells))
+      if (cells.length > 0) rows.push(row(adapter, entry, cells))
     }
   }
+  lines.push(...table(['package', 'driver', 'Node', 'Postgres', 'result'], rows))
   const nodes = uniq(ran.map((cell) => cell.nodeVersion).filter(Boolean))
   const servers = uniq(ran.map((cell) => cell.serverVersion).filter(Boolean))
   lines.push(
@@ -43,8 +42,9 @@ export function testedWith(results) {
 function row(adapter, entry, cells) {
   const ran = cells.filter((cell) => cell.status !== 'disabled')
   const versions = uniq(cells.map((cell) => cell.version).filter(Boolean))
-  const driver = `\`${adapter.driver}\` ${versions.length > 0 ? versions.join(', ') : entry.spec}${underneath(ran)}`
-  if (ran.length === 0) return `| \`${adapter.package}\` | ${driver} | | | not run yet: ${cells[0].reason} |`
+  const note = entry.note ? ` (${entry.note})` : ''
+  const driver = `\`${adapter.driver}\` ${versions.length > 0 ? versions.join(', ') : entry.spec}${note}${underneath(ran)}`
+  if (ran.length === 0) return [`\`${adapter.package}\``, driver, '', '', `not yet supported: ${entry.disabled ?? cells[0].reason}`]
   const failed = ran.filter((cell) => cell.status !== 'passed')
   const retried = ran.filter((cell) => cell.status === 'passed' && cell.attempts > 1)
   const result =
@@ -53,7 +53,7 @@ function row(adapter, entry, cells) {
       : `passed${retried.length > 0 ? ` (${retried.length} on a second attempt)` : ''}`
   const nodes = uniq(ran.map((cell) => cell.node)).sort((a, b) => a - b)
   const majors = uniq(ran.map((cell) => cell.postgres)).sort((a, b) => a - b)
-  return `| \`${adapter.package}\` | ${driver} | ${nodes.join(', ')} | ${majors.join(', ')} | ${result} |`
+  return [`\`${adapter.package}\``, driver, nodes.join(', '), majors.join(', '), result]
 }
 
 /** For Drizzle and Kysely: the drivers under the query builder, as the adapter's package resolved them. */
@@ -78,6 +78,13 @@ export function writeReadme(path, markdown) {
   if (start < 0 || end < start) return false
   writeFileSync(path, `${text.slice(0, start + START.length)}\n${markdown}\n${text.slice(end)}`)
   return true
+}
+
+/** A Markdown table with padded columns, as the repository's formatter writes them. */
+function table(header, rows) {
+  const widths = header.map((_, i) => Math.max(...[header, ...rows].map((cells) => cells[i].length)))
+  const line = (cells) => `| ${cells.map((cell, i) => cell.padEnd(widths[i])).join(' | ')} |`
+  return [line(header), line(widths.map((width) => '-'.repeat(width))), ...rows.map(line)]
 }
 
 function list(items) {

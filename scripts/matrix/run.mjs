@@ -10,7 +10,9 @@
  * `scripts/matrix/results.json` and the README's "Tested with" table. Closes with the line
  * `matrix: N passed, N failed` (cells) and exits non-zero when any cell failed.
  *
- * Usage: node scripts/matrix/run.mjs [--list] [--only <text>]... [--include-disabled] [--jobs N] [--retries N] [--keep]
+ * Usage: node scripts/matrix/run.mjs [--list | --table] [--only <text>]... [--include-disabled] [--jobs N] [--retries N] [--keep]
+ *   --list               print the cells and what they cover, run nothing
+ *   --table              regenerate the README table from scripts/matrix/results.json, run nothing
  *   --only               run the cells whose id contains the text (e.g. `pg@8.11`, `node26`, `pg16`, `kysely@`)
  *   --include-disabled   run the driver versions marked disabled in plan.mjs as well
  *   --jobs               cells run at once (default 1: the reliability suites time their assertions)
@@ -37,6 +39,7 @@ const { values: options } = parseArgs({
     jobs: { type: 'string', default: '1' },
     retries: { type: 'string', default: '1' },
     keep: { type: 'boolean', default: false },
+    table: { type: 'boolean', default: false },
   },
 })
 const includeDisabled = options['include-disabled']
@@ -45,6 +48,16 @@ const planned = planCells({ includeDisabled })
 const cells = planned.filter((cell) => options.only.length === 0 || options.only.some((text) => cell.id.includes(text)))
 const runnable = cells.filter((cell) => !cell.disabled)
 
+if (options.table) {
+  const written = writeReadme(
+    join(root, 'README.md'),
+    testedWith(JSON.parse(readFileSync(join(root, 'scripts/matrix/results.json'), 'utf8'))),
+  )
+  console.log(
+    written ? 'matrix: README.md table regenerated from scripts/matrix/results.json' : 'matrix: README.md has no tested-with markers',
+  )
+  process.exit(written ? 0 : 1)
+}
 if (options.list) {
   for (const cell of cells) console.log(`${cell.id}${cell.disabled ? `  (disabled: ${cell.disabled})` : ''}`)
   const missing = uncovered(planned, { includeDisabled })
@@ -235,7 +248,7 @@ async function runCell(cell, n) {
     ...base,
     ...last,
     attempts: attempts.length,
-    seconds: last.seconds,
+    seconds: seconds(attempts.reduce((sum, a) => sum + a.seconds * 1000, 0)),
     earlier: attempts.slice(0, -1).map(({ reason, seconds: s, log }) => ({ reason, seconds: s, log })),
   }
 }

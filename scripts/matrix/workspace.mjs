@@ -14,7 +14,9 @@ import { dirname, join } from 'node:path'
  * builds (a prerelease ending in `-<commit>`, as drizzle-orm publishes one per commit) are skipped.
  */
 export function newestVersion(driver, spec) {
-  const found = JSON.parse(execFileSync('npm', ['view', `${driver}@${spec}`, 'version', '--json'], { encoding: 'utf8' }) || '[]')
+  const found = JSON.parse(
+    execFileSync('npm', ['view', `${driver}@${spec}`, 'version', '--json'], { encoding: 'utf8', stdio: 'pipe' }) || '[]',
+  )
   const versions = [found].flat().filter((version) => !/-[0-9a-f]{7,}$/.test(version))
   if (versions.length === 0) throw new Error(`no published ${driver} matches ${spec}`)
   return versions.sort(compareVersions).at(-1)
