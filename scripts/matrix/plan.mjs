@@ -38,13 +38,9 @@ export const DRIVER_VERSIONS = [
   { adapter: 'pg', spec: '8.11.x', note: 'lowest of the peer range' },
   { adapter: 'pg', spec: '^8' },
   { adapter: 'postgres-js', spec: '3.4.x' },
-  { adapter: 'postgres-js', spec: '^4', disabled: 'lost-lock detection, cancel and restarts fail on 4.x' },
+  { adapter: 'postgres-js', spec: '^4.2', note: '4.0 and 4.1 are outside the peer range' },
   { adapter: 'drizzle', spec: '0.45.x' },
-  {
-    adapter: 'drizzle',
-    spec: '^1.0.0-rc.0',
-    disabled: 'session scope, `tx` and replicas fail on the rc; the fault suite hangs',
-  },
+  { adapter: 'drizzle', spec: '^1.0.0-rc.0' },
   { adapter: 'kysely', spec: '0.28.x' },
   { adapter: 'kysely', spec: '0.29.x', minNode: 22 },
   {
