@@ -129,21 +129,73 @@ type Hand = (cause: Error | true | undefined) => void
 /** A pinned client; `lease.db` is the client in every scope, so it offers no `transactionDb`. */
 type PinnedClient<C> = Omit<LockConnection<C>, 'transactionDb'>
 
+type Report = (error: unknown) => void
+
+/**
+ * The locks pglock holds on each client, heard through one `error` and one `end` listener per
+ * client however many there are, so that many locks on one client add no listeners of their own.
+ */
+interface Hub {
+  readonly reports: Set<Report>
+  readonly onError: Report
+  readonly onEnd: () => void
+}
+
+const hubs = new WeakMap<AnyClient, Hub>()
+
+function listen(client: AnyClient, report: Report): () => void {
+  let hub = hubs.get(client)
+  if (hub === undefined) {
+    const reports = new Set<Report>()
+    const onError: Report = (error) => {
+      for (const each of [...reports]) each(error)
+    }
+    hub = { reports, onError, onEnd: () => onError(new Error('Connection terminated')) }
+    hubs.set(client, hub)
+    client.on('error', hub.onError)
+    client.on('end', hub.onEnd)
+  }
+  const mine = hub
+  mine.reports.add(report)
+  return () => {
+    mine.reports.delete(report)
+    if (mine.reports.size > 0 || hubs.get(client) !== mine) return
+    hubs.delete(client)
+    client.removeListener('error', mine.onError)
+    client.removeListener('end', mine.onEnd)
+  }
+}
+
+/**
+ * pglock's statements on a client of yours, one after another: handles for several keys on one
+ * client would otherwise call `client.query()` while it runs another, which node-postgres 8
+ * warns is deprecated (and 9 will refuse). node-postgres ran them in this order anyway.
+ */
+const lanes = new WeakMap<AnyClient, Promise<unknown>>()
+
+function inLane<T>(client: AnyClient, run: () => Promise<T>): Promise<T> {
+  const next = (lanes.get(client) ?? Promise.resolve()).then(run, run)
+  lanes.set(
+    client,
+    next.catch(() => undefined),
+  )
+  return next
+}
+
 function pin<C extends AnyClient>(client: C, owned: boolean, hand: Hand = (cause) => client.release?.(cause)): PinnedClient<C> {
   const loss = trackLoss()
   const broken = unusable(client)
   if (broken !== undefined) loss.report(broken)
   let released = false
-  const onError = (error: unknown) => loss.report(error)
-  const onEnd = () => onError(new Error('Connection terminated'))
-  client.on('error', onError)
-  client.on('end', onEnd)
+  const stop = listen(client, (error) => loss.report(error))
+  const query = async (sql: string) => lastRows(await (client.query(sql) as unknown as Promise<QueryResult | QueryResult[]>))
   return {
     db: client,
     owned,
     scope: client,
-    query: async (sql) => lastRows(await (client.query(sql) as unknown as Promise<QueryResult | QueryResult[]>)),
-    execute: (statement) => execute(client, statement),
+    // a client pglock owns runs only its statements, one at a time
+    query: owned ? query : (sql) => inLane(client, () => query(sql)),
+    execute: owned ? (statement) => execute(client, statement) : (statement) => inLane(client, () => execute(client, statement)),
     cancel: () => cancelBackend(client),
     onLost: loss.onLost,
     release({ destroy, cause }) {
@@ -151,10 +203,8 @@ function pin<C extends AnyClient>(client: C, owned: boolean, hand: Hand = (cause
       released = true
       loss.clear()
       if (owned) hand(destroy || loss.lost ? ((cause ?? loss.cause ?? true) as Error | true) : undefined)
-      if (!loss.lost) {
-        client.removeListener('error', onError)
-        client.removeListener('end', onEnd)
-      }
+      // a lost client's later errors stay heard (and swallowed): nobody else listens on it
+      if (!loss.lost) stop()
     },
   }
 }

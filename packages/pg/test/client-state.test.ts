@@ -35,3 +35,19 @@ describe('pg: clients that cannot run queries', () => {
     expect(result).toMatchObject({ state: 'rejected', error: { message: 'Client was closed and is not queryable' } })
   })
 })
+
+describe('pg: many locks on one client', () => {
+  it('listens with one error and one end listener however many locks the client holds', async () => {
+    const client = new pg.Client({ connectionString: inject('databaseUrl') })
+    await client.connect()
+    try {
+      const prefix = `pglock-test:pg:many:${Math.random().toString(36).slice(2)}`
+      const locks = await Promise.all(Array.from({ length: 25 }, (_, i) => createLock(client, `${prefix}:${i}`).acquire()))
+      expect([client.listenerCount('error'), client.listenerCount('end')]).toEqual([1, 1])
+      for (const lock of locks) expect(await lock.release()).toBe(true)
+      expect([client.listenerCount('error'), client.listenerCount('end')]).toEqual([0, 0])
+    } finally {
+      await client.end()
+    }
+  })
+})

@@ -551,6 +551,23 @@ export function describeConformance(adapter: AdapterUnderTest): void {
     })
 
     describe('one connection', () => {
+      it.skipIf(!caps.singleConnection)('holds 25 locks on one connection with no driver warning, and leaves no listener', async () => {
+        const connection = await open('connection')
+        const warnings: Error[] = []
+        const onWarning = (warning: Error) => warnings.push(warning)
+        process.on('warning', onWarning)
+        try {
+          const before = await adapter.listenerCount?.(connection.db)
+          const locks = await Promise.all(Array.from({ length: 25 }, (_, i) => lib.createLock(connection.db, key(`many-${i}`)).acquire()))
+          expect((await Promise.all(locks.map((lock) => lock.release()))).every(Boolean)).toBe(true)
+          expect(await adapter.listenerCount?.(connection.db)).toBe(before)
+          await sleep(10) // process warnings are emitted on the next tick
+        } finally {
+          process.off('warning', onWarning)
+        }
+        expect(warnings.map((warning) => `${warning.name}: ${warning.message}`)).toEqual([])
+      })
+
       it.skipIf(!caps.singleConnection)('does not let two handles on one connection both hold an exclusive lock', async () => {
         const connection = await open('connection')
         const k = key('same-connection')
