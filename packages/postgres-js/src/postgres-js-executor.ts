@@ -223,7 +223,7 @@ export function pinPostgresJs<Db>(
   },
 ): PostgresJsConnection<Db> {
   const { owned, giveBack, pool, prepare = false } = options
-  if (generationOf(handle) === 4) {
+  if (generationOf(handle, pool) === 4) {
     return pinV4(handle, db, { owned, giveBack, prepare, endpoint: pool === undefined ? undefined : endpointOf(pool) })
   }
   const transaction = isTransactionSql(handle) ? handle : undefined

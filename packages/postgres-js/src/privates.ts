@@ -74,17 +74,17 @@ const generations = new WeakMap<object, Generation>()
  * statement that is never sent (postgres.js sends one only once it is awaited): 3.4 builds each
  * query with its pool's `canceller`, 4.x has none; both keep the backend key a statement went to
  * as its `state`, which pglock reads to cancel a lock wait on a connection that failed. Known per
- * handle once seen.
+ * `family` once seen: the handle itself, or the `Sql` its reserved connections come from.
  *
  * @throws `UnsupportedError` when the statement lacks a member pglock reads.
  */
-export function generationOf(handle: ReservedSql<any> | TransactionSql<any>): Generation {
-  let generation = generations.get(handle)
+export function generationOf(handle: ReservedSql<any> | TransactionSql<any>, family: object = handle): Generation {
+  let generation = generations.get(family)
   if (generation === undefined) {
     const probe = handle.unsafe('')
     generation = has(probe, 'canceller') ? 3 : 4
     if (!has(probe, 'state')) throw unsupported('Query#state', 'cancel a lock wait on a connection that failed')
-    generations.set(handle, generation)
+    generations.set(family, generation)
   }
   return generation
 }
