@@ -162,7 +162,17 @@ export class Lock<Db = unknown> implements AsyncDisposable {
 
   /** Whether this handle holds its lock now. Becomes false on release and when the lock is lost. */
   get isHeld(): boolean {
+    const held = this.#held
+    if (held !== undefined && this.#transactionOver(held)) void this.#end(held)
     return this.#state === 'held' || this.#state === 'releasing'
+  }
+
+  /**
+   * Whether the caller's transaction a lock was taken in is over, where the driver can say so
+   * without a statement (node-postgres: the client is idle, in no transaction at all).
+   */
+  #transactionOver(held: Held<Db>): boolean {
+    return held.transaction !== undefined && this.#executor.inTransaction?.() === false
   }
 
   /**
@@ -406,6 +416,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
       this.#keepAliveMs,
       (error) => {
         const held = this.#held
+        // isHeld first ends quietly a lock whose transaction was over: its connection failing loses nothing
         if (held !== undefined && this.isHeld) this.#lose(held, error, true)
       },
       this.#details,

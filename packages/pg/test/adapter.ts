@@ -17,6 +17,7 @@ const adapter: AdapterUnderTest = {
     poolRecovers: true,
     endedPoolRefuses: true,
     survivesConnectionLoss: true,
+    tellsTransactionEnd: true,
   },
   async openPool({ url, applicationName, max }) {
     const pool = new pg.Pool({ connectionString: url, application_name: applicationName, max })

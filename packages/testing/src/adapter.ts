@@ -82,6 +82,12 @@ export interface Capabilities {
    */
   readonly endedPoolRefuses: boolean
   /**
+   * The driver says, without a statement, when a connection is in no transaction (node-postgres:
+   * `getTransactionStatus()`), so a transaction lock's handle reads `isHeld` false once its
+   * transaction ended. Elsewhere it does from the next lock pglock takes on that connection.
+   */
+  readonly tellsTransactionEnd?: boolean
+  /**
    * Optional (false when left out). The driver's own transaction (`inTransaction`) rejects by
    * itself once its connection closes, and its callback must not settle after that: postgres.js
    * 3.4's `sql.begin()` rejects at once, but sends its `COMMIT` or `ROLLBACK` into the closed

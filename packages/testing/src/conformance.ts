@@ -306,6 +306,7 @@ export function describeConformance(adapter: AdapterUnderTest): void {
             expect(lock.isHeld).toBe(true)
             await adapter.query(connection.db, 'COMMIT')
             expect(await observer.locks(k)).toEqual([])
+            if (caps.tellsTransactionEnd) expect(lock.isHeld).toBe(false)
           }
         },
       )
