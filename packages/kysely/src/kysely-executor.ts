@@ -1,15 +1,15 @@
-import { randomUUID } from 'node:crypto'
 import {
   InvalidArgumentError,
   isConnectionFailure,
   type LockConnection,
   type LockExecutor,
   type LockScope,
-  type Row,
   trackLoss,
   UnsupportedError,
 } from '@pglock/core'
 import { CompiledQuery, type DatabaseConnection, type Kysely, type Transaction } from 'kysely'
+import { type ConnectionSource, checkHandle, connectionsOf, instanceScope, kyselyName, signalTaggedSql, tagged } from './kysely-privates.js'
+import { learnStatements, runText, takesSeveral } from './kysely-statements.js'
 
 /**
  * A Kysely handle pglock can lock with: a `Kysely` instance, a `Transaction`, or a `lease.db`
@@ -45,15 +45,31 @@ export type KyselyLeaseDb<H, S extends LockScope = LockScope> =
       : never
 
 /**
- * How often a held lock's connection is probed. Kysely hides the driver's connection events, so a
- * probe failing for want of a connection is how pglock learns that a lock was lost.
+ * How often a held lock's connection is probed. Kysely hides the driver's connection events (0.30
+ * still offers none), so a probe failing for want of a connection is how pglock learns that a lock
+ * was lost.
  */
 const PROBE_INTERVAL_MS = 1_000
 /** How long a connection whose lock state is unknown gets to drop its locks before its backend is terminated. */
 const RESET_BOUND_MS = 1_000
+/** How long a statement gets to end after Kysely's cancel request before pglock looks for it by its tag. */
+const CANCEL_GRACE_MS = 100
+/** Cancel requests sent through Kysely when no tag search can follow, with pauses doubling from {@link CANCEL_GRACE_MS}. */
+const CANCEL_ATTEMPTS = 6
+/** How long pglock waits for Kysely to deliver one cancel request (a control connection that cannot connect must not stall the abort). */
+const CANCEL_DELIVERY_BOUND_MS = 1_000
 
-/** Runs SQL text on one connection; resolves to the rows as the dialect returns them. */
-type Run = (sql: string) => Promise<readonly unknown[]>
+/**
+ * The connection-level cancel that Kysely 0.29 added to `DatabaseConnection` (optional there, and
+ * absent from 0.28's types): `cancelQuery` signals the backend of the query in flight on the
+ * connection, from a control connection the dialect opens itself (PostgresDialect: the pool's
+ * `Client`; kysely-postgres-js: the protocol's CancelRequest), or else from one that it is lent;
+ * `collectSessionInfo` lets the connection learn its backend first.
+ */
+interface ConnectionControl {
+  cancelQuery?(control: ConnectionSource): Promise<void>
+  collectSessionInfo?(): Promise<void>
+}
 
 /** Which backend a connection is: its pid, and when it started (a pid alone may be reused). */
 interface Backend {
@@ -63,81 +79,63 @@ interface Backend {
 
 /** The `lease.db` handles pglock gave out, and the instance their connections came from. */
 const instances = new WeakMap<object, Kysely<any>>()
-/** Backends by connection. PostgresDialect keeps one connection object per pg client, so they last. */
+/** Backends by connection, learnt by a held lock's probe. PostgresDialect keeps one connection object per pg client, so they last. */
 const backends = new WeakMap<DatabaseConnection, Backend>()
-
-const tagPrefix = `pglock:${randomUUID()}:`
-let tags = 0
+/** Connections that have collected their session info for `cancelQuery`. */
+const collected = new WeakSet<DatabaseConnection>()
 
 const BACKEND_SQL = 'SELECT pid, backend_start::text AS started FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid()'
+
+/** Terminates a backend by pid and start time, from another connection. */
+function terminateSql(backend: Backend): string {
+  return `SELECT pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE pid <> pg_backend_pid() AND pid = ${backend.pid | 0} AND backend_start::text = '${backend.started.replace(/'/g, "''")}'`
+}
 
 function isKysely(db: unknown): db is Kysely<any> {
   const candidate = db as Partial<Kysely<any>> | null
   return (
     typeof candidate === 'object' &&
     candidate !== null &&
-    typeof candidate.getExecutor === 'function' &&
+    typeof candidate.selectFrom === 'function' &&
     typeof candidate.connection === 'function' &&
     typeof candidate.transaction === 'function' &&
     typeof candidate.isTransaction === 'boolean'
   )
 }
 
-/** Runs through the handle's own connection provider, which queues behind its other queries. */
-function runThrough(db: Kysely<any>): Run {
-  return (sql) => db.getExecutor().provideConnection(async (connection) => (await connection.executeQuery(CompiledQuery.raw(sql))).rows)
+/** Runs one statement through the handle's own connection provider, which queues behind its other queries. */
+function runThrough(db: Kysely<any>): (sql: string) => Promise<readonly unknown[]> {
+  const connections = connectionsOf(db)
+  return (sql) => connections(async (connection) => (await connection.executeQuery(CompiledQuery.raw(sql))).rows)
 }
 
 function connectionOf(db: Kysely<any>): Promise<DatabaseConnection> {
-  return db.getExecutor().provideConnection(async (connection) => connection)
-}
-
-/**
- * Signals a backend from another connection. Kysely does not say which backend a connection is,
- * and asking it costs a round trip, so pglock finds the backend by the tag at the head of its
- * own statement text, which Postgres shows in `pg_stat_activity` to every role allowed to signal
- * it (the same role); or, once a probe has learnt it, by pid and start time.
- */
-function signalSql(fn: 'pg_cancel_backend' | 'pg_terminate_backend', target: { tag: string; active: boolean } | Backend): string {
-  const which =
-    'tag' in target
-      ? `${target.active ? `state = 'active' AND ` : ''}query LIKE '/* ${target.tag} */%'`
-      : `pid = ${target.pid | 0} AND backend_start::text = '${target.started.replace(/'/g, "''")}'`
-  return `SELECT ${fn}(pid) FROM pg_catalog.pg_stat_activity WHERE pid <> pg_backend_pid() AND ${which}`
-}
-
-/**
- * Runs pglock's SQL text and resolves to the rows of its last statement. Both dialects send
- * several statements in one round trip, but PostgresDialect keeps the result of none of them
- * (node-postgres answers with an array that Kysely does not read), while kysely-postgres-js
- * answers with one array of rows per statement. So a text that opens or runs inside a
- * transaction block (`BEGIN`, `SAVEPOINT`) and ends in a `SELECT` goes in two round trips: all
- * but the last statement, then the last alone; inside a transaction block that changes nothing
- * but latency. Other texts go whole: a session lock under `lock_timeout` needs the implicit
- * transaction of one multi-statement query, and pglock reads no rows from it.
- */
-async function lastRows(run: Run, sql: string): Promise<readonly Row[]> {
-  const statements = sql
-    .split(';')
-    .map((statement) => statement.trim())
-    .filter((statement) => statement !== '')
-  const last = statements[statements.length - 1] ?? ''
-  if (statements.length > 1 && /^(BEGIN|SAVEPOINT)\b/i.test(statements[0] ?? '') && /^SELECT\b/i.test(last)) {
-    await run(statements.slice(0, -1).join('; '))
-    return (await run(last)) as readonly Row[]
-  }
-  const rows = await run(sql)
-  const perStatement = statements.length > 1 && rows.length === statements.length && rows.every(Array.isArray)
-  return (perStatement ? rows[rows.length - 1] : rows) as readonly Row[]
+  return connectionsOf(db)(async (connection) => connection)
 }
 
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref())
+const ignore = () => undefined
+
+/** One text pglock sent: whether the dialect is running one of its statements now, and when the text has ended. */
+class Sent {
+  /** A statement of the text is in the dialect's hands (it left Kysely's queue). */
+  running = false
+  /** The tag of the statement sent, while it may be running on the server. */
+  tag: string | undefined
+  done = false
+  readonly begun: Promise<void>
+  readonly ended: Promise<void>
+  begin!: () => void
+  end!: () => void
+  constructor() {
+    this.begun = new Promise((resolve) => (this.begin = resolve))
+    this.ended = new Promise((resolve) => (this.end = resolve))
+  }
+}
 
 interface Wiring<Db extends Kysely<any>> {
   /** The handle bound to the connection; pglock's statements go through its provider, queued with the caller's. */
   readonly db: Db
-  /** The connection, where pglock checked it out itself: its backend is remembered by it. */
-  readonly connection: DatabaseConnection | undefined
   /**
    * The connection, however the handle reached it: a `Transaction` and those derived from it
    * (`trx.withSchema()`, a controlled transaction's `savepoint()`) are distinct objects on one.
@@ -151,30 +149,92 @@ interface Wiring<Db extends Kysely<any>> {
   readonly transaction?: true
 }
 
-function lockConnection<Db extends Kysely<any>>({ db, connection, scope, instance, unpin, transaction }: Wiring<Db>): LockConnection<Db> {
-  const run = runThrough(db)
+function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, transaction }: Wiring<Db>): LockConnection<Db> {
+  const connections = connectionsOf(db)
+  const control = scope as DatabaseConnection & ConnectionControl
+  const cancels = typeof control.cancelQuery === 'function'
+  const lender: ConnectionSource =
+    instance === undefined
+      ? () => Promise.reject(new UnsupportedError('no other connection is reachable from a Kysely Transaction that pglock did not open'))
+      : connectionsOf(instance)
+  const context = { kind: Object.getPrototypeOf(scope) ?? scope, inBlock: transaction === true || db.isTransaction }
   const loss = trackLoss()
   let watchers = 0
   let released = false
   let timer: NodeJS.Timeout | undefined
   let probing = false
-  let running: string | undefined
+  let sent: Sent | undefined
   let answered: string | undefined
-  /** Sends pglock's statement under a fresh tag, remembering it while the server may be running it. */
-  const tagged: Run = async (sql) => {
-    const tag = `${tagPrefix}${(tags += 1)}`
-    running = tag
+
+  /** Sends one statement of `text`, tracked so that a cancel reaches it and no other. */
+  const exec = (text: Sent) => async (sql: string) => {
+    // a dialect that sends every text through the extended protocol may keep each distinct one prepared: no tag there
+    const { tag, text: statement } = takesSeveral(context.kind) === false ? { tag: undefined, text: sql } : tagged(sql)
+    text.tag = tag
     try {
-      const rows = await run(`/* ${tag} */ ${sql}`)
+      const rows = await connections(async (connection: DatabaseConnection & ConnectionControl) => {
+        if (cancels && !collected.has(connection)) {
+          await connection.collectSessionInfo?.()
+          collected.add(connection)
+        }
+        text.running = true
+        text.begin()
+        try {
+          return (await connection.executeQuery(CompiledQuery.raw(statement))).rows
+        } finally {
+          text.running = false
+        }
+      })
       answered = tag
       return rows
     } catch (error) {
-      // reported while `running` still names the statement, so that a cancel can find it on the server
+      // reported while `sent` still names the text and `tag` its statement, so that a cancel can find it on the server
       if (isConnectionFailure(error)) loss.report(error)
       else answered = tag
       throw error
     } finally {
-      if (running === tag) running = undefined
+      text.tag = undefined
+    }
+  }
+  const send = async (sql: string) => {
+    const text = new Sent()
+    sent = text
+    try {
+      await learnStatements(exec(text), context)
+      return await runText(exec(text), sql, context)
+    } finally {
+      text.done = true
+      text.end()
+      if (sent === text) sent = undefined
+    }
+  }
+  /**
+   * Kysely 0.29 cancels the query in flight on the connection, without needing a free connection:
+   * so this waits until pglock's statement has left Kysely's queue, and asks. The request can miss
+   * (it can reach the server before the statement does, and PostgresDialect signals the pid pg
+   * reports, which behind PgBouncer is the bouncer's own): if the statement still runs after a
+   * moment, this asks again, or the tag search takes over where it can.
+   */
+  const cancelOnConnection = async (text: Sent, searchable: boolean) => {
+    await Promise.race([text.begun, text.ended])
+    for (let attempt = 0, wait = CANCEL_GRACE_MS; !text.done && attempt < CANCEL_ATTEMPTS; attempt += 1, wait *= 2) {
+      // awaited until delivered, so that a late request cannot reach a later statement
+      if (text.running) await Promise.race([control.cancelQuery?.(lender).catch(ignore), delay(CANCEL_DELIVERY_BOUND_MS)])
+      await Promise.race([text.ended, delay(wait)])
+      if (searchable) return
+    }
+  }
+  /**
+   * Finds the statement in `pg_stat_activity` by its tag, from another connection of the instance.
+   * It may not have reached the server yet when the abort comes, so this asks again, briefly,
+   * until Postgres shows it running.
+   */
+  const cancelByTag = async (text: Sent, through: Kysely<any>) => {
+    const tag = text.tag
+    for (let wait = 1; tag !== undefined && text.tag === tag && wait <= 512; wait *= 2) {
+      const signalled = await runThrough(through)(signalTaggedSql('pg_cancel_backend', tag, true)).catch(ignore)
+      if (signalled === undefined || signalled.length > 0) return
+      await delay(wait)
     }
   }
   const watch = () => {
@@ -185,12 +245,12 @@ function lockConnection<Db extends Kysely<any>>({ db, connection, scope, instanc
   const probe = () => {
     timer = undefined
     probing = true
-    const learn = connection !== undefined && !backends.has(connection)
-    run(learn ? BACKEND_SQL : 'SELECT 1').then(
+    const learn = unpin !== undefined && !backends.has(scope)
+    connections(async (connection) => (await connection.executeQuery(CompiledQuery.raw(learn ? BACKEND_SQL : 'SELECT 1'))).rows).then(
       (rows) => {
         const row = rows[0] as { pid?: unknown; started?: unknown } | undefined
         if (learn && typeof row?.pid === 'number' && typeof row.started === 'string')
-          backends.set(connection, { pid: row.pid, started: row.started })
+          backends.set(scope, { pid: row.pid, started: row.started })
         probing = false
         watch()
       },
@@ -205,7 +265,7 @@ function lockConnection<Db extends Kysely<any>>({ db, connection, scope, instanc
   const unlockAll = async () => {
     for (const sql of ['SELECT pg_advisory_unlock_all()', 'ROLLBACK; SELECT pg_advisory_unlock_all()']) {
       try {
-        await tagged(sql)
+        await send(sql)
         return true
       } catch (error) {
         if (isConnectionFailure(error)) return true
@@ -219,35 +279,44 @@ function lockConnection<Db extends Kysely<any>>({ db, connection, scope, instanc
    * within a second (blackholed, or stuck behind a statement) or refuses, or whose locks end only
    * with its transaction, has its backend terminated from another connection; it is given back
    * only once it has failed for that (or after another second), so that no one borrows it first.
+   * (Kysely 0.29's `killSession` is no help here: it does nothing once another query, such as
+   * Kysely's own `ROLLBACK`, has started on the connection, and behind PgBouncer it would signal
+   * the bouncer's made-up pid.)
    */
   const reset = async (through: Kysely<any>) => {
     const dropping = transaction ? undefined : unlockAll()
     if (dropping !== undefined && (await Promise.race([dropping, delay(RESET_BOUND_MS).then(() => false)]))) return
-    const backend = connection === undefined ? undefined : backends.get(connection)
-    const target = backend ?? (answered === undefined ? undefined : { tag: answered, active: false })
-    if (target !== undefined) await runThrough(through)(signalSql('pg_terminate_backend', target)).catch(() => undefined)
+    const backend = backends.get(scope)
+    const sql =
+      backend !== undefined
+        ? terminateSql(backend)
+        : answered !== undefined
+          ? signalTaggedSql('pg_terminate_backend', answered, false)
+          : undefined
+    if (sql !== undefined) await runThrough(through)(sql).catch(ignore)
     if (dropping !== undefined) await Promise.race([dropping, delay(RESET_BOUND_MS)])
   }
   return {
     db,
     owned: unpin !== undefined,
     scope,
-    query: (sql) => lastRows(tagged, sql),
+    query: send,
     /**
-     * The statement may not have reached the server yet when the abort comes, and a cancel that
-     * arrives before it would be lost: so this asks again, briefly, until Postgres shows it running.
+     * Through Kysely's connection-level cancel where it has one (0.29), else (and after a
+     * connection failed, which Kysely forgets the query of) by the statement's tag, from another
+     * connection of the instance.
      */
     async cancel() {
-      if (instance === undefined) {
+      const text = sent
+      if (text === undefined) return
+      const searchable = instance !== undefined && text.tag !== undefined
+      if (cancels && !loss.lost) await cancelOnConnection(text, searchable)
+      if (text.done) return
+      if (instance !== undefined) return cancelByTag(text, instance)
+      if (!cancels) {
         throw new UnsupportedError(
-          'cannot cancel a wait on a Kysely Transaction that pglock did not open: no other connection is reachable',
+          `cannot cancel a wait on a Kysely Transaction that pglock did not open with ${kyselyName()}: no other connection is reachable`,
         )
-      }
-      const tag = running
-      for (let wait = 1; tag !== undefined && running === tag && wait <= 512; wait *= 2) {
-        const signalled = await runThrough(instance)(signalSql('pg_cancel_backend', { tag, active: true })).catch(() => undefined)
-        if (signalled === undefined || signalled.length > 0) return
-        await delay(wait)
       }
     },
     onLost(listener) {
@@ -290,9 +359,9 @@ function pin(instance: Kysely<any>): Promise<LockConnection<Kysely<any>>> {
       const held = new Promise<void>((done) => (unpinned = done))
       const unpin = async () => {
         unpinned()
-        await pinned.catch(() => undefined)
+        await pinned.catch(ignore)
       }
-      resolve(lockConnection({ db, connection, scope: connection, instance, unpin }))
+      resolve(lockConnection({ db, scope: connection, instance, unpin }))
       await held
     })
     pinned.catch(reject)
@@ -308,7 +377,7 @@ function runInTransaction<T>(instance: Kysely<any>, body: (connection: LockConne
   return instance.transaction().execute(async (db) => {
     instances.set(db, instance)
     const connection = await connectionOf(db)
-    return body(lockConnection({ db, connection, scope: connection, instance, unpin: async () => undefined, transaction: true }))
+    return body(lockConnection({ db, scope: connection, instance, unpin: async () => undefined, transaction: true }))
   })
 }
 
@@ -336,19 +405,19 @@ export function kyselyExecutor<H extends KyselyHandle>(db: H): LockExecutor<Kyse
 }
 
 function executorFor(db: Kysely<any>): LockExecutor<Kysely<any>> {
+  checkHandle(db)
   const instance = instances.get(db)
   if (db.isTransaction || instance !== undefined) {
     return {
       kind: 'connection',
       scope: db,
-      connect: async () => lockConnection({ db, connection: undefined, scope: await connectionOf(db), instance, unpin: undefined }),
+      connect: async () => lockConnection({ db, scope: await connectionOf(db), instance, unpin: undefined }),
       inTransaction: () => (db.isTransaction ? true : undefined),
     }
   }
   return {
     kind: 'pool',
-    // one object per `new Kysely()`, shared by `db.withSchema()`, `db.withPlugin()` and the like
-    scope: db.getExecutor().adapter,
+    scope: instanceScope(db),
     connect: () => pin(db),
     transaction: (body) => runInTransaction(db, body),
   }
