@@ -52,10 +52,9 @@ export type KyselyLeaseDb<H, S extends LockScope = LockScope> =
 const PROBE_INTERVAL_MS = 1_000
 /** How long a connection whose lock state is unknown gets to drop its locks before its backend is terminated. */
 const RESET_BOUND_MS = 1_000
-/** How long a statement gets to end after Kysely's cancel request before pglock looks for it by its tag. */
-const CANCEL_GRACE_MS = 100
-/** Cancel requests sent through Kysely when no tag search can follow, with pauses doubling from {@link CANCEL_GRACE_MS}. */
+/** Cancel requests sent through Kysely for one statement while it still runs, with pauses doubling from {@link CANCEL_RETRY_MS}. */
 const CANCEL_ATTEMPTS = 6
+const CANCEL_RETRY_MS = 100
 /** How long pglock waits for Kysely to deliver one cancel request (a control connection that cannot connect must not stall the abort). */
 const CANCEL_DELIVERY_BOUND_MS = 1_000
 
@@ -63,7 +62,7 @@ const CANCEL_DELIVERY_BOUND_MS = 1_000
  * The connection-level cancel that Kysely 0.29 added to `DatabaseConnection` (optional there, and
  * absent from 0.28's types): `cancelQuery` signals the backend of the query in flight on the
  * connection, from a control connection the dialect opens itself (PostgresDialect: the pool's
- * `Client`; kysely-postgres-js: the protocol's CancelRequest), or else from one that it is lent;
+ * `Client`; kysely-postgres-js: postgres.js's CancelRequest), or else from one that it is lent;
  * `collectSessionInfo` lets the connection learn its backend first.
  */
 interface ConnectionControl {
@@ -86,9 +85,17 @@ const collected = new WeakSet<DatabaseConnection>()
 
 const BACKEND_SQL = 'SELECT pid, backend_start::text AS started FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid()'
 
-/** Terminates a backend by pid and start time, from another connection. */
-function terminateSql(backend: Backend): string {
-  return `SELECT pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE pid <> pg_backend_pid() AND pid = ${backend.pid | 0} AND backend_start::text = '${backend.started.replace(/'/g, "''")}'`
+const literal = (text: string) => `'${text.replace(/'/g, "''")}'`
+
+/** The backend by pid and start time, from another connection; with `statement`, only while it runs that statement. */
+function signalBackendSql(fn: 'pg_cancel_backend' | 'pg_terminate_backend', backend: Backend, statement?: string): string {
+  const running = statement === undefined ? '' : ` AND state = 'active' AND query = ${literal(statement)}`
+  return `SELECT ${fn}(pid) FROM pg_catalog.pg_stat_activity WHERE pid <> pg_backend_pid() AND pid = ${backend.pid | 0} AND backend_start::text = ${literal(backend.started)}${running}`
+}
+
+function backendOf(rows: readonly unknown[]): Backend | undefined {
+  const row = rows[0] as { pid?: unknown; started?: unknown } | undefined
+  return typeof row?.pid === 'number' && typeof row.started === 'string' ? { pid: row.pid, started: row.started } : undefined
 }
 
 function isKysely(db: unknown): db is Kysely<any> {
@@ -116,12 +123,14 @@ function connectionOf(db: Kysely<any>): Promise<DatabaseConnection> {
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref())
 const ignore = () => undefined
 
-/** One text pglock sent: whether the dialect is running one of its statements now, and when the text has ended. */
+/** One text pglock sent: which of its statements the dialect runs now, and when the text has ended. */
 class Sent {
-  /** A statement of the text is in the dialect's hands (it left Kysely's queue). */
-  running = false
-  /** The tag of the statement sent, while it may be running on the server. */
+  /** The statement sent last, as sent (under its tag, if it has one). */
+  statement: string | undefined
+  /** Its tag, if it has one. */
   tag: string | undefined
+  /** It is in the dialect's hands: it left Kysely's queue. */
+  running = false
   done = false
   readonly begun: Promise<void>
   readonly ended: Promise<void>
@@ -149,14 +158,27 @@ interface Wiring<Db extends Kysely<any>> {
   readonly transaction?: true
 }
 
+/**
+ * How pglock reaches a statement of its own on the server, to cancel a wait or to terminate a
+ * connection whose state is unknown, from another connection of the instance:
+ * - by a tag at the head of the statement text, which Postgres shows in `pg_stat_activity` to
+ *   every role allowed to signal it (the same role). This signals only a backend that runs
+ *   pglock's statement at that moment, reaches one whose client has died (Kysely forgets the
+ *   query of a failed connection), and works behind PgBouncer.
+ * - on a dialect that takes one statement per query (kysely-postgres-js 5), which may keep every
+ *   distinct text prepared on the connection, by the backend, asked once per checkout in the same
+ *   round trip as pglock's first statement, and the exact statement text.
+ * - with neither (a `Transaction` the caller opened: no other connection is known), through
+ *   Kysely's connection-level cancel (0.29), which the dialect sends on a control connection of its
+ *   own. Kysely 0.29 offers it on every connection, but pglock prefers the two above: PostgresDialect
+ *   opens a new pg client for each request and signals the pid pg reports, which behind PgBouncer
+ *   is the bouncer's own; kysely-postgres-js returns before postgres.js has sent its
+ *   CancelRequest, and postgres.js 3.4 can deliver it to a later statement, even twice.
+ */
 function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, transaction }: Wiring<Db>): LockConnection<Db> {
   const connections = connectionsOf(db)
   const control = scope as DatabaseConnection & ConnectionControl
   const cancels = typeof control.cancelQuery === 'function'
-  const lender: ConnectionSource =
-    instance === undefined
-      ? () => Promise.reject(new UnsupportedError('no other connection is reachable from a Kysely Transaction that pglock did not open'))
-      : connectionsOf(instance)
   const context = { kind: Object.getPrototypeOf(scope) ?? scope, inBlock: transaction === true || db.isTransaction }
   const loss = trackLoss()
   let watchers = 0
@@ -165,17 +187,25 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
   let probing = false
   let sent: Sent | undefined
   let answered: string | undefined
+  /** The backend this checkout runs on, asked with its first statement where statements carry no tag. */
+  let learning: Promise<Backend | undefined> | undefined
+  let learnt: Backend | undefined
 
+  const tags = () => takesSeveral(context.kind) !== false
   /** Sends one statement of `text`, tracked so that a cancel reaches it and no other. */
   const exec = (text: Sent) => async (sql: string) => {
-    // a dialect that sends every text through the extended protocol may keep each distinct one prepared: no tag there
-    const { tag, text: statement } = takesSeveral(context.kind) === false ? { tag: undefined, text: sql } : tagged(sql)
+    const { tag, text: statement } = tags() ? tagged(sql) : { tag: undefined, text: sql }
     text.tag = tag
+    text.statement = statement
     try {
       const rows = await connections(async (connection: DatabaseConnection & ConnectionControl) => {
         if (cancels && !collected.has(connection)) {
           await connection.collectSessionInfo?.()
           collected.add(connection)
+        }
+        if (tag === undefined && instance !== undefined && learning === undefined) {
+          // not awaited: both dialects send it ahead of the statement, postgres.js in the same round trip
+          learning = connection.executeQuery(CompiledQuery.raw(BACKEND_SQL)).then(({ rows }) => (learnt = backendOf(rows)), ignore)
         }
         text.running = true
         text.begin()
@@ -188,7 +218,7 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
       answered = tag
       return rows
     } catch (error) {
-      // reported while `sent` still names the text and `tag` its statement, so that a cancel can find it on the server
+      // reported while `sent` still names the text and its statement, so that a cancel can find it on the server
       if (isConnectionFailure(error)) loss.report(error)
       else answered = tag
       throw error
@@ -209,32 +239,43 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
     }
   }
   /**
-   * Kysely 0.29 cancels the query in flight on the connection, without needing a free connection:
-   * so this waits until pglock's statement has left Kysely's queue, and asks. The request can miss
-   * (it can reach the server before the statement does, and PostgresDialect signals the pid pg
-   * reports, which behind PgBouncer is the bouncer's own): if the statement still runs after a
-   * moment, this asks again, or the tag search takes over where it can.
+   * Signals the backend running `text`'s current statement from another connection. It may not
+   * have reached the server yet when the abort comes, so this asks again, briefly, until Postgres
+   * shows it running.
    */
-  const cancelOnConnection = async (text: Sent, searchable: boolean) => {
-    await Promise.race([text.begun, text.ended])
-    for (let attempt = 0, wait = CANCEL_GRACE_MS; !text.done && attempt < CANCEL_ATTEMPTS; attempt += 1, wait *= 2) {
-      // awaited until delivered, so that a late request cannot reach a later statement
-      if (text.running) await Promise.race([control.cancelQuery?.(lender).catch(ignore), delay(CANCEL_DELIVERY_BOUND_MS)])
-      await Promise.race([text.ended, delay(wait)])
-      if (searchable) return
+  const cancelFrom = async (through: Kysely<any>, text: Sent) => {
+    const { statement, tag } = text
+    const backend = tag === undefined ? await Promise.race([learning, delay(CANCEL_DELIVERY_BOUND_MS)]) : undefined
+    if (statement === undefined) return
+    if (tag === undefined && backend === undefined) return cancels && !loss.lost ? cancelOnConnection(text) : undefined
+    const sql =
+      tag !== undefined
+        ? signalTaggedSql('pg_cancel_backend', tag, true)
+        : signalBackendSql('pg_cancel_backend', backend as Backend, statement)
+    // at least once: the client of a wait whose connection failed has already given up on it
+    for (let wait = 1; ; wait *= 2) {
+      const signalled = await runThrough(through)(sql).catch(ignore)
+      if (signalled === undefined || signalled.length > 0 || wait > 512 || text.statement !== statement || text.done) return
+      await delay(wait)
     }
   }
   /**
-   * Finds the statement in `pg_stat_activity` by its tag, from another connection of the instance.
-   * It may not have reached the server yet when the abort comes, so this asks again, briefly,
-   * until Postgres shows it running.
+   * Kysely cancels the query in flight on the connection itself: this waits until pglock's
+   * statement has left Kysely's queue, and asks; and asks again while it still runs, as a request
+   * can reach the server before the statement does.
    */
-  const cancelByTag = async (text: Sent, through: Kysely<any>) => {
-    const tag = text.tag
-    for (let wait = 1; tag !== undefined && text.tag === tag && wait <= 512; wait *= 2) {
-      const signalled = await runThrough(through)(signalTaggedSql('pg_cancel_backend', tag, true)).catch(ignore)
-      if (signalled === undefined || signalled.length > 0) return
-      await delay(wait)
+  const cancelOnConnection = async (text: Sent) => {
+    const lender: ConnectionSource =
+      instance !== undefined
+        ? connectionsOf(instance)
+        : () =>
+            Promise.reject(
+              new UnsupportedError(`${kyselyName()} found no control connection, and a Transaction the caller opened lends none`),
+            )
+    await Promise.race([text.begun, text.ended])
+    for (let attempt = 0, wait = CANCEL_RETRY_MS; !text.done && attempt < CANCEL_ATTEMPTS; attempt += 1, wait *= 2) {
+      if (text.running) await Promise.race([control.cancelQuery?.(lender).catch(ignore), delay(CANCEL_DELIVERY_BOUND_MS)])
+      await Promise.race([text.ended, delay(wait)])
     }
   }
   const watch = () => {
@@ -248,9 +289,8 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
     const learn = unpin !== undefined && !backends.has(scope)
     connections(async (connection) => (await connection.executeQuery(CompiledQuery.raw(learn ? BACKEND_SQL : 'SELECT 1'))).rows).then(
       (rows) => {
-        const row = rows[0] as { pid?: unknown; started?: unknown } | undefined
-        if (learn && typeof row?.pid === 'number' && typeof row.started === 'string')
-          backends.set(scope, { pid: row.pid, started: row.started })
+        const backend = learn ? backendOf(rows) : undefined
+        if (backend !== undefined) backends.set(scope, backend)
         probing = false
         watch()
       },
@@ -280,16 +320,15 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
    * with its transaction, has its backend terminated from another connection; it is given back
    * only once it has failed for that (or after another second), so that no one borrows it first.
    * (Kysely 0.29's `killSession` is no help here: it does nothing once another query, such as
-   * Kysely's own `ROLLBACK`, has started on the connection, and behind PgBouncer it would signal
-   * the bouncer's made-up pid.)
+   * Kysely's own `ROLLBACK`, has started on the connection.)
    */
   const reset = async (through: Kysely<any>) => {
     const dropping = transaction ? undefined : unlockAll()
     if (dropping !== undefined && (await Promise.race([dropping, delay(RESET_BOUND_MS).then(() => false)]))) return
-    const backend = backends.get(scope)
+    const backend = learnt ?? backends.get(scope)
     const sql =
       backend !== undefined
-        ? terminateSql(backend)
+        ? signalBackendSql('pg_terminate_backend', backend)
         : answered !== undefined
           ? signalTaggedSql('pg_terminate_backend', answered, false)
           : undefined
@@ -301,23 +340,14 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
     owned: unpin !== undefined,
     scope,
     query: send,
-    /**
-     * Through Kysely's connection-level cancel where it has one (0.29), else (and after a
-     * connection failed, which Kysely forgets the query of) by the statement's tag, from another
-     * connection of the instance.
-     */
     async cancel() {
       const text = sent
       if (text === undefined) return
-      const searchable = instance !== undefined && text.tag !== undefined
-      if (cancels && !loss.lost) await cancelOnConnection(text, searchable)
-      if (text.done) return
-      if (instance !== undefined) return cancelByTag(text, instance)
-      if (!cancels) {
-        throw new UnsupportedError(
-          `cannot cancel a wait on a Kysely Transaction that pglock did not open with ${kyselyName()}: no other connection is reachable`,
-        )
-      }
+      if (instance !== undefined) return cancelFrom(instance, text)
+      if (cancels) return cancelOnConnection(text)
+      throw new UnsupportedError(
+        `cannot cancel a wait on a Kysely Transaction that pglock did not open with ${kyselyName()}, which cannot cancel on the connection: no other connection is reachable`,
+      )
     },
     onLost(listener) {
       if (loss.lost) return loss.onLost(listener)

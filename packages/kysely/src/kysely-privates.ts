@@ -36,7 +36,8 @@ export function kyselyName(): string {
 
 function readVersion(): string {
   try {
-    const entry = typeof require === 'function' ? require.resolve('kysely') : createRequire(import.meta.url).resolve('kysely')
+    // esbuild gives the ESM build a `require` stand-in without `resolve`, so tell the builds apart by `__filename`
+    const entry = createRequire(typeof __filename === 'string' ? __filename : import.meta.url).resolve('kysely')
     for (let dir = dirname(entry); dir !== dirname(dir); dir = dirname(dir)) {
       try {
         const manifest = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: string; version?: string }
