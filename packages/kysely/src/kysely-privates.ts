@@ -1,7 +1,8 @@
 /**
  * Every undocumented Kysely member @pglock/kysely reaches, and the statement-tag search through
- * `pg_stat_activity` that stands in for connection-level cancel where Kysely has none (0.28), and
- * nowhere else.
+ * `pg_stat_activity` by which it finds its own statement on the server (Kysely does not say which
+ * backend a connection is, and 0.29's connection-level cancel signals whatever the connection
+ * runs), and nowhere else.
  *
  * - `db.getExecutor()` (marked `@internal` in every Kysely from 0.28 to 0.30), and on the executor
  *   it returns `provideConnection()`, the only way to the `DatabaseConnection` a handle runs on,
@@ -137,10 +138,10 @@ const tagPrefix = `pglock:${randomUUID()}:`
 let tags = 0
 
 /**
- * A statement under a tag of its own, for a Kysely that cannot cancel a connection's query
- * (0.28): Kysely does not say which backend a connection is, and asking costs a round trip, so
- * pglock finds the backend by the tag at the head of its statement text, which Postgres shows in
- * `pg_stat_activity` to every role allowed to signal it (the same role).
+ * A statement under a tag of its own: Kysely does not say which backend a connection is, and
+ * asking costs a round trip, so pglock finds the backend by the tag at the head of its statement
+ * text, which Postgres shows in `pg_stat_activity` to every role allowed to signal it (the same
+ * role).
  *
  * @example
  * ```ts
