@@ -244,6 +244,8 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
    * shows it running.
    */
   const cancelFrom = async (through: Kysely<any>, text: Sent) => {
+    // read at once where the text has a statement: a failed one is forgotten as soon as its error is reported
+    if (text.statement === undefined) await Promise.race([text.begun, text.ended])
     const { statement, tag } = text
     const backend = tag === undefined ? await Promise.race([learning, delay(CANCEL_DELIVERY_BOUND_MS)]) : undefined
     if (statement === undefined) return
