@@ -190,6 +190,12 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
   /** The backend this checkout runs on, asked with its first statement where statements carry no tag. */
   let learning: Promise<Backend | undefined> | undefined
   let learnt: Backend | undefined
+  /**
+   * Cancels under way. The core does not wait for the one it sends when a connection fails under
+   * a wait, so the release does: the caller may destroy the instance next, and a connection
+   * Kysely is still acquiring for it then would keep the pool from ending.
+   */
+  const cancellations = new Set<Promise<void>>()
 
   const tags = () => takesSeveral(context.kind) !== false
   /** Sends one statement of `text`, tracked so that a cancel reaches it and no other. */
@@ -342,14 +348,20 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
     owned: unpin !== undefined,
     scope,
     query: send,
-    async cancel() {
+    cancel() {
       const text = sent
-      if (text === undefined) return
-      if (instance !== undefined) return cancelFrom(instance, text)
-      if (cancels) return cancelOnConnection(text)
-      throw new UnsupportedError(
-        `cannot cancel a wait on a Kysely Transaction that pglock did not open with ${kyselyName()}, which cannot cancel on the connection: no other connection is reachable`,
-      )
+      if (text === undefined) return Promise.resolve()
+      if (instance === undefined && !cancels) {
+        return Promise.reject(
+          new UnsupportedError(
+            `cannot cancel a wait on a Kysely Transaction that pglock did not open with ${kyselyName()}, which cannot cancel on the connection: no other connection is reachable`,
+          ),
+        )
+      }
+      const cancelling = instance !== undefined ? cancelFrom(instance, text) : cancelOnConnection(text)
+      cancellations.add(cancelling)
+      void cancelling.finally(() => cancellations.delete(cancelling)).catch(ignore)
+      return cancelling
     },
     onLost(listener) {
       if (loss.lost) return loss.onLost(listener)
@@ -370,6 +382,7 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
       released = true
       loss.clear()
       clearTimeout(timer)
+      if (cancellations.size > 0) await Promise.race([Promise.allSettled(cancellations), delay(RESET_BOUND_MS)])
       if (unpin === undefined) return
       if (destroy && !loss.lost && instance !== undefined) await reset(instance)
       await unpin()
