@@ -1,15 +1,15 @@
-import { randomUUID } from 'node:crypto'
 import {
   InvalidArgumentError,
   isConnectionFailure,
   type LockConnection,
   type LockExecutor,
   type LockScope,
-  type Row,
   trackLoss,
   UnsupportedError,
 } from '@pglock/core'
 import { CompiledQuery, type DatabaseConnection, type Kysely, type Transaction } from 'kysely'
+import { type ConnectionSource, checkHandle, connectionsOf, instanceScope, kyselyName, signalTaggedSql, tagged } from './kysely-privates.js'
+import { learnStatements, runText, takesSeveral } from './kysely-statements.js'
 
 /**
  * A Kysely handle pglock can lock with: a `Kysely` instance, a `Transaction`, or a `lease.db`
@@ -45,15 +45,30 @@ export type KyselyLeaseDb<H, S extends LockScope = LockScope> =
       : never
 
 /**
- * How often a held lock's connection is probed. Kysely hides the driver's connection events, so a
- * probe failing for want of a connection is how pglock learns that a lock was lost.
+ * How often a held lock's connection is probed. Kysely hides the driver's connection events (0.30
+ * still offers none), so a probe failing for want of a connection is how pglock learns that a lock
+ * was lost.
  */
 const PROBE_INTERVAL_MS = 1_000
 /** How long a connection whose lock state is unknown gets to drop its locks before its backend is terminated. */
 const RESET_BOUND_MS = 1_000
+/** Cancel requests sent through Kysely for one statement while it still runs, with pauses doubling from {@link CANCEL_RETRY_MS}. */
+const CANCEL_ATTEMPTS = 6
+const CANCEL_RETRY_MS = 100
+/** How long pglock waits for Kysely to deliver one cancel request (a control connection that cannot connect must not stall the abort). */
+const CANCEL_DELIVERY_BOUND_MS = 1_000
 
-/** Runs SQL text on one connection; resolves to the rows as the dialect returns them. */
-type Run = (sql: string) => Promise<readonly unknown[]>
+/**
+ * The connection-level cancel that Kysely 0.29 added to `DatabaseConnection` (optional there, and
+ * absent from 0.28's types): `cancelQuery` signals the backend of the query in flight on the
+ * connection, from a control connection the dialect opens itself (PostgresDialect: the pool's
+ * `Client`; kysely-postgres-js: postgres.js's CancelRequest), or else from one that it is lent;
+ * `collectSessionInfo` lets the connection learn its backend first.
+ */
+interface ConnectionControl {
+  cancelQuery?(control: ConnectionSource): Promise<void>
+  collectSessionInfo?(): Promise<void>
+}
 
 /** Which backend a connection is: its pid, and when it started (a pid alone may be reused). */
 interface Backend {
@@ -63,20 +78,32 @@ interface Backend {
 
 /** The `lease.db` handles pglock gave out, and the instance their connections came from. */
 const instances = new WeakMap<object, Kysely<any>>()
-/** Backends by connection. PostgresDialect keeps one connection object per pg client, so they last. */
+/** Backends by connection, learnt by a held lock's probe. PostgresDialect keeps one connection object per pg client, so they last. */
 const backends = new WeakMap<DatabaseConnection, Backend>()
-
-const tagPrefix = `pglock:${randomUUID()}:`
-let tags = 0
+/** Connections that have collected their session info for `cancelQuery`. */
+const collected = new WeakSet<DatabaseConnection>()
 
 const BACKEND_SQL = 'SELECT pid, backend_start::text AS started FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid()'
+
+const literal = (text: string) => `'${text.replace(/'/g, "''")}'`
+
+/** The backend by pid and start time, from another connection; with `statement`, only while it runs that statement. */
+function signalBackendSql(fn: 'pg_cancel_backend' | 'pg_terminate_backend', backend: Backend, statement?: string): string {
+  const running = statement === undefined ? '' : ` AND state = 'active' AND query = ${literal(statement)}`
+  return `SELECT ${fn}(pid) FROM pg_catalog.pg_stat_activity WHERE pid <> pg_backend_pid() AND pid = ${backend.pid | 0} AND backend_start::text = ${literal(backend.started)}${running}`
+}
+
+function backendOf(rows: readonly unknown[]): Backend | undefined {
+  const row = rows[0] as { pid?: unknown; started?: unknown } | undefined
+  return typeof row?.pid === 'number' && typeof row.started === 'string' ? { pid: row.pid, started: row.started } : undefined
+}
 
 function isKysely(db: unknown): db is Kysely<any> {
   const candidate = db as Partial<Kysely<any>> | null
   return (
     typeof candidate === 'object' &&
     candidate !== null &&
-    typeof candidate.getExecutor === 'function' &&
+    typeof candidate.selectFrom === 'function' &&
     typeof candidate.connection === 'function' &&
     typeof candidate.transaction === 'function' &&
     typeof candidate.isTransaction === 'boolean'
@@ -84,12 +111,12 @@ function isKysely(db: unknown): db is Kysely<any> {
 }
 
 /**
- * Runs through the handle's own connection provider, which queues behind its other queries.
- * Async, as a finished `Transaction` throws from `provideConnection` itself.
+ * Runs one statement through the handle's own connection provider, which queues behind its other
+ * queries. Async, as a finished `Transaction` throws from `provideConnection` itself.
  */
-function runThrough(db: Kysely<any>): Run {
-  return async (sql) =>
-    db.getExecutor().provideConnection(async (connection) => (await connection.executeQuery(CompiledQuery.raw(sql))).rows)
+function runThrough(db: Kysely<any>): (sql: string) => Promise<readonly unknown[]> {
+  const connections = connectionsOf(db)
+  return async (sql) => connections(async (connection) => (await connection.executeQuery(CompiledQuery.raw(sql))).rows)
 }
 
 /**
@@ -101,55 +128,34 @@ function transactionOver(error: unknown): boolean {
 }
 
 function connectionOf(db: Kysely<any>): Promise<DatabaseConnection> {
-  return db.getExecutor().provideConnection(async (connection) => connection)
-}
-
-/**
- * Signals a backend from another connection. Kysely does not say which backend a connection is,
- * and asking it costs a round trip, so pglock finds the backend by the tag at the head of its
- * own statement text, which Postgres shows in `pg_stat_activity` to every role allowed to signal
- * it (the same role); or, once a probe has learnt it, by pid and start time.
- */
-function signalSql(fn: 'pg_cancel_backend' | 'pg_terminate_backend', target: { tag: string; active: boolean } | Backend): string {
-  const which =
-    'tag' in target
-      ? `${target.active ? `state = 'active' AND ` : ''}query LIKE '/* ${target.tag} */%'`
-      : `pid = ${target.pid | 0} AND backend_start::text = '${target.started.replace(/'/g, "''")}'`
-  return `SELECT ${fn}(pid) FROM pg_catalog.pg_stat_activity WHERE pid <> pg_backend_pid() AND ${which}`
-}
-
-/**
- * Runs pglock's SQL text and resolves to the rows of its last statement. Both dialects send
- * several statements in one round trip, but PostgresDialect keeps the result of none of them
- * (node-postgres answers with an array that Kysely does not read), while kysely-postgres-js
- * answers with one array of rows per statement. So a text that opens or runs inside a
- * transaction block (`BEGIN`, `SAVEPOINT`) and ends in a `SELECT` goes in two round trips: all
- * but the last statement, then the last alone; inside a transaction block that changes nothing
- * but latency. Other texts go whole: a session lock under `lock_timeout` needs the implicit
- * transaction of one multi-statement query, and pglock reads no rows from it.
- */
-async function lastRows(run: Run, sql: string): Promise<readonly Row[]> {
-  const statements = sql
-    .split(';')
-    .map((statement) => statement.trim())
-    .filter((statement) => statement !== '')
-  const last = statements[statements.length - 1] ?? ''
-  if (statements.length > 1 && /^(BEGIN|SAVEPOINT)\b/i.test(statements[0] ?? '') && /^SELECT\b/i.test(last)) {
-    await run(statements.slice(0, -1).join('; '))
-    return (await run(last)) as readonly Row[]
-  }
-  const rows = await run(sql)
-  const perStatement = statements.length > 1 && rows.length === statements.length && rows.every(Array.isArray)
-  return (perStatement ? rows[rows.length - 1] : rows) as readonly Row[]
+  return connectionsOf(db)(async (connection) => connection)
 }
 
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref())
+const ignore = () => undefined
+
+/** One text pglock sent: which of its statements the dialect runs now, and when the text has ended. */
+class Sent {
+  /** The statement sent last, as sent (under its tag, if it has one). */
+  statement: string | undefined
+  /** Its tag, if it has one. */
+  tag: string | undefined
+  /** It is in the dialect's hands: it left Kysely's queue. */
+  running = false
+  done = false
+  readonly begun: Promise<void>
+  readonly ended: Promise<void>
+  begin!: () => void
+  end!: () => void
+  constructor() {
+    this.begun = new Promise((resolve) => (this.begin = resolve))
+    this.ended = new Promise((resolve) => (this.end = resolve))
+  }
+}
 
 interface Wiring<Db extends Kysely<any>> {
   /** The handle bound to the connection; pglock's statements go through its provider, queued with the caller's. */
   readonly db: Db
-  /** The connection, where pglock checked it out itself: its backend is remembered by it. */
-  readonly connection: DatabaseConnection | undefined
   /**
    * The connection, however the handle reached it: a `Transaction` and those derived from it
    * (`trx.withSchema()`, a controlled transaction's `savepoint()`) are distinct objects on one.
@@ -163,30 +169,132 @@ interface Wiring<Db extends Kysely<any>> {
   readonly transaction?: true
 }
 
-function lockConnection<Db extends Kysely<any>>({ db, connection, scope, instance, unpin, transaction }: Wiring<Db>): LockConnection<Db> {
-  const run = runThrough(db)
+/**
+ * How pglock reaches a statement of its own on the server, to cancel a wait or to terminate a
+ * connection whose state is unknown, from another connection of the instance:
+ * - by a tag at the head of the statement text, which Postgres shows in `pg_stat_activity` to
+ *   every role allowed to signal it (the same role). This signals only a backend that runs
+ *   pglock's statement at that moment, reaches one whose client has died (Kysely forgets the
+ *   query of a failed connection), and works behind PgBouncer.
+ * - on a dialect that takes one statement per query (kysely-postgres-js 5), which may keep every
+ *   distinct text prepared on the connection, by the backend, asked once per checkout in the same
+ *   round trip as pglock's first statement, and the exact statement text.
+ * - with neither (a `Transaction` the caller opened: no other connection is known), through
+ *   Kysely's connection-level cancel (0.29), which the dialect sends on a control connection of its
+ *   own. Kysely 0.29 offers it on every connection, but pglock prefers the two above: PostgresDialect
+ *   opens a new pg client for each request and signals the pid pg reports, which behind PgBouncer
+ *   is the bouncer's own; kysely-postgres-js returns before postgres.js has sent its
+ *   CancelRequest, and postgres.js 3.4 can deliver it to a later statement, even twice.
+ */
+function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, transaction }: Wiring<Db>): LockConnection<Db> {
+  const connections = connectionsOf(db)
+  const control = scope as DatabaseConnection & ConnectionControl
+  const cancels = typeof control.cancelQuery === 'function'
+  const context = { kind: Object.getPrototypeOf(scope) ?? scope, inBlock: transaction === true || db.isTransaction }
   const loss = trackLoss()
   let watchers = 0
   let released = false
   let timer: NodeJS.Timeout | undefined
   let probing = false
-  let running: string | undefined
+  let sent: Sent | undefined
   let answered: string | undefined
-  /** Sends pglock's statement under a fresh tag, remembering it while the server may be running it. */
-  const tagged: Run = async (sql) => {
-    const tag = `${tagPrefix}${(tags += 1)}`
-    running = tag
+  /** The backend this checkout runs on, asked with its first statement where statements carry no tag. */
+  let learning: Promise<Backend | undefined> | undefined
+  let learnt: Backend | undefined
+  /**
+   * Cancels under way. The core does not wait for the one it sends when a connection fails under
+   * a wait, so the release does: the caller may destroy the instance next, and a connection
+   * Kysely is still acquiring for it then would keep the pool from ending.
+   */
+  const cancellations = new Set<Promise<void>>()
+
+  const tags = () => takesSeveral(context.kind) !== false
+  /** Sends one statement of `text`, tracked so that a cancel reaches it and no other. */
+  const exec = (text: Sent) => async (sql: string) => {
+    const { tag, text: statement } = tags() ? tagged(sql) : { tag: undefined, text: sql }
+    text.tag = tag
+    text.statement = statement
     try {
-      const rows = await run(`/* ${tag} */ ${sql}`)
+      const rows = await connections(async (connection: DatabaseConnection & ConnectionControl) => {
+        if (cancels && !collected.has(connection)) {
+          await connection.collectSessionInfo?.()
+          collected.add(connection)
+        }
+        if (tag === undefined && instance !== undefined && learning === undefined) {
+          // not awaited: both dialects send it ahead of the statement, postgres.js in the same round trip
+          learning = connection.executeQuery(CompiledQuery.raw(BACKEND_SQL)).then(({ rows }) => (learnt = backendOf(rows)), ignore)
+        }
+        text.running = true
+        text.begin()
+        try {
+          return (await connection.executeQuery(CompiledQuery.raw(statement))).rows
+        } finally {
+          text.running = false
+        }
+      })
       answered = tag
       return rows
     } catch (error) {
-      // reported while `running` still names the statement, so that a cancel can find it on the server
+      // reported while `sent` still names the text and its statement, so that a cancel can find it on the server
       if (isConnectionFailure(error)) loss.report(error)
       else answered = tag
       throw error
     } finally {
-      if (running === tag) running = undefined
+      text.tag = undefined
+    }
+  }
+  const send = async (sql: string) => {
+    const text = new Sent()
+    sent = text
+    try {
+      await learnStatements(exec(text), context)
+      return await runText(exec(text), sql, context)
+    } finally {
+      text.done = true
+      text.end()
+      if (sent === text) sent = undefined
+    }
+  }
+  /**
+   * Signals the backend running `text`'s current statement from another connection. It may not
+   * have reached the server yet when the abort comes, so this asks again, briefly, until Postgres
+   * shows it running.
+   */
+  const cancelFrom = async (through: Kysely<any>, text: Sent) => {
+    // read at once where the text has a statement: a failed one is forgotten as soon as its error is reported
+    if (text.statement === undefined) await Promise.race([text.begun, text.ended])
+    const { statement, tag } = text
+    const backend = tag === undefined ? await Promise.race([learning, delay(CANCEL_DELIVERY_BOUND_MS)]) : undefined
+    if (statement === undefined) return
+    if (tag === undefined && backend === undefined) return cancels && !loss.lost ? cancelOnConnection(text) : undefined
+    const sql =
+      tag !== undefined
+        ? signalTaggedSql('pg_cancel_backend', tag, true)
+        : signalBackendSql('pg_cancel_backend', backend as Backend, statement)
+    // at least once: the client of a wait whose connection failed has already given up on it
+    for (let wait = 1; ; wait *= 2) {
+      const signalled = await runThrough(through)(sql).catch(ignore)
+      if (signalled === undefined || signalled.length > 0 || wait > 512 || text.statement !== statement || text.done) return
+      await delay(wait)
+    }
+  }
+  /**
+   * Kysely cancels the query in flight on the connection itself: this waits until pglock's
+   * statement has left Kysely's queue, and asks; and asks again while it still runs, as a request
+   * can reach the server before the statement does.
+   */
+  const cancelOnConnection = async (text: Sent) => {
+    const lender: ConnectionSource =
+      instance !== undefined
+        ? connectionsOf(instance)
+        : () =>
+            Promise.reject(
+              new UnsupportedError(`${kyselyName()} found no control connection, and a Transaction the caller opened lends none`),
+            )
+    await Promise.race([text.begun, text.ended])
+    for (let attempt = 0, wait = CANCEL_RETRY_MS; !text.done && attempt < CANCEL_ATTEMPTS; attempt += 1, wait *= 2) {
+      if (text.running) await Promise.race([control.cancelQuery?.(lender).catch(ignore), delay(CANCEL_DELIVERY_BOUND_MS)])
+      await Promise.race([text.ended, delay(wait)])
     }
   }
   const watch = () => {
@@ -197,12 +305,11 @@ function lockConnection<Db extends Kysely<any>>({ db, connection, scope, instanc
   const probe = () => {
     timer = undefined
     probing = true
-    const learn = connection !== undefined && !backends.has(connection)
-    run(learn ? BACKEND_SQL : 'SELECT 1').then(
+    const learn = unpin !== undefined && !backends.has(scope)
+    connections(async (connection) => (await connection.executeQuery(CompiledQuery.raw(learn ? BACKEND_SQL : 'SELECT 1'))).rows).then(
       (rows) => {
-        const row = rows[0] as { pid?: unknown; started?: unknown } | undefined
-        if (learn && typeof row?.pid === 'number' && typeof row.started === 'string')
-          backends.set(connection, { pid: row.pid, started: row.started })
+        const backend = learn ? backendOf(rows) : undefined
+        if (backend !== undefined) backends.set(scope, backend)
         probing = false
         watch()
       },
@@ -218,7 +325,7 @@ function lockConnection<Db extends Kysely<any>>({ db, connection, scope, instanc
   const unlockAll = async () => {
     for (const sql of ['SELECT pg_advisory_unlock_all()', 'ROLLBACK; SELECT pg_advisory_unlock_all()']) {
       try {
-        await tagged(sql)
+        await send(sql)
         return true
       } catch (error) {
         if (isConnectionFailure(error)) return true
@@ -232,36 +339,41 @@ function lockConnection<Db extends Kysely<any>>({ db, connection, scope, instanc
    * within a second (blackholed, or stuck behind a statement) or refuses, or whose locks end only
    * with its transaction, has its backend terminated from another connection; it is given back
    * only once it has failed for that (or after another second), so that no one borrows it first.
+   * (Kysely 0.29's `killSession` is no help here: it does nothing once another query, such as
+   * Kysely's own `ROLLBACK`, has started on the connection.)
    */
   const reset = async (through: Kysely<any>) => {
     const dropping = transaction ? undefined : unlockAll()
     if (dropping !== undefined && (await Promise.race([dropping, delay(RESET_BOUND_MS).then(() => false)]))) return
-    const backend = connection === undefined ? undefined : backends.get(connection)
-    const target = backend ?? (answered === undefined ? undefined : { tag: answered, active: false })
-    if (target !== undefined) await runThrough(through)(signalSql('pg_terminate_backend', target)).catch(() => undefined)
+    const backend = learnt ?? backends.get(scope)
+    const sql =
+      backend !== undefined
+        ? signalBackendSql('pg_terminate_backend', backend)
+        : answered !== undefined
+          ? signalTaggedSql('pg_terminate_backend', answered, false)
+          : undefined
+    if (sql !== undefined) await runThrough(through)(sql).catch(ignore)
     if (dropping !== undefined) await Promise.race([dropping, delay(RESET_BOUND_MS)])
   }
   return {
     db,
     owned: unpin !== undefined,
     scope,
-    query: (sql) => lastRows(tagged, sql),
-    /**
-     * The statement may not have reached the server yet when the abort comes, and a cancel that
-     * arrives before it would be lost: so this asks again, briefly, until Postgres shows it running.
-     */
-    async cancel() {
-      if (instance === undefined) {
-        throw new UnsupportedError(
-          'cannot cancel a wait on a Kysely Transaction that pglock did not open: no other connection is reachable',
+    query: send,
+    cancel() {
+      const text = sent
+      if (text === undefined) return Promise.resolve()
+      if (instance === undefined && !cancels) {
+        return Promise.reject(
+          new UnsupportedError(
+            `cannot cancel a wait on a Kysely Transaction that pglock did not open with ${kyselyName()}, which cannot cancel on the connection: no other connection is reachable`,
+          ),
         )
       }
-      const tag = running
-      for (let wait = 1; tag !== undefined && running === tag && wait <= 512; wait *= 2) {
-        const signalled = await runThrough(instance)(signalSql('pg_cancel_backend', { tag, active: true })).catch(() => undefined)
-        if (signalled === undefined || signalled.length > 0) return
-        await delay(wait)
-      }
+      const cancelling = instance !== undefined ? cancelFrom(instance, text) : cancelOnConnection(text)
+      cancellations.add(cancelling)
+      void cancelling.finally(() => cancellations.delete(cancelling)).catch(ignore)
+      return cancelling
     },
     onLost(listener) {
       if (loss.lost) return loss.onLost(listener)
@@ -282,6 +394,7 @@ function lockConnection<Db extends Kysely<any>>({ db, connection, scope, instanc
       released = true
       loss.clear()
       clearTimeout(timer)
+      if (cancellations.size > 0) await Promise.race([Promise.allSettled(cancellations), delay(RESET_BOUND_MS)])
       if (unpin === undefined) return
       if (destroy && !loss.lost && instance !== undefined) await reset(instance)
       await unpin()
@@ -303,9 +416,9 @@ function pin(instance: Kysely<any>): Promise<LockConnection<Kysely<any>>> {
       const held = new Promise<void>((done) => (unpinned = done))
       const unpin = async () => {
         unpinned()
-        await pinned.catch(() => undefined)
+        await pinned.catch(ignore)
       }
-      resolve(lockConnection({ db, connection, scope: connection, instance, unpin }))
+      resolve(lockConnection({ db, scope: connection, instance, unpin }))
       await held
     })
     pinned.catch(reject)
@@ -321,7 +434,7 @@ function runInTransaction<T>(instance: Kysely<any>, body: (connection: LockConne
   return instance.transaction().execute(async (db) => {
     instances.set(db, instance)
     const connection = await connectionOf(db)
-    return body(lockConnection({ db, connection, scope: connection, instance, unpin: async () => undefined, transaction: true }))
+    return body(lockConnection({ db, scope: connection, instance, unpin: async () => undefined, transaction: true }))
   })
 }
 
@@ -349,19 +462,19 @@ export function kyselyExecutor<H extends KyselyHandle>(db: H): LockExecutor<Kyse
 }
 
 function executorFor(db: Kysely<any>): LockExecutor<Kysely<any>> {
+  checkHandle(db)
   const instance = instances.get(db)
   if (db.isTransaction || instance !== undefined) {
     return {
       kind: 'connection',
       scope: db,
-      connect: async () => lockConnection({ db, connection: undefined, scope: await connectionOf(db), instance, unpin: undefined }),
+      connect: async () => lockConnection({ db, scope: await connectionOf(db), instance, unpin: undefined }),
       inTransaction: () => (db.isTransaction ? true : undefined),
     }
   }
   return {
     kind: 'pool',
-    // one object per `new Kysely()`, shared by `db.withSchema()`, `db.withPlugin()` and the like
-    scope: db.getExecutor().adapter,
+    scope: instanceScope(db),
     connect: () => pin(db),
     transaction: (body) => runInTransaction(db, body),
   }

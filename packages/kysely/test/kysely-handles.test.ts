@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { createLock, withLock } from '@pglock/kysely'
-import { Observer } from '@pglock/testing'
+import { Observer, sleep } from '@pglock/testing'
 import { type Kysely, sql } from 'kysely'
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest'
 import pgDialect from './pg/adapter.ts'
@@ -67,6 +67,43 @@ for (const adapter of [pgDialect, postgresJsDialect]) {
         },
         { scope: 'transaction' },
       )
+      expect(outcome).toEqual({ error: reason, waiters: [], usable: [{ one: 1 }] })
+      await holder.release()
+    })
+
+    it('cancels a wait in Postgres through a Transaction the caller opened, where Kysely cancels on the connection', async (context) => {
+      const db = await open()
+      // Kysely 0.29 added DatabaseConnection.cancelQuery; without it no other connection is reachable from a caller's Transaction
+      const cancels = await db
+        .connection()
+        .execute((bound) =>
+          bound
+            .getExecutor()
+            .provideConnection(async (connection) => typeof (connection as { cancelQuery?: unknown }).cancelQuery === 'function'),
+        )
+      if (!cancels) context.skip()
+      const k = key('caller-tx-contended')
+      const holder = await createLock(db, k).acquire()
+      const reason = new Error('gave up')
+      const outcome = await db.transaction().execute(async (trx) => {
+        const controller = new AbortController()
+        const waiting = createLock(trx, k, { scope: 'transaction' }).acquire({ signal: controller.signal })
+        await observer.until('the transaction waits in Postgres', async () => (await observer.waiters(k)).length === 1)
+        controller.abort(reason)
+        const error = await Promise.race([
+          waiting.then(
+            () => 'acquired',
+            (caught: unknown) => caught,
+          ),
+          sleep(5_000).then(() => 'still waiting'),
+        ])
+        if (error === 'still waiting') await holder.release()
+        return {
+          error,
+          waiters: await observer.waiters(k),
+          usable: (await sql<{ one: number }>`SELECT 1 AS one`.execute(trx)).rows,
+        }
+      })
       expect(outcome).toEqual({ error: reason, waiters: [], usable: [{ one: 1 }] })
       await holder.release()
     })

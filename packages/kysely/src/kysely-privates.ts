@@ -1,0 +1,168 @@
+/**
+ * Every undocumented Kysely member @pglock/kysely reaches, and the statement-tag search through
+ * `pg_stat_activity` by which it finds its own statement on the server (Kysely does not say which
+ * backend a connection is, and 0.29's connection-level cancel signals whatever the connection
+ * runs), and nowhere else.
+ *
+ * - `db.getExecutor()` (marked `@internal` in every Kysely from 0.28 to 0.30), and on the executor
+ *   it returns `provideConnection()`, the only way to the `DatabaseConnection` a handle runs on,
+ *   and `adapter`, one object per `new Kysely()` that `withSchema()` and `withPlugin()` share.
+ *
+ * Each is checked by shape where pglock first reaches it, before any lock statement is sent. When
+ * a Kysely version lacks one, pglock fails with `UnsupportedError` naming Kysely and its version,
+ * and never goes on without it.
+ */
+import { randomUUID } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
+import { UnsupportedError } from '@pglock/core'
+import type { DatabaseConnection, Kysely } from 'kysely'
+
+let version: string | undefined
+
+/**
+ * The installed Kysely version, as `kysely 0.29.9` (or `kysely` when unreadable). Kysely 0.29
+ * exports no `package.json`, so this finds it next to the resolved entry point.
+ *
+ * @example
+ * ```ts
+ * kyselyName() // 'kysely 0.28.19'
+ * ```
+ */
+export function kyselyName(): string {
+  version ??= readVersion()
+  return version === '' ? 'kysely' : `kysely ${version}`
+}
+
+function readVersion(): string {
+  try {
+    // esbuild gives the ESM build a `require` stand-in without `resolve`, so tell the builds apart by `__filename`
+    const entry = createRequire(typeof __filename === 'string' ? __filename : import.meta.url).resolve('kysely')
+    for (let dir = dirname(entry); dir !== dirname(dir); dir = dirname(dir)) {
+      try {
+        const manifest = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: string; version?: string }
+        if (manifest.name === 'kysely') return manifest.version ?? ''
+      } catch {}
+    }
+  } catch {}
+  return ''
+}
+
+/**
+ * The error for a member this Kysely lacks.
+ *
+ * @example
+ * ```ts
+ * throw unsupported('Kysely#getExecutor()', 'reach the connection a lock is held on')
+ * ```
+ */
+export function unsupported(member: string, purpose: string): UnsupportedError {
+  return new UnsupportedError(
+    `${kyselyName()} has no ${member}, which @pglock/kysely needs to ${purpose}; ` +
+      'it supports kysely 0.28 to 0.30 (check for a newer @pglock/kysely)',
+  )
+}
+
+/**
+ * Lends the `DatabaseConnection` a handle runs on for the length of `consumer`, queued behind the
+ * handle's other queries. Its shape is Kysely's `ControlConnectionProvider` (0.29).
+ */
+export type ConnectionSource = <T>(consumer: (connection: DatabaseConnection) => Promise<T>) => Promise<T>
+
+interface Executor {
+  readonly adapter: object
+  provideConnection<T>(consumer: (connection: DatabaseConnection) => Promise<T>): Promise<T>
+}
+
+const executors = new WeakMap<Kysely<any>, Executor>()
+
+function executorOf(db: Kysely<any>): Executor {
+  let executor = executors.get(db)
+  if (executor !== undefined) return executor
+  const getExecutor = (db as { getExecutor?: unknown }).getExecutor
+  if (typeof getExecutor !== 'function') throw unsupported('Kysely#getExecutor()', 'reach the connection a lock is held on')
+  const candidate = getExecutor.call(db) as Partial<Executor> | null | undefined
+  if (typeof candidate?.provideConnection !== 'function') {
+    throw unsupported('QueryExecutor#provideConnection()', 'reach the connection a lock is held on')
+  }
+  if (typeof candidate.adapter !== 'object' || candidate.adapter === null) {
+    throw unsupported('QueryExecutor#adapter', 'tell which handles share one Kysely instance')
+  }
+  executor = candidate as Executor
+  executors.set(db, executor)
+  return executor
+}
+
+/**
+ * Checks, before any SQL, every member pglock will reach on `db`; throws `UnsupportedError` when
+ * one is missing.
+ *
+ * @example
+ * ```ts
+ * checkHandle(db) // throws UnsupportedError on a Kysely without getExecutor()
+ * ```
+ */
+export function checkHandle(db: Kysely<any>): void {
+  executorOf(db)
+}
+
+/**
+ * How pglock reaches the connection behind `db`: through its executor's connection provider,
+ * which queues behind the handle's other queries.
+ *
+ * @example
+ * ```ts
+ * const pid = await connectionsOf(db)((connection) => connection.executeQuery(CompiledQuery.raw('SELECT 1')))
+ * ```
+ */
+export function connectionsOf(db: Kysely<any>): ConnectionSource {
+  const executor = executorOf(db)
+  return (consumer) => executor.provideConnection(consumer)
+}
+
+/**
+ * One object per `new Kysely()`, shared by the handles derived from it (`db.withSchema()`,
+ * `db.withPlugin()`), so that locks taken through any of them queue together.
+ *
+ * @example
+ * ```ts
+ * instanceScope(db) === instanceScope(db.withSchema('app')) // true
+ * ```
+ */
+export function instanceScope(db: Kysely<any>): object {
+  return executorOf(db).adapter
+}
+
+const tagPrefix = `pglock:${randomUUID()}:`
+let tags = 0
+
+/**
+ * A statement under a tag of its own: Kysely does not say which backend a connection is, and
+ * asking costs a round trip, so pglock finds the backend by the tag at the head of its statement
+ * text, which Postgres shows in `pg_stat_activity` to every role allowed to signal it (the same
+ * role).
+ *
+ * @example
+ * ```ts
+ * const { tag, text } = tagged('SELECT pg_advisory_lock(1)')
+ * ```
+ */
+export function tagged(sql: string): { readonly tag: string; readonly text: string } {
+  const tag = `${tagPrefix}${(tags += 1)}`
+  return { tag, text: `/* ${tag} */ ${sql}` }
+}
+
+/**
+ * Signals, from another connection, the backend whose statement carries `tag`; with `active`, only
+ * while it runs. Its rows are the backends signalled.
+ *
+ * @example
+ * ```ts
+ * const signalled = await run(signalTaggedSql('pg_cancel_backend', tag, true))
+ * ```
+ */
+export function signalTaggedSql(fn: 'pg_cancel_backend' | 'pg_terminate_backend', tag: string, active: boolean): string {
+  const state = active ? `state = 'active' AND ` : ''
+  return `SELECT ${fn}(pid) FROM pg_catalog.pg_stat_activity WHERE pid <> pg_backend_pid() AND ${state}query LIKE '/* ${tag} */%'`
+}
