@@ -43,12 +43,7 @@ export const DRIVER_VERSIONS = [
   { adapter: 'drizzle', spec: '^1.0.0-rc.0' },
   { adapter: 'kysely', spec: '0.28.x' },
   { adapter: 'kysely', spec: '0.29.x', minNode: 22 },
-  {
-    adapter: 'kysely',
-    spec: '^0.30.0-beta.0',
-    minNode: 22,
-    disabled: 'in the fault suite, a connection cut mid-acquire stays checked out',
-  },
+  { adapter: 'kysely', spec: '^0.30.0-beta.0', minNode: 22 },
 ]
 
 /**
