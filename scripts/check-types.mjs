@@ -29,7 +29,8 @@ const consumers = resolve(import.meta.dirname, 'types')
 
 /** The compilers, installed side by side under npm aliases; the last is the newest. */
 const compilers = [
-  { alias: 'typescript-5.2', spec: 'typescript@~5.2.0' },
+  // TypeScript before 5.8 cannot model require() of an ES module, which postgres.js 4 is only
+  { alias: 'typescript-5.2', spec: 'typescript@~5.2.0', requiresEsm: false },
   { alias: 'typescript-5.9', spec: 'typescript@~5.9.0' },
   { alias: 'typescript-7', spec: 'typescript@7' },
 ]
@@ -79,8 +80,14 @@ export async function checkTypes({ work, app, packed, step }) {
   for (const compiler of compilers) {
     const newest = compiler === compilers.at(-1)
     if (adapterFiles.length === 0) break
-    const cjs = newest ? adapterFiles : withoutDrizzle
-    const what = cjs.length === adapterFiles.length ? 'ESM + CJS' : 'ESM; CJS without Drizzle'
+    const cjs = (newest ? adapterFiles : withoutDrizzle).filter(
+      (file) =>
+        compiler.requiresEsm !== false || !imports(file).some((name) => name === '@pglock/postgres-js' || name === '@pglock/drizzle'),
+    )
+    const what =
+      cjs.length === adapterFiles.length
+        ? 'ESM + CJS'
+        : `ESM; CJS without Drizzle${compiler.requiresEsm === false ? ' and postgres.js (ESM-only 4.x)' : ''}`
     programs.push(program(app, tools, compiler, `every adapter, nodenext (${what})`, nodenext, adapterFiles, cjs))
   }
   if (adapterFiles.length > 0) programs.push(program(app, tools, compilers.at(-1), 'every adapter, bundler', bundler, adapterFiles, []))
