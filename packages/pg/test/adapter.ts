@@ -17,7 +17,8 @@ const adapter: AdapterUnderTest = {
     poolRecovers: true,
     endedPoolRefuses: true,
     survivesConnectionLoss: true,
-    tellsTransactionEnd: true,
+    // getTransactionStatus() came in node-postgres 8.12
+    tellsTransactionEnd: typeof (pg.Client.prototype as { getTransactionStatus?: unknown }).getTransactionStatus === 'function',
   },
   async openPool({ url, applicationName, max }) {
     const pool = new pg.Pool({ connectionString: url, application_name: applicationName, max })
