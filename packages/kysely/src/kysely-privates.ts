@@ -118,7 +118,8 @@ export function checkHandle(db: Kysely<any>): void {
  */
 export function connectionsOf(db: Kysely<any>): ConnectionSource {
   const executor = executorOf(db)
-  return (consumer) => executor.provideConnection(consumer)
+  // async: a finished `Transaction` throws from `provideConnection` itself, even inside a timer
+  return async (consumer) => executor.provideConnection(consumer)
 }
 
 /**
