@@ -1,6 +1,6 @@
-import { createConnection } from 'node:net'
 import { InvalidArgumentError, type LockConnection, type LockExecutor, type PreparedStatement, type Row, trackLoss } from '@pglock/core'
 import type { ClientBase, Pool, PoolClient, QueryResult } from 'pg'
+import { cancelBackend, checkClient, looksLikeClient, neverConnected, runNamed, unusable } from './pg-privates.js'
 
 /** A node-postgres handle pglock can lock with: a `Pool`, a `PoolClient` or a `Client`. */
 export type PgHandle = Pool | ClientBase
@@ -9,26 +9,9 @@ export type PgHandle = Pool | ClientBase
 export type PgLeaseDb<H extends PgHandle> = H extends Pool ? PoolClient : H
 
 type AnyClient = ClientBase & {
-  readonly processID?: number | null
-  readonly connectionParameters?: unknown
   getTransactionStatus?(): string | null
   release?(destroy?: boolean | Error): void
   end?(): Promise<void>
-  readonly _ending?: boolean
-  readonly _queryable?: boolean
-  readonly _connecting?: boolean
-  readonly _connected?: boolean
-}
-
-/**
- * Why a client can no longer run queries, if it cannot: node-postgres keeps that in fields it
- * does not document (`_ending` after `end()`, `_queryable` false after a connection error), and
- * rejects every later query without sending it. A lock on such a client is lost from the start.
- */
-function unusable(client: AnyClient): Error | undefined {
-  if (client._ending === true) return new Error('Client was closed and is not queryable')
-  if (client._queryable === false) return new Error('Client has encountered a connection error and is not queryable')
-  return undefined
 }
 
 function isPool(db: object): db is Pool {
@@ -36,40 +19,12 @@ function isPool(db: object): db is Pool {
 }
 
 function isClient(db: object): db is AnyClient {
-  return typeof (db as ClientBase).query === 'function' && typeof (db as ClientBase).on === 'function' && 'connectionParameters' in db
+  return looksLikeClient(db)
 }
 
 function lastRows(result: QueryResult | QueryResult[]): readonly Row[] {
   const last = Array.isArray(result) ? result[result.length - 1] : result
   return (last?.rows ?? []) as readonly Row[]
-}
-
-const CANCEL_REQUEST_CODE = 80877102
-const CANCEL_TIMEOUT_MS = 5_000
-
-/**
- * Cancels the statement a client is running with the protocol's CancelRequest (its backend key
- * data, sent on a new socket to the same host and port), which also works through a pooler such
- * as PgBouncer, where the client's `processID` is the pooler's and not a Postgres backend's.
- * Resolves once the server has closed the request's socket, which Postgres does after it has
- * signalled the backend, so a late cancel cannot hit a later statement.
- */
-function cancelBackend(client: AnyClient): Promise<void> {
-  const { processID, secretKey } = client as AnyClient & { readonly secretKey?: number | null }
-  const { host = 'localhost', port = 5432 } = (client.connectionParameters ?? {}) as { host?: string; port?: number }
-  if (typeof processID !== 'number' || typeof secretKey !== 'number') return Promise.resolve()
-  const request = Buffer.alloc(16)
-  request.writeInt32BE(16, 0)
-  request.writeInt32BE(CANCEL_REQUEST_CODE, 4)
-  request.writeInt32BE(processID, 8)
-  request.writeInt32BE(secretKey, 12)
-  return new Promise((resolve) => {
-    const socket = host.startsWith('/') ? createConnection(`${host}/.s.PGSQL.${port}`) : createConnection(port, host)
-    socket.setTimeout(CANCEL_TIMEOUT_MS, () => socket.destroy())
-    socket.once('connect', () => socket.write(request))
-    socket.once('error', () => undefined)
-    socket.once('close', () => resolve())
-  })
 }
 
 /**
@@ -85,29 +40,6 @@ const FOREIGN_STATEMENT_STATES = new Set(['26000', '42P05'])
  * still believes it prepared, so it would fail again: they get unnamed statements from then on.
  */
 const unprepared = new WeakSet<ClientBase>()
-
-/** node-postgres' own `Query` class, which its JavaScript `Client` exposes as `Client.Query`. */
-interface SubmittableQuery {
-  name?: string
-  callback?: (error: Error | null, result: QueryResult) => void
-}
-type QueryClass = new (text: string, values: string[]) => SubmittableQuery
-
-/**
- * Runs a named statement. `client.query({ name, text, values })` copies the config object by
- * property descriptors on every call (about 1 µs); a `Query` built from the text, then named, is
- * submitted as is. Clients without `Client.Query` (pg-native) take the config object.
- */
-function runNamed(client: AnyClient, name: string, text: string, values: string[]): Promise<QueryResult> {
-  const Query = (client.constructor as { Query?: QueryClass }).Query
-  if (typeof Query !== 'function' || !('connection' in client)) return client.query({ name, text, values })
-  return new Promise((resolve, reject) => {
-    const query = new Query(text, values)
-    query.name = name
-    query.callback = (error, result) => (error ? reject(error) : resolve(result))
-    client.query(query as never)
-  })
-}
 
 async function execute(client: AnyClient, statement: PreparedStatement): Promise<readonly Row[]> {
   const { name, text } = statement
@@ -183,6 +115,13 @@ function inLane<T>(client: AnyClient, run: () => Promise<T>): Promise<T> {
 }
 
 function pin<C extends AnyClient>(client: C, owned: boolean, hand: Hand = (cause) => client.release?.(cause)): PinnedClient<C> {
+  try {
+    checkClient(client)
+  } catch (error) {
+    // the client is sound, only this node-postgres is not one pglock knows: give it back as is
+    if (owned) hand(undefined)
+    throw error
+  }
   const loss = trackLoss()
   const broken = unusable(client)
   if (broken !== undefined) loss.report(broken)
@@ -262,7 +201,7 @@ export function pgExecutor<H extends PgHandle>(db: H): LockExecutor<PgLeaseDb<H>
       }
     }
     if (isClient(db)) {
-      if ((db as AnyClient)._connecting === false && (db as AnyClient)._connected === false && (db as AnyClient)._ending === false) {
+      if (neverConnected(db)) {
         throw new InvalidArgumentError(
           'db is a node-postgres Client that was never connected: call client.connect() first (node-postgres would hold every query until then)',
         )

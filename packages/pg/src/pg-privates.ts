@@ -1,0 +1,205 @@
+/**
+ * Every undocumented node-postgres member @pglock/pg reaches, and nowhere else.
+ *
+ * - Client state: `_ending` and `_queryable` (a client that can no longer run queries), and
+ *   `_connecting` and `_connected` (a client that was never connected).
+ * - `processID`, `secretKey` and `connectionParameters`: the backend key data and the server
+ *   address of a CancelRequest built by hand.
+ * - `Client.Query` and the client's `connection`: a named statement submitted without copying its
+ *   config object.
+ *
+ * The members pglock cannot work correctly without are checked by shape when it pins a client,
+ * before any lock statement is sent; a node-postgres version lacking one fails with
+ * `UnsupportedError` naming node-postgres and its version. The others only speed things up or
+ * refuse early, and without them pglock takes the public path.
+ */
+import { createRequire } from 'node:module'
+import { createConnection } from 'node:net'
+import { UnsupportedError } from '@pglock/core'
+import type { ClientBase, QueryResult } from 'pg'
+
+let version: string | undefined
+
+/**
+ * The installed node-postgres, as `pg 8.23.1` (or `pg (version unknown)` when unreadable).
+ *
+ * @example
+ * ```ts
+ * pgName() // 'pg 8.23.1'
+ * ```
+ */
+export function pgName(): string {
+  version ??= readVersion()
+  return version === '' ? 'pg (version unknown)' : `pg ${version}`
+}
+
+function readVersion(): string {
+  try {
+    // esbuild gives the ESM build a `require` stand-in without `resolve`, so tell the builds apart by `__filename`
+    const require = createRequire(typeof __filename === 'string' ? __filename : import.meta.url)
+    const manifest = require('pg/package.json') as { version?: unknown }
+    return typeof manifest.version === 'string' ? manifest.version : ''
+  } catch {
+    return ''
+  }
+}
+
+/**
+ * The error for a member this node-postgres lacks.
+ *
+ * @example
+ * ```ts
+ * throw unsupported('Client#secretKey', 'cancel a lock wait')
+ * ```
+ */
+export function unsupported(member: string, purpose: string): UnsupportedError {
+  return new UnsupportedError(
+    `node-postgres (${pgName()}) has no ${member}, which @pglock/pg needs to ${purpose}; ` +
+      'it supports pg 8.11 and later 8.x (check for a newer @pglock/pg)',
+  )
+}
+
+/** The undocumented members of a node-postgres `Client`, each as node-postgres 8.11 to 8.23 set it. */
+interface ClientPrivates {
+  readonly _ending?: unknown
+  readonly _queryable?: unknown
+  readonly _connecting?: unknown
+  readonly _connected?: unknown
+  readonly processID?: unknown
+  readonly secretKey?: unknown
+  readonly connectionParameters?: unknown
+}
+
+function privates(client: ClientBase): ClientPrivates {
+  return client as ClientPrivates
+}
+
+const isKey = (value: unknown) => value === null || typeof value === 'number'
+
+/**
+ * Checks, before any lock statement, the members pglock cannot work correctly without: without
+ * the client state it would lock on a dead client, without the key data an abort or a timeout
+ * could not stop the wait on the server. Throws `UnsupportedError` when one is missing.
+ *
+ * @example
+ * ```ts
+ * checkClient(await pool.connect()) // throws UnsupportedError on a node-postgres without secretKey
+ * ```
+ */
+export function checkClient(client: ClientBase): void {
+  const members = privates(client)
+  if (typeof members._ending !== 'boolean') throw unsupported('Client#_ending', 'tell a closed client')
+  if (typeof members._queryable !== 'boolean') throw unsupported('Client#_queryable', 'tell a client that has failed')
+  if (!isKey(members.processID)) throw unsupported('Client#processID', 'cancel a lock wait')
+  if (!isKey(members.secretKey)) throw unsupported('Client#secretKey', 'cancel a lock wait')
+  if (typeof members.connectionParameters !== 'object' || members.connectionParameters === null) {
+    throw unsupported('Client#connectionParameters', 'cancel a lock wait')
+  }
+}
+
+/**
+ * Whether `db` looks like a node-postgres `Client` (or `PoolClient`): its `connectionParameters`
+ * is what tells it from other objects with `query` and `on`.
+ *
+ * @example
+ * ```ts
+ * looksLikeClient(new pg.Client()) // true
+ * ```
+ */
+export function looksLikeClient(db: object): db is ClientBase {
+  return typeof (db as ClientBase).query === 'function' && typeof (db as ClientBase).on === 'function' && 'connectionParameters' in db
+}
+
+/**
+ * Why a client can no longer run queries, if it cannot: node-postgres keeps that in fields it
+ * does not document (`_ending` after `end()`, `_queryable` false after a connection error), and
+ * rejects every later query without sending it. A lock on such a client is lost from the start.
+ *
+ * @example
+ * ```ts
+ * const broken = unusable(client) // an Error after client.end()
+ * ```
+ */
+export function unusable(client: ClientBase): Error | undefined {
+  const members = privates(client)
+  if (members._ending === true) return new Error('Client was closed and is not queryable')
+  if (members._queryable === false) return new Error('Client has encountered a connection error and is not queryable')
+  return undefined
+}
+
+/**
+ * Whether `client` was never connected, so that node-postgres would hold every query until a
+ * `connect()` that may never come.
+ *
+ * @example
+ * ```ts
+ * neverConnected(new pg.Client()) // true
+ * ```
+ */
+export function neverConnected(client: ClientBase): boolean {
+  const members = privates(client)
+  // only an early refusal: without these members the lock waits as node-postgres makes it wait
+  return members._connecting === false && members._connected === false && members._ending === false
+}
+
+const CANCEL_REQUEST_CODE = 80877102
+const CANCEL_TIMEOUT_MS = 5_000
+
+/**
+ * Cancels the statement a client is running with the protocol's CancelRequest (its backend key
+ * data, sent on a new socket to the same host and port), which also works through a pooler such
+ * as PgBouncer, where the client's `processID` is the pooler's and not a Postgres backend's.
+ * Resolves once the server has closed the request's socket, which Postgres does after it has
+ * signalled the backend, so a late cancel cannot hit a later statement.
+ *
+ * @example
+ * ```ts
+ * await cancelBackend(client)
+ * ```
+ */
+export function cancelBackend(client: ClientBase): Promise<void> {
+  const { processID, secretKey, connectionParameters } = privates(client)
+  const { host = 'localhost', port = 5432 } = (connectionParameters ?? {}) as { host?: string; port?: number }
+  if (typeof processID !== 'number' || typeof secretKey !== 'number') return Promise.resolve()
+  const request = Buffer.alloc(16)
+  request.writeInt32BE(16, 0)
+  request.writeInt32BE(CANCEL_REQUEST_CODE, 4)
+  request.writeInt32BE(processID, 8)
+  request.writeInt32BE(secretKey, 12)
+  return new Promise((resolve) => {
+    const socket = host.startsWith('/') ? createConnection(`${host}/.s.PGSQL.${port}`) : createConnection(port, host)
+    socket.setTimeout(CANCEL_TIMEOUT_MS, () => socket.destroy())
+    socket.once('connect', () => socket.write(request))
+    socket.once('error', () => undefined)
+    socket.once('close', () => resolve())
+  })
+}
+
+/** node-postgres' own `Query` class, which its JavaScript `Client` exposes as `Client.Query`. */
+interface SubmittableQuery {
+  name?: string
+  callback?: (error: Error | null, result: QueryResult) => void
+}
+type QueryClass = new (text: string, values: string[]) => SubmittableQuery
+
+/**
+ * Runs a named statement. `client.query({ name, text, values })` copies the config object by
+ * property descriptors on every call (about 1 µs); a `Query` built from the text, then named, is
+ * submitted as is.
+ *
+ * @example
+ * ```ts
+ * const { rows } = await runNamed(client, 'pglock_try', 'SELECT pg_try_advisory_lock($1)', ['7'])
+ * ```
+ */
+export function runNamed(client: ClientBase, name: string, text: string, values: string[]): Promise<QueryResult> {
+  const Query = (client.constructor as { Query?: QueryClass }).Query
+  // only an optimisation: clients without `Client.Query` (pg-native) take the config object
+  if (typeof Query !== 'function' || !('connection' in client)) return client.query({ name, text, values })
+  return new Promise((resolve, reject) => {
+    const query = new Query(text, values)
+    query.name = name
+    query.callback = (error, result) => (error ? reject(error) : resolve(result))
+    client.query(query as never)
+  })
+}
