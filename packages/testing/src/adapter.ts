@@ -88,6 +88,12 @@ export interface Capabilities {
    */
   readonly tellsTransactionEnd?: boolean
   /**
+   * After the server comes back, the pool's first checkout may still fail with the refusal of a
+   * connection attempt made while it was down (postgres.js 4.2); the next one works. The restart
+   * suite then allows exactly one such failure, of a refused connection, and no more.
+   */
+  readonly firstCheckoutAfterRestartMayFail?: boolean
+  /**
    * Optional (false when left out). The driver's own transaction (`inTransaction`) rejects by
    * itself once its connection closes, and its callback must not settle after that: postgres.js
    * 3.4's `sql.begin()` rejects at once, but sends its `COMMIT` or `ROLLBACK` into the closed
