@@ -88,9 +88,9 @@ export interface Capabilities {
    */
   readonly tellsTransactionEnd?: boolean
   /**
-   * After the server comes back, the pool's first checkout may still fail with the refusal of a
-   * connection attempt made while it was down (postgres.js 4.2); the next one works. The restart
-   * suite then allows exactly one such failure, of a refused connection, and no more.
+   * For a moment after the server comes back, the pool's checkouts may still fail with the refusal
+   * of a connection attempt made while it was down (postgres.js 4.2). The restart suite then allows
+   * such refusals, and only those, for up to 5 s before it expects a lock to work.
    */
   readonly firstCheckoutAfterRestartMayFail?: boolean
   /**
