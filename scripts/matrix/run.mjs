@@ -76,6 +76,8 @@ for (const { dir } of ADAPTERS) {
 }
 
 const started = Date.now()
+// the commit the cells copy now, not whatever HEAD is when they finish
+const testedCommit = commit()
 const out = join(root, '.pglock-matrix')
 const logs = join(out, 'logs')
 mkdirSync(logs, { recursive: true })
@@ -133,7 +135,7 @@ const disabled = results.filter((r) => r.status === 'disabled')
 const wallSeconds = seconds(Date.now() - started)
 const record = {
   finishedAt: new Date().toISOString(),
-  commit: commit(),
+  commit: testedCommit,
   full,
   wallSeconds,
   setupSeconds,
