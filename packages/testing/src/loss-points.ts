@@ -378,6 +378,16 @@ export function describeLossPoints(adapter: AdapterUnderTest): void {
         }, 120_000)
       })
 
+      /** Starts a long query on `db`, then terminates the lock holder's backend while it runs. */
+      const killedMidQuery = async (db: unknown, key: string): Promise<{ readonly query: Promise<unknown> }> => {
+        const pid = await holderPid(key)
+        const query = adapter.query(db, SLEEP_SQL)
+        query.catch(noop)
+        await untilSleeping(pid)
+        await bench.observer.terminate(pid)
+        return { query } // wrapped, so that awaiting this does not await the query
+      }
+
       describe(`withLock error when the holder dies mid-query (${scope} scope)`, () => {
         const options: WithLockOptions = { scope }
 
@@ -389,11 +399,7 @@ export function describeLossPoints(adapter: AdapterUnderTest): void {
             pool.db,
             key,
             async ({ db }) => {
-              const pid = await holderPid(key)
-              const query = adapter.query(db, SLEEP_SQL)
-              query.catch(noop)
-              await untilSleeping(pid)
-              await bench.observer.terminate(pid)
+              const { query } = await killedMidQuery(db, key)
               try {
                 return await query
               } catch (error) {
@@ -420,11 +426,7 @@ export function describeLossPoints(adapter: AdapterUnderTest): void {
             pool.db,
             key,
             async ({ db }) => {
-              const pid = await holderPid(key)
-              const query = adapter.query(db, SLEEP_SQL)
-              query.catch(noop)
-              await untilSleeping(pid)
-              await bench.observer.terminate(pid)
+              const { query } = await killedMidQuery(db, key)
               return query.then(
                 () => 'answered',
                 () => 'swallowed',
