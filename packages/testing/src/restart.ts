@@ -2,7 +2,7 @@ import { LockLostError } from '@pglock/core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { AdapterUnderTest } from './adapter.ts'
 import { abortedWithin, Bench, scaled, settleWithin } from './bench.ts'
-import { sleep } from './conformance.ts'
+import { sleep } from './conformance/helpers.ts'
 import { type EmbeddedPostgres, startEmbeddedPostgres } from './database.ts'
 
 /** Server restarts under held and waiting locks: one under `pnpm test`, five under `pnpm test:soak`. */

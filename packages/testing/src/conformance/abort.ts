@@ -1,0 +1,79 @@
+import { LockTimeoutError } from '@pglock/core'
+import { describe, expect, it } from 'vitest'
+import type { AdapterUnderTest } from '../adapter.ts'
+import { describeFeature, outcome, sleep } from './helpers.ts'
+
+/**
+ * `signal`: cancels the wait in Postgres, and never leaves a lock held when abort or timeout races the grant.
+ * Part of {@link describeConformance}; callable alone to run one feature.
+ *
+ * @example
+ * ```ts
+ * import { describeAbort } from '@pglock/testing'
+ * import adapter from './adapter.ts'
+ *
+ * describeAbort(adapter)
+ * ```
+ */
+export function describeAbort(adapter: AdapterUnderTest): void {
+  const { lib } = adapter
+  describeFeature(adapter, ({ key, observer, open }) => {
+    describe('abort', () => {
+      for (const scope of ['session', 'transaction'] as const) {
+        it(`cancels the wait in Postgres, not just the promise (${scope} scope)`, async () => {
+          const [a, b] = [await open(), await open()]
+          const k = key(`abort-${scope}`)
+          await lib.withLock(a.db, k, async () => {
+            const controller = new AbortController()
+            const waiting = outcome(lib.withLock(b.db, k, () => 'ran', { scope, signal: controller.signal }))
+            await observer.until('the second pool waits in Postgres', async () => (await observer.waiters(k)).length === 1)
+            const reason = new Error('caller gave up')
+            controller.abort(reason)
+            expect(await waiting).toEqual({ ok: false, error: reason })
+            expect(await observer.waiters(k)).toEqual([])
+          })
+          expect(await lib.withLock(b.db, k, () => 'usable', { scope })).toBe('usable')
+        })
+      }
+
+      it('rejects at once with the reason of an already aborted signal', async () => {
+        const pool = await open()
+        const reason = new Error('too late')
+        await expect(lib.withLock(pool.db, key('pre-aborted'), () => 1, { signal: AbortSignal.abort(reason) })).rejects.toBe(reason)
+      })
+
+      for (const scope of ['session', 'transaction'] as const) {
+        it(`never leaves a lock held when abort or timeout races the grant (${scope} scope)`, async () => {
+          const [a, b] = [await open(), await open()]
+          const k = key(`race-${scope}`)
+          const rounds = 40
+          let granted = 0
+          let refused = 0
+          for (let round = 0; round < rounds; round += 1) {
+            const holder = await lib.createLock(a.db, k).acquire()
+            const controller = new AbortController()
+            const byTimeout = round % 2 === 0
+            const waiter = outcome(
+              lib.withLock(b.db, k, () => 'ran', byTimeout ? { scope, timeoutMs: 15 } : { scope, signal: controller.signal }),
+            )
+            if (byTimeout) await sleep(13 + (round % 5))
+            else {
+              await observer.until('the waiter waits in Postgres', async () => (await observer.waiters(k)).length === 1)
+              setTimeout(() => controller.abort(new Error('raced')), (round >> 1) % 3)
+              await sleep(round % 3)
+            }
+            await holder.release()
+            const result = await waiter
+            if (result.ok) granted += 1
+            else {
+              refused += 1
+              expect(result.error instanceof LockTimeoutError || (result.error as Error).message === 'raced').toBe(true)
+            }
+            expect(await observer.locks(k)).toEqual([])
+          }
+          expect(granted + refused).toBe(rounds)
+        }, 60_000)
+      }
+    })
+  })
+}

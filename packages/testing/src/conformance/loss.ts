@@ -1,0 +1,96 @@
+import { LockLostError } from '@pglock/core'
+import { describe, expect, it } from 'vitest'
+import type { AdapterUnderTest } from '../adapter.ts'
+import { aborted, describeFeature, outcome, sleep } from './helpers.ts'
+
+/**
+ * Lost locks: a terminated holder aborts `lock.signal` / `lease.signal` with `LockLostError`.
+ * Part of {@link describeConformance}; callable alone to run one feature.
+ *
+ * @example
+ * ```ts
+ * import { describeLoss } from '@pglock/testing'
+ * import adapter from './adapter.ts'
+ *
+ * describeLoss(adapter)
+ * ```
+ */
+export function describeLoss(adapter: AdapterUnderTest): void {
+  const { caps, lib } = adapter
+  describeFeature(adapter, ({ key, observer, open }) => {
+    describe('lost locks', () => {
+      it.skipIf(!caps.sessionOnPool || !caps.survivesConnectionLoss)(
+        'aborts lock.signal with LockLostError when the holding backend is terminated',
+        async () => {
+          const pool = await open()
+          const k = key('lost')
+          const lock = await lib.createLock(pool.db, k).acquire()
+          const held = lock.db
+          const [holder] = await observer.holders(k)
+          await observer.terminate(holder as number)
+          const reason = await aborted(lock.signal)
+          expect(reason).toBeInstanceOf(LockLostError)
+          expect(reason).toMatchObject({ code: 'LOST', key: k })
+          expect(lock.isHeld).toBe(false)
+          expect(lock.db).toBe(held) // still the handle it was typed as; its queries fail as the driver fails them
+          expect(await lock.release()).toBe(false)
+          expect(lock.db).toBeUndefined()
+          expect(await lib.withLock(pool.db, k, () => 'pool still works')).toBe('pool still works')
+        },
+      )
+
+      for (const scope of ['session', 'transaction'] as const) {
+        it.skipIf(!caps.survivesConnectionLoss)(
+          `aborts lease.signal and rejects withLock with LockLostError when the holder dies (${scope} scope)`,
+          async () => {
+            const pool = await open()
+            const k = key(`lost-lease-${scope}`)
+            const result = await outcome(
+              lib.withLock(
+                pool.db,
+                k,
+                async ({ signal }) => {
+                  const [holder] = await observer.holders(k)
+                  await observer.terminate(holder as number)
+                  await aborted(signal)
+                  return 'finished anyway'
+                },
+                { scope },
+              ),
+            )
+            expect(result.ok).toBe(false)
+            expect((result as { error: unknown }).error).toBeInstanceOf(LockLostError)
+            expect(await lib.withLock(pool.db, k, () => 'pool still works', { scope })).toBe('pool still works')
+          },
+        )
+
+        it.skipIf(!caps.survivesConnectionLoss)(
+          `hands fn an already aborted lease.signal when it reads it only after the loss (${scope} scope)`,
+          async () => {
+            const pool = await open()
+            const k = key(`lost-unread-${scope}`)
+            let late: AbortSignal | undefined
+            const result = await outcome(
+              lib.withLock(
+                pool.db,
+                k,
+                async (lease) => {
+                  const [holder] = await observer.holders(k)
+                  await observer.terminate(holder as number)
+                  await sleep(1_200) // past the slowest detection: Kysely probes once a second
+                  late = lease.signal
+                  return 'finished anyway'
+                },
+                { scope },
+              ),
+            )
+            expect(late?.aborted).toBe(true)
+            expect(late?.reason).toBeInstanceOf(LockLostError)
+            expect(result.ok).toBe(false)
+            expect((result as { error: unknown }).error).toBeInstanceOf(LockLostError)
+          },
+        )
+      }
+    })
+  })
+}
