@@ -6,10 +6,7 @@ import { defineConfig } from 'vitest/config'
  */
 export default defineConfig({
   test: {
-    include: [
-      'packages/*/test/**/{faults,restart,races,processes,model,bad-input,pgbouncer,reliability}.test.ts',
-      'packages/*/test/**/*.reliability.test.ts',
-    ],
+    include: ['packages/*/test/**/reliability.test.ts'],
     globalSetup: ['packages/testing/src/global-setup.ts'],
     env: { PGLOCK_SOAK: '1' },
     fileParallelism: false,

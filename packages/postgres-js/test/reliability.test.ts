@@ -1,5 +1,4 @@
-import { describeLossPoints, describeReliability } from '@pglock/testing'
+import { describeReliability } from '@pglock/testing'
 import adapter from './adapter.ts'
 
 describeReliability(adapter)
-describeLossPoints(adapter)

@@ -2,6 +2,7 @@ import type { AdapterUnderTest } from './adapter.ts'
 import { describeBadInput } from './bad-input.ts'
 import { describePgBouncer } from './bouncer.ts'
 import { describeFaults } from './faults.ts'
+import { describeLossPoints } from './loss-points.ts'
 import { describeModel } from './model.ts'
 import { describeProcesses } from './processes.ts'
 import { describeRaces } from './races.ts'
@@ -10,11 +11,11 @@ import { describeRestart } from './restart.ts'
 /**
  * Every reliability suite for one adapter, in one call: faults (resets, blackholes, cut waiters,
  * refused connections), Postgres restarts, races at volume, processes at volume, the model-based
- * property test, bad input and PgBouncer. Each suite checks for leaks after every test and at the
- * end of its file. Counts are small under `pnpm test` and large under `pnpm test:soak`.
+ * property test, bad input, PgBouncer and the loss points. Each suite checks for leaks after every
+ * test and at the end of its suite. Counts are small under `pnpm test` and large under `pnpm test:soak`.
  *
- * One file per suite (`describeFaults(adapter)` in `faults.test.ts`, and so on) lets vitest run
- * them in parallel; this is the one-line form for a new adapter, in `reliability.test.ts`.
+ * Every adapter calls it from one `reliability.test.ts` per driver: vitest runs files in parallel,
+ * and one file per driver already makes more files than a 2- to 4-core runner has workers.
  *
  * @example
  * ```ts
@@ -32,4 +33,5 @@ export function describeReliability(adapter: AdapterUnderTest): void {
   describeModel(adapter)
   describeBadInput(adapter)
   describePgBouncer(adapter)
+  describeLossPoints(adapter)
 }

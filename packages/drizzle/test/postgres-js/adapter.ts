@@ -4,8 +4,8 @@ import type { AdapterUnderTest } from '@pglock/testing'
 import { sql } from 'drizzle-orm'
 import { drizzle, type PostgresJsDatabase } from 'drizzle-orm/postgres-js'
 import type { Sql, TransactionSql } from 'postgres'
-import postgresJs, { closeHooks } from '../../postgres-js/test/adapter.ts'
-import { sessionClient } from './node-postgres.adapter.ts'
+import postgresJs, { closeHooks } from '../../../postgres-js/test/adapter.ts'
+import { sessionClient } from '../node-postgres/adapter.ts'
 
 /**
  * Drizzle over a postgres.js `Sql` under the conformance suite, its `tx` and a nested `tx.transaction()`. The `Sql` is opened

@@ -6,7 +6,7 @@ import { createLock, UnsupportedError, withLock } from '@pglock/kysely'
 import { Observer } from '@pglock/testing'
 import type { Kysely } from 'kysely'
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest'
-import pgDialect from './pg/adapter.ts'
+import pgDialect from './node-postgres/adapter.ts'
 
 /** The version of the kysely these tests run against, read the way a user would find it. */
 function installedKysely(): string {

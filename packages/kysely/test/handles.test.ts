@@ -3,7 +3,7 @@ import { createLock, withLock } from '@pglock/kysely'
 import { Observer, sleep } from '@pglock/testing'
 import { type Kysely, sql } from 'kysely'
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest'
-import pgDialect from './pg/adapter.ts'
+import pgDialect from './node-postgres/adapter.ts'
 import postgresJsDialect from './postgres-js/adapter.ts'
 
 /** What only Kysely's handles raise: `lease.db` passed back to pglock, and Transactions pglock opened. */

@@ -4,7 +4,7 @@ import type { AdapterUnderTest } from '@pglock/testing'
 import { sql } from 'drizzle-orm'
 import { drizzle, type NodePgDatabase } from 'drizzle-orm/node-postgres'
 import type pg from 'pg'
-import nodePostgres from '../../pg/test/adapter.ts'
+import nodePostgres from '../../../pg/test/adapter.ts'
 
 /** The driver's handle under a Drizzle `tx`: a `PoolClient`, or a postgres.js `TransactionSql`. */
 export const sessionClient = (tx: unknown): unknown => (tx as { _: { session: { client: unknown } } })._.session.client

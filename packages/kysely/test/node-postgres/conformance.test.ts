@@ -1,4 +1,4 @@
 import { describeConformance } from '@pglock/testing'
-import adapter from './node-postgres.adapter.ts'
+import adapter from './adapter.ts'
 
 describeConformance(adapter)

@@ -1,5 +1,0 @@
-import { describeLossPoints, describeReliability } from '@pglock/testing'
-import adapter from './postgres-js.adapter.ts'
-
-describeReliability(adapter)
-describeLossPoints(adapter)

@@ -1,0 +1,4 @@
+import { describeReliability } from '@pglock/testing'
+import adapter from './adapter.ts'
+
+describeReliability(adapter)

@@ -1,5 +1,0 @@
-import { describeLossPoints, describeReliability } from '@pglock/testing'
-import adapter from './adapter.ts'
-
-describeReliability(adapter)
-describeLossPoints(adapter)

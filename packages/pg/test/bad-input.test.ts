@@ -1,4 +1,0 @@
-import { describeBadInput } from '@pglock/testing'
-import adapter from './adapter.ts'
-
-describeBadInput(adapter)

@@ -1,4 +1,0 @@
-import { describeFaults } from '@pglock/testing'
-import adapter from './adapter.ts'
-
-describeFaults(adapter)

@@ -1,4 +1,0 @@
-import { describeLossPoints } from '@pglock/testing'
-import adapter from './adapter.ts'
-
-describeLossPoints(adapter)

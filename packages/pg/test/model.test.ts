@@ -1,4 +1,0 @@
-import { describeModel } from '@pglock/testing'
-import adapter from './adapter.ts'
-
-describeModel(adapter)

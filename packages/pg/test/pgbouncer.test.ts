@@ -1,4 +1,0 @@
-import { describePgBouncer } from '@pglock/testing'
-import adapter from './adapter.ts'
-
-describePgBouncer(adapter)

@@ -1,4 +1,0 @@
-import { describeProcesses } from '@pglock/testing'
-import adapter from './adapter.ts'
-
-describeProcesses(adapter)

@@ -1,4 +1,0 @@
-import { describeRaces } from '@pglock/testing'
-import adapter from './adapter.ts'
-
-describeRaces(adapter)

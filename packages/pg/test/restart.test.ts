@@ -1,4 +1,0 @@
-import { describeRestart } from '@pglock/testing'
-import adapter from './adapter.ts'
-
-describeRestart(adapter)
