@@ -24,9 +24,8 @@ export function describeRoundTrips(adapter: AdapterUnderTest): void {
         onTestFinished(() => proxy.close())
         const pool = await open('pool', 2, proxy.url)
         const k = key('round-trips')
-        // Every connection of the pool runs each statement once first: a driver may prepare a
-        // statement on a connection in a round trip of its own (postgres.js asks the server for
-        // its parameter types before it first binds them), which is paid once per connection.
+        // Warm every connection first: a driver may prepare a statement in a round trip of its own,
+        // once per connection (postgres.js asks for parameter types before it first binds them).
         const both = [lib.createLock(pool.db, key('round-trips-a')), lib.createLock(pool.db, key('round-trips-b'))]
         await Promise.all(both.map((lock) => lock.acquire()))
         await Promise.all(both.map((lock) => lock.release()))
