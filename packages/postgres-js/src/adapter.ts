@@ -1,2 +1,2 @@
 // For packages that build on this adapter (as @pglock/drizzle does), not for users locking.
-export { postgresJsExecutor, runInPostgresJsTransaction } from './postgres-js-executor.js'
+export { type PostgresJsHandle, type PostgresJsLeaseDb, postgresJsExecutor, runInPostgresJsTransaction } from './postgres-js-executor.js'
