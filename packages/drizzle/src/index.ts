@@ -4,7 +4,33 @@ import { transactionClientOf } from './drizzle-privates.js'
 import { nodePgDriver } from './node-postgres-driver.js'
 import { postgresJsDriver } from './postgres-js-driver.js'
 
-export * from '@pglock/core'
+// The user's API only: the executor behind it stays inside the package.
+export {
+  type AcquireOptions,
+  AlreadyHeldError,
+  type HeldLock,
+  InvalidArgumentError,
+  InvalidKeyError,
+  type KeyHash,
+  type Lease,
+  Lock,
+  type LockId,
+  type LockKey,
+  LockLostError,
+  type LockMode,
+  type LockOptions,
+  type LockScope,
+  LockTimeoutError,
+  PgLockError,
+  type PgLockErrorCode,
+  type PgLockErrorDetails,
+  pgLocksRow,
+  ReleaseFailedError,
+  resolveLockId,
+  type TryWithLockResult,
+  UnsupportedError,
+  type WithLockOptions,
+} from '@pglock/core'
 export type { DrizzleLeaseDb, DrizzleTransactionOf } from './drizzle-executor.js'
 
 /**
@@ -60,15 +86,8 @@ function clientUnder(db: unknown): unknown {
  *
  * @throws `UnsupportedError` for a database over another driver, `InvalidArgumentError` for a
  * value that is not a Drizzle Postgres database.
- * @example
- * ```ts
- * import { bindExecutor } from '@pglock/core'
- * import { drizzleExecutor } from '@pglock/drizzle'
- *
- * const { withLock } = bindExecutor(drizzleExecutor)
- * ```
  */
-export function drizzleExecutor<H extends DrizzleHandle>(db: H): LockExecutor<DrizzleLeaseDb<H>> {
+function drizzleExecutor<H extends DrizzleHandle>(db: H): LockExecutor<DrizzleLeaseDb<H>> {
   return describeDrizzle(db, typeof clientUnder(db) === 'function' ? postgresJs : nodePg) as LockExecutor<DrizzleLeaseDb<H>>
 }
 
@@ -88,7 +107,8 @@ const bound = bindScopedExecutor<DrizzleHandle, DrizzleLease>(drizzleExecutor)
  * types `db` by that driver.
  *
  * @throws `InvalidKeyError` for a key that cannot name a lock; `UnsupportedError` for transaction
- * scope on a database (use `withLock`, or pass the `tx`), and as {@link drizzleExecutor} says.
+ * scope on a database (use `withLock`, or pass the `tx`), and for a database over another driver;
+ * `InvalidArgumentError` for a value that is not a Drizzle Postgres database.
  * @example
  * ```ts
  * import { drizzle } from 'drizzle-orm/node-postgres'

@@ -1,5 +1,5 @@
 import { InvalidArgumentError, type LockExecutor } from '@pglock/core'
-import { pgExecutor } from '@pglock/pg'
+import { pgExecutor } from '@pglock/pg/adapter'
 import type { DrizzleClasses, DrizzleDriver } from './drizzle-executor.js'
 
 /**

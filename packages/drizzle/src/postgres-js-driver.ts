@@ -1,5 +1,5 @@
 import { InvalidArgumentError, type LockExecutor } from '@pglock/core'
-import { postgresJsExecutor, runInPostgresJsTransaction } from '@pglock/postgres-js'
+import { postgresJsExecutor, runInPostgresJsTransaction } from '@pglock/postgres-js/adapter'
 import type { DrizzleClasses, DrizzleDriver } from './drizzle-executor.js'
 import { transactionClientOf } from './drizzle-privates.js'
 

@@ -5,7 +5,33 @@ import { type DrizzleLeaseDb, type DrizzleTransactionOf, describeDrizzle } from 
 import { postgresJsClasses } from './postgres-js-classes.js'
 import { postgresJsDriver } from './postgres-js-driver.js'
 
-export * from '@pglock/core'
+// The user's API only: the executor behind it stays inside the package.
+export {
+  type AcquireOptions,
+  AlreadyHeldError,
+  type HeldLock,
+  InvalidArgumentError,
+  InvalidKeyError,
+  type KeyHash,
+  type Lease,
+  Lock,
+  type LockId,
+  type LockKey,
+  LockLostError,
+  type LockMode,
+  type LockOptions,
+  type LockScope,
+  LockTimeoutError,
+  PgLockError,
+  type PgLockErrorCode,
+  type PgLockErrorDetails,
+  pgLocksRow,
+  ReleaseFailedError,
+  resolveLockId,
+  type TryWithLockResult,
+  UnsupportedError,
+  type WithLockOptions,
+} from '@pglock/core'
 export type { DrizzleLeaseDb, DrizzleTransactionOf } from './drizzle-executor.js'
 
 /**
@@ -39,15 +65,8 @@ const driver = postgresJsDriver({
  * @throws `UnsupportedError` for a database of another Drizzle driver, and for a drizzle-orm
  * release without a member pglock reads (naming the version); `InvalidArgumentError` for a value
  * that is not a Drizzle database.
- * @example
- * ```ts
- * import { bindExecutor } from '@pglock/core'
- * import { drizzleExecutor } from '@pglock/drizzle/postgres-js'
- *
- * const { withLock } = bindExecutor(drizzleExecutor)
- * ```
  */
-export function drizzleExecutor<H extends DrizzleHandle>(db: H): LockExecutor<DrizzleLeaseDb<H>> {
+function drizzleExecutor<H extends DrizzleHandle>(db: H): LockExecutor<DrizzleLeaseDb<H>> {
   return describeDrizzle(db, driver) as LockExecutor<DrizzleLeaseDb<H>>
 }
 
@@ -65,7 +84,9 @@ const bound = bindScopedExecutor<DrizzleHandle, DrizzleLease>(drizzleExecutor)
  * kind (schema, casing, logger) on that connection.
  *
  * @throws `InvalidKeyError` for a key that cannot name a lock; `UnsupportedError` for transaction
- * scope on a database (use `withLock`, or pass the `tx`), and as {@link drizzleExecutor} says.
+ * scope on a database (use `withLock`, or pass the `tx`), for a database of another Drizzle driver,
+ * and for a drizzle-orm release without a member pglock reads; `InvalidArgumentError` for a value
+ * that is not a Drizzle database.
  * @example
  * ```ts
  * import { drizzle } from 'drizzle-orm/postgres-js'

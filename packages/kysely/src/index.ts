@@ -1,8 +1,34 @@
 import { bindScopedExecutor, type LeaseDbOf } from '@pglock/core'
 import { type KyselyHandle, type KyselyLeaseDb, kyselyExecutor } from './kysely-executor.js'
 
-export * from '@pglock/core'
-export { type KyselyHandle, type KyselyLeaseDb, kyselyExecutor } from './kysely-executor.js'
+// The user's API only: the executor behind it stays inside the package.
+export {
+  type AcquireOptions,
+  AlreadyHeldError,
+  type HeldLock,
+  InvalidArgumentError,
+  InvalidKeyError,
+  type KeyHash,
+  type Lease,
+  Lock,
+  type LockId,
+  type LockKey,
+  LockLostError,
+  type LockMode,
+  type LockOptions,
+  type LockScope,
+  LockTimeoutError,
+  PgLockError,
+  type PgLockErrorCode,
+  type PgLockErrorDetails,
+  pgLocksRow,
+  ReleaseFailedError,
+  resolveLockId,
+  type TryWithLockResult,
+  UnsupportedError,
+  type WithLockOptions,
+} from '@pglock/core'
+export type { KyselyHandle, KyselyLeaseDb } from './kysely-executor.js'
 
 /** `lease.db` of a Kysely handle, as a type-level function for the core's bound functions. */
 interface KyselyLease extends LeaseDbOf {

@@ -9,8 +9,34 @@ import {
 } from '@pglock/core'
 import { type PgHandle, type PgLeaseDb, pgExecutor } from './pg-executor.js'
 
-export * from '@pglock/core'
-export { type PgHandle, type PgLeaseDb, pgExecutor, runInPgTransaction } from './pg-executor.js'
+// The user's API only: the executor behind it is on the `@pglock/pg/adapter` subpath.
+export {
+  type AcquireOptions,
+  AlreadyHeldError,
+  type HeldLock,
+  InvalidArgumentError,
+  InvalidKeyError,
+  type KeyHash,
+  type Lease,
+  Lock,
+  type LockId,
+  type LockKey,
+  LockLostError,
+  type LockMode,
+  type LockOptions,
+  type LockScope,
+  LockTimeoutError,
+  PgLockError,
+  type PgLockErrorCode,
+  type PgLockErrorDetails,
+  pgLocksRow,
+  ReleaseFailedError,
+  resolveLockId,
+  type TryWithLockResult,
+  UnsupportedError,
+  type WithLockOptions,
+} from '@pglock/core'
+export type { PgHandle, PgLeaseDb } from './pg-executor.js'
 
 const bound = bindExecutor(pgExecutor<PgHandle>)
 

@@ -1,15 +1,34 @@
 import { bindScopedExecutor, type LeaseDbOf } from '@pglock/core'
 import { type PostgresJsHandle, type PostgresJsLeaseDb, postgresJsExecutor } from './postgres-js-executor.js'
 
-export * from '@pglock/core'
+// The user's API only: the executor behind it is on the `@pglock/postgres-js/adapter` subpath.
 export {
-  type PostgresJsConnection,
-  type PostgresJsHandle,
-  type PostgresJsLeaseDb,
-  pinPostgresJs,
-  postgresJsExecutor,
-  runInPostgresJsTransaction,
-} from './postgres-js-executor.js'
+  type AcquireOptions,
+  AlreadyHeldError,
+  type HeldLock,
+  InvalidArgumentError,
+  InvalidKeyError,
+  type KeyHash,
+  type Lease,
+  Lock,
+  type LockId,
+  type LockKey,
+  LockLostError,
+  type LockMode,
+  type LockOptions,
+  type LockScope,
+  LockTimeoutError,
+  PgLockError,
+  type PgLockErrorCode,
+  type PgLockErrorDetails,
+  pgLocksRow,
+  ReleaseFailedError,
+  resolveLockId,
+  type TryWithLockResult,
+  UnsupportedError,
+  type WithLockOptions,
+} from '@pglock/core'
+export type { PostgresJsHandle, PostgresJsLeaseDb } from './postgres-js-executor.js'
 
 /** `lease.db` of a postgres.js handle, as a type-level function for the core's bound functions. */
 interface PostgresJsLease extends LeaseDbOf {
