@@ -1,0 +1,192 @@
+/**
+ * pglock's core alone, with no driver and no I/O: `withLock` from `@pglock/core`'s `bindExecutor`
+ * over an in-memory connection whose statements resolve at once, next to the same cycle written
+ * by hand over that connection. What is left between the two is the core's own CPU per cycle,
+ * free of the network and of the noise of a shared machine.
+ * `pnpm --filter @pglock/bench core-cost [--cycles N] [--rounds N] [--profile]`.
+ */
+import { createHook } from 'node:async_hooks'
+import { writeFileSync } from 'node:fs'
+import { Session } from 'node:inspector/promises'
+import { loadavg } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { bindExecutor, type LockConnection, type LockExecutor, type PreparedStatement, type Row } from '@pglock/core'
+import { summarize } from './profile-summary.js'
+import { formatNumber, formatSpread, table } from './report.js'
+import { rotation } from './scenarios.js'
+import { type Spread, spread } from './stats.js'
+
+const RESULTS_DIR = fileURLToPath(new URL('../../bench-results/', import.meta.url))
+
+/** One in-memory connection: every statement answers at once, as Postgres would for a free lock. */
+class MemoryConnection {
+  readonly owned = true
+  readonly db = this
+  readonly scope = this
+  static readonly LOCKED: readonly Row[] = [{ pg_advisory_lock: '', pid: 1 }]
+  static readonly UNLOCKED: readonly Row[] = [{ released: true, pid: 1 }]
+  static readonly NONE: readonly Row[] = []
+
+  query(sql: string): Promise<readonly Row[]> {
+    return Promise.resolve(sql.startsWith('SELECT') || sql.startsWith('BEGIN') ? MemoryConnection.LOCKED : MemoryConnection.NONE)
+  }
+
+  execute(statement: PreparedStatement): Promise<readonly Row[]> {
+    return Promise.resolve(statement.name.includes('unlock') ? MemoryConnection.UNLOCKED : MemoryConnection.LOCKED)
+  }
+
+  cancel(): Promise<void> {
+    return Promise.resolve()
+  }
+
+  onLost(): () => void {
+    return () => undefined
+  }
+
+  release(): void {}
+}
+
+/** A pool of one in-memory connection, handed out at once. */
+class MemoryPool {
+  readonly connection = new MemoryConnection()
+  connect(): Promise<MemoryConnection> {
+    return Promise.resolve(this.connection)
+  }
+}
+
+const pool = new MemoryPool()
+const executor: LockExecutor<MemoryConnection> = {
+  kind: 'pool',
+  scope: pool,
+  connect: () => pool.connect() as Promise<LockConnection<MemoryConnection>>,
+}
+const { withLock } = bindExecutor((_: MemoryPool) => executor)
+
+const LOCK: PreparedStatement = { name: 'lock', text: 'SELECT pg_advisory_lock($1)', values: ['7'] }
+const UNLOCK: PreparedStatement = { name: 'unlock', text: 'SELECT pg_advisory_unlock($1)', values: ['7'] }
+const section = () => undefined
+
+/** The cycles compared: the hand-written forms use the same connection and statements. */
+const CYCLES: Record<string, () => Promise<unknown>> = {
+  'by hand, session': async () => {
+    const connection = await pool.connect()
+    try {
+      await connection.execute(LOCK)
+      try {
+        await section()
+      } finally {
+        await connection.execute(UNLOCK)
+      }
+    } finally {
+      connection.release()
+    }
+  },
+  'core withLock, session': () => withLock(pool, 7, section),
+  'by hand, transaction (BEGIN with the lock)': async () => {
+    const connection = await pool.connect()
+    try {
+      await connection.query("BEGIN; SELECT pg_advisory_xact_lock('7'::int8)")
+      await section()
+      await connection.query('COMMIT')
+    } finally {
+      connection.release()
+    }
+  },
+  'core withLock, transaction': () => withLock(pool, 7, section, { scope: 'transaction' }),
+}
+
+async function loop(cycle: () => Promise<unknown>, cycles: number): Promise<void> {
+  for (let index = 0; index < cycles; index += 1) await cycle()
+}
+
+async function promisesPerCycle(cycle: () => Promise<unknown>, cycles: number): Promise<number> {
+  let promises = 0
+  const hook = createHook({
+    init(_id, type) {
+      if (type === 'PROMISE') promises += 1
+    },
+  })
+  hook.enable()
+  try {
+    await loop(cycle, cycles)
+  } finally {
+    hook.disable()
+  }
+  return promises / cycles
+}
+
+async function bytesPerCycle(cycle: () => Promise<unknown>, cycles: number): Promise<number> {
+  globalThis.gc?.()
+  const before = process.memoryUsage().heapUsed
+  await loop(cycle, cycles)
+  return (process.memoryUsage().heapUsed - before) / cycles
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: { cycles: { type: 'string' }, rounds: { type: 'string' }, profile: { type: 'boolean' }, top: { type: 'string' } },
+  })
+  const cycles = Number(values.cycles ?? 20_000)
+  const rounds = Number(values.rounds ?? 9)
+  const names = Object.keys(CYCLES)
+  for (const name of names) await loop(CYCLES[name] as () => Promise<unknown>, cycles)
+  const cpu = new Map<string, number[]>(names.map((name) => [name, []]))
+  for (let round = 0; round < rounds; round += 1) {
+    for (const name of rotation(names, round)) {
+      const before = process.cpuUsage()
+      await loop(CYCLES[name] as () => Promise<unknown>, cycles)
+      const spent = process.cpuUsage(before)
+      cpu.get(name)?.push((spent.user + spent.system) / cycles)
+    }
+  }
+  const rows: string[][] = []
+  const floorOf = (name: string) => (name.includes('session') ? 'by hand, session' : 'by hand, transaction (BEGIN with the lock)')
+  const spreads = new Map<string, Spread>(names.map((name) => [name, spread(cpu.get(name) as number[])]))
+  for (const name of names) {
+    const own = cpu.get(name) as number[]
+    const floor = cpu.get(floorOf(name)) as number[]
+    const above = name.startsWith('core') ? formatSpread(spread(own.map((us, round) => us - (floor[round] as number))), ' µs') : '-'
+    const cycle = CYCLES[name] as () => Promise<unknown>
+    rows.push([
+      name,
+      formatSpread(spreads.get(name), ' µs'),
+      above,
+      formatNumber(await bytesPerCycle(cycle, Math.min(cycles, 2000))),
+      formatNumber(await promisesPerCycle(cycle, 1000)),
+    ])
+  }
+  console.log(
+    `pglock core over an in-memory connection: ${rounds} interleaved rounds of ${cycles} cycles (Node ${process.version}, load ${loadavg()
+      .map((load) => load.toFixed(2))
+      .join(' ')})`,
+  )
+  console.log(table([['cycle', 'CPU/cycle median [min–max]', 'above its by-hand form', 'heap B/cycle', 'promises/cycle'], ...rows]))
+  if (values.profile) {
+    const top = Number(values.top ?? 30)
+    for (const name of names.filter((candidate) => candidate.startsWith('core'))) {
+      const session = new Session()
+      session.connect()
+      await session.post('Profiler.enable')
+      await session.post('Profiler.setSamplingInterval', { interval: 10 })
+      await session.post('Profiler.start')
+      await loop(CYCLES[name] as () => Promise<unknown>, cycles * 5)
+      const { profile } = (await session.post('Profiler.stop')) as unknown as { profile: Parameters<typeof summarize>[0] }
+      session.disconnect()
+      const file = join(RESULTS_DIR, `core-cost-${name.replaceAll(/[^a-z0-9]+/gi, '-')}.cpuprofile`)
+      writeFileSync(file, JSON.stringify(profile))
+      const summary = summarize(profile, cycles * 5)
+      console.log(`\n${name}: profile ${file}`)
+      console.log(table([['area', 'self µs/cycle'], ...summary.areas.map(({ name, us }) => [name, formatNumber(us)])]))
+      console.log(
+        table([
+          ['function', 'area', 'self µs/cycle'],
+          ...summary.functions.slice(0, top).map(({ name, area, us }) => [name, area, formatNumber(us)]),
+        ]),
+      )
+    }
+  }
+}
+
+await main()
