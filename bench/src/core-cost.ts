@@ -10,10 +10,10 @@ import { writeFileSync } from 'node:fs'
 import { Session } from 'node:inspector/promises'
 import { loadavg } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import { bindExecutor, type LockConnection, type LockExecutor, type PreparedStatement, type Row } from '@pglock/core'
-import { summarize } from './profile-summary.js'
+import { place, summarize } from './profile-summary.js'
 import { formatNumber, formatSpread, table } from './report.js'
 import { rotation } from './scenarios.js'
 import { type Spread, spread } from './stats.js'
@@ -117,6 +117,39 @@ async function promisesPerCycle(cycle: () => Promise<unknown>, cycles: number): 
   return promises / cycles
 }
 
+/**
+ * Where the promises of a cycle are made: each is charged to the innermost frame of pglock's own
+ * code (or the by-hand cycle) on the stack when it was created, mapped to its TypeScript source.
+ */
+async function promiseSites(cycle: () => Promise<unknown>, cycles: number): Promise<[string, number][]> {
+  const sites = new Map<string, number>()
+  const limit = Error.stackTraceLimit
+  const hook = createHook({
+    init(_id, type) {
+      if (type !== 'PROMISE') return
+      Error.stackTraceLimit = 12
+      const holder: { stack?: string } = {}
+      Error.captureStackTrace(holder)
+      Error.stackTraceLimit = limit
+      const frames = (holder.stack ?? '').split('\n').slice(1)
+      const own = frames.slice(4).find((frame) => frame.includes('/packages/') || frame.includes('core-cost.ts'))
+      const match = own === undefined ? undefined : /at (?:async )?(\S+)? ?\(?((?:file:\/\/)?\/\S+):(\d+):(\d+)\)?$/.exec(own.trim())
+      const site =
+        match === undefined || match === null
+          ? '(driver or Node)'
+          : `${match[1] ?? '(anonymous)'} ${place(pathToFileURL(fileURLToPath(new URL(match[2] as string, 'file://'))).href, Number(match[3]) - 1, Number(match[4]) - 1)}`
+      sites.set(site, (sites.get(site) ?? 0) + 1)
+    },
+  })
+  hook.enable()
+  try {
+    await loop(cycle, cycles)
+  } finally {
+    hook.disable()
+  }
+  return [...sites].map(([site, count]): [string, number] => [site, count / cycles]).sort((a, b) => b[1] - a[1])
+}
+
 async function bytesPerCycle(cycle: () => Promise<unknown>, cycles: number): Promise<number> {
   globalThis.gc?.()
   const before = process.memoryUsage().heapUsed
@@ -126,7 +159,13 @@ async function bytesPerCycle(cycle: () => Promise<unknown>, cycles: number): Pro
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
-    options: { cycles: { type: 'string' }, rounds: { type: 'string' }, profile: { type: 'boolean' }, top: { type: 'string' } },
+    options: {
+      cycles: { type: 'string' },
+      rounds: { type: 'string' },
+      profile: { type: 'boolean' },
+      promises: { type: 'boolean' },
+      top: { type: 'string' },
+    },
   })
   const cycles = Number(values.cycles ?? 20_000)
   const rounds = Number(values.rounds ?? 9)
@@ -163,6 +202,13 @@ async function main(): Promise<void> {
       .join(' ')})`,
   )
   console.log(table([['cycle', 'CPU/cycle median [min–max]', 'above its by-hand form', 'heap B/cycle', 'promises/cycle'], ...rows]))
+  if (values.promises) {
+    for (const name of names) {
+      const sites = await promiseSites(CYCLES[name] as () => Promise<unknown>, 200)
+      console.log(`\n${name}: promises per cycle by the code that made them`)
+      console.log(table([['made in', 'promises/cycle'], ...sites.map(([site, count]) => [site, formatNumber(count)])]))
+    }
+  }
   if (values.profile) {
     const top = Number(values.top ?? 30)
     for (const name of names.filter((candidate) => candidate.startsWith('core'))) {

@@ -52,6 +52,8 @@ export function place(url: string, line: number, column: number): string {
 }
 
 function short(url: string): string {
+  const source = /packages\/([a-z-]+)\/src\/(.*)$/.exec(url)
+  if (source !== null) return `${source[1]}/src/${source[2]}`
   const pglock = /packages\/([a-z-]+)\/dist\/(.*)$/.exec(url)
   if (pglock !== null) return `@pglock/${pglock[1]}/dist/${pglock[2]}`
   const modules = /node_modules\/(?:\.pnpm\/[^/]+\/node_modules\/)?(.*)$/.exec(url)
