@@ -12,7 +12,6 @@ import { loadavg } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
-import { bindExecutor, type LockConnection, type LockExecutor, type PreparedStatement, type Row } from '@pglock/core'
 import { place, summarize } from './profile-summary.js'
 import { formatNumber, formatSpread, table } from './report.js'
 import { rotation } from './scenarios.js'
@@ -20,11 +19,37 @@ import { type Spread, spread } from './stats.js'
 
 const RESULTS_DIR = fileURLToPath(new URL('../../bench-results/', import.meta.url))
 
+/** A row as the core reads it, and a statement it prepares: the shapes of `@pglock/core`'s executor API. */
+type Row = Readonly<Record<string, unknown>>
+interface PreparedStatement {
+  readonly name: string
+  readonly text: string
+  readonly values: readonly (string | null)[]
+}
+type WithLock = (db: unknown, key: number, fn: () => unknown, options?: { readonly scope?: 'session' | 'transaction' }) => Promise<unknown>
+
+/**
+ * `bindExecutor`, from where the executor-authoring API lives: `@pglock/core/adapter` once issue
+ * 12 moves it there, `@pglock/core` before. Resolved at run time, so the bench builds against either.
+ */
+async function loadBindExecutor(): Promise<(toExecutor: (db: unknown) => object) => { withLock: WithLock }> {
+  for (const specifier of ['@pglock/core/adapter', '@pglock/core']) {
+    try {
+      const module = (await import(specifier)) as { bindExecutor?: unknown }
+      if (typeof module.bindExecutor === 'function') return module.bindExecutor as never
+    } catch {
+      // not this entry: try the next
+    }
+  }
+  throw new Error('found no bindExecutor in @pglock/core/adapter or @pglock/core')
+}
+
 /** One in-memory connection: every statement answers at once, as Postgres would for a free lock. */
 class MemoryConnection {
   readonly owned = true
   readonly db = this
   readonly scope = this
+  readonly connectionKey = this
   static readonly LOCKED: readonly Row[] = [{ pg_advisory_lock: '', pid: 1 }]
   static readonly UNLOCKED: readonly Row[] = [{ released: true, pid: 1 }]
   static readonly NONE: readonly Row[] = []
@@ -57,12 +82,14 @@ class MemoryPool {
 }
 
 const pool = new MemoryPool()
-const executor: LockExecutor<MemoryConnection> = {
+/** A pool executor, under the field names from before and after issue 12's renames (`scope`, `queueKey`). */
+const executor = {
   kind: 'pool',
   scope: pool,
-  connect: () => pool.connect() as Promise<LockConnection<MemoryConnection>>,
+  queueKey: pool,
+  connect: () => pool.connect(),
 }
-const { withLock } = bindExecutor((_: MemoryPool) => executor)
+const { withLock } = (await loadBindExecutor())(() => executor)
 
 const LOCK: PreparedStatement = { name: 'lock', text: 'SELECT pg_advisory_lock($1)', values: ['7'] }
 const UNLOCK: PreparedStatement = { name: 'unlock', text: 'SELECT pg_advisory_unlock($1)', values: ['7'] }
