@@ -3,13 +3,13 @@
  * over an in-memory connection whose statements resolve at once, next to the same cycle written
  * by hand over that connection. What is left between the two is the core's own CPU per cycle,
  * free of the network and of the noise of a shared machine.
- * `pnpm --filter @pglock/bench core-cost [--cycles N] [--rounds N] [--profile]`.
+ * `pnpm --filter @pglock/bench core-cost [--cycles N] [--rounds N] [--profile] [--promises] [--core DIR]`.
  */
 import { createHook } from 'node:async_hooks'
 import { writeFileSync } from 'node:fs'
 import { Session } from 'node:inspector/promises'
 import { loadavg } from 'node:os'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import { place, summarize } from './profile-summary.js'
@@ -32,8 +32,12 @@ type WithLock = (db: unknown, key: number, fn: () => unknown, options?: { readon
  * `bindExecutor`, from where the executor-authoring API lives: `@pglock/core/adapter` once issue
  * 12 moves it there, `@pglock/core` before. Resolved at run time, so the bench builds against either.
  */
-async function loadBindExecutor(): Promise<(toExecutor: (db: unknown) => object) => { withLock: WithLock }> {
-  for (const specifier of ['@pglock/core/adapter', '@pglock/core']) {
+async function loadBindExecutor(core: string | undefined): Promise<(toExecutor: (db: unknown) => object) => { withLock: WithLock }> {
+  const specifiers =
+    core === undefined
+      ? ['@pglock/core/adapter', '@pglock/core']
+      : ['dist/adapter.js', 'dist/index.js', ''].map((file) => pathToFileURL(resolve(core, file)).href)
+  for (const specifier of specifiers) {
     try {
       const module = (await import(specifier)) as { bindExecutor?: unknown }
       if (typeof module.bindExecutor === 'function') return module.bindExecutor as never
@@ -41,7 +45,7 @@ async function loadBindExecutor(): Promise<(toExecutor: (db: unknown) => object)
       // not this entry: try the next
     }
   }
-  throw new Error('found no bindExecutor in @pglock/core/adapter or @pglock/core')
+  throw new Error(`found no bindExecutor in ${specifiers.join(', ')}`)
 }
 
 /** One in-memory connection: every statement answers at once, as Postgres would for a free lock. */
@@ -89,7 +93,18 @@ const executor = {
   queueKey: pool,
   connect: () => pool.connect(),
 }
-const { withLock } = (await loadBindExecutor())(() => executor)
+const { values: flags } = parseArgs({
+  options: {
+    cycles: { type: 'string' },
+    rounds: { type: 'string' },
+    profile: { type: 'boolean' },
+    promises: { type: 'boolean' },
+    top: { type: 'string' },
+    core: { type: 'string' },
+  },
+})
+/** `--core DIR` measures another checkout's built core (a worktree's packages/core), not this one's. */
+const { withLock } = (await loadBindExecutor(flags.core))(() => executor)
 
 const LOCK: PreparedStatement = { name: 'lock', text: 'SELECT pg_advisory_lock($1)', values: ['7'] }
 const UNLOCK: PreparedStatement = { name: 'unlock', text: 'SELECT pg_advisory_unlock($1)', values: ['7'] }
@@ -185,15 +200,7 @@ async function bytesPerCycle(cycle: () => Promise<unknown>, cycles: number): Pro
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      cycles: { type: 'string' },
-      rounds: { type: 'string' },
-      profile: { type: 'boolean' },
-      promises: { type: 'boolean' },
-      top: { type: 'string' },
-    },
-  })
+  const values = flags
   const cycles = Number(values.cycles ?? 20_000)
   const rounds = Number(values.rounds ?? 9)
   const names = Object.keys(CYCLES)
