@@ -18,7 +18,7 @@ import { CONTENDERS } from './contenders.js'
 import { resolveBenchDatabase } from './database.js'
 import { layerContenders } from './layers.js'
 import { area, type CpuProfile, type ProfileNode, place, summarize } from './profile-summary.js'
-import { formatNumber, formatSpread, table } from './report.js'
+import { formatDifference, formatNumber, formatSpread, table } from './report.js'
 import { rotation } from './scenarios.js'
 import { spread } from './stats.js'
 
@@ -152,16 +152,19 @@ async function main(): Promise<void> {
     return
   }
   const names = values.contenders?.split(';').map((name) => name.trim())
-  const chosen: Contender[] =
+  const known = [...CONTENDERS, ...layerContenders()]
+  const named: Contender[] =
     names === undefined
       ? CONTENDERS.filter((contender) => contender.role !== 'peer')
       : names.map((name) => {
-          const known = [...CONTENDERS, ...layerContenders()]
           const found = known.find((contender) => contender.name === name)
           if (found === undefined)
             throw new Error(`unknown contender ${JSON.stringify(name)}; known: ${known.map((c) => c.name).join('; ')}`)
           return found
         })
+  // each contender's floor runs too, first, so that its CPU above the floor is paired by round
+  const floors = named.flatMap((contender) => known.filter((floor) => floor.name === contender.floor))
+  const chosen = [...new Set([...floors, ...named])]
   const cycles = Number(values.cycles ?? 5000)
   const rounds = Number(values.rounds ?? 5)
   const intervalUs = Number(values.interval ?? 25)
@@ -198,8 +201,8 @@ async function main(): Promise<void> {
       aboveFloor.push([
         contender.name,
         contender.floor,
-        formatSpread(spread(rounds.map((round) => total(own, round) - total(floor, round))), ' µs'),
-        formatSpread(spread(rounds.map((round) => (own.user[round] as number) - (floor.user[round] as number))), ' µs'),
+        formatDifference(spread(rounds.map((round) => total(own, round) - total(floor, round)))),
+        formatDifference(spread(rounds.map((round) => (own.user[round] as number) - (floor.user[round] as number)))),
       ])
     }
     if (aboveFloor.length > 0) {
@@ -208,7 +211,7 @@ async function main(): Promise<void> {
           .map((load) => load.toFixed(1))
           .join(' ')})`,
       )
-      console.log(table([['contender', 'floor', 'user+system above floor', 'user above floor'], ...aboveFloor]))
+      console.log(table([['contender', 'floor', 'user+system µs above floor', 'user µs above floor'], ...aboveFloor]))
     }
     for (const { contender, open, key } of opened) {
       const own = cpu.get(contender.name) as { user: number[]; system: number[] }
