@@ -41,6 +41,12 @@ export interface Contender {
   readonly floor: string
   /** One line on what a cycle is, for the report. */
   readonly cycleDescription: string
+  /**
+   * pglock rows: the uncontended cycles/s it must reach, as a multiple of its floor's (issue 12:
+   * 0.95 for session scope and where the driver sends `BEGIN`, 1.2 where pglock sends `BEGIN`
+   * with the lock and the floor takes 3 round trips).
+   */
+  readonly floorRatioTarget?: number
   /** Why the pool-pressure scenario does not apply to it; unset when it does. */
   readonly noPoolPressure?: string
   open(target: BenchTarget): Promise<OpenContender>

@@ -37,6 +37,11 @@ interface OpenPool<Handle> {
   close(): Promise<void>
 }
 
+/** Issue 12: at least this share of the floor's cycles/s where pglock sends what the floor sends. */
+const SAME_ROUND_TRIPS_RATIO = 0.95
+/** Issue 12: where pglock sends `BEGIN` with the lock, 2 round trips against the floor's 3. */
+const BEGIN_WITH_LOCK_RATIO = 1.2
+
 /**
  * The two rows (session and transaction `withLock`) for one pglock adapter. A new adapter adds
  * one call: its lock functions, how to open its pool, how to run one query through `lease.db`,
@@ -53,6 +58,8 @@ export function pglockContenders<Handle>(adapter: {
   readonly leaseQueryable?: (db: any) => Queryable
   readonly sessionFloor: string
   readonly transactionFloor: string
+  /** pglock sends `BEGIN` with the lock (one round trip fewer than its floor), so it must beat the floor */
+  readonly sendsBegin?: boolean
 }): Contender[] {
   const packageName = adapter.packageName ?? `@pglock/${adapter.name}`
   const toQueryable = adapter.leaseQueryable ?? ((db: any) => db as Queryable)
@@ -74,6 +81,7 @@ export function pglockContenders<Handle>(adapter: {
       role: 'pglock',
       scope: 'session',
       floor: adapter.sessionFloor,
+      floorRatioTarget: SAME_ROUND_TRIPS_RATIO,
       cycleDescription: `withLock(pool, key, fn) from ${packageName}`,
       open: open('session'),
     },
@@ -82,13 +90,15 @@ export function pglockContenders<Handle>(adapter: {
       role: 'pglock',
       scope: 'transaction',
       floor: adapter.transactionFloor,
+      floorRatioTarget: adapter.sendsBegin === true ? BEGIN_WITH_LOCK_RATIO : SAME_ROUND_TRIPS_RATIO,
       cycleDescription: `withLock(pool, key, fn, { scope: 'transaction' }) from ${packageName}`,
       open: open('transaction'),
     },
   ]
 }
 
-function openPgPool(target: BenchTarget): pg.Pool {
+/** A node-postgres pool tagged with the contender's `application_name`. */
+export function openPgPool(target: BenchTarget): pg.Pool {
   const pool = new pg.Pool({ connectionString: target.url, max: target.poolSize, application_name: target.applicationName })
   pool.on('error', () => undefined)
   return pool
@@ -195,7 +205,7 @@ function drizzleQueryable(db: { execute(query: ReturnType<typeof drizzleSql.raw>
  * A postgres.js `Sql` with `max` connections. postgres.js has no public count of its open
  * connections, so it opens them through a socket factory that counts them.
  */
-function openPostgresJs(target: BenchTarget): { sql: postgres.Sql; connections(): number } {
+export function openPostgresJs(target: BenchTarget): { sql: postgres.Sql; connections(): number } {
   const url = new URL(target.url)
   let open = 0
   /** `socket` is a documented option of postgres.js that its types leave out. */
@@ -275,6 +285,46 @@ async function openKyselyPostgresJsPool(target: BenchTarget): Promise<OpenPool<K
 function kyselyQueryable(db: Kysely<any>): Queryable {
   return { query: (text) => kyselySql.raw(text).execute(db) }
 }
+
+/** Hand-written Kysely on one connection (`db.connection()`), the way a Kysely user writes a session lock. */
+async function rawKyselySessionCycle(db: Kysely<any>, key: number, section: CriticalSection): Promise<void> {
+  await db.connection().execute(async (connection) => {
+    await kyselySql`SELECT pg_advisory_lock(${key})`.execute(connection)
+    try {
+      await section(kyselyQueryable(connection))
+    } finally {
+      await kyselySql`SELECT pg_advisory_unlock(${key})`.execute(connection)
+    }
+  })
+}
+
+/** Kysely's own transaction (`begin`, lock, `commit`: 3 round trips), the floor of the Kysely rows in transaction scope. */
+async function rawKyselyTransactionCycle(db: Kysely<any>, key: number, section: CriticalSection): Promise<void> {
+  await db.transaction().execute(async (transaction) => {
+    await kyselySql`SELECT pg_advisory_xact_lock(${key})`.execute(transaction)
+    await section(kyselyQueryable(transaction))
+  })
+}
+
+function rawKysely(openPool: (target: BenchTarget) => Promise<OpenPool<Kysely<any>>>, cycle: typeof rawKyselySessionCycle) {
+  return async (target: BenchTarget): Promise<OpenContender> => {
+    const pool = await openPool(target)
+    return {
+      cycle: (key, section) => cycle(pool.db, key, section),
+      poolQuery: (text) => pool.poolQuery(text),
+      connections: () => pool.connections(),
+      close: () => pool.close(),
+    }
+  }
+}
+
+/** Every hand-written lock deadlocks under pool pressure (see raw pg session); once is enough to show it. */
+const HAND_WRITTEN_DEADLOCKS = 'a hand-written lock, as raw pg session: fn waits for a pool the waiters hold, and it deadlocks the same way'
+
+const RAW_KYSELY_PG_SESSION = 'raw kysely/pg session'
+const RAW_KYSELY_PG_TRANSACTION = 'raw kysely/pg transaction'
+const RAW_KYSELY_POSTGRES_JS_SESSION = 'raw kysely/postgres.js session'
+const RAW_KYSELY_POSTGRES_JS_TRANSACTION = 'raw kysely/postgres.js transaction'
 
 /** Hand-written postgres.js on a reserved connection, the way a competent postgres.js user writes it. */
 async function rawPostgresJsSessionCycle(sql: postgres.Sql, key: number, section: CriticalSection): Promise<void> {
@@ -419,12 +469,49 @@ export const CONTENDERS: readonly Contender[] = [
     cycleDescription: 'sql.begin(async (tx) => { await tx`SELECT pg_advisory_xact_lock(key)`; fn })',
     open: rawPostgresJs(rawPostgresJsTransactionCycle),
   },
+  {
+    name: RAW_KYSELY_PG_SESSION,
+    role: 'floor',
+    noPoolPressure: HAND_WRITTEN_DEADLOCKS,
+    scope: 'session',
+    floor: RAW_PG_SESSION,
+    cycleDescription: 'db.connection().execute(async (c) => { sql`SELECT pg_advisory_lock(key)`.execute(c); fn; unlock }), PostgresDialect',
+    open: rawKysely(openKyselyNodePgPool, rawKyselySessionCycle),
+  },
+  {
+    name: RAW_KYSELY_PG_TRANSACTION,
+    role: 'floor',
+    noPoolPressure: HAND_WRITTEN_DEADLOCKS,
+    scope: 'transaction',
+    floor: RAW_PG_TRANSACTION,
+    cycleDescription: 'db.transaction().execute(async (tx) => { sql`SELECT pg_advisory_xact_lock(key)`.execute(tx); fn }), PostgresDialect',
+    open: rawKysely(openKyselyNodePgPool, rawKyselyTransactionCycle),
+  },
+  {
+    name: RAW_KYSELY_POSTGRES_JS_SESSION,
+    role: 'floor',
+    noPoolPressure: HAND_WRITTEN_DEADLOCKS,
+    scope: 'session',
+    floor: RAW_POSTGRES_JS_SESSION,
+    cycleDescription: 'the same session lock by hand on PostgresJSDialect (kysely-postgres-js)',
+    open: rawKysely(openKyselyPostgresJsPool, rawKyselySessionCycle),
+  },
+  {
+    name: RAW_KYSELY_POSTGRES_JS_TRANSACTION,
+    role: 'floor',
+    noPoolPressure: HAND_WRITTEN_DEADLOCKS,
+    scope: 'transaction',
+    floor: RAW_POSTGRES_JS_TRANSACTION,
+    cycleDescription: 'the same transaction by hand on PostgresJSDialect (kysely-postgres-js)',
+    open: rawKysely(openKyselyPostgresJsPool, rawKyselyTransactionCycle),
+  },
   ...pglockContenders({
     name: 'pg',
     lib: pglockPg,
     openPool: openPgPoolForPglock,
     sessionFloor: RAW_PG_SESSION,
     transactionFloor: RAW_PG_TRANSACTION,
+    sendsBegin: true,
   }),
   ...pglockContenders({
     name: 'postgres-js',
@@ -442,6 +529,7 @@ export const CONTENDERS: readonly Contender[] = [
     leaseQueryable: drizzleQueryable,
     sessionFloor: RAW_PG_SESSION,
     transactionFloor: RAW_PG_TRANSACTION,
+    sendsBegin: true,
   }),
   ...pglockContenders({
     name: 'drizzle/postgres.js',
@@ -458,8 +546,8 @@ export const CONTENDERS: readonly Contender[] = [
     lib: pglockKysely,
     openPool: openKyselyNodePgPool,
     leaseQueryable: kyselyQueryable,
-    sessionFloor: RAW_PG_SESSION,
-    transactionFloor: RAW_PG_TRANSACTION,
+    sessionFloor: RAW_KYSELY_PG_SESSION,
+    transactionFloor: RAW_KYSELY_PG_TRANSACTION,
   }),
   ...pglockContenders({
     name: 'kysely/postgres.js',
@@ -467,8 +555,8 @@ export const CONTENDERS: readonly Contender[] = [
     lib: pglockKysely,
     openPool: openKyselyPostgresJsPool,
     leaseQueryable: kyselyQueryable,
-    sessionFloor: RAW_POSTGRES_JS_SESSION,
-    transactionFloor: RAW_POSTGRES_JS_TRANSACTION,
+    sessionFloor: RAW_KYSELY_POSTGRES_JS_SESSION,
+    transactionFloor: RAW_KYSELY_POSTGRES_JS_TRANSACTION,
   }),
   {
     name: 'advisory-lock',

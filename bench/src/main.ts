@@ -12,7 +12,15 @@ import { CONTENDERS } from './contenders.js'
 import { CpuMeter } from './cpu.js'
 import { type BenchDatabase, resolveBenchDatabase } from './database.js'
 import { megabytes, memoryReport, runMemory } from './memory.js'
-import { pressureTable, type ScenarioSamples, summarizePressure, summarizeThroughput, throughputTable, verdictTable } from './report.js'
+import {
+  pressureTable,
+  type ScenarioSamples,
+  speedTable,
+  summarizePressure,
+  summarizeThroughput,
+  throughputTable,
+  verdictTable,
+} from './report.js'
 import {
   type BenchSettings,
   combineSlices,
@@ -26,7 +34,7 @@ import {
   type Slice,
   skipReason,
 } from './scenarios.js'
-import { judgeTargets } from './targets.js'
+import { judgeSpeed, judgeTargets } from './targets.js'
 
 const RESULTS_DIR = fileURLToPath(new URL('../../bench-results/', import.meta.url))
 
@@ -185,6 +193,17 @@ async function runBench(flags: Flags, database: BenchDatabase): Promise<void> {
     console.log(`${printed}\n`)
   }
   await meter.close()
+  const speed = judgeSpeed(contenders, results.get('uncontended'))
+  const loadAtEnd = os.loadavg().map((load) => Number(load.toFixed(2)))
+  if (speed.length > 0) {
+    const note =
+      `CPU: this process's user+system time per cycle (process.cpuUsage) minus the floor's in the same repeat; ` +
+      `load average ${about.loadAverage.join(' ')} at start, ${loadAtEnd.join(' ')} at end on ${os.cpus().length} CPUs` +
+      (Math.max(...about.loadAverage, ...loadAtEnd) > os.cpus().length / 2
+        ? ': a shared, busy machine, so read the ranges, not only the medians'
+        : '')
+    console.log(`${speedTable(speed, note)}\n`)
+  }
   const verdicts = judgeTargets(contenders, results, settings.pressurePoolSize)
   if (verdicts.length > 0) console.log(`${verdictTable(verdicts)}\n`)
   const elapsedMs = performance.now() - startedAt
@@ -192,9 +211,16 @@ async function runBench(flags: Flags, database: BenchDatabase): Promise<void> {
     kind: 'pglock-bench',
     startedAt: new Date(Date.now() - elapsedMs).toISOString(),
     elapsedMs,
-    machine: { ...about, loadAverageAtEnd: os.loadavg() },
+    machine: { ...about, loadAverageAtEnd: loadAtEnd },
     settings: { ...settings, url: undefined, repeats: flags.repeats },
-    contenders: contenders.map(({ name, role, scope, floor, cycleDescription }) => ({ name, role, scope, floor, cycleDescription })),
+    contenders: contenders.map(({ name, role, scope, floor, floorRatioTarget, cycleDescription }) => ({
+      name,
+      role,
+      scope,
+      floor,
+      floorRatioTarget,
+      cycleDescription,
+    })),
     scenarios: Object.fromEntries(
       [...results].map(([scenario, samples]) => [
         scenario,
@@ -204,12 +230,15 @@ async function runBench(flags: Flags, database: BenchDatabase): Promise<void> {
         },
       ]),
     ),
+    speed,
     verdicts,
     tables,
   }
   const file = writeResults('bench', json)
   console.log(`took ${(elapsedMs / 1000).toFixed(0)} s; results written to ${file}`)
-  if (verdicts.some((verdict) => !verdict.pass)) console.log('some targets missed: see the verdict column')
+  if (verdicts.some((verdict) => !verdict.pass) || speed.some((verdict) => !verdict.cpuPass || !verdict.ratioPass)) {
+    console.log('some targets missed: see the verdict columns')
+  }
 }
 
 async function runMemoryMode(flags: Flags, database: BenchDatabase): Promise<void> {

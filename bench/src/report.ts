@@ -14,6 +14,8 @@ export interface ThroughputSummary {
   readonly maxConnections: number
   /** CPU µs per cycle, this process and the backends serving it */
   readonly clientCpuUs: Spread
+  /** per repeat, this process's CPU µs per cycle minus its floor's in the same repeat */
+  readonly cpuAboveFloorUs: Spread | undefined
   readonly serverCpuUs: Spread | undefined
   readonly handoffMedianMs?: Spread
   readonly handoffP99Ms?: Spread
@@ -42,6 +44,20 @@ function isThroughput(sample: Sample): sample is ThroughputSample {
   return 'cyclesPerSecond' in sample
 }
 
+/** Client CPU µs per cycle of `a` minus `b`'s, paired by repeat: samples of one repeat ran next to each other. */
+export function pairedCpuAbove(a: readonly Sample[] | undefined, b: readonly Sample[] | undefined): number[] {
+  if (a === undefined || b === undefined) return []
+  const above: number[] = []
+  for (let repeat = 0; repeat < Math.min(a.length, b.length); repeat += 1) {
+    const top = a[repeat]
+    const bottom = b[repeat]
+    if (top !== undefined && bottom !== undefined && isThroughput(top) && isThroughput(bottom)) {
+      above.push(top.clientCpuUs - bottom.clientCpuUs)
+    }
+  }
+  return above
+}
+
 /** Ratios of `a` over `b`, paired by repeat: samples of one repeat ran next to each other. */
 export function pairedRatios(a: readonly Sample[] | undefined, b: readonly Sample[] | undefined): number[] {
   if (a === undefined || b === undefined) return []
@@ -62,6 +78,7 @@ export function summarizeThroughput(contenders: readonly Contender[], samples: S
     const own = (samples.get(contender.name) ?? []).filter(isThroughput)
     if (own.length === 0) continue
     const ratios = pairedRatios(own, samples.get(contender.floor))
+    const above = contender.floor === contender.name ? [] : pairedCpuAbove(own, samples.get(contender.floor))
     const handoffs = own.flatMap((sample) => (sample.handoff === undefined || sample.handoff.count === 0 ? [] : [sample.handoff]))
     summaries.push({
       contender: contender.name,
@@ -70,6 +87,7 @@ export function summarizeThroughput(contenders: readonly Contender[], samples: S
       ratioToFloor: ratios.length > 0 ? spread(ratios) : undefined,
       maxConnections: Math.max(...own.map((sample) => sample.maxConnections)),
       clientCpuUs: spread(own.map((sample) => sample.clientCpuUs)),
+      cpuAboveFloorUs: above.length > 0 ? spread(above) : undefined,
       serverCpuUs: own.every((sample) => sample.serverCpuUs !== undefined)
         ? spread(own.map((sample) => sample.serverCpuUs as number))
         : undefined,
@@ -131,6 +149,13 @@ export function formatSpread(value: Spread | undefined, unit = ''): string {
   return `${formatNumber(value.median)}${unit} [${formatNumber(value.min)}–${formatNumber(value.max)}]`
 }
 
+/** A spread of differences: each number signed, the range written with "to" (a dash would read as minus). */
+export function formatDifference(value: Spread | undefined): string {
+  if (value === undefined) return '-'
+  const plus = (number: number) => (number > 0 ? `+${formatNumber(number)}` : formatNumber(number))
+  return `${plus(value.median)} [${plus(value.min)} to ${plus(value.max)}]`
+}
+
 /** A plain-text table: the first row is the header; columns are padded to their widest cell. */
 export function table(rows: readonly (readonly string[])[]): string {
   const widths: number[] = []
@@ -154,6 +179,7 @@ export function throughputTable(scenario: ScenarioName, summaries: readonly Thro
     'cycles/s median [min–max]',
     'ratio to floor',
     'CPU µs/cycle client+server',
+    'client CPU µs above floor',
     ...(withHandoff ? ['handoff median ms', 'handoff p99 ms', 'handed over', 'exclusion'] : []),
     'max conns',
   ]
@@ -162,6 +188,7 @@ export function throughputTable(scenario: ScenarioName, summaries: readonly Thro
     formatSpread(summary.cyclesPerSecond),
     summary.contender === summary.floor ? '1 (floor)' : formatSpread(summary.ratioToFloor, '×'),
     `${formatNumber(summary.clientCpuUs.median)} + ${summary.serverCpuUs === undefined ? '?' : formatNumber(summary.serverCpuUs.median)}`,
+    summary.contender === summary.floor ? '-' : formatDifference(summary.cpuAboveFloorUs),
     ...(withHandoff
       ? [
           formatSpread(summary.handoffMedianMs),
@@ -195,4 +222,31 @@ export function verdictTable(verdicts: readonly Verdict[]): string {
     verdict.pass ? 'PASS' : 'FAIL',
   ])
   return `targets (verdict on the median)\n${table([['target', 'contender', 'measured median [min–max]', 'needs', 'verdict'], ...rows])}`
+}
+
+/** One pglock row against its floor, uncontended: its own CPU per cycle and its throughput ratio. */
+export interface SpeedVerdict {
+  readonly contender: string
+  readonly floor: string
+  readonly cpuAboveFloorUs: Spread | undefined
+  readonly cpuLimitUs: number
+  readonly cpuPass: boolean
+  readonly ratioToFloor: Spread | undefined
+  readonly ratioTarget: number
+  readonly ratioPass: boolean
+}
+
+export function speedTable(verdicts: readonly SpeedVerdict[], note: string): string {
+  const rows = verdicts.map((verdict) => [
+    verdict.contender,
+    verdict.floor,
+    formatDifference(verdict.cpuAboveFloorUs),
+    `≤ ${verdict.cpuLimitUs}`,
+    verdict.cpuPass ? 'PASS' : 'FAIL',
+    formatSpread(verdict.ratioToFloor, '×'),
+    `≥ ${verdict.ratioTarget}×`,
+    verdict.ratioPass ? 'PASS' : 'FAIL',
+  ])
+  const header = ['contender', 'floor', 'client CPU µs/cycle above floor', 'needs', 'verdict', 'cycles/s vs floor', 'needs', 'verdict']
+  return `pglock against its floor, uncontended (issue 12 targets; median [min–max] over repeats, each paired with its floor)\n${table([header, ...rows])}\n${note}`
 }

@@ -1,10 +1,10 @@
 import type { Contender } from './contender.js'
-import { pairedRatios, type ScenarioSamples, type Verdict } from './report.js'
+import { pairedCpuAbove, pairedRatios, type ScenarioSamples, type SpeedVerdict, type Verdict } from './report.js'
 import type { ScenarioName, ThroughputSample } from './scenarios.js'
 import { type Spread, spread } from './stats.js'
 
-const SESSION_FLOOR_RATIO = 0.95
-const TRANSACTION_FLOOR_RATIO = 1.2
+/** Issue 12: pglock's own CPU per lock cycle, above the same stack's hand-written floor. */
+const CPU_ABOVE_FLOOR_US = 10
 const PEER_RATIO = 10
 const PEER = 'advisory-lock'
 const HANDOFF_MEDIAN_MS = 1
@@ -15,7 +15,38 @@ function ratioVerdict(target: string, contender: string, ratios: readonly number
 }
 
 /**
- * The targets of issue 5, judged on the median over repeats (min and max are printed beside).
+ * Issue 12's speed targets for each pglock row, uncontended: its own CPU per cycle at most
+ * 10 µs above its floor's, and its cycles/s at least `floorRatioTarget` times its floor's. Both
+ * are paired by repeat and judged on the median.
+ */
+export function judgeSpeed(contenders: readonly Contender[], uncontended: ScenarioSamples | undefined): SpeedVerdict[] {
+  if (uncontended === undefined) return []
+  return contenders.flatMap((contender) => {
+    if (contender.role !== 'pglock' || !uncontended.has(contender.name) || !uncontended.has(contender.floor)) return []
+    const own = uncontended.get(contender.name)
+    const floor = uncontended.get(contender.floor)
+    const above = pairedCpuAbove(own, floor)
+    const ratios = pairedRatios(own, floor)
+    const cpuAboveFloorUs = above.length > 0 ? spread(above) : undefined
+    const ratioToFloor = ratios.length > 0 ? spread(ratios) : undefined
+    const ratioTarget = contender.floorRatioTarget ?? 1
+    return [
+      {
+        contender: contender.name,
+        floor: contender.floor,
+        cpuAboveFloorUs,
+        cpuLimitUs: CPU_ABOVE_FLOOR_US,
+        cpuPass: cpuAboveFloorUs !== undefined && cpuAboveFloorUs.median <= CPU_ABOVE_FLOOR_US,
+        ratioToFloor,
+        ratioTarget,
+        ratioPass: ratioToFloor !== undefined && ratioToFloor.median >= ratioTarget,
+      },
+    ]
+  })
+}
+
+/**
+ * The other targets (issue 5), judged on the median over repeats (min and max are printed beside).
  * Cycle-rate targets use the uncontended scenario, where the lock's own cost is all there is.
  */
 export function judgeTargets(
@@ -30,18 +61,6 @@ export function judgeTargets(
   for (const contender of contenders.filter((candidate) => candidate.role === 'pglock')) {
     if (uncontended?.has(contender.name)) {
       const own = uncontended.get(contender.name)
-      const session = contender.scope === 'session'
-      const floorRatios = pairedRatios(own, uncontended.get(contender.floor))
-      if (floorRatios.length > 0) {
-        verdicts.push(
-          ratioVerdict(
-            `uncontended cycles/s vs ${contender.floor}`,
-            contender.name,
-            floorRatios,
-            session ? SESSION_FLOOR_RATIO : TRANSACTION_FLOOR_RATIO,
-          ),
-        )
-      }
       const peerRatios = pairedRatios(own, uncontended.get(PEER))
       if (peerRatios.length > 0) verdicts.push(ratioVerdict(`uncontended cycles/s vs ${PEER}`, contender.name, peerRatios, PEER_RATIO))
     }
