@@ -3,6 +3,7 @@ import { defineConfig } from 'vitest/config'
 export default defineConfig({
   test: {
     reporters: ['default', './packages/testing/src/summary-reporter.ts'],
+    teardownTimeout: 60_000,
     projects: [
       {
         // the core's unit tests run on an in-memory Postgres model: no database, no global setup
@@ -16,7 +17,6 @@ export default defineConfig({
           globalSetup: ['packages/testing/src/global-setup.ts'],
           testTimeout: 30_000,
           hookTimeout: 120_000,
-          teardownTimeout: 60_000,
         },
       },
     ],

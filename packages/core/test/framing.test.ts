@@ -13,6 +13,9 @@ describe('SQL framing', () => {
         const pool = server.pool({ prepared })
         const lock = await createLock(pool, 7).acquire()
         await lock.release()
+        expect(server.log.map((entry) => entry.prepared)).toEqual(
+          prepared ? ['pglock_pg_advisory_lock_int64', 'pglock_pg_advisory_unlock_int64'] : [undefined, undefined],
+        )
         expect(new Set(server.log.map((entry) => entry.pid))).toEqual(new Set([server.log[0]?.pid]))
         expect(sqlOf(server)).toEqual([
           `SELECT pg_advisory_lock('7'::int8), pg_backend_pid() AS pid`,

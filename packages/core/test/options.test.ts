@@ -55,7 +55,9 @@ describe('option resolution and validation', () => {
     const lock = createLock(server.pool(), 'defaults')
     expect([lock.scope, lock.mode]).toEqual(['session', 'exclusive'])
     await lock.acquire()
-    expect(server.log.map((entry) => entry.sql)).toEqual(['SELECT pg_advisory_lock($1::int8), pg_backend_pid() AS pid'.replace('$1', `'${lock.id.value}'`)])
+    expect(server.log.map((entry) => entry.sql)).toEqual([
+      'SELECT pg_advisory_lock($1::int8), pg_backend_pid() AS pid'.replace('$1', `'${lock.id.value}'`),
+    ])
     await lock.release()
   })
 })

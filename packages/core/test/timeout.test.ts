@@ -41,7 +41,9 @@ describe('timeouts', () => {
     const server = new MemoryPostgres()
     const holder = await createLock(server.pool(), 'tx-busy').acquire()
     const pool = server.pool()
-    await expect(withLock(pool, 'tx-busy', () => undefined, { scope: 'transaction', timeoutMs: 20 })).rejects.toBeInstanceOf(LockTimeoutError)
+    await expect(withLock(pool, 'tx-busy', () => undefined, { scope: 'transaction', timeoutMs: 20 })).rejects.toBeInstanceOf(
+      LockTimeoutError,
+    )
     expect(server.log.at(-1)?.sql).toBe('ROLLBACK')
     expect(server.backends().every((b) => b.state === 'idle')).toBe(true)
     expect(pool.checkedOut).toBe(0)
@@ -54,5 +56,4 @@ describe('timeouts', () => {
     expect(await lock.db.query(`SELECT current_setting('lock_timeout') AS t`)).toEqual([{ t: '0' }])
     await lock.release()
   })
-
 })

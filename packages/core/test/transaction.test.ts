@@ -5,7 +5,9 @@ describe('transaction locks', () => {
   it('are held while fn runs and end with the transaction pglock opened', async () => {
     const server = new MemoryPostgres()
     const pool = server.pool()
-    const inside = await withLock(pool, 'tx', ({ db }) => holders(server, 'tx').includes(`${db.pid}:ExclusiveLock`), { scope: 'transaction' })
+    const inside = await withLock(pool, 'tx', ({ db }) => holders(server, 'tx').includes(`${db.pid}:ExclusiveLock`), {
+      scope: 'transaction',
+    })
     expect(inside).toBe(true)
     expect(server.locks()).toEqual([])
   })
@@ -50,9 +52,11 @@ describe('transaction locks', () => {
   it('need a transaction: createLock on a client outside one fails with UNSUPPORTED', async () => {
     const server = new MemoryPostgres()
     await expect(createLock(server.connect(), 'none', { scope: 'transaction' }).acquire()).rejects.toMatchObject({ code: 'UNSUPPORTED' })
-    await expect(createLock(server.connect({ tellsTransaction: false }), 'none', { scope: 'transaction' }).acquire()).rejects.toMatchObject({
-      code: 'UNSUPPORTED',
-    })
+    await expect(createLock(server.connect({ tellsTransaction: false }), 'none', { scope: 'transaction' }).acquire()).rejects.toMatchObject(
+      {
+        code: 'UNSUPPORTED',
+      },
+    )
     expect(server.locks()).toEqual([])
   })
 

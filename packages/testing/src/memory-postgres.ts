@@ -22,7 +22,7 @@ import type { LockConnection, LockExecutor, PreparedStatement, Row } from '@pglo
 export class MemoryPostgres {
   readonly #locks = new Map<string, LockObject>()
   readonly #backends = new Map<number, Backend>()
-  readonly #log: { readonly pid: number; readonly sql: string }[] = []
+  readonly #log: LogEntry[] = []
   readonly #misunderstood: string[] = []
   #nextPid = 1000
 
@@ -45,7 +45,8 @@ export class MemoryPostgres {
       if (filter !== undefined && (filter.objid ?? objid) !== objid) continue
       if (filter !== undefined && (filter.objsubid ?? objsubid) !== objsubid) continue
       for (const [backend, held] of lock.holders) {
-        for (const mode of MODES) if (held[mode].session + held[mode].xact > 0) rows.push({ ...lock.tag, pid: backend.pid, mode, granted: true })
+        for (const mode of MODES)
+          if (held[mode].session + held[mode].xact > 0) rows.push({ ...lock.tag, pid: backend.pid, mode, granted: true })
       }
       for (const waiter of lock.waiters) rows.push({ ...lock.tag, pid: waiter.backend.pid, mode: waiter.mode, granted: false })
     }
@@ -58,7 +59,7 @@ export class MemoryPostgres {
   }
 
   /** Every statement text received, in order, with the backend it went to (a multi-statement text is one entry: one round trip). */
-  get log(): readonly { readonly pid: number; readonly sql: string }[] {
+  get log(): readonly LogEntry[] {
     return this.#log
   }
 
@@ -95,8 +96,8 @@ export class MemoryPostgres {
   }
 
   /** @internal */
-  _record(pid: number, sql: string): void {
-    this.#log.push({ pid, sql })
+  _record(entry: LogEntry): void {
+    this.#log.push(entry)
   }
 
   /** @internal */
@@ -128,6 +129,15 @@ export class MemoryPostgres {
     this.#backends.set(backend.pid, backend)
     return backend
   }
+}
+
+/** One round trip as {@link MemoryPostgres.log} records it. */
+export interface LogEntry {
+  readonly pid: number
+  /** the text run, with a prepared statement's parameters bound into it */
+  readonly sql: string
+  /** the prepared statement's name, when it came through `LockConnection.execute` */
+  readonly prepared?: string
 }
 
 /** One advisory lock row of {@link MemoryPostgres.locks}, with `pg_locks`'s column names. */
@@ -393,11 +403,7 @@ function poolExecutor(pool: MemoryPool): LockExecutor<MemoryClient> {
  * A pinned connection. Its `scope` is the backend's own {@link MemoryClient}, so that every handle
  * reaching one backend (a pool's lease, a client, an alias) names the same physical connection.
  */
-function lockConnection(
-  client: MemoryClient,
-  owned: boolean,
-  pool: MemoryPool | undefined,
-): LockConnection<MemoryClient> {
+function lockConnection(client: MemoryClient, owned: boolean, pool: MemoryPool | undefined): LockConnection<MemoryClient> {
   const backend = client._backend
   let released = false
   const listeners = new Set<(cause: unknown) => void>()
@@ -559,7 +565,6 @@ class Backend {
   /** custom settings ever defined: they read `''` once their transaction-local value is gone */
   readonly defined = new Set<string>()
   savepoints: Savepoint[] = []
-  readonly prepared = new Set<string>()
   /** the one client of this backend: the physical connection as drivers' handles reach it */
   client: MemoryClient | undefined
   #chain: Promise<unknown> = Promise.resolve()
@@ -582,8 +587,7 @@ class Backend {
 
   query(sql: string, preparedName?: string): Promise<Row[]> {
     if (!this.alive) return Promise.reject(new MemoryPostgresError(undefined, 'Connection terminated'))
-    this.server._record(this.pid, sql)
-    if (preparedName !== undefined) this.prepared.add(preparedName)
+    this.server._record(preparedName === undefined ? { pid: this.pid, sql } : { pid: this.pid, sql, prepared: preparedName })
     const result = this.#chain.then(() => this.#run(sql))
     this.#chain = result.catch(() => undefined)
     return result
@@ -897,7 +901,8 @@ function castInteger(text: string, type: string | undefined): bigint | number | 
   }
   if (type === 'int4') {
     const value = Number(text)
-    if (!Number.isInteger(value) || value !== (value | 0)) throw new MemoryPostgresError('22003', `value "${text}" is out of range for type integer`)
+    if (!Number.isInteger(value) || value !== (value | 0))
+      throw new MemoryPostgresError('22003', `value "${text}" is out of range for type integer`)
     return value
   }
   return text
