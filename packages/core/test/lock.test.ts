@@ -110,6 +110,15 @@ describe('Lock state machine', () => {
     expect(server.locks()).toEqual([])
   })
 
+  it('queues shared handles on one connection too, as Postgres cannot tell them apart', async () => {
+    const server = new MemoryPostgres()
+    const client = server.connect()
+    const first = await createLock(client, 'shared-one', { mode: 'shared' }).acquire()
+    expect(await createLock(client, 'shared-one', { mode: 'shared' }).tryAcquire()).toBe(false)
+    await first.release()
+    expect(server.locks()).toEqual([])
+  })
+
   it('treats a handle that reaches a lease connection through lease.db as the same connection', async () => {
     const server = new MemoryPostgres()
     const lock = await createLock(server.pool(), 'job:9').acquire()

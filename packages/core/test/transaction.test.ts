@@ -49,6 +49,18 @@ describe('transaction locks', () => {
     expect(server.locks()).toEqual([])
   })
 
+  it('on a connection that cannot tell, end for pglock when a later transaction locks any key there', async () => {
+    const server = new MemoryPostgres()
+    const client = server.connect({ tellsTransaction: false })
+    await client.query('BEGIN')
+    const first = await createLock(client, 'earlier', { scope: 'transaction' }).acquire()
+    await client.query('COMMIT')
+    await client.query('BEGIN')
+    await createLock(client, 'later', { scope: 'transaction' }).acquire()
+    expect(first.isHeld).toBe(false)
+    await client.query('ROLLBACK')
+  })
+
   it('need a transaction: createLock on a client outside one fails with UNSUPPORTED', async () => {
     const server = new MemoryPostgres()
     await expect(createLock(server.connect(), 'none', { scope: 'transaction' }).acquire()).rejects.toMatchObject({ code: 'UNSUPPORTED' })
