@@ -24,7 +24,17 @@ export class MemoryPostgres {
   readonly #backends = new Map<number, Backend>()
   readonly #log: LogEntry[] = []
   readonly #misunderstood: string[] = []
+  readonly #onMisunderstood: (error: MemoryPostgresError) => void
   #nextPid = 1000
+
+  constructor(options: MemoryPostgresOptions = {}) {
+    this.#onMisunderstood =
+      options.onMisunderstood ??
+      ((error) =>
+        process.nextTick(() => {
+          throw error
+        }))
+  }
 
   /** Opens a pool of at most `max` connections (default 10), each a backend of its own. */
   pool(options: MemoryPoolOptions = {}): MemoryPool {
@@ -68,7 +78,7 @@ export class MemoryPostgres {
     return pid === undefined ? this.#log.length : this.#log.filter((entry) => entry.pid === pid).length
   }
 
-  /** Statements the model did not understand (each also rejected its query and was thrown as uncaught). */
+  /** Statements the model did not understand (each also rejected its query; see {@link MemoryPostgresOptions.onMisunderstood}). */
   get misunderstood(): readonly string[] {
     return this.#misunderstood
   }
@@ -79,6 +89,13 @@ export class MemoryPostgres {
     if (backend === undefined) return false
     backend.end(new MemoryPostgresError('57P01', 'terminating connection due to administrator command'), true)
     return true
+  }
+
+  /** `pg_cancel_backend(pid)`: the statement it runs fails with SQLSTATE 57014; an idle backend ignores it. */
+  cancel(pid: number): boolean {
+    const backend = this.#backends.get(pid)
+    backend?.cancel()
+    return backend !== undefined
   }
 
   /**
@@ -104,9 +121,7 @@ export class MemoryPostgres {
   _misunderstood(sql: string): MemoryPostgresError {
     this.#misunderstood.push(sql)
     const error = new MemoryPostgresError(undefined, `memory-postgres does not understand this statement: ${sql}`)
-    process.nextTick(() => {
-      throw error
-    })
+    this.#onMisunderstood(error)
     return error
   }
 
@@ -129,6 +144,16 @@ export class MemoryPostgres {
     this.#backends.set(backend.pid, backend)
     return backend
   }
+}
+
+/** Options of {@link MemoryPostgres}. */
+export interface MemoryPostgresOptions {
+  /**
+   * Called with the error a statement the model does not understand is rejected with. By default
+   * it is also thrown as an uncaught exception, which fails the test run however the core handles
+   * the rejection.
+   */
+  readonly onMisunderstood?: (error: MemoryPostgresError) => void
 }
 
 /** One round trip as {@link MemoryPostgres.log} records it. */
@@ -483,18 +508,30 @@ class LockObject {
   ) {}
 
   /**
-   * Whether `backend` may have `mode` now. A backend re-enters a mode it holds at once; else the
-   * request must not conflict with other holders, nor, unless the backend holds the lock already,
-   * with anyone queued before it (Postgres's wait mask).
+   * Whether `backend` may have `mode` now: at once if it holds that mode already; else only if no
+   * other holder and nobody queued before it (Postgres's wait mask) conflicts with it.
    */
   grantable(backend: Backend, mode: LockMode, queued: readonly Waiter[]): boolean {
-    const own = this.holders.get(backend)
-    if (own !== undefined && own[mode].session + own[mode].xact > 0) return true
+    if (this.holds(backend, mode)) return true
     for (const [other, held] of this.holders) {
       if (other === backend) continue
       for (const m of MODES) if (held[m].session + held[m].xact > 0 && conflicts(m, mode)) return false
     }
-    return own !== undefined || !queued.some((waiter) => conflicts(waiter.mode, mode))
+    return !queued.some((waiter) => conflicts(waiter.mode, mode))
+  }
+
+  holds(backend: Backend, mode: LockMode): boolean {
+    const held = this.holders.get(backend)
+    return held !== undefined && held[mode].session + held[mode].xact > 0
+  }
+
+  /**
+   * Where a blocking request of `backend` joins the queue: before the first waiter that conflicts
+   * with a mode the backend holds (it would otherwise wait for itself), as Postgres's `ProcSleep` does.
+   */
+  placeInQueue(backend: Backend): number {
+    const index = this.waiters.findIndex((waiter) => MODES.some((m) => this.holds(backend, m) && conflicts(m, waiter.mode)))
+    return index === -1 ? this.waiters.length : index
   }
 
   take(backend: Backend, mode: LockMode, level: 'session' | 'xact'): void {
@@ -818,6 +855,11 @@ class Backend {
       return attempt ? true : ''
     }
     if (attempt) return false
+    const place = lock.placeInQueue(this)
+    if (place < lock.waiters.length && lock.grantable(this, mode, lock.waiters.slice(0, place))) {
+      lock.take(this, mode, level)
+      return ''
+    }
     const timeoutMs = parseMs(this.#setting('lock_timeout', false) ?? '0')
     await new Promise<void>((resolve, reject) => {
       let timer: ReturnType<typeof setTimeout> | undefined
@@ -838,7 +880,7 @@ class Backend {
           reject(error)
         },
       }
-      lock.waiters.push(waiter)
+      lock.waiters.splice(place, 0, waiter)
       this.waiter = { lock, waiter }
       if (timeoutMs > 0) {
         timer = setTimeout(() => {
