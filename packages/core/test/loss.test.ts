@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { LockLostError } from '../src/index.js'
-import { createLock, MemoryPostgres, settle, sleep, withLock } from './memory.ts'
+import { createLock, MemoryPostgres, settle, withLock } from './memory.ts'
 
 describe('loss', () => {
   for (const scope of ['session', 'transaction'] as const) {
@@ -45,7 +45,7 @@ describe('loss', () => {
     const server = new MemoryPostgres()
     const lock = await createLock(server.pool(), 'silent', { keepAliveMs: 10 }).acquire()
     server.stall(lock.db.pid)
-    await sleep(50)
+    await new Promise((resolve) => lock.signal.addEventListener('abort', resolve, { once: true }))
     expect(lock.signal.reason).toBeInstanceOf(LockLostError)
     expect(lock.isHeld).toBe(false)
     expect(await lock.release()).toBe(false)

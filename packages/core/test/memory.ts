@@ -34,11 +34,6 @@ export function settle(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve))
 }
 
-/** Resolves after `ms`. */
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms))
-}
-
 /** Whether `promise` is still pending once everything runnable has run. */
 export async function pending(promise: Promise<unknown>): Promise<boolean> {
   let done = false
