@@ -33,7 +33,14 @@ const ALL_SLOTS: readonly Slot[] = [
   { via: 'C', key: 1, mode: 'exclusive' },
 ]
 
-/** One advisory lock row of `pg_locks`, as the model compares it. */
+/**
+ * One advisory lock row of `pg_locks`, as the model compares it.
+ *
+ * @example
+ * ```ts
+ * const row: ModelLockRow = { pid: 4242, mode: 'ExclusiveLock', granted: true }
+ * ```
+ */
 export interface ModelLockRow {
   readonly pid: number
   readonly mode: string
@@ -272,7 +279,14 @@ class Kill extends Step {
 /** A random sequence of model commands, as `fc.commands` makes it. */
 type ModelSequence = Iterable<fc.AsyncCommand<Model, Real>>
 
-/** What {@link assertModel} generates and how often. */
+/**
+ * What {@link assertModel} generates and how often.
+ *
+ * @example
+ * ```ts
+ * const options: ModelOptions = { singleConnection: true, kill: true, maxCommands: 30, numRuns: 1_000 }
+ * ```
+ */
 export interface ModelOptions {
   /** include the single connection's handles (`C`) */
   readonly singleConnection: boolean

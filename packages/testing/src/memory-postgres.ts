@@ -146,7 +146,15 @@ export class MemoryPostgres {
   }
 }
 
-/** Options of {@link MemoryPostgres}. */
+/**
+ * Options of {@link MemoryPostgres}.
+ *
+ * @example
+ * ```ts
+ * const seen: Error[] = []
+ * const server = new MemoryPostgres({ onMisunderstood: (error) => seen.push(error) })
+ * ```
+ */
 export interface MemoryPostgresOptions {
   /**
    * Called with the error a statement the model does not understand is rejected with. By default
@@ -156,7 +164,14 @@ export interface MemoryPostgresOptions {
   readonly onMisunderstood?: (error: MemoryPostgresError) => void
 }
 
-/** One round trip as {@link MemoryPostgres.log} records it. */
+/**
+ * One round trip as {@link MemoryPostgres.log} records it.
+ *
+ * @example
+ * ```ts
+ * server.log.filter((entry) => entry.prepared !== undefined).length // round trips sent prepared
+ * ```
+ */
 export interface LogEntry {
   readonly pid: number
   /** the text run, with a prepared statement's parameters bound into it */
@@ -165,7 +180,14 @@ export interface LogEntry {
   readonly prepared?: string
 }
 
-/** One advisory lock row of {@link MemoryPostgres.locks}, with `pg_locks`'s column names. */
+/**
+ * One advisory lock row of {@link MemoryPostgres.locks}, with `pg_locks`'s column names.
+ *
+ * @example
+ * ```ts
+ * server.locks(pgLocksRow(resolveLockId('job:7'))).filter((row: PgLockRow) => row.granted)
+ * ```
+ */
 export interface PgLockRow {
   readonly classid: number
   readonly objid: number
@@ -175,7 +197,14 @@ export interface PgLockRow {
   readonly granted: boolean
 }
 
-/** A backend's state as `pg_stat_activity.state` names it. */
+/**
+ * A backend's state as `pg_stat_activity.state` names it.
+ *
+ * @example
+ * ```ts
+ * server.backends().filter((b) => b.state === 'idle in transaction') // none left open, if all is well
+ * ```
+ */
 export type BackendState = 'idle' | 'active' | 'idle in transaction' | 'idle in transaction (aborted)'
 
 /**
@@ -197,7 +226,14 @@ export class MemoryPostgresError extends Error {
   }
 }
 
-/** Options of {@link MemoryPostgres.pool}. */
+/**
+ * Options of {@link MemoryPostgres.pool}.
+ *
+ * @example
+ * ```ts
+ * const orm = server.pool({ max: 2, prepared: false, driverTransactions: true })
+ * ```
+ */
 export interface MemoryPoolOptions {
   /** At most this many connections; `connect()` queues first come, first served beyond it. @default 10 */
   readonly max?: number
@@ -211,7 +247,14 @@ export interface MemoryPoolOptions {
   readonly driverTransactions?: boolean
 }
 
-/** Options of {@link MemoryPostgres.connect}. */
+/**
+ * Options of {@link MemoryPostgres.connect}.
+ *
+ * @example
+ * ```ts
+ * const client = server.connect({ tellsTransaction: false }) // like a driver that cannot tell
+ * ```
+ */
 export interface MemoryClientOptions {
   /** Whether connections offer prepared statements (`LockConnection.execute`). @default true */
   readonly prepared?: boolean
@@ -370,7 +413,14 @@ export class MemoryAlias {
   }
 }
 
-/** A handle {@link memoryExecutor} accepts. */
+/**
+ * A handle {@link memoryExecutor} accepts.
+ *
+ * @example
+ * ```ts
+ * const handles: MemoryHandle[] = [server.pool(), server.connect(), server.connect().alias()]
+ * ```
+ */
 export type MemoryHandle = MemoryPool | MemoryClient | MemoryAlias
 
 /**
