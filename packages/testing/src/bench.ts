@@ -242,19 +242,4 @@ export async function settleWithin<T>(
   ]).finally(() => clearTimeout(timer))
 }
 
-/** Milliseconds from now until `signal` aborts, or rejects after `timeoutMs`. */
-export function abortedWithin(signal: AbortSignal, timeoutMs: number): Promise<{ reason: unknown; afterMs: number }> {
-  const started = performance.now()
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return resolve({ reason: signal.reason, afterMs: 0 })
-    const timer = setTimeout(() => reject(new Error(`signal did not abort within ${timeoutMs} ms`)), timeoutMs)
-    signal.addEventListener(
-      'abort',
-      () => {
-        clearTimeout(timer)
-        resolve({ reason: signal.reason, afterMs: performance.now() - started })
-      },
-      { once: true },
-    )
-  })
-}
+export { abortedWithin } from './within.ts'
