@@ -1,5 +1,8 @@
 import { describeLossPoints, describeReliability } from '@pglock/testing'
-import adapter from './adapter.ts'
+import { describe } from 'vitest'
+import adapter, { postgresJs, refused } from './adapter.ts'
 
-describeReliability(adapter)
-describeLossPoints(adapter)
+describe.skipIf(refused)(`over postgres.js ${postgresJs.version}`, () => {
+  describeReliability(adapter)
+  describeLossPoints(adapter)
+})
