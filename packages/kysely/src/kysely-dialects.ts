@@ -14,7 +14,7 @@ import { UnsupportedError } from '@pglock/core'
 import type { DatabaseConnection } from 'kysely'
 
 /** The upstream issue users can follow. */
-export const POSTGRES_JS_ISSUE = 'https://github.com/porsager/postgres/issues/1208'
+const POSTGRES_JS_ISSUE = 'https://github.com/porsager/postgres/issues/1208'
 
 /** kysely-postgres-js's connection class, in every major from 3 to 5 (it is not exported, so pglock knows it by name). */
 const KYSELY_POSTGRES_JS_CONNECTION = 'PostgresJSConnection'
@@ -29,7 +29,7 @@ function manifest(path: string): { name?: string; version?: string } | undefined
   }
 }
 
-/** The real directory of package `name` as Node resolves it from `from`, without its `exports` map (kysely-postgres-js 5 exports no `require`). */
+/** The real directory of package `name` as Node finds it from `from`, read past its `exports` map, which need not offer `require`. */
 function packageDir(from: string, name: string): string | undefined {
   for (let dir = from; dir !== dirname(dir); dir = dirname(dir)) {
     const found = join(dir, 'node_modules', name)
