@@ -51,7 +51,7 @@ export const DRIVER_VERSIONS = [
     adapter: 'kysely',
     spec: '0.28.x',
     with: { postgres: '3.4.x' },
-    note: 'kysely-postgres-js over it refused: porsager/postgres#1208',
+    note: 'checks that kysely-postgres-js over postgres.js 3.4 is refused, porsager/postgres#1208',
   },
 ]
 
