@@ -31,7 +31,8 @@ export const ADAPTERS = [
  * Driver versions, one line each. `spec` is a semver range: the newest published version it allows
  * is pinned for the whole workspace with `pnpm.overrides`, so the test files, the adapters' dist
  * and every package that depends on the driver load that one version. `minNode` limits the Node majors a version runs on (its
- * `engines`). `disabled` keeps a version listed, and out of the run, until the adapter supports it:
+ * `engines`). `with` pins other packages the same way, for a driver under the adapter's (Kysely's
+ * postgres.js). `disabled` keeps a version listed, and out of the run, until the adapter supports it:
  * delete the field to switch it on (`--include-disabled` runs it anyway).
  */
 export const DRIVER_VERSIONS = [
@@ -46,7 +47,25 @@ export const DRIVER_VERSIONS = [
   { adapter: 'kysely', spec: '0.28.x' },
   { adapter: 'kysely', spec: '0.29.x', minNode: 22 },
   { adapter: 'kysely', spec: '^0.30.0-beta.0', minNode: 22 },
+  {
+    adapter: 'kysely',
+    spec: '0.28.x',
+    with: { postgres: '3.4.x' },
+    note: 'checks that kysely-postgres-js over postgres.js 3.4 is refused, porsager/postgres#1208',
+  },
 ]
+
+/**
+ * What tells a driver-version line from another with the same `spec`: the spec and its `with` pins.
+ *
+ * @example
+ * ```js
+ * entryKey({ spec: '0.28.x', with: { postgres: '3.4.x' } }) // '0.28.x+postgres@3.4.x'
+ * ```
+ */
+export function entryKey(entry) {
+  return [entry.spec, ...Object.entries(entry.with ?? {}).map(([name, spec]) => `${name}@${spec}`)].join('+')
+}
 
 /**
  * The covering design. Each adapter gets as many cells as there are Postgres majors (or Node
@@ -87,12 +106,14 @@ export function planCells({ includeDisabled = false } = {}) {
 
 function cell(adapter, entry, node, postgres, disabled) {
   return {
-    id: `${adapter.driver}@${entry.spec.replace(/[^0-9a-z.+-]+/gi, '')}-node${node}-pg${postgres}`,
+    id: `${adapter.driver}@${entryKey(entry).replace(/[^0-9a-z.+@-]+/gi, '')}-node${node}-pg${postgres}`,
     adapter: adapter.name,
     package: adapter.package,
     dir: adapter.dir,
     driver: adapter.driver,
     spec: entry.spec,
+    with: entry.with,
+    entry: entryKey(entry),
     note: entry.note,
     node,
     postgres,
@@ -114,7 +135,8 @@ export function uncovered(cells, { includeDisabled = false } = {}) {
   }
   for (const entry of DRIVER_VERSIONS) {
     if (entry.disabled && !includeDisabled) continue
-    if (!run.some((c) => c.adapter === entry.adapter && c.spec === entry.spec)) missing.push(`${entry.adapter} with ${entry.spec}`)
+    if (!run.some((c) => c.adapter === entry.adapter && c.entry === entryKey(entry)))
+      missing.push(`${entry.adapter} with ${entryKey(entry)}`)
   }
   return missing
 }

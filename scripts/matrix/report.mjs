@@ -3,7 +3,7 @@
  * between `<!-- tested-with:start -->` and `<!-- tested-with:end -->`.
  */
 import { readFileSync, writeFileSync } from 'node:fs'
-import { ADAPTERS, DRIVER_VERSIONS, NODE_MAJORS, POSTGRES } from './plan.mjs'
+import { ADAPTERS, DRIVER_VERSIONS, entryKey, NODE_MAJORS, POSTGRES } from './plan.mjs'
 
 const START = '<!-- tested-with:start -->'
 const END = '<!-- tested-with:end -->'
@@ -24,7 +24,8 @@ export function testedWith(results) {
   const rows = []
   for (const adapter of ADAPTERS) {
     for (const entry of DRIVER_VERSIONS.filter((e) => e.adapter === adapter.name)) {
-      const cells = results.cells.filter((cell) => cell.adapter === adapter.name && cell.spec === entry.spec)
+      // results from before `with` existed carry no `entry`: their spec is their key
+      const cells = results.cells.filter((cell) => cell.adapter === adapter.name && (cell.entry ?? cell.spec) === entryKey(entry))
       if (cells.length > 0) rows.push(row(adapter, entry, cells))
     }
   }

@@ -200,15 +200,19 @@ async function prepare() {
 
   const workspaces = new Map()
   for (const cell of runnable) {
-    const key = `${cell.driver}@${cell.spec}`
+    const key = `${cell.driver}@${cell.entry}`
     if (workspaces.has(key)) continue
     const dest = join(work, `ws-${workspaces.size + 1}`)
     const begun = Date.now()
     try {
       const version = newestVersion(cell.driver, cell.spec)
-      prepareWorkspace({ root, dest, driver: cell.driver, version, log: join(logs, `install-${slug(key)}.log`) })
-      workspaces.set(key, { dir: dest, version })
-      console.log(`matrix: workspace with ${cell.driver} ${version} (${cell.spec}) ready in ${seconds(Date.now() - begun)} s`)
+      const pinned = Object.fromEntries(Object.entries(cell.with ?? {}).map(([name, spec]) => [name, newestVersion(name, spec)]))
+      prepareWorkspace({ root, dest, driver: cell.driver, version, pinned, log: join(logs, `install-${slug(key)}.log`) })
+      workspaces.set(key, { dir: dest, version, pinned })
+      const also = Object.entries(pinned).map(([name, v]) => `, ${name} ${v}`)
+      console.log(
+        `matrix: workspace with ${cell.driver} ${version} (${cell.entry})${also.join('')} ready in ${seconds(Date.now() - begun)} s`,
+      )
     } catch (error) {
       workspaces.set(key, { error: error.message })
       console.log(`matrix: workspace with ${key} failed: ${error.message}`)
@@ -221,7 +225,7 @@ async function runCell(cell, n) {
   const label = `[${String(n).padStart(2)}/${runnable.length}] ${cell.id}`
   const node = setup.nodes.get(cell.node)
   const server = servers.get(cell.postgres)
-  const workspace = setup.workspaces.get(`${cell.driver}@${cell.spec}`)
+  const workspace = setup.workspaces.get(`${cell.driver}@${cell.entry}`)
   const base = { ...describeCell(cell), nodeVersion: node.version, serverVersion: server.version, version: workspace.version }
   const broken = node.error ?? server.error ?? workspace.error
   if (broken) {
@@ -329,6 +333,10 @@ function checkProbe(cell, loaded, { node, server, workspace }) {
   for (const [from, version] of seen) {
     if (version !== workspace.version) problems.push(`probe: ${from} loads ${cell.driver} ${version}, not ${workspace.version}`)
   }
+  for (const [name, pinned] of Object.entries(workspace.pinned ?? {})) {
+    const found = loaded.loaded[cell.dir]?.[name]
+    if (found !== pinned) problems.push(`probe: ${cell.dir} loads ${name} ${found ?? 'nothing'}, not ${pinned}`)
+  }
   return problems
 }
 
@@ -353,8 +361,8 @@ function traversableTemp() {
 }
 
 function describeCell(cell) {
-  const { id, adapter, package: pkg, dir, driver, spec, node, postgres } = cell
-  return { id, adapter, package: pkg, dir, driver, spec, node, postgres }
+  const { id, adapter, package: pkg, dir, driver, spec, entry, node, postgres } = cell
+  return { id, adapter, package: pkg, dir, driver, spec, entry, with: cell.with, node, postgres }
 }
 
 function killGroup(child) {

@@ -44,8 +44,11 @@ function split(version) {
   return [main.split('.').map(Number), pre ? pre.split('.') : undefined]
 }
 
-/** Copies the workspace from `root` to `dest`, pins `driver` to exactly `version`, installs, and checks no other copy got in. */
-export function prepareWorkspace({ root, dest, driver, version, log }) {
+/**
+ * Copies the workspace from `root` to `dest`, pins `driver` to exactly `version` (and each package
+ * of `pinned` to its version), installs, and checks no other copy got in.
+ */
+export function prepareWorkspace({ root, dest, driver, version, pinned = {}, log }) {
   const files = execFileSync('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], { cwd: root, encoding: 'utf8' })
     .split('\0')
     .filter((file) => file && existsSync(join(root, file)))
@@ -60,7 +63,7 @@ export function prepareWorkspace({ root, dest, driver, version, log }) {
 
   const manifestPath = join(dest, 'package.json')
   const manifest = JSON.parse(readFileSync(manifestPath, 'utf8'))
-  manifest.pnpm = { ...manifest.pnpm, overrides: { ...manifest.pnpm?.overrides, [driver]: version } }
+  manifest.pnpm = { ...manifest.pnpm, overrides: { ...manifest.pnpm?.overrides, ...pinned, [driver]: version } }
   writeFileSync(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`)
 
   try {
@@ -75,9 +78,11 @@ export function prepareWorkspace({ root, dest, driver, version, log }) {
     throw new Error(`pnpm install with ${driver}@${version} failed; see ${log}`)
   }
 
-  const versions = installedVersions(dest, driver)
-  if (versions.length !== 1 || versions[0] !== version) {
-    throw new Error(`expected only ${driver} ${version} in the scratch workspace, found ${versions.join(', ') || 'none'}`)
+  for (const [name, expected] of [[driver, version], ...Object.entries(pinned)]) {
+    const versions = installedVersions(dest, name)
+    if (versions.length !== 1 || versions[0] !== expected) {
+      throw new Error(`expected only ${name} ${expected} in the scratch workspace, found ${versions.join(', ') || 'none'}`)
+    }
   }
 }
 

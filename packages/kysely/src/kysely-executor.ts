@@ -8,6 +8,7 @@ import {
   UnsupportedError,
 } from '@pglock/core'
 import { CompiledQuery, type DatabaseConnection, type Kysely, type Transaction } from 'kysely'
+import { mayRefuse, refuseUnsettling } from './kysely-dialects.js'
 import { type ConnectionSource, checkHandle, connectionsOf, instanceScope, kyselyName, signalTaggedSql, tagged } from './kysely-privates.js'
 import { learnStatements, runText, takesSeveral } from './kysely-statements.js'
 
@@ -187,6 +188,7 @@ interface Wiring<Db extends Kysely<any>> {
  *   CancelRequest, and postgres.js 3.4 can deliver it to a later statement, even twice.
  */
 function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, transaction }: Wiring<Db>): LockConnection<Db> {
+  refuseUnsettling(scope)
   const connections = connectionsOf(db)
   const control = scope as DatabaseConnection & ConnectionControl
   const cancels = typeof control.cancelQuery === 'function'
@@ -425,6 +427,27 @@ function pin(instance: Kysely<any>): Promise<LockConnection<Kysely<any>>> {
   })
 }
 
+/** Instances whose dialect pglock has checked, by {@link instanceScope}. */
+const checkedDialects = new WeakMap<object, Promise<void>>()
+
+/**
+ * Checks the dialect of `instance` on one of its connections, borrowed without a statement, once
+ * per instance: Kysely sends `BEGIN` before pglock sees the connection of a transaction. Only
+ * where kysely-postgres-js over postgres.js 3.x is installed, so that no one else waits for it.
+ */
+async function checkDialect(instance: Kysely<any>): Promise<void> {
+  if (!mayRefuse()) return
+  const scope = instanceScope(instance)
+  let checked = checkedDialects.get(scope)
+  if (checked === undefined) {
+    checked = connectionsOf(instance)(async (connection) => refuseUnsettling(connection))
+    checkedDialects.set(scope, checked)
+    // a checkout that failed says nothing of the dialect: ask again next time
+    checked.catch(() => checkedDialects.delete(scope))
+  }
+  await checked
+}
+
 /**
  * Runs `body` in a transaction Kysely opens, so that `lease.db` is Kysely's own `Transaction`.
  * The core watches the connection until Kysely's `COMMIT` or `ROLLBACK` settles, and destroys it
@@ -476,6 +499,9 @@ function executorFor(db: Kysely<any>): LockExecutor<Kysely<any>> {
     kind: 'pool',
     scope: instanceScope(db),
     connect: () => pin(db),
-    transaction: (body) => runInTransaction(db, body),
+    transaction: async (body) => {
+      await checkDialect(db)
+      return runInTransaction(db, body)
+    },
   }
 }

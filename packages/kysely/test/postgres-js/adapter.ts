@@ -1,3 +1,6 @@
+import { readFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Kysely } from 'kysely'
 import { PostgresJSDialect } from 'kysely-postgres-js'
@@ -8,10 +11,28 @@ import { kyselyAdapter } from '../kysely-adapter.ts'
 const END_TIMEOUT_S = 0.2
 
 /**
- * Kysely over postgres.js through kysely-postgres-js, which reserves one connection per checkout.
- * It shares postgres.js 3.4's limits: a reserved connection that dies crashes the process or
- * stalls the pool (`survivesConnectionLoss`), the pool does not always recover after failures
- * (`poolRecovers`), and an ended pool still lends connections (`endedPoolRefuses`).
+ * The postgres.js that kysely-postgres-js loads here. @pglock/kysely refuses it below 4: postgres.js
+ * 3.4 leaves a statement on a reserved connection that closed pending forever (porsager/postgres#1208).
+ */
+export const postgresJs = (() => {
+  const dialect = createRequire(import.meta.url).resolve('kysely-postgres-js')
+  for (let dir = dirname(createRequire(dialect).resolve('postgres')); dir !== dirname(dir); dir = dirname(dir)) {
+    try {
+      const { name, version } = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: string; version?: string }
+      if (name === 'postgres' && version !== undefined) return { version, major: Number(version.split('.')[0]) }
+    } catch {}
+  }
+  throw new Error('kysely-postgres-js loads no postgres.js')
+})()
+
+/** pglock refuses kysely-postgres-js over this postgres.js, so its suites do not run here. */
+export const refused = postgresJs.major < 4
+
+/**
+ * Kysely over postgres.js 4 through kysely-postgres-js, which reserves one connection per checkout.
+ * A lost connection fails its statements at once there, so the loss suites run
+ * (`survivesConnectionLoss`); as with @pglock/postgres-js, the pool may refuse checkouts for a
+ * moment after failures (`poolRecovers`, `firstCheckoutAfterRestartMayFail`).
  */
 export default kyselyAdapter(
   'kysely-postgres-js',
@@ -32,5 +53,5 @@ export default kyselyAdapter(
       },
     }
   },
-  { survivesConnectionLoss: false, poolRecovers: false, endedPoolRefuses: false },
+  { survivesConnectionLoss: true, poolRecovers: false, endedPoolRefuses: false, firstCheckoutAfterRestartMayFail: true },
 )

@@ -1,4 +1,5 @@
 import { describeConformance } from '@pglock/testing'
-import adapter from './adapter.ts'
+import { describe } from 'vitest'
+import adapter, { postgresJs, refused } from './adapter.ts'
 
-describeConformance(adapter)
+describe.skipIf(refused)(`over postgres.js ${postgresJs.version}`, () => describeConformance(adapter))

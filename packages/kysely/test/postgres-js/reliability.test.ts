@@ -1,4 +1,7 @@
 import { describeReliability } from '@pglock/testing'
-import adapter from './adapter.ts'
+import { describe } from 'vitest'
+import adapter, { postgresJs, refused } from './adapter.ts'
 
-describeReliability(adapter)
+describe.skipIf(refused)(`over postgres.js ${postgresJs.version}`, () => {
+  describeReliability(adapter)
+})
