@@ -59,12 +59,8 @@ export interface Capabilities {
   /**
    * The driver keeps working when a connection it has pinned dies under it (its backend
    * terminated, its socket reset or blackholed, the server restarted), as the lost-lock, fault,
-   * restart and model tests make happen. Kysely over kysely-postgres-js does not: postgres.js
-   * 3.4.9 throws from a `setImmediate`, out of reach of any `catch`, on the next write to a
-   * reserved connection whose socket closed (porsager/postgres#1208), and a reserved connection
-   * given back after that stalls its pool (porsager/postgres#1199). `@pglock/postgres-js` steers
-   * clear of both through postgres.js's `onexecute` hook; Kysely keeps the reserved connection
-   * out of reach.
+   * restart and model tests make happen. Every adapter does today; Kysely over kysely-postgres-js
+   * only on postgres.js 4 (on 3.4 `@pglock/kysely` refuses it, porsager/postgres#1208).
    */
   readonly survivesConnectionLoss: boolean
   /**
