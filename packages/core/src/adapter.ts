@@ -27,7 +27,7 @@ export interface BoundLockFunctions<Handle, Db> {
  *
  * const { createLock, withLock, tryWithLock } = bindExecutor((db: MyPool): LockExecutor<MyConn> => ({
  *   kind: 'pool',
- *   scope: db,
+ *   queueKey: db,
  *   connect: async () => toLockConnection(await db.checkout()),
  * }))
  * ```

@@ -28,7 +28,7 @@ export interface PreparedStatement {
  * const connection: LockConnection<PoolClient> = {
  *   db: client,
  *   owned: true,
- *   scope: client,
+ *   connectionKey: client,
  *   query: async (sql) => lastRows(await client.query(sql)),
  *   cancel: () => cancelBackend(client.processID),
  *   onLost: (listener) => { client.on('error', listener); return () => client.off('error', listener) },
@@ -54,15 +54,15 @@ export interface LockConnection<Db> {
    * Postgres lets one session re-enter an advisory lock, so two handles that reach one
    * connection through different objects (a transaction's handle and the handle of one of its
    * savepoints, or `lease.db` passed back to `createLock`) would otherwise both hold it; the core
-   * queues them in memory by this object as well as by {@link LockExecutor.scope}.
+   * queues them in memory by this object as well as by {@link LockExecutor.queueKey}.
    *
    * For a connection the caller passed in, the core reads it when `connect()` has resolved and
    * waits for it before sending any SQL. For a connection pglock owns, which no other handle can
    * reach until `lease.db` is handed out, it reads it once the lock is granted, so an adapter may
-   * learn it from the lock statement itself. Leave it out, or give the executor's scope, when
-   * the handle is the only way to that connection.
+   * learn it from the lock statement itself. Leave it out, or give the executor's `queueKey`,
+   * when the handle is the only way to that connection.
    */
-  readonly scope?: object | undefined
+  readonly connectionKey?: object | undefined
 
   /**
    * Runs SQL text that pglock wrote itself (lock ids are validated integer literals, never user
@@ -118,7 +118,7 @@ export interface LockConnection<Db> {
 
 /**
  * What an adapter tells the core about one driver handle. Built fresh (and cheaply) for each
- * `createLock`/`withLock` call; the `scope` object is what ties calls together.
+ * `createLock`/`withLock` call; the `queueKey` object is what ties calls together.
  *
  * @typeParam Db - the driver-native handle type given to users as `lease.db`.
  *
@@ -126,7 +126,7 @@ export interface LockConnection<Db> {
  * ```ts
  * const executor: LockExecutor<PoolClient> = {
  *   kind: 'pool',
- *   scope: pool,
+ *   queueKey: pool,
  *   connect: async () => pinned(await pool.connect(), { owned: true }),
  * }
  * ```
@@ -141,13 +141,13 @@ export interface LockExecutor<Db> {
   readonly kind: 'pool' | 'connection'
 
   /**
-   * An object identifying the pool or the connection. Handles whose executors share a scope
-   * object and a lock id are queued in memory: on a connection Postgres would let a second
+   * An object identifying the pool or the connection. Handles whose executors share a queue
+   * key and a lock id are queued in memory: on a connection Postgres would let a second
    * handle re-enter the lock, and on a pool at most one exclusive waiter per key occupies a
    * connection. Use the driver object itself (the pool, the client), never a fresh object.
-   * Where one connection has several handles, {@link LockConnection.scope} names it.
+   * Where one connection has several handles, {@link LockConnection.connectionKey} names it.
    */
-  readonly scope: object
+  readonly queueKey: object
 
   /**
    * Pins a connection: checks one out of a pool, or returns the one connection. Leave it out

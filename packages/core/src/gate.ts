@@ -18,8 +18,8 @@ export interface GateTicket {
  */
 export type Recheck = (via: { query(sql: string): Promise<readonly Readonly<Record<string, unknown>>[]> } | undefined) => Promise<void>
 
-interface Wait {
-  readonly attempt: boolean
+interface GateWait {
+  readonly noWait: boolean
   readonly signal?: AbortSignal | undefined
   readonly deadline?: number | undefined
   /** the newcomer's connection, for holders' rechecks (see {@link Recheck}) */
@@ -104,16 +104,16 @@ function admitWaiting(scope: object, token: string, entry: Entry): void {
 }
 
 /**
- * @internal Enters the in-memory gate for `token` (a lock id) within `scope` (a pool or a
- * connection). Exclusive entrants exclude everyone; shared ones exclude only exclusive ones.
- * Waiters are admitted first come, first served. With `attempt`, resolves `undefined` at once
+ * @internal Enters the in-memory gate for `token` (a lock id) within `scope` (an executor's
+ * `queueKey`: a pool or a connection). Exclusive entrants exclude everyone; shared ones exclude only exclusive ones.
+ * Waiters are admitted first come, first served. With `noWait`, resolves `undefined` at once
  * instead of queueing when the gate is busy.
  */
-export function enterGate(scope: object, token: string, exclusive: boolean, wait: Wait): Promise<GateTicket | undefined> {
+export function enterGate(scope: object, token: string, exclusive: boolean, wait: GateWait): Promise<GateTicket | undefined> {
   const entry = entryFor(scope, token)
   const free = tryEnter(scope, token, entry, exclusive)
   if (free !== undefined) return Promise.resolve(free)
-  if (wait.attempt) {
+  if (wait.noWait) {
     if (entry.checks === undefined || entry.checks.size === 0) return Promise.resolve(undefined)
     return interruptible(recheckHolders(entry, wait.via), { ...wait, abandon: () => undefined }).then(() => {
       const now = entryFor(scope, token)
@@ -124,7 +124,7 @@ export function enterGate(scope: object, token: string, exclusive: boolean, wait
   return queue(scope, token, entry, exclusive, wait)
 }
 
-function queue(scope: object, token: string, entry: Entry, exclusive: boolean, wait: Wait): Promise<GateTicket> {
+function queue(scope: object, token: string, entry: Entry, exclusive: boolean, wait: GateWait): Promise<GateTicket> {
   let waiter: Waiter | undefined
   const admitted = new Promise<GateTicket>((admit) => {
     waiter = { exclusive, admit }
@@ -148,19 +148,19 @@ function queue(scope: object, token: string, entry: Entry, exclusive: boolean, w
 export const NO_TICKET: GateTicket = { leave: () => undefined, recheckWith: () => undefined }
 
 /**
- * @internal Enters the gate of the physical connection a lock is taken on (`connection.scope`),
- * when it names one other than `scope`, the executor's: handles that reach one connection through
- * different objects queue there. Always exclusive, since Postgres cannot tell them apart. Resolves
- * {@link NO_TICKET} when there is no such gate, `undefined` when `attempt` finds it busy.
+ * @internal Enters the gate of the physical connection a lock is taken on (`connectionKey`),
+ * when it names one other than `queueKey`, the executor's: handles that reach one connection
+ * through different objects queue there. Always exclusive, since Postgres cannot tell them apart.
+ * Resolves {@link NO_TICKET} when there is no such gate, `undefined` when `noWait` finds it busy.
  */
 export function enterConnectionGate(
-  connection: { readonly scope?: object | undefined },
-  scope: object,
+  connection: { readonly connectionKey: object | undefined; query(sql: string): Promise<readonly Readonly<Record<string, unknown>>[]> },
+  queueKey: object,
   token: string,
-  wait: Wait,
+  wait: GateWait,
 ): Promise<GateTicket | undefined> {
-  const own = connection.scope
-  if (own === undefined || own === scope) return Promise.resolve(NO_TICKET)
+  const own = connection.connectionKey
+  if (own === undefined || own === queueKey) return Promise.resolve(NO_TICKET)
   return enterGate(own, token, true, { ...wait, via: connection as Parameters<Recheck>[0] })
 }
 
@@ -170,8 +170,12 @@ export function enterConnectionGate(
  * without a promise on every pooled lock. {@link NO_TICKET} when there is no such gate (or, which
  * cannot happen, it is taken).
  */
-export function claimConnectionGate(connection: { readonly scope?: object | undefined }, scope: object, token: string): GateTicket {
-  const own = connection.scope
-  if (own === undefined || own === scope) return NO_TICKET
+export function claimConnectionGate(
+  connection: { readonly connectionKey: object | undefined },
+  queueKey: object,
+  token: string,
+): GateTicket {
+  const own = connection.connectionKey
+  if (own === undefined || own === queueKey) return NO_TICKET
   return tryEnter(own, token, entryFor(own, token), true) ?? NO_TICKET
 }

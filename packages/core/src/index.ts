@@ -19,10 +19,10 @@ export {
   UnsupportedError,
 } from './errors.js'
 export type { LockConnection, LockExecutor, PreparedStatement, Row } from './executor.js'
-export { isConnectionFailure } from './hold.js'
 export { type LockId, pgLocksRow, postgresLock01, resolveLockId, sha1Int64 } from './keys.js'
 export { type HeldLock, Lock } from './lock.js'
 export { type LossTracker, trackLoss } from './loss.js'
+export { isConnectionFailure } from './sqlstate.js'
 export type {
   AcquireOptions,
   KeyHash,

@@ -1,15 +1,7 @@
 import type { PreparedStatement } from './executor.js'
 import { type LockId, pgLocksRow } from './keys.js'
+import { markSql } from './tx-marks.js'
 import type { LockMode } from './types.js'
-
-/** The SQLSTATE Postgres raises when `lock_timeout` elapses. */
-export const LOCK_NOT_AVAILABLE = '55P03'
-/** The SQLSTATE of a statement cancelled by request. */
-export const QUERY_CANCELED = '57014'
-/** The SQLSTATE of `SAVEPOINT` outside a transaction block. */
-export const NO_ACTIVE_SQL_TRANSACTION = '25P01'
-/** The SQLSTATE of any statement sent inside a transaction that has already failed. */
-export const IN_FAILED_SQL_TRANSACTION = '25P02'
 
 type LockFunction = 'lock' | 'try' | 'xact' | 'try_xact' | 'unlock'
 
@@ -68,7 +60,7 @@ function preparedCall(fn: PreparedFunction, id: LockId, mode: LockMode, pid?: nu
  */
 export function preparedAcquire(plan: AcquirePlan): PreparedStatement | undefined {
   if (plan.scope !== 'session' || plan.begin || plan.savepoint !== undefined) return undefined
-  if (plan.attempt) return preparedCall('try', plan.id, plan.mode)
+  if (plan.noWait) return preparedCall('try', plan.id, plan.mode)
   return plan.timeoutMs === undefined ? preparedCall('lock', plan.id, plan.mode) : undefined
 }
 
@@ -94,7 +86,7 @@ export interface AcquirePlan {
   readonly mode: LockMode
   readonly scope: 'session' | 'transaction'
   /** `true` for the non-blocking `pg_try_*` form, which answers in column `acquired`. */
-  readonly attempt: boolean
+  readonly noWait: boolean
   /** For blocking forms: the `lock_timeout` to wait under, in ms (at least 1). */
   readonly timeoutMs?: number | undefined
   /** Open a transaction in the same round trip (`BEGIN; ...`). */
@@ -114,42 +106,38 @@ export interface AcquirePlan {
 }
 
 /**
- * The mark of the current transaction, set on first use: a transaction-local setting, which
- * Postgres itself resets at `COMMIT` or `ROLLBACK` (and at `ROLLBACK TO` a savepoint taken before
- * it), exactly when a transaction lock taken with it ends. `fresh` is unique within the process.
- */
-function markSql(fresh: string): string {
-  return `COALESCE(NULLIF(current_setting('pglock.tx', true), ''), set_config('pglock.tx', '${fresh}', true))`
-}
-
-/** Answers in column `tx` the mark of the transaction the connection is in now, or `''` for none. */
-export const CURRENT_MARK_SQL = `SELECT COALESCE(current_setting('pglock.tx', true), '') AS tx`
-
-/**
  * The SQL text that takes a lock. One round trip however it is framed: `BEGIN`, a savepoint and
  * a `lock_timeout` all travel with the lock call itself. A session lock's last statement also
  * answers `pid`, the backend that took it, so that later statements can check they run there.
  */
 export function acquireSql(plan: AcquirePlan): string {
   const transaction = plan.scope === 'transaction'
-  const fn: LockFunction = plan.attempt ? (transaction ? 'try_xact' : 'try') : transaction ? 'xact' : 'lock'
-  const statement = `SELECT ${call(fn, plan.id, plan.mode)}${plan.attempt ? ' AS acquired' : ''}`
-  const parts = plan.attempt ? [statement] : withLockTimeout(statement, plan.timeoutMs)
+  const fn: LockFunction = plan.noWait ? (transaction ? 'try_xact' : 'try') : transaction ? 'xact' : 'lock'
+  const statement = `SELECT ${call(fn, plan.id, plan.mode)}${plan.noWait ? ' AS acquired' : ''}`
+  const parts = plan.noWait ? [statement] : withLockTimeout(statement, plan.timeoutMs)
   const { savepoint } = plan
   if (savepoint !== undefined) {
     parts.unshift(`SAVEPOINT ${savepoint.name}`)
     if (!savepoint.keepOpen) {
-      if (plan.attempt) parts.splice(1, 0, `RELEASE SAVEPOINT ${savepoint.name}`)
+      if (plan.noWait) parts.splice(1, 0, `RELEASE SAVEPOINT ${savepoint.name}`)
       else parts.push(`RELEASE SAVEPOINT ${savepoint.name}`)
     }
   }
   if (plan.begin) parts.unshift('BEGIN')
   if (!transaction) parts[parts.length - 1] += ', pg_backend_pid() AS pid'
   else if (plan.mark !== undefined) {
-    if (plan.attempt) parts[parts.length - 1] += `, ${markSql(plan.mark)} AS tx`
+    if (plan.noWait) parts[parts.length - 1] += `, ${markSql(plan.mark)} AS tx`
     else parts.push(`SELECT ${markSql(plan.mark)} AS tx`)
   }
   return parts.join('; ')
+}
+
+let savepoints = 0
+
+/** @internal A savepoint name unique within this process. */
+export function nextSavepoint(): string {
+  savepoints += 1
+  return `pglock_${savepoints}`
 }
 
 /** Undoes a failed `acquireSql` with a savepoint: the caller's transaction is usable again. */

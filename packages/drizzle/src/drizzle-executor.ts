@@ -121,7 +121,7 @@ export function kindOf(value: unknown): string {
 /**
  * `connection` with `db` as its `lease.db`, changed in place: the driver adapters' `connect()`
  * builds a connection object for each lock, which nobody else holds yet. A copy would freeze
- * getters such as postgres.js's `scope`, and an object inheriting from it (a new prototype on
+ * getters such as postgres.js's `connectionKey`, and an object inheriting from it (a new prototype on
  * every lock) made every property read of it in the core slow, about 5 µs per lock.
  */
 function rebind<Db>(connection: LockConnection<unknown>, db: Db): LockConnection<Db> {
@@ -178,7 +178,7 @@ function transactionExecutor(driver: DrizzleDriver, tx: DrizzleShape): LockExecu
   const inner = driver.clientExecutor(client)
   const connect = inner?.connect
   if (inner === undefined || connect === undefined) throw unsupportedClient(driver, client)
-  return { kind: 'connection', scope: inner.scope, connect: async () => rebind(await connect(), tx), inTransaction: () => true }
+  return { kind: 'connection', queueKey: inner.queueKey, connect: async () => rebind(await connect(), tx), inTransaction: () => true }
 }
 
 /**
@@ -219,8 +219,8 @@ export function describeDrizzle(handle: unknown, driver: DrizzleDriver): LockExe
       }
     }
     return runInTransaction === undefined
-      ? { kind: 'pool', scope: inner.scope, connect }
-      : { kind: 'pool', scope: inner.scope, connect, transaction: (body) => runInTransaction(db, body) }
+      ? { kind: 'pool', queueKey: inner.queueKey, connect }
+      : { kind: 'pool', queueKey: inner.queueKey, connect, transaction: (body) => runInTransaction(db, body) }
   }
   const inTransaction = inner.inTransaction?.bind(inner)
   const connect = async (): Promise<LockConnection<unknown>> => {
@@ -231,7 +231,7 @@ export function describeDrizzle(handle: unknown, driver: DrizzleDriver): LockExe
   }
   return {
     kind: 'connection',
-    scope: inner.scope,
+    queueKey: inner.queueKey,
     connect,
     ...(runInTransaction === undefined ? {} : { transaction: (body) => runInTransaction(db, body) }),
     ...(inTransaction === undefined ? {} : { inTransaction }),

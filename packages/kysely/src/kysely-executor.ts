@@ -358,7 +358,7 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
   return {
     db,
     owned: unpin !== undefined,
-    scope,
+    connectionKey: scope,
     query: send,
     cancel() {
       const text = sent
@@ -467,14 +467,14 @@ function executorFor(db: Kysely<any>): LockExecutor<Kysely<any>> {
   if (db.isTransaction || instance !== undefined) {
     return {
       kind: 'connection',
-      scope: db,
+      queueKey: db,
       connect: async () => lockConnection({ db, scope: await connectionOf(db), instance, unpin: undefined }),
       inTransaction: () => (db.isTransaction ? true : undefined),
     }
   }
   return {
     kind: 'pool',
-    scope: instanceScope(db),
+    queueKey: instanceScope(db),
     connect: () => pin(db),
     transaction: (body) => runInTransaction(db, body),
   }

@@ -131,7 +131,7 @@ function pin<C extends AnyClient>(client: C, owned: boolean, hand: Hand = (cause
   return {
     db: client,
     owned,
-    scope: client,
+    connectionKey: client,
     // a client pglock owns runs only its statements, one at a time
     query: owned ? query : (sql) => inLane(client, () => query(sql)),
     execute: owned ? (statement) => execute(client, statement) : (statement) => inLane(client, () => execute(client, statement)),
@@ -162,7 +162,7 @@ function pin<C extends AnyClient>(client: C, owned: boolean, hand: Hand = (cause
  * ```ts
  * const executor: LockExecutor<NodePgTransaction> = {
  *   kind: 'pool',
- *   scope: pool,
+ *   queueKey: pool,
  *   transaction: (body) => runInPgTransaction((callback) => db.transaction((tx) => callback(tx._.session.client, tx)), body),
  * }
  * ```
@@ -196,7 +196,7 @@ export function pgExecutor<H extends PgHandle>(db: H): LockExecutor<PgLeaseDb<H>
     if (isPool(db)) {
       return {
         kind: 'pool',
-        scope: db,
+        queueKey: db,
         connect: async () => pin((await db.connect()) as AnyClient, true) as LockConnection<PgLeaseDb<H>>,
       }
     }
@@ -208,7 +208,7 @@ export function pgExecutor<H extends PgHandle>(db: H): LockExecutor<PgLeaseDb<H>
       }
       return {
         kind: 'connection',
-        scope: db,
+        queueKey: db,
         connect: async () => pin(db, false) as LockConnection<PgLeaseDb<H>>,
         inTransaction() {
           const status = db.getTransactionStatus?.()

@@ -142,7 +142,7 @@ export function pinV4<Db>(
     get lost() {
       return loss.lost
     },
-    get scope() {
+    get connectionKey() {
       if (transaction === undefined) return handle
       return name === undefined ? undefined : scopeOf(name)
     },

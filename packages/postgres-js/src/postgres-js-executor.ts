@@ -187,7 +187,7 @@ export interface PostgresJsConnection<Db> extends LockConnection<Db> {
    * a `TransactionSql`, the postgres.js connection it runs on, which the transaction and each of
    * its savepoints share: known once pglock has sent a statement through this handle.
    */
-  readonly scope: object | undefined
+  readonly connectionKey: object | undefined
 }
 
 /**
@@ -294,7 +294,7 @@ export function pinPostgresJs<Db>(
     get lost() {
       return loss.lost
     },
-    get scope() {
+    get connectionKey() {
       return transaction === undefined ? handle : transactionConnections.get(transaction)
     },
     query(sql) {
@@ -338,7 +338,7 @@ export function pinPostgresJs<Db>(
  * ```ts
  * const executor: LockExecutor<PgTransaction> = {
  *   kind: 'pool',
- *   scope: sql,
+ *   queueKey: sql,
  *   transaction: (body) => runInPostgresJsTransaction((callback) => db.transaction((tx) => callback(tx._.session.client, tx)), body, sql),
  * }
  * ```
@@ -391,7 +391,7 @@ function executorFor(db: unknown): LockExecutor<unknown> {
     const reserved = db as ReservedSql<any>
     return {
       kind: 'connection',
-      scope: db,
+      queueKey: db,
       async connect() {
         if (generationOf(reserved) === 4) await nameHandleV4(reserved)
         return pinPostgresJs(reserved, reserved, { owned: false })
@@ -402,7 +402,7 @@ function executorFor(db: unknown): LockExecutor<unknown> {
     const transaction = db as TransactionSql<any>
     return {
       kind: 'connection',
-      scope: db,
+      queueKey: db,
       async connect() {
         await (generationOf(transaction) === 4 ? nameHandleV4(transaction) : learnConnection(transaction))
         return pinPostgresJs(transaction, transaction, { owned: false })
@@ -419,7 +419,7 @@ function executorFor(db: unknown): LockExecutor<unknown> {
   const begin = sql.begin as (callback: (transaction: TransactionSql<any>) => Promise<unknown>) => Promise<unknown>
   return {
     kind: 'pool',
-    scope: db,
+    queueKey: db,
     async connect() {
       await untilClosed(sql)
       const reserved = await sql.reserve()

@@ -1,0 +1,28 @@
+import { Pinned } from './connection.js'
+import { UnsupportedError } from './errors.js'
+import type { LockExecutor } from './executor.js'
+import type { Wait } from './options.js'
+import { interruptible } from './wait.js'
+
+/**
+ * @internal The part of the acquire's deadline that bounds waiting for a connection. `timeoutMs:
+ * 0` means one try of the lock, made once a connection is in hand, however long that takes.
+ */
+export function checkoutDeadline(wait: Wait): number | undefined {
+  return wait.timeoutMs === 0 ? undefined : wait.deadline
+}
+
+/**
+ * @internal Pins a connection for a lock, within the acquire's `signal` and deadline: a pool
+ * exhausted by other work is when a bound matters most. A connection that arrives after the
+ * acquire gave up goes straight back to its pool.
+ */
+export async function checkOut<Db>(executor: LockExecutor<Db>, wait: Wait): Promise<Pinned<Db>> {
+  if (executor.connect === undefined) throw new UnsupportedError('this handle cannot pin a connection for a lock')
+  const raw = await interruptible(executor.connect(), {
+    signal: wait.signal,
+    deadline: checkoutDeadline(wait),
+    abandon: (late) => void late.release({ destroy: false }),
+  })
+  return new Pinned(raw)
+}
