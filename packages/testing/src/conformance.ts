@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url'
 import { type LockKey, LockLostError, LockTimeoutError, PgLockError, pgLocksRow, resolveLockId, type WithLockOptions } from '@pglock/core'
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest'
 import type { AdapterUnderTest, Opened } from './adapter.ts'
+import { describePoolWait } from './conformance-pool-wait.ts'
 import { FaultProxy } from './fault-proxy.ts'
 import { Observer } from './observer.ts'
 import type {} from './provided-context.ts'
@@ -417,6 +418,8 @@ export function describeConformance(adapter: AdapterUnderTest): void {
         expect(await lib.withLock(b.db, k, () => 1, { timeoutMs: 0 })).toBe(1)
       })
     })
+
+    describePoolWait(adapter, { open, key })
 
     describe('abort', () => {
       for (const scope of ['session', 'transaction'] as const) {
