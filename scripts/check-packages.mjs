@@ -41,7 +41,7 @@ try {
       'PgLockError',
       'LockTimeoutError',
       'resolveLockId',
-      ...(adapter ? ['withLock', 'tryWithLock', 'createLock'] : ['bindExecutor', 'Lock']),
+      ...(adapter ? ['withLock', 'tryWithLock', 'createLock'] : ['Lock']),
     ]
     const probe = `const m = MODULE; for (const n of ${JSON.stringify(names)}) { if (!(n in m)) throw new Error('${name} lacks ' + n) }`
     step(`${name}: require()`, () => run('node', ['-e', probe.replace('MODULE', `require('${name}')`)], { cwd: app }))

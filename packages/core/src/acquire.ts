@@ -1,7 +1,7 @@
 import { checkOut } from './checkout.js'
-import type { Pinned } from './connection.js'
+import { Pinned } from './connection.js'
 import type { LockExecutor } from './executor.js'
-import { claimConnectionGate, enterConnectionGate, enterGate, type GateTicket } from './gate.js'
+import { claimConnectionGate, enterConnectionGate, enterGate, enterGateNow, type GateTicket } from './gate.js'
 import { Holding } from './holding.js'
 import { type LockSpec, timedOut, type Wait } from './options.js'
 import { type Framing, keepSavepoint, takeLock } from './take.js'
@@ -14,9 +14,9 @@ import { DeadlineExceeded } from './wait.js'
  * behind each other too; on a pool each handle has its own connection and shared ones coexist.
  * `undefined` when `noWait` found it busy.
  */
-export function enter(executor: LockExecutor<unknown>, spec: LockSpec, wait: Wait): Promise<GateTicket | undefined> {
+export function enter(executor: LockExecutor<unknown>, spec: LockSpec, wait: Wait): GateTicket | Promise<GateTicket | undefined> {
   const exclusive = spec.mode === 'exclusive' || executor.kind === 'connection'
-  return enterGate(executor.queueKey, spec.token, exclusive, wait)
+  return enterGateNow(executor.queueKey, spec.token, exclusive) ?? enterGate(executor.queueKey, spec.token, exclusive, wait)
 }
 
 /** What the last steps of an acquire take the lock under. */
@@ -75,9 +75,10 @@ export async function acquire<Db>(executor: LockExecutor<Db>, spec: LockSpec, wa
   let ticket: GateTicket | undefined
   let connection: Pinned<Db> | undefined
   try {
-    ticket = await enter(executor, spec, wait)
+    const entered = enter(executor, spec, wait)
+    ticket = entered instanceof Promise ? await entered : entered
     if (ticket === undefined) return undefined
-    connection = await checkOut(executor, wait)
+    connection = new Pinned(await checkOut(executor, wait))
     const holding = await hold(executor, spec, wait, ticket, connection, take)
     if (holding !== undefined) return holding
   } catch (error) {

@@ -1,6 +1,5 @@
-import { Pinned } from './connection.js'
 import { UnsupportedError } from './errors.js'
-import type { LockExecutor } from './executor.js'
+import type { LockConnection, LockExecutor } from './executor.js'
 import type { Wait } from './options.js'
 import { interruptible } from './wait.js'
 
@@ -15,14 +14,14 @@ export function checkoutDeadline(wait: Wait): number | undefined {
 /**
  * @internal Pins a connection for a lock, within the acquire's `signal` and deadline: a pool
  * exhausted by other work is when a bound matters most. A connection that arrives after the
- * acquire gave up goes straight back to its pool.
+ * acquire gave up goes straight back to its pool. The caller wraps it (see `connection.ts`).
  */
-export async function checkOut<Db>(executor: LockExecutor<Db>, wait: Wait): Promise<Pinned<Db>> {
+export function checkOut<Db>(executor: LockExecutor<Db>, wait: Wait): Promise<LockConnection<Db>> {
   if (executor.connect === undefined) throw new UnsupportedError('this handle cannot pin a connection for a lock')
-  const raw = await interruptible(executor.connect(), {
-    signal: wait.signal,
-    deadline: checkoutDeadline(wait),
-    abandon: (late) => void late.release({ destroy: false }),
-  })
-  return new Pinned(raw)
+  const deadline = checkoutDeadline(wait)
+  const connecting = executor.connect()
+  if (deadline === undefined && wait.signal === undefined) return connecting
+  return interruptible(connecting, { signal: wait.signal, deadline, abandon: giveBack })
 }
+
+const giveBack = (late: LockConnection<unknown>) => void late.release({ destroy: false })

@@ -25,6 +25,8 @@ export class Pinned<Db> {
     this.#raw = raw
     this.db = raw.db
     this.owned = raw.owned
+    // at once: a driver may treat an error on a connection nobody listens to as unhandled
+    this.#unsubscribe = raw.onLost((cause) => this.report(cause))
   }
 
   /** The physical connection, where other handles on it queue (see `LockConnection.connectionKey`). */
@@ -49,16 +51,18 @@ export class Pinned<Db> {
     return this.#raw.transactionDb === undefined ? this.db : this.#raw.transactionDb()
   }
 
+  /** Runs SQL pglock wrote; refused once the connection is lost. Callers pass failures to {@link failed}. */
   query(sql: string): Promise<readonly Row[]> {
     if (this.#lost) return Promise.reject(this.#cause)
-    return this.#raw.query(sql).catch(this.#failed)
+    return this.#raw.query(sql)
   }
 
   /** Runs a statement pglock wrote: prepared when it is one, else as text. */
   send(statement: string | PreparedStatement): Promise<readonly Row[]> {
-    if (typeof statement === 'string') return this.query(statement)
     if (this.#lost) return Promise.reject(this.#cause)
-    return (this.#raw.execute as NonNullable<LockConnection<Db>['execute']>)(statement).catch(this.#failed)
+    return typeof statement === 'string'
+      ? this.#raw.query(statement)
+      : (this.#raw.execute as NonNullable<LockConnection<Db>['execute']>)(statement)
   }
 
   cancel(): Promise<void> {
@@ -66,9 +70,8 @@ export class Pinned<Db> {
   }
 
   /** A statement failing because its connection did shows the loss, even before the driver reports it. */
-  readonly #failed = (error: unknown): never => {
-    if (!(error instanceof PgLockError) && isConnectionFailure(error)) this.report(error)
-    throw error
+  failed(error: unknown): void {
+    if (!this.#lost && !(error instanceof PgLockError) && isConnectionFailure(error)) this.report(error)
   }
 
   /** Records the loss and tells every listener; only the first report counts. */

@@ -101,17 +101,19 @@ export interface LockConnection<Db> {
   cancel(): Promise<void>
 
   /**
-   * Calls `listener` once when the connection fails or ends while pinned (a socket error, the
-   * server terminating the backend). Returns a function that stops listening. Adapters must
-   * keep the driver from treating such an error as unhandled while pglock listens.
+   * Calls `listener` when the connection fails or ends while pinned (a socket error, the server
+   * terminating the backend); returns a function that stops listening. The core subscribes once
+   * per checkout and remembers the loss, and stays subscribed after one, so an adapter need not
+   * track it. Adapters must keep the driver from treating such an error as unhandled while the
+   * core listens.
    */
   onLost(listener: (cause: unknown) => void): () => void
 
   /**
    * Gives the connection back. With `destroy: false` an owned connection returns to its pool;
    * with `destroy: true` it is closed instead, so that a session whose lock state is unknown
-   * never goes back to the pool. For connections pglock does not own, both are no-ops. Only
-   * the first call counts: later calls for the same checkout must do nothing.
+   * never goes back to the pool. For connections pglock does not own, both are no-ops. The core
+   * calls it once per checkout, with `destroy: true` once the connection was lost.
    */
   release(options: { readonly destroy: boolean; readonly cause?: unknown }): void | Promise<void>
 }

@@ -59,27 +59,40 @@ function compatible(entry: Entry, exclusive: boolean): boolean {
   return exclusive ? !entry.exclusive && entry.shared === 0 : !entry.exclusive
 }
 
-function ticketFor(scope: object, token: string, entry: Entry, exclusive: boolean): GateTicket {
-  if (exclusive) entry.exclusive = true
-  else entry.shared += 1
-  let left = false
-  let check: Recheck | undefined
-  return {
-    leave() {
-      if (left) return
-      left = true
-      if (check !== undefined) entry.checks?.delete(check)
-      if (exclusive) entry.exclusive = false
-      else entry.shared -= 1
-      admitWaiting(scope, token, entry)
-    },
-    recheckWith(recheck) {
-      if (left) return
-      check = recheck
-      entry.checks ??= new Set()
-      entry.checks.add(recheck)
-    },
+/** A place in a gate: one small object per lock, as every lock takes one or two. */
+class Ticket implements GateTicket {
+  #left = false
+  #check: Recheck | undefined
+  constructor(
+    readonly scope: object,
+    readonly token: string,
+    readonly entry: Entry,
+    readonly exclusive: boolean,
+  ) {
+    if (exclusive) entry.exclusive = true
+    else entry.shared += 1
   }
+
+  leave(): void {
+    if (this.#left) return
+    this.#left = true
+    const { entry } = this
+    if (this.#check !== undefined) entry.checks?.delete(this.#check)
+    if (this.exclusive) entry.exclusive = false
+    else entry.shared -= 1
+    admitWaiting(this.scope, this.token, entry)
+  }
+
+  recheckWith(recheck: Recheck): void {
+    if (this.#left) return
+    this.#check = recheck
+    this.entry.checks ??= new Set()
+    this.entry.checks.add(recheck)
+  }
+}
+
+function ticketFor(scope: object, token: string, entry: Entry, exclusive: boolean): GateTicket {
+  return new Ticket(scope, token, entry, exclusive)
 }
 
 /** Runs the rechecks of the gate's holders; a failed one counts as "still held". */
@@ -101,6 +114,14 @@ function admitWaiting(scope: object, token: string, entry: Entry): void {
     next.admit(ticketFor(scope, token, entry, next.exclusive))
   }
   if (!entry.exclusive && entry.shared === 0) gates.get(scope)?.delete(token)
+}
+
+/**
+ * @internal A place in the gate for `token` within `scope` if it is free now and nobody queues for
+ * it, without a promise: the usual case. Else `undefined`, and {@link enterGate} waits.
+ */
+export function enterGateNow(scope: object, token: string, exclusive: boolean): GateTicket | undefined {
+  return tryEnter(scope, token, entryFor(scope, token), exclusive)
 }
 
 /**

@@ -1,5 +1,6 @@
 import type { Pinned } from './connection.js'
 import { describeKey, LockLostError, ReleaseFailedError, UnsupportedError } from './errors.js'
+import type { PreparedStatement, Row } from './executor.js'
 import type { GateTicket } from './gate.js'
 import { LazyAbort } from './lazy-abort.js'
 import type { LockSpec } from './options.js'
@@ -95,26 +96,15 @@ export class Holding<Db> {
     if (connection.owned) this.ticket.leave()
     let released: boolean
     try {
-      released = await untilLost(this.#unlockStatement(), this.lost)
-    } catch (error) {
-      if (error instanceof SessionMoved) return this.#moved(error)
-      if (this.settled) return false
-      if (isConnectionFailure(error)) {
-        this.lose(
-          new LockLostError(`lock ${describeKey(spec.key)} was lost: its connection failed`, { ...spec.details, cause: error }),
-          true,
-        )
-        return false
+      released = this.#answer(await untilLost(connection.send(this.#unlockStatement()), this.lost))
+    } catch (first) {
+      // a cancel meant for the lock wait may land on the unlock: it is sent once more
+      try {
+        if (sqlState(first) !== QUERY_CANCELED || this.settled) throw first
+        released = this.#answer(await untilLost(connection.send(this.#unlockStatement()), this.lost))
+      } catch (error) {
+        return this.#unlockFailed(error)
       }
-      if (!connection.owned) {
-        throw new ReleaseFailedError(`could not release lock ${describeKey(spec.key)}: ${String((error as Error)?.message ?? error)}`, {
-          ...spec.details,
-          cause: error,
-        })
-      }
-      await connection.release(true, error)
-      this.settle()
-      return true
     }
     if (this.settled) return false
     this.stopWatching()
@@ -127,19 +117,37 @@ export class Holding<Db> {
     return true
   }
 
-  async #unlockStatement(): Promise<boolean> {
-    const { connection, spec, pid } = this
-    for (let round = 1; ; round += 1) {
-      try {
-        const statement = connection.prepares ? preparedUnlock(spec.id, spec.mode, pid) : unlockSql(spec.id, spec.mode, pid)
-        const [row] = await connection.send(statement)
-        const now = pidOf(row)
-        if (pid !== undefined && now !== undefined && now !== pid) throw new SessionMoved(pid, now)
-        return row?.released === true
-      } catch (error) {
-        if (sqlState(error) !== QUERY_CANCELED || round >= 2) throw error
-      }
+  async #unlockFailed(error: unknown): Promise<boolean> {
+    const { connection, spec } = this
+    if (error instanceof SessionMoved) return this.#moved(error)
+    connection.failed(error)
+    if (this.settled) return false
+    if (isConnectionFailure(error)) {
+      this.lose(new LockLostError(`lock ${describeKey(spec.key)} was lost: its connection failed`, { ...spec.details, cause: error }), true)
+      return false
     }
+    if (!connection.owned) {
+      throw new ReleaseFailedError(`could not release lock ${describeKey(spec.key)}: ${String((error as Error)?.message ?? error)}`, {
+        ...spec.details,
+        cause: error,
+      })
+    }
+    await connection.release(true, error)
+    this.settle()
+    return true
+  }
+
+  #unlockStatement(): string | PreparedStatement {
+    const { connection, spec, pid } = this
+    return connection.prepares ? preparedUnlock(spec.id, spec.mode, pid) : unlockSql(spec.id, spec.mode, pid)
+  }
+
+  /** Whether the unlock released the lock; throws when it ran on another backend than the lock's. */
+  #answer(rows: readonly Row[]): boolean {
+    const row = rows[0]
+    const now = pidOf(row)
+    if (this.pid !== undefined && now !== undefined && now !== this.pid) throw new SessionMoved(this.pid, now)
+    return row?.released === true
   }
 
   /**
@@ -178,6 +186,7 @@ export class Holding<Db> {
     try {
       await this.connection.query(sql)
     } catch (error) {
+      this.connection.failed(error)
       await this.connection.release(true, error)
       throw error
     }

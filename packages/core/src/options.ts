@@ -93,7 +93,20 @@ export function resolveRequest<F>(key: LockKey, fn: F, options: unknown, noWait:
   if (typeof fn !== 'function') {
     throw new InvalidArgumentError(`fn must be a function, got ${fn === null ? 'null' : typeof fn}`, spec.details)
   }
-  return { ...spec, ...wait, fn }
+  return {
+    key: spec.key,
+    id: spec.id,
+    token: spec.token,
+    scope: spec.scope,
+    mode: spec.mode,
+    keepAliveMs: spec.keepAliveMs,
+    details: spec.details,
+    noWait: wait.noWait,
+    timeoutMs: wait.timeoutMs,
+    signal: wait.signal,
+    deadline: wait.deadline,
+    fn,
+  }
 }
 
 /** @internal The one place a timeout becomes the error users see. */

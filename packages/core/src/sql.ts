@@ -15,7 +15,8 @@ const FUNCTION_NAMES: Record<LockFunction, string> = {
 
 /** A lock id as SQL literals: only integers validated by `resolveLockId` ever reach here. */
 function literal(id: LockId): string {
-  return id.kind === 'pair' ? `'${id.value[0] | 0}'::int4, '${id.value[1] | 0}'::int4` : `'${BigInt.asIntN(64, id.value)}'::int8`
+  const values = valuesOf(id)
+  return id.kind === 'pair' ? `'${values[0]}'::int4, '${values[1]}'::int4` : `'${values[0]}'::int8`
 }
 
 function call(fn: LockFunction, id: LockId, mode: LockMode): string {
@@ -29,9 +30,12 @@ type PreparedFunction = 'lock' | 'try' | 'unlock'
  * their text forms, each answers `pid`, and the unlock unlocks only on the backend given as its
  * last parameter (or anywhere, when that is null).
  */
-const PREPARED: Record<string, { readonly name: string; readonly text: string }> = {}
+type Prepared = { readonly name: string; readonly text: string }
+const PREPARED = {} as Record<PreparedFunction, Record<LockMode, Record<LockId['kind'], Prepared>>>
 for (const fn of ['lock', 'try', 'unlock'] as const) {
+  PREPARED[fn] = {} as Record<LockMode, Record<LockId['kind'], Prepared>>
   for (const mode of ['exclusive', 'shared'] as const) {
+    PREPARED[fn][mode] = {} as Record<LockId['kind'], Prepared>
     for (const [kind, parameters, pid] of [
       ['int64', '$1::int8', '$2::int4'],
       ['pair', '$1::int4, $2::int4', '$3::int4'],
@@ -42,16 +46,28 @@ for (const fn of ['lock', 'try', 'unlock'] as const) {
         fn === 'unlock'
           ? `CASE WHEN ${pid} IS NULL OR pg_backend_pid() = ${pid} THEN ${call} END AS released`
           : `${call}${fn === 'try' ? ' AS acquired' : ''}`
-      PREPARED[`${fn} ${mode} ${kind}`] = { name: `pglock_${name}_${kind}`, text: `SELECT ${answer}, pg_backend_pid() AS pid` }
+      PREPARED[fn][mode][kind] = { name: `pglock_${name}_${kind}`, text: `SELECT ${answer}, pg_backend_pid() AS pid` }
     }
   }
 }
 
+/** The lock id as statement parameters, kept for the id last asked: a lock's unlock follows its lock. */
+let lastId: LockId | undefined
+let lastValues: readonly string[] = []
+
+function valuesOf(id: LockId): readonly string[] {
+  if (id !== lastId) {
+    lastValues = id.kind === 'pair' ? [String(id.value[0] | 0), String(id.value[1] | 0)] : [String(id.value)]
+    lastId = id
+  }
+  return lastValues
+}
+
 function preparedCall(fn: PreparedFunction, id: LockId, mode: LockMode, pid?: number): PreparedStatement {
-  const { name, text } = PREPARED[`${fn} ${mode} ${id.kind}`] as { name: string; text: string }
-  const values: (string | null)[] = id.kind === 'pair' ? [String(id.value[0] | 0), String(id.value[1] | 0)] : [String(id.value)]
-  if (fn === 'unlock') values.push(pid !== undefined && Number.isSafeInteger(pid) ? String(pid) : null)
-  return { name, text, values }
+  const { name, text } = PREPARED[fn][mode][id.kind]
+  const values = valuesOf(id)
+  if (fn !== 'unlock') return { name, text, values }
+  return { name, text, values: [...values, pid !== undefined && Number.isSafeInteger(pid) ? String(pid) : null] }
 }
 
 /**
@@ -112,6 +128,17 @@ export interface AcquirePlan {
  */
 export function acquireSql(plan: AcquirePlan): string {
   const transaction = plan.scope === 'transaction'
+  // the usual transaction lock: BEGIN sent with the lock, nothing around it
+  if (
+    transaction &&
+    plan.begin &&
+    !plan.noWait &&
+    plan.timeoutMs === undefined &&
+    plan.savepoint === undefined &&
+    plan.mark === undefined
+  ) {
+    return `BEGIN; SELECT ${call('xact', plan.id, plan.mode)}`
+  }
   const fn: LockFunction = plan.noWait ? (transaction ? 'try_xact' : 'try') : transaction ? 'xact' : 'lock'
   const statement = `SELECT ${call(fn, plan.id, plan.mode)}${plan.noWait ? ' AS acquired' : ''}`
   const parts = plan.noWait ? [statement] : withLockTimeout(statement, plan.timeoutMs)

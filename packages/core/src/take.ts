@@ -1,6 +1,6 @@
 import type { Pinned } from './connection.js'
 import { ReleaseFailedError } from './errors.js'
-import type { PreparedStatement, Row } from './executor.js'
+import type { Row } from './executor.js'
 import { type LockSpec, timedOut, type Wait } from './options.js'
 import { type AcquirePlan, acquireSql, pidOf, preparedAcquire, rollbackToSavepointSql, unlockIfHeldSql } from './sql.js'
 import { IN_FAILED_SQL_TRANSACTION, LOCK_NOT_AVAILABLE, NO_ACTIVE_SQL_TRANSACTION, QUERY_CANCELED, sqlState } from './sqlstate.js'
@@ -41,28 +41,6 @@ function granted(row: Row | undefined): Granted {
   return { pid: pidOf(row), mark: typeof mark === 'string' ? mark : undefined }
 }
 
-async function runCancellable(
-  connection: Pinned<unknown>,
-  statement: string | PreparedStatement,
-  signal: AbortSignal | undefined,
-): Promise<
-  | { ok: true; rows: readonly Row[]; cancelled: Promise<void> | undefined }
-  | { ok: false; error: unknown; cancelled: Promise<void> | undefined }
-> {
-  let cancelled: Promise<void> | undefined
-  const onAbort = () => {
-    cancelled = connection.cancel().catch(() => undefined)
-  }
-  signal?.addEventListener('abort', onAbort, { once: true })
-  try {
-    return { ok: true, rows: await connection.send(statement), cancelled }
-  } catch (error) {
-    return { ok: false, error, cancelled }
-  } finally {
-    signal?.removeEventListener('abort', onAbort)
-  }
-}
-
 /** Runs `sql` again while a late cancel request keeps hitting it; a cancel is delivered once. */
 async function queryPastCancel(connection: Pinned<unknown>, sql: string): Promise<readonly Row[]> {
   for (let round = 1; ; round += 1) {
@@ -96,6 +74,7 @@ async function undo(connection: Pinned<unknown>, spec: LockSpec, framing: Framin
   try {
     await queryPastCancel(connection, sql)
   } catch (error) {
+    connection.failed(error)
     if (connection.owned || connection.lost) {
       await connection.release(true, error)
       return
@@ -142,29 +121,44 @@ export async function takeLock(
     savepoint: framing.kind === 'savepoint' ? { name: framing.name, keepOpen: framing.keepOpen } : undefined,
     mark,
   }
-  wait.signal?.throwIfAborted()
+  const { signal } = wait
+  signal?.throwIfAborted()
   let waiting = true
   const stopListening = connection.onLost(() => {
-    if (waiting) void connection.cancel().catch(() => undefined)
+    if (waiting) void connection.cancel().catch(noop)
   })
+  let rows: readonly Row[] | undefined
+  let failure: unknown
+  let cancelled: Promise<void> | undefined
+  const onAbort = () => {
+    cancelled = connection.cancel().catch(noop)
+  }
+  signal?.addEventListener('abort', onAbort, { once: true })
   try {
-    const prepared = connection.prepares ? preparedAcquire(plan) : undefined
-    const outcome = await runCancellable(connection, prepared ?? acquireSql(plan), wait.signal)
+    rows = await connection.send((connection.prepares ? preparedAcquire(plan) : undefined) ?? acquireSql(plan))
+  } catch (error) {
+    failure = error
+    connection.failed(error)
+  } finally {
     waiting = false
-    if (outcome.ok && !wait.signal?.aborted) {
-      if (!noWait || outcome.rows[0]?.acquired === true) return granted(outcome.rows[0])
+    signal?.removeEventListener('abort', onAbort)
+  }
+  try {
+    if (rows !== undefined && !signal?.aborted) {
+      if (!noWait || rows[0]?.acquired === true) return granted(rows[0])
       if (framing.kind === 'begin' || (framing.kind === 'savepoint' && framing.keepOpen)) await undo(connection, spec, framing, undefined)
       if (wait.noWait) return false
       throw timedOut(spec, wait)
     }
-    await outcome.cancelled
-    const failure = outcome.ok ? undefined : outcome.error
+    await cancelled
     await undo(connection, spec, framing, failure)
     throw failureFor(failure, spec, wait, framing)
   } finally {
     stopListening()
   }
 }
+
+const noop = () => undefined
 
 /** @internal Ends the savepoint a lock was taken under, keeping the lock in the transaction. */
 export async function keepSavepoint(connection: Pinned<unknown>, name: string): Promise<void> {

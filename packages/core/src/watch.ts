@@ -64,6 +64,7 @@ function keepAlive(
       },
       (error: unknown) => {
         clearTimeout(overdue)
+        connection.failed(error)
         lostBecause(error, `a keep-alive probe failed (${String((error as Error)?.message ?? error)})`)
       },
     )

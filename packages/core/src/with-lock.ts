@@ -10,7 +10,7 @@ import { type LockRequest, resolveRequest } from './options.js'
 import { nextSavepoint } from './sql.js'
 import { isConnectionFailure } from './sqlstate.js'
 import { NotInTransaction, SESSION } from './take.js'
-import type { Lease, LockKey, TryWithLockResult, WithLockOptions } from './types.js'
+import type { Lease, LockKey, WithLockOptions } from './types.js'
 import { interruptible, untilLost } from './wait.js'
 
 /**
@@ -36,7 +36,9 @@ export type LeaseFn<Db, T> = (lease: Lease<Db>) => T | PromiseLike<T>
 
 type Request<Db, T> = LockRequest<LeaseFn<Db, T>>
 
-const NOT_ACQUIRED = { acquired: false } as const
+/** @internal What the non-blocking form resolves to when the lock was taken; the blocking form never does. */
+export const NOT_ACQUIRED: unique symbol = Symbol('pglock.notAcquired')
+type Outcome<T> = T | typeof NOT_ACQUIRED
 const SESSION_TAKE: Take = { framing: SESSION }
 const DRIVER_TAKE: Take = { framing: { kind: 'driver-transaction' } }
 const BEGIN_TAKE: Take = { framing: { kind: 'begin' } }
@@ -53,7 +55,7 @@ export async function runWithLock<Db, T>(
   fn: LeaseFn<Db, T>,
   options: WithLockOptions | undefined,
   noWait: boolean,
-): Promise<TryWithLockResult<T>> {
+): Promise<Outcome<T>> {
   const request = resolveRequest(key, fn, options, noWait)
   request.signal?.throwIfAborted()
   if (request.scope === 'session') return inSession(executor, request)
@@ -64,7 +66,7 @@ export async function runWithLock<Db, T>(
   }
 }
 
-async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<TryWithLockResult<T>> {
+async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
   if (executor.connect === undefined) {
     throw new UnsupportedError(
       `session scope needs one connection kept from acquire to release, and this handle cannot pin one: use withLock(db, key, fn, { scope: 'transaction' })`,
@@ -83,7 +85,7 @@ async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db,
     throw lost.aborted ? lostWhileRunning(lost.reason, error) : error
   }
   if (!(await holding.unlock())) lost.throwIfAborted()
-  return { acquired: true, value }
+  return value
 }
 
 /**
@@ -106,15 +108,16 @@ function connectionFailed(details: PgLockErrorDetails, cause: unknown): LockLost
   )
 }
 
-async function inTransaction<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<TryWithLockResult<T>> {
-  const ticket = await enter(executor, request, request)
+async function inTransaction<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
+  const entered = enter(executor, request, request)
+  const ticket = entered instanceof Promise ? await entered : entered
   if (ticket === undefined) return NOT_ACQUIRED
   const ending: Ending = { leaveGate: executor.kind === 'pool' }
   try {
     if (executor.transaction !== undefined && (executor.kind === 'pool' || executor.inTransaction?.() === false)) {
       return await inDriverTransaction(executor, request, executor.transaction, ticket, ending)
     }
-    const connection = await checkOut(executor, request)
+    const connection = new Pinned(await checkOut(executor, request))
     try {
       return await inOpenOrNewTransaction(executor, request, ticket, connection, ending)
     } finally {
@@ -141,10 +144,10 @@ async function inDriverTransaction<Db, T>(
   transaction: NonNullable<LockExecutor<Db>['transaction']>,
   ticket: GateTicket,
   base: Ending,
-): Promise<TryWithLockResult<T>> {
+): Promise<Outcome<T>> {
   const driver: DriverTransactionWatch = { abandoned: new AbortController(), stop: noop, lost: undefined }
   const ending: Ending = { leaveGate: base.leaveGate, driver }
-  let held: Promise<TryWithLockResult<T>> | undefined
+  let held: Promise<Outcome<T>> | undefined
   let started: (() => void) | undefined
   let tooLate: { reason: unknown } | undefined
   try {
@@ -196,7 +199,7 @@ async function inOpenOrNewTransaction<Db, T>(
   ticket: GateTicket,
   connection: Pinned<Db>,
   ending: Ending,
-): Promise<TryWithLockResult<T>> {
+): Promise<Outcome<T>> {
   if (executor.kind === 'connection' && executor.inTransaction?.() !== false) {
     try {
       const take: Take = { framing: { kind: 'savepoint', name: nextSavepoint(), keepOpen: true } }
@@ -235,14 +238,19 @@ async function holdWhileRunning<Db, T>(
   connection: Pinned<Db>,
   take: Take,
   ending: Ending,
-): Promise<TryWithLockResult<T>> {
-  const holding = await hold(executor, request, request, ticket, connection, take)
-  if (holding === undefined) return NOT_ACQUIRED
+): Promise<Outcome<T>> {
+  let holding: Holding<Db> | undefined
   try {
+    holding = await hold(executor, request, request, ticket, connection, take)
+    if (holding === undefined) return NOT_ACQUIRED
     return await runHolding(request, holding, ending)
   } finally {
-    if (ending.driver === undefined) holding.settle()
-    else holding.onConnection.leave()
+    if (ending.driver === undefined) holding?.settle()
+    else {
+      // the driver ends its transaction, and the watch lasts until it has; the connection is done with
+      holding?.onConnection.leave()
+      void connection.releaseQuietly(false)
+    }
   }
 }
 
@@ -253,7 +261,7 @@ async function holdWhileRunning<Db, T>(
  * `withLock` cannot stay pending. It waits for `fn` itself, though: `withLock` never settles while
  * `fn` still runs.
  */
-async function runHolding<Db, T>(request: Request<Db, T>, holding: Holding<Db>, ending: Ending): Promise<TryWithLockResult<T>> {
+async function runHolding<Db, T>(request: Request<Db, T>, holding: Holding<Db>, ending: Ending): Promise<Outcome<T>> {
   const { driver } = ending
   const { lost } = holding
   let ran = false
@@ -296,5 +304,5 @@ async function runHolding<Db, T>(request: Request<Db, T>, holding: Holding<Db>, 
   } finally {
     stop()
   }
-  return { acquired: true, value }
+  return value
 }

@@ -1,4 +1,5 @@
-import { InvalidArgumentError, type LockConnection, type LockExecutor, type LockScope, UnsupportedError } from '@pglock/core'
+import { InvalidArgumentError, type LockScope, UnsupportedError } from '@pglock/core'
+import type { LockConnection, LockExecutor } from '@pglock/core/adapter'
 import { entityKind } from 'drizzle-orm'
 import type { PgDialect } from 'drizzle-orm/pg-core'
 import { dialectOf, sessionOptionsOf, transactionClientOf } from './drizzle-privates.js'

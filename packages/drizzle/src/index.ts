@@ -1,4 +1,4 @@
-import { bindScopedExecutor, type LeaseDbOf, type LockExecutor } from '@pglock/core'
+import { bindScopedExecutor, type LeaseDbOf, type LockExecutor } from '@pglock/core/adapter'
 import { type AnyDrizzleHandle, type DrizzleClasses, type DrizzleLeaseDb, type DrizzleShape, describeDrizzle } from './drizzle-executor.js'
 import { transactionClientOf } from './drizzle-privates.js'
 import { nodePgDriver } from './node-postgres-driver.js'
@@ -62,7 +62,7 @@ function clientUnder(db: unknown): unknown {
  * value that is not a Drizzle Postgres database.
  * @example
  * ```ts
- * import { bindExecutor } from '@pglock/core'
+ * import { bindExecutor } from '@pglock/core/adapter'
  * import { drizzleExecutor } from '@pglock/drizzle'
  *
  * const { withLock } = bindExecutor(drizzleExecutor)

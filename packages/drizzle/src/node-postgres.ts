@@ -1,4 +1,4 @@
-import { bindScopedExecutor, type LeaseDbOf, type LockExecutor } from '@pglock/core'
+import { bindScopedExecutor, type LeaseDbOf, type LockExecutor } from '@pglock/core/adapter'
 import { is } from 'drizzle-orm'
 import { type NodePgDatabase, NodePgDatabase as NodePgDatabaseClass, NodePgTransaction } from 'drizzle-orm/node-postgres'
 import { type DrizzleLeaseDb, type DrizzleTransactionOf, describeDrizzle } from './drizzle-executor.js'
@@ -42,7 +42,7 @@ const driver = nodePgDriver({
  * (naming the version); `InvalidArgumentError` for a value that is not a Drizzle database.
  * @example
  * ```ts
- * import { bindExecutor } from '@pglock/core'
+ * import { bindExecutor } from '@pglock/core/adapter'
  * import { drizzleExecutor } from '@pglock/drizzle/node-postgres'
  *
  * const { withLock } = bindExecutor(drizzleExecutor)

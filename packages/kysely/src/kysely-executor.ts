@@ -1,12 +1,5 @@
-import {
-  InvalidArgumentError,
-  isConnectionFailure,
-  type LockConnection,
-  type LockExecutor,
-  type LockScope,
-  trackLoss,
-  UnsupportedError,
-} from '@pglock/core'
+import { InvalidArgumentError, type LockScope, UnsupportedError } from '@pglock/core'
+import { isConnectionFailure, type LockConnection, type LockExecutor, trackLoss } from '@pglock/core/adapter'
 import { CompiledQuery, type DatabaseConnection, type Kysely, type Transaction } from 'kysely'
 import { type ConnectionSource, checkHandle, connectionsOf, instanceScope, kyselyName, signalTaggedSql, tagged } from './kysely-privates.js'
 import { learnStatements, runText, takesSeveral } from './kysely-statements.js'
@@ -446,7 +439,7 @@ function runInTransaction<T>(instance: Kysely<any>, body: (connection: LockConne
  *
  * @example
  * ```ts
- * import { bindExecutor } from '@pglock/core'
+ * import { bindExecutor } from '@pglock/core/adapter'
  * import { kyselyExecutor } from '@pglock/kysely'
  *
  * const { withLock } = bindExecutor(kyselyExecutor)

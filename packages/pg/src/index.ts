@@ -1,16 +1,9 @@
-import {
-  bindExecutor,
-  type Lease,
-  type Lock,
-  type LockKey,
-  type LockOptions,
-  type TryWithLockResult,
-  type WithLockOptions,
-} from '@pglock/core'
+import type { Lease, Lock, LockKey, LockOptions, TryWithLockResult, WithLockOptions } from '@pglock/core'
+import { bindExecutor } from '@pglock/core/adapter'
 import { type PgHandle, type PgLeaseDb, pgExecutor } from './pg-executor.js'
 
 export * from '@pglock/core'
-export { type PgHandle, type PgLeaseDb, pgExecutor, runInPgTransaction } from './pg-executor.js'
+export { type PgHandle, type PgLeaseDb, pgExecutor } from './pg-executor.js'
 
 const bound = bindExecutor(pgExecutor<PgHandle>)
 

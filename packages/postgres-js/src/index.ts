@@ -1,4 +1,4 @@
-import { bindScopedExecutor, type LeaseDbOf } from '@pglock/core'
+import { bindScopedExecutor, type LeaseDbOf } from '@pglock/core/adapter'
 import { type PostgresJsHandle, type PostgresJsLeaseDb, postgresJsExecutor } from './postgres-js-executor.js'
 
 export * from '@pglock/core'

@@ -1,16 +1,16 @@
+import { type LockScope, UnsupportedError } from '@pglock/core'
 import {
-  InvalidArgumentError,
   isConnectionFailure,
   type LockConnection,
   type LockExecutor,
-  type LockScope,
+  lastRows,
   type PreparedStatement,
   type Row,
   trackLoss,
-  UnsupportedError,
-} from '@pglock/core'
+  wrongHandle,
+} from '@pglock/core/adapter'
 import type { ReservedSql, Sql, TransactionSql } from 'postgres'
-import { brokenHandles, isTransactionSql, lastRows } from './handles.js'
+import { brokenHandles, isTransactionSql } from './handles.js'
 import { endpointOf, nameHandleV4, pinV4 } from './pin-v4.js'
 import {
   type BackendKey,
@@ -310,9 +310,7 @@ export function pinPostgresJs<Db>(
     },
     onLost: loss.onLost,
     release({ destroy }) {
-      if (released) return
       released = true
-      loss.clear()
       if (owned && !closed && raw !== undefined && (destroy || loss.lost)) {
         raw.terminate()
         if (pool !== undefined) closing(pool, new Promise((resolve) => (markClosed = resolve)))
@@ -351,20 +349,21 @@ export function runInPostgresJsTransaction<Db, T>(
   return begin((transaction, db) => {
     const connection = pinPostgresJs(transaction, db, { owned: true, pool })
     return new Promise<T>((resolve, reject) => {
-      body(connection)
-        .then(
-          (value) => connection.lost || resolve(value),
-          (error: unknown) => connection.lost || reject(error),
-        )
-        .finally(() => connection.release({ destroy: false }))
+      body(connection).then(
+        (value) => connection.lost || resolve(value),
+        (error: unknown) => connection.lost || reject(error),
+      )
     })
   }) as Promise<T>
 }
 
-function describe(db: unknown): string {
-  if (db === null) return 'null'
-  if (typeof db === 'function') return 'a function that is not a postgres.js sql'
-  return typeof db === 'object' ? (Object.getPrototypeOf(db)?.constructor?.name ?? 'an object') : typeof db
+/** A postgres.js handle is a function: anything else reads as its kind, a function as what it is not. */
+function notAHandle(db: unknown) {
+  return wrongHandle(
+    'a postgres.js Sql, ReservedSql or TransactionSql',
+    db,
+    typeof db === 'function' ? 'a function that is not a postgres.js sql' : undefined,
+  )
 }
 
 /**
@@ -374,7 +373,7 @@ function describe(db: unknown): string {
  *
  * @example
  * ```ts
- * import { bindExecutor } from '@pglock/core'
+ * import { bindExecutor } from '@pglock/core/adapter'
  * import { postgresJsExecutor } from '@pglock/postgres-js'
  *
  * const { withLock } = bindExecutor(postgresJsExecutor)
@@ -385,8 +384,7 @@ export function postgresJsExecutor<H extends PostgresJsHandle>(db: H): LockExecu
 }
 
 function executorFor(db: unknown): LockExecutor<unknown> {
-  if (!isQueryFunction(db))
-    throw new InvalidArgumentError(`db must be a postgres.js Sql, ReservedSql or TransactionSql, got ${describe(db)}`)
+  if (!isQueryFunction(db)) throw notAHandle(db)
   if (typeof (db as { release?: unknown }).release === 'function') {
     const reserved = db as ReservedSql<any>
     return {
@@ -412,7 +410,7 @@ function executorFor(db: unknown): LockExecutor<unknown> {
   }
   const sql = db as Sql<any>
   if (typeof sql.reserve !== 'function' || typeof sql.begin !== 'function') {
-    throw new InvalidArgumentError(`db must be a postgres.js Sql, ReservedSql or TransactionSql, got ${describe(db)}`)
+    throw notAHandle(db)
   }
   /** Named prepared statements are postgres.js's default; `prepare: false` (behind a transaction-pooling proxy) turns them off. */
   const prepare = (sql as { options?: { prepare?: unknown } }).options?.prepare !== false
