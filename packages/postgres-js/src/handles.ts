@@ -1,4 +1,3 @@
-import type { Row } from '@pglock/core/adapter'
 import type { ReservedSql, TransactionSql } from 'postgres'
 
 export function isTransactionSql(handle: ReservedSql<any> | TransactionSql<any>): handle is TransactionSql<any> {
