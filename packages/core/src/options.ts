@@ -1,5 +1,6 @@
 import { InvalidArgumentError, LockTimeoutError, type PgLockErrorDetails } from './errors.js'
 import { type LockId, lockIdToken, resolveLockId } from './keys.js'
+import { primeValues } from './sql.js'
 import type { LockKey, LockMode, LockOptions, LockScope, WithLockOptions } from './types.js'
 
 const MAX_TIMEOUT_MS = 2_147_483_647
@@ -64,7 +65,10 @@ export function resolveSpec(key: LockKey, options: unknown): LockSpec {
   }
   const checkedKeepAlive = checkMs('keepAliveMs', keepAliveMs, { key }, 1)
   const id = resolveLockId(key, keyHash === undefined ? undefined : { keyHash })
-  return { key, id, token: lockIdToken(id), scope, mode, keepAliveMs: checkedKeepAlive, details: { key, mode, scope } }
+  // a number key is its own decimal text, which the lock statements send too
+  const token = typeof key === 'number' ? String(key) : lockIdToken(id)
+  if (typeof key === 'number') primeValues(id, token)
+  return { key, id, token, scope, mode, keepAliveMs: checkedKeepAlive, details: { key, mode, scope } }
 }
 
 /**

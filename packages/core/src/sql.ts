@@ -55,6 +55,12 @@ for (const fn of ['lock', 'try', 'unlock'] as const) {
 let lastId: LockId | undefined
 let lastValues: readonly string[] = []
 
+/** @internal Hands over an int64 id's decimal text, where the caller has it already. */
+export function primeValues(id: LockId, decimal: string): void {
+  lastId = id
+  lastValues = [decimal]
+}
+
 function valuesOf(id: LockId): readonly string[] {
   if (id !== lastId) {
     lastValues = id.kind === 'pair' ? [String(id.value[0] | 0), String(id.value[1] | 0)] : [String(id.value)]

@@ -5,7 +5,7 @@ import { describeKey, LockLostError, type PgLockErrorDetails, UnsupportedError }
 import type { LockExecutor } from './executor.js'
 import type { GateTicket } from './gate.js'
 import type { Holding } from './holding.js'
-import type { LazyAbort } from './lazy-abort.js'
+import { LazyAbort } from './lazy-abort.js'
 import { type LockRequest, resolveRequest } from './options.js'
 import { nextSavepoint } from './sql.js'
 import { isConnectionFailure } from './sqlstate.js'
@@ -49,21 +49,24 @@ const noop = () => undefined
  * every adapter's `withLock` (`noWait: false`) and `tryWithLock` (`noWait: true`). Acquire, run
  * `fn`, end; in both scopes.
  */
-export async function runWithLock<Db, T>(
+export function runWithLock<Db, T>(
   executor: LockExecutor<Db>,
   key: LockKey,
   fn: LeaseFn<Db, T>,
   options: WithLockOptions | undefined,
   noWait: boolean,
 ): Promise<Outcome<T>> {
-  const request = resolveRequest(key, fn, options, noWait)
-  request.signal?.throwIfAborted()
-  if (request.scope === 'session') return inSession(executor, request)
+  let request: Request<Db, T>
   try {
-    return await inTransaction(executor, request)
+    request = resolveRequest(key, fn, options, noWait)
+    request.signal?.throwIfAborted()
   } catch (error) {
-    throw explain(error, request, request)
+    return Promise.reject(error)
   }
+  if (request.scope === 'session') return inSession(executor, request)
+  return inTransaction(executor, request).catch((error: unknown) => {
+    throw explain(error, request, request)
+  })
 }
 
 async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
@@ -145,7 +148,7 @@ async function inDriverTransaction<Db, T>(
   ticket: GateTicket,
   base: Ending,
 ): Promise<Outcome<T>> {
-  const driver: DriverTransactionWatch = { abandoned: new AbortController(), stop: noop, lost: undefined }
+  const driver: DriverTransactionWatch = { abandoned: new LazyAbort(), stop: noop, lost: undefined }
   const ending: Ending = { leaveGate: base.leaveGate, driver }
   let held: Promise<Outcome<T>> | undefined
   let started: (() => void) | undefined
@@ -170,7 +173,7 @@ async function inDriverTransaction<Db, T>(
         }
       }
     }
-    return await interruptible(ended, { signal: driver.abandoned.signal, abandon: noop })
+    return await untilLost(ended, driver.abandoned)
   } catch (error) {
     if (held === undefined) throw error
     const failure = await held.then(
@@ -224,7 +227,7 @@ interface Ending {
 }
 
 interface DriverTransactionWatch {
-  readonly abandoned: AbortController
+  readonly abandoned: LazyAbort
   stop: () => void
   /** Set once the lock is granted and `fn` is about to run: aborted when the lock is lost. */
   lost: LazyAbort | undefined

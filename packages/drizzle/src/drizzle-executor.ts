@@ -121,9 +121,8 @@ export function kindOf(value: unknown): string {
 
 /**
  * `connection` with `db` as its `lease.db`, changed in place: the driver adapters' `connect()`
- * builds a connection object for each lock, which nobody else holds yet. A copy would freeze
- * getters such as postgres.js's `connectionKey`, and an object inheriting from it (a new prototype on
- * every lock) made every property read of it in the core slow, about 5 µs per lock.
+ * builds a connection object for each lock, which nobody else holds yet, and a copy would freeze
+ * getters such as postgres.js's `connectionKey`.
  */
 function rebind<Db>(connection: LockConnection<unknown>, db: Db): LockConnection<Db> {
   ;(connection as { db: unknown }).db = db
@@ -207,7 +206,8 @@ export function describeDrizzle(handle: unknown, driver: DrizzleDriver): LockExe
   const { runInTransaction } = driver
   if (inner.kind === 'pool') {
     const connect = async (): Promise<LockConnection<unknown>> => {
-      const classes = await driver.classes()
+      const loading = driver.classes()
+      const classes = loading instanceof Promise ? await loading : loading
       const connection = await pin()
       try {
         const bound = bindDatabase(classes, parts, connection.db)
@@ -225,7 +225,8 @@ export function describeDrizzle(handle: unknown, driver: DrizzleDriver): LockExe
   }
   const inTransaction = inner.inTransaction?.bind(inner)
   const connect = async (): Promise<LockConnection<unknown>> => {
-    const classes = await driver.classes()
+    const loading = driver.classes()
+    const classes = loading instanceof Promise ? await loading : loading
     const connection = rebind<unknown>(await pin(), db)
     if (runInTransaction === undefined) connection.transactionDb = () => newTransaction(classes, parts, db._.session)
     return connection
