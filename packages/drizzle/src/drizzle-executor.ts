@@ -141,7 +141,16 @@ interface DatabaseParts {
   readonly cache: unknown
 }
 
+const partsByDb = new WeakMap<DrizzleShape, DatabaseParts>()
+
+/** A database's parts never change: read once per database. */
 function partsOf(db: DrizzleShape): DatabaseParts {
+  let parts = partsByDb.get(db)
+  if (parts === undefined) partsByDb.set(db, (parts = readParts(db)))
+  return parts
+}
+
+function readParts(db: DrizzleShape): DatabaseParts {
   const meta = db._ as {
     readonly relations?: unknown
     readonly schema?: unknown
@@ -157,11 +166,28 @@ function partsOf(db: DrizzleShape): DatabaseParts {
   return { dialect: dialectOf(db), schema, options: sessionOptionsOf(db), cache: db.$cache }
 }
 
+interface Bound {
+  readonly session: object
+  readonly db: object
+}
+
+/** The database built on each pooled client, per database: a pool lends the same clients again and again. */
+const boundByClient = new WeakMap<object, WeakMap<DatabaseParts, Bound>>()
+
 /** A session and a database of the driver's classes on `client`, built as `drizzle()` builds them. */
-function bindDatabase(classes: DrizzleClasses, parts: DatabaseParts, client: unknown): { session: object; db: object } {
+function bindDatabase(classes: DrizzleClasses, parts: DatabaseParts, client: unknown): Bound {
+  const owner = typeof client === 'object' && client !== null ? client : undefined
+  let byParts = owner === undefined ? undefined : boundByClient.get(owner)
+  const known = byParts?.get(parts)
+  if (known !== undefined) return known
   const session = new classes.Session(client, parts.dialect, parts.schema, parts.options)
   const db = Object.assign(new classes.Database(parts.dialect, session, parts.schema), { $client: client, $cache: parts.cache })
-  return { session, db }
+  const bound = { session, db }
+  if (owner !== undefined) {
+    if (byParts === undefined) boundByClient.set(owner, (byParts = new WeakMap()))
+    byParts.set(parts, bound)
+  }
+  return bound
 }
 
 function newTransaction(classes: DrizzleClasses, parts: DatabaseParts, session: object): object {
