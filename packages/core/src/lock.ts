@@ -177,7 +177,9 @@ export class Lock<Db = unknown> implements AsyncDisposable {
    */
   async release(): Promise<boolean> {
     const holding = this.#holding
-    if (holding === undefined || holding.settled || this.#releasing) {
+    if (this.#releasing) return false
+    if (holding === undefined || holding.settled) {
+      // forgets the `db` of a lock that was lost
       if (!this.#acquiring) this.#holding = undefined
       return false
     }
