@@ -1,5 +1,5 @@
 import { InvalidArgumentError } from './errors.js'
-import type { Row } from './executor.js'
+import type { LockConnection, Row } from './executor.js'
 
 /**
  * How a value that is not a driver handle reads in messages: `null`, the name of its class, or its
@@ -52,3 +52,59 @@ export function lastRows(result: unknown): readonly Row[] {
 }
 
 const EMPTY: readonly Row[] = Object.freeze([])
+
+/**
+ * What a driver does with its transaction's callback once the connection under it is lost:
+ * - `'settle'`: the callback settles as usual, and the driver ends the transaction and gives its
+ *   connection back by itself (Kysely);
+ * - `'stay-pending'`: the callback never settles, because the driver fails its transaction by
+ *   itself and would misbehave if it then tried to end it (postgres.js 3.4 throws from a timer
+ *   on a `ROLLBACK` into a closed connection, porsager/postgres#1208).
+ * Either way the core stops waiting for the driver as soon as the loss is known.
+ */
+export type AfterLoss = 'settle' | 'stay-pending'
+
+/**
+ * Runs `body` (the core's side of `LockExecutor.transaction`) inside a transaction the driver
+ * opens with `begin`, on the connection `pin` makes of the driver's transaction handle. The core
+ * watches that connection, reports its loss and releases it; an adapter says only what its
+ * driver does with a callback after a loss (see {@link AfterLoss}).
+ *
+ * @example
+ * ```ts
+ * const executor: LockExecutor<TransactionSql> = {
+ *   kind: 'pool',
+ *   queueKey: sql,
+ *   transaction: (body) =>
+ *     runInDriverTransaction((callback) => sql.begin(callback), (tx) => pin(tx), body, 'stay-pending'),
+ * }
+ * ```
+ */
+export function runInDriverTransaction<Tx, Db, T>(
+  begin: (callback: (tx: Tx) => Promise<T>) => PromiseLike<unknown>,
+  pin: (tx: Tx) => LockConnection<Db>,
+  body: (connection: LockConnection<Db>) => Promise<T>,
+  afterLoss: AfterLoss,
+): Promise<T> {
+  const ended = begin((tx) => {
+    const connection = pin(tx)
+    if (afterLoss === 'settle') return body(connection)
+    let lost = false
+    const stop = connection.onLost(() => {
+      lost = true
+    })
+    return new Promise<T>((resolve, reject) => {
+      body(connection).then(
+        (value) => {
+          stop()
+          if (!lost) resolve(value)
+        },
+        (error: unknown) => {
+          stop()
+          if (!lost) reject(error)
+        },
+      )
+    })
+  })
+  return Promise.resolve(ended) as Promise<T>
+}

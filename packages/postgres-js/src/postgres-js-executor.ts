@@ -6,6 +6,7 @@ import {
   lastRows,
   type PreparedStatement,
   type Row,
+  runInDriverTransaction,
   trackLoss,
   wrongHandle,
 } from '@pglock/core/adapter'
@@ -348,15 +349,12 @@ export function runInPostgresJsTransaction<Db, T>(
   body: (connection: LockConnection<Db>) => Promise<T>,
   pool?: object,
 ): Promise<T> {
-  return begin((transaction, db) => {
-    const connection = pinPostgresJs(transaction, db, { owned: true, pool })
-    return new Promise<T>((resolve, reject) => {
-      body(connection).then(
-        (value) => connection.lost || resolve(value),
-        (error: unknown) => connection.lost || reject(error),
-      )
-    })
-  }) as Promise<T>
+  return runInDriverTransaction<readonly [TransactionSql<any>, Db], Db, T>(
+    (callback) => begin((transaction, db) => callback([transaction, db])),
+    ([transaction, db]) => pinPostgresJs(transaction, db, { owned: true, pool }),
+    body,
+    'stay-pending',
+  )
 }
 
 /** A postgres.js handle is a function: anything else reads as its kind, a function as what it is not. */
