@@ -172,7 +172,7 @@ export interface LockExecutor<Db> {
    * transaction handle (a Drizzle `tx`, a Kysely `Transaction`). The core uses it for pools, and
    * for a `'connection'` executor whose `inTransaction()` answers `false`. Without it the core
    * opens the transaction itself on a pinned connection, sending `BEGIN` together with the lock
-   * in one round trip.
+   * in one round trip. `runInDriverTransaction` writes it from the driver's `begin`.
    */
   transaction?<T>(body: (connection: LockConnection<Db>) => Promise<T>): Promise<T>
 }
