@@ -37,12 +37,7 @@ try {
   for (const { manifest } of packed) {
     const name = manifest.name
     const adapter = name !== '@pglock/core'
-    const names = [
-      'PgLockError',
-      'LockTimeoutError',
-      'resolveLockId',
-      ...(adapter ? ['withLock', 'tryWithLock', 'createLock'] : ['bindExecutor', 'Lock']),
-    ]
+    const names = ['PgLockError', 'LockTimeoutError', 'resolveLockId', ...(adapter ? ['withLock', 'tryWithLock', 'createLock'] : ['Lock'])]
     const probe = `const m = MODULE; for (const n of ${JSON.stringify(names)}) { if (!(n in m)) throw new Error('${name} lacks ' + n) }`
     step(`${name}: require()`, () => run('node', ['-e', probe.replace('MODULE', `require('${name}')`)], { cwd: app }))
     step(`${name}: import`, () =>

@@ -1,17 +1,8 @@
 // A strict consumer of @pglock/core alone: key hashing, the error classes, and an adapter of its
 // own. It uses no driver, so on TypeScript 7 (no @types loaded by default) it shows that the
 // core's declarations stand on the standard library alone.
-import {
-  bindExecutor,
-  InvalidKeyError,
-  type LockConnection,
-  type LockExecutor,
-  type LockId,
-  PgLockError,
-  pgLocksRow,
-  resolveLockId,
-  sha1Int64,
-} from '@pglock/core'
+import { InvalidKeyError, type LockId, PgLockError, pgLocksRow, resolveLockId, sha1Int64 } from '@pglock/core'
+import { bindExecutor, type LockConnection, type LockExecutor } from '@pglock/core/adapter'
 
 interface FakeClient {
   run(sql: string): Promise<Record<string, unknown>[]>
@@ -29,7 +20,7 @@ function connection(client: FakeClient): LockConnection<FakeClient> {
 }
 
 const { createLock, withLock, tryWithLock } = bindExecutor(
-  (client: FakeClient): LockExecutor<FakeClient> => ({ kind: 'connection', scope: client, connect: async () => connection(client) }),
+  (client: FakeClient): LockExecutor<FakeClient> => ({ kind: 'connection', queueKey: client, connect: async () => connection(client) }),
 )
 
 export async function useCore(client: FakeClient): Promise<bigint> {

@@ -28,7 +28,7 @@ export interface PreparedStatement {
  * const connection: LockConnection<PoolClient> = {
  *   db: client,
  *   owned: true,
- *   scope: client,
+ *   connectionKey: client,
  *   query: async (sql) => lastRows(await client.query(sql)),
  *   cancel: () => cancelBackend(client.processID),
  *   onLost: (listener) => { client.on('error', listener); return () => client.off('error', listener) },
@@ -54,15 +54,15 @@ export interface LockConnection<Db> {
    * Postgres lets one session re-enter an advisory lock, so two handles that reach one
    * connection through different objects (a transaction's handle and the handle of one of its
    * savepoints, or `lease.db` passed back to `createLock`) would otherwise both hold it; the core
-   * queues them in memory by this object as well as by {@link LockExecutor.scope}.
+   * queues them in memory by this object as well as by {@link LockExecutor.queueKey}.
    *
    * For a connection the caller passed in, the core reads it when `connect()` has resolved and
    * waits for it before sending any SQL. For a connection pglock owns, which no other handle can
    * reach until `lease.db` is handed out, it reads it once the lock is granted, so an adapter may
-   * learn it from the lock statement itself. Leave it out, or give the executor's scope, when
-   * the handle is the only way to that connection.
+   * learn it from the lock statement itself. Leave it out, or give the executor's `queueKey`,
+   * when the handle is the only way to that connection.
    */
-  readonly scope?: object | undefined
+  readonly connectionKey?: object | undefined
 
   /**
    * Runs SQL text that pglock wrote itself (lock ids are validated integer literals, never user
@@ -101,24 +101,26 @@ export interface LockConnection<Db> {
   cancel(): Promise<void>
 
   /**
-   * Calls `listener` once when the connection fails or ends while pinned (a socket error, the
-   * server terminating the backend). Returns a function that stops listening. Adapters must
-   * keep the driver from treating such an error as unhandled while pglock listens.
+   * Calls `listener` when the connection fails or ends while pinned (a socket error, the server
+   * terminating the backend); returns a function that stops listening. The core subscribes once
+   * per checkout and remembers the loss, and stays subscribed after one, so an adapter need not
+   * track it. Adapters must keep the driver from treating such an error as unhandled while the
+   * core listens.
    */
   onLost(listener: (cause: unknown) => void): () => void
 
   /**
    * Gives the connection back. With `destroy: false` an owned connection returns to its pool;
    * with `destroy: true` it is closed instead, so that a session whose lock state is unknown
-   * never goes back to the pool. For connections pglock does not own, both are no-ops. Only
-   * the first call counts: later calls for the same checkout must do nothing.
+   * never goes back to the pool. For connections pglock does not own, both are no-ops. The core
+   * calls it once per checkout, with `destroy: true` once the connection was lost.
    */
   release(options: { readonly destroy: boolean; readonly cause?: unknown }): void | Promise<void>
 }
 
 /**
  * What an adapter tells the core about one driver handle. Built fresh (and cheaply) for each
- * `createLock`/`withLock` call; the `scope` object is what ties calls together.
+ * `createLock`/`withLock` call; the `queueKey` object is what ties calls together.
  *
  * @typeParam Db - the driver-native handle type given to users as `lease.db`.
  *
@@ -126,7 +128,7 @@ export interface LockConnection<Db> {
  * ```ts
  * const executor: LockExecutor<PoolClient> = {
  *   kind: 'pool',
- *   scope: pool,
+ *   queueKey: pool,
  *   connect: async () => pinned(await pool.connect(), { owned: true }),
  * }
  * ```
@@ -141,13 +143,13 @@ export interface LockExecutor<Db> {
   readonly kind: 'pool' | 'connection'
 
   /**
-   * An object identifying the pool or the connection. Handles whose executors share a scope
-   * object and a lock id are queued in memory: on a connection Postgres would let a second
+   * An object identifying the pool or the connection. Handles whose executors share a queue
+   * key and a lock id are queued in memory: on a connection Postgres would let a second
    * handle re-enter the lock, and on a pool at most one exclusive waiter per key occupies a
    * connection. Use the driver object itself (the pool, the client), never a fresh object.
-   * Where one connection has several handles, {@link LockConnection.scope} names it.
+   * Where one connection has several handles, {@link LockConnection.connectionKey} names it.
    */
-  readonly scope: object
+  readonly queueKey: object
 
   /**
    * Pins a connection: checks one out of a pool, or returns the one connection. Leave it out
@@ -170,7 +172,7 @@ export interface LockExecutor<Db> {
    * transaction handle (a Drizzle `tx`, a Kysely `Transaction`). The core uses it for pools, and
    * for a `'connection'` executor whose `inTransaction()` answers `false`. Without it the core
    * opens the transaction itself on a pinned connection, sending `BEGIN` together with the lock
-   * in one round trip.
+   * in one round trip. `runInDriverTransaction` writes it from the driver's `begin`.
    */
   transaction?<T>(body: (connection: LockConnection<Db>) => Promise<T>): Promise<T>
 }

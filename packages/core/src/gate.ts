@@ -18,8 +18,8 @@ export interface GateTicket {
  */
 export type Recheck = (via: { query(sql: string): Promise<readonly Readonly<Record<string, unknown>>[]> } | undefined) => Promise<void>
 
-interface Wait {
-  readonly attempt: boolean
+interface GateWait {
+  readonly noWait: boolean
   readonly signal?: AbortSignal | undefined
   readonly deadline?: number | undefined
   /** the newcomer's connection, for holders' rechecks (see {@link Recheck}) */
@@ -59,27 +59,40 @@ function compatible(entry: Entry, exclusive: boolean): boolean {
   return exclusive ? !entry.exclusive && entry.shared === 0 : !entry.exclusive
 }
 
-function ticketFor(scope: object, token: string, entry: Entry, exclusive: boolean): GateTicket {
-  if (exclusive) entry.exclusive = true
-  else entry.shared += 1
-  let left = false
-  let check: Recheck | undefined
-  return {
-    leave() {
-      if (left) return
-      left = true
-      if (check !== undefined) entry.checks?.delete(check)
-      if (exclusive) entry.exclusive = false
-      else entry.shared -= 1
-      admitWaiting(scope, token, entry)
-    },
-    recheckWith(recheck) {
-      if (left) return
-      check = recheck
-      entry.checks ??= new Set()
-      entry.checks.add(recheck)
-    },
+/** A place in a gate: one small object per lock, as every lock takes one or two. */
+class Ticket implements GateTicket {
+  #left = false
+  #check: Recheck | undefined
+  constructor(
+    readonly scope: object,
+    readonly token: string,
+    readonly entry: Entry,
+    readonly exclusive: boolean,
+  ) {
+    if (exclusive) entry.exclusive = true
+    else entry.shared += 1
   }
+
+  leave(): void {
+    if (this.#left) return
+    this.#left = true
+    const { entry } = this
+    if (this.#check !== undefined) entry.checks?.delete(this.#check)
+    if (this.exclusive) entry.exclusive = false
+    else entry.shared -= 1
+    admitWaiting(this.scope, this.token, entry)
+  }
+
+  recheckWith(recheck: Recheck): void {
+    if (this.#left) return
+    this.#check = recheck
+    this.entry.checks ??= new Set()
+    this.entry.checks.add(recheck)
+  }
+}
+
+function ticketFor(scope: object, token: string, entry: Entry, exclusive: boolean): GateTicket {
+  return new Ticket(scope, token, entry, exclusive)
 }
 
 /** Runs the rechecks of the gate's holders; a failed one counts as "still held". */
@@ -104,16 +117,24 @@ function admitWaiting(scope: object, token: string, entry: Entry): void {
 }
 
 /**
- * @internal Enters the in-memory gate for `token` (a lock id) within `scope` (a pool or a
- * connection). Exclusive entrants exclude everyone; shared ones exclude only exclusive ones.
- * Waiters are admitted first come, first served. With `attempt`, resolves `undefined` at once
+ * @internal A place in the gate for `token` within `scope` if it is free now and nobody queues for
+ * it, without a promise: the usual case. Else `undefined`, and {@link enterGate} waits.
+ */
+export function enterGateNow(scope: object, token: string, exclusive: boolean): GateTicket | undefined {
+  return tryEnter(scope, token, entryFor(scope, token), exclusive)
+}
+
+/**
+ * @internal Enters the in-memory gate for `token` (a lock id) within `scope` (an executor's
+ * `queueKey`: a pool or a connection). Exclusive entrants exclude everyone; shared ones exclude only exclusive ones.
+ * Waiters are admitted first come, first served. With `noWait`, resolves `undefined` at once
  * instead of queueing when the gate is busy.
  */
-export function enterGate(scope: object, token: string, exclusive: boolean, wait: Wait): Promise<GateTicket | undefined> {
+export function enterGate(scope: object, token: string, exclusive: boolean, wait: GateWait): Promise<GateTicket | undefined> {
   const entry = entryFor(scope, token)
   const free = tryEnter(scope, token, entry, exclusive)
   if (free !== undefined) return Promise.resolve(free)
-  if (wait.attempt) {
+  if (wait.noWait) {
     if (entry.checks === undefined || entry.checks.size === 0) return Promise.resolve(undefined)
     return interruptible(recheckHolders(entry, wait.via), { ...wait, abandon: () => undefined }).then(() => {
       const now = entryFor(scope, token)
@@ -124,7 +145,7 @@ export function enterGate(scope: object, token: string, exclusive: boolean, wait
   return queue(scope, token, entry, exclusive, wait)
 }
 
-function queue(scope: object, token: string, entry: Entry, exclusive: boolean, wait: Wait): Promise<GateTicket> {
+function queue(scope: object, token: string, entry: Entry, exclusive: boolean, wait: GateWait): Promise<GateTicket> {
   let waiter: Waiter | undefined
   const admitted = new Promise<GateTicket>((admit) => {
     waiter = { exclusive, admit }
@@ -148,19 +169,19 @@ function queue(scope: object, token: string, entry: Entry, exclusive: boolean, w
 export const NO_TICKET: GateTicket = { leave: () => undefined, recheckWith: () => undefined }
 
 /**
- * @internal Enters the gate of the physical connection a lock is taken on (`connection.scope`),
- * when it names one other than `scope`, the executor's: handles that reach one connection through
- * different objects queue there. Always exclusive, since Postgres cannot tell them apart. Resolves
- * {@link NO_TICKET} when there is no such gate, `undefined` when `attempt` finds it busy.
+ * @internal Enters the gate of the physical connection a lock is taken on (`connectionKey`),
+ * when it names one other than `queueKey`, the executor's: handles that reach one connection
+ * through different objects queue there. Always exclusive, since Postgres cannot tell them apart.
+ * Resolves {@link NO_TICKET} when there is no such gate, `undefined` when `noWait` finds it busy.
  */
 export function enterConnectionGate(
-  connection: { readonly scope?: object | undefined },
-  scope: object,
+  connection: { readonly connectionKey: object | undefined; query(sql: string): Promise<readonly Readonly<Record<string, unknown>>[]> },
+  queueKey: object,
   token: string,
-  wait: Wait,
+  wait: GateWait,
 ): Promise<GateTicket | undefined> {
-  const own = connection.scope
-  if (own === undefined || own === scope) return Promise.resolve(NO_TICKET)
+  const own = connection.connectionKey
+  if (own === undefined || own === queueKey) return Promise.resolve(NO_TICKET)
   return enterGate(own, token, true, { ...wait, via: connection as Parameters<Recheck>[0] })
 }
 
@@ -170,8 +191,12 @@ export function enterConnectionGate(
  * without a promise on every pooled lock. {@link NO_TICKET} when there is no such gate (or, which
  * cannot happen, it is taken).
  */
-export function claimConnectionGate(connection: { readonly scope?: object | undefined }, scope: object, token: string): GateTicket {
-  const own = connection.scope
-  if (own === undefined || own === scope) return NO_TICKET
+export function claimConnectionGate(
+  connection: { readonly connectionKey: object | undefined },
+  queueKey: object,
+  token: string,
+): GateTicket {
+  const own = connection.connectionKey
+  if (own === undefined || own === queueKey) return NO_TICKET
   return tryEnter(own, token, entryFor(own, token), true) ?? NO_TICKET
 }

@@ -1,12 +1,4 @@
 export {
-  type BoundLockFunctions,
-  bindExecutor,
-  bindScopedExecutor,
-  type LeaseDb,
-  type LeaseDbOf,
-  type ScopedLockFunctions,
-} from './adapter.js'
-export {
   AlreadyHeldError,
   InvalidArgumentError,
   InvalidKeyError,
@@ -18,11 +10,8 @@ export {
   ReleaseFailedError,
   UnsupportedError,
 } from './errors.js'
-export type { LockConnection, LockExecutor, PreparedStatement, Row } from './executor.js'
-export { isConnectionFailure } from './hold.js'
 export { type LockId, pgLocksRow, postgresLock01, resolveLockId, sha1Int64 } from './keys.js'
 export { type HeldLock, Lock } from './lock.js'
-export { type LossTracker, trackLoss } from './loss.js'
 export type {
   AcquireOptions,
   KeyHash,

@@ -1,7 +1,7 @@
 /**
- * @internal An abort source whose `AbortSignal` is made only when someone reads it. Node makes
- * a signal in about 2 µs, a visible share of a lock cycle, and most locks end without anyone
- * reading theirs. Once aborted, a signal read later is already aborted with the same reason.
+ * @internal An abort source whose `AbortSignal` is made only when someone reads it: most locks
+ * end without anyone reading theirs, and a signal is dear to make on every lock. Once aborted, a
+ * signal read later is already aborted with the same reason.
  */
 export class LazyAbort {
   #controller: AbortController | undefined

@@ -46,9 +46,8 @@ export function trackLoss(): LossTracker {
 type Listener = (cause: unknown) => void
 
 /**
- * One is made per pinned connection, so per lock: a class with the methods on its prototype costs
- * a fraction of an object literal with getters and a `Set`, which showed in a lock cycle's CPU time.
- * `onLost` is a bound field, as adapters hand it on as `LockConnection.onLost`.
+ * One per pinned connection, so per lock: a class, its methods on the prototype. `onLost` is a
+ * bound field, as adapters hand it on as `LockConnection.onLost`.
  */
 class Loss implements LossTracker {
   #lost = false

@@ -1,15 +1,7 @@
 import type { PreparedStatement } from './executor.js'
 import { type LockId, pgLocksRow } from './keys.js'
+import { markSql } from './tx-marks.js'
 import type { LockMode } from './types.js'
-
-/** The SQLSTATE Postgres raises when `lock_timeout` elapses. */
-export const LOCK_NOT_AVAILABLE = '55P03'
-/** The SQLSTATE of a statement cancelled by request. */
-export const QUERY_CANCELED = '57014'
-/** The SQLSTATE of `SAVEPOINT` outside a transaction block. */
-export const NO_ACTIVE_SQL_TRANSACTION = '25P01'
-/** The SQLSTATE of any statement sent inside a transaction that has already failed. */
-export const IN_FAILED_SQL_TRANSACTION = '25P02'
 
 type LockFunction = 'lock' | 'try' | 'xact' | 'try_xact' | 'unlock'
 
@@ -23,7 +15,8 @@ const FUNCTION_NAMES: Record<LockFunction, string> = {
 
 /** A lock id as SQL literals: only integers validated by `resolveLockId` ever reach here. */
 function literal(id: LockId): string {
-  return id.kind === 'pair' ? `'${id.value[0] | 0}'::int4, '${id.value[1] | 0}'::int4` : `'${BigInt.asIntN(64, id.value)}'::int8`
+  const values = valuesOf(id)
+  return id.kind === 'pair' ? `'${values[0]}'::int4, '${values[1]}'::int4` : `'${values[0]}'::int8`
 }
 
 function call(fn: LockFunction, id: LockId, mode: LockMode): string {
@@ -37,9 +30,12 @@ type PreparedFunction = 'lock' | 'try' | 'unlock'
  * their text forms, each answers `pid`, and the unlock unlocks only on the backend given as its
  * last parameter (or anywhere, when that is null).
  */
-const PREPARED: Record<string, { readonly name: string; readonly text: string }> = {}
+type Prepared = { readonly name: string; readonly text: string }
+const PREPARED = {} as Record<PreparedFunction, Record<LockMode, Record<LockId['kind'], Prepared>>>
 for (const fn of ['lock', 'try', 'unlock'] as const) {
+  PREPARED[fn] = {} as Record<LockMode, Record<LockId['kind'], Prepared>>
   for (const mode of ['exclusive', 'shared'] as const) {
+    PREPARED[fn][mode] = {} as Record<LockId['kind'], Prepared>
     for (const [kind, parameters, pid] of [
       ['int64', '$1::int8', '$2::int4'],
       ['pair', '$1::int4, $2::int4', '$3::int4'],
@@ -50,16 +46,34 @@ for (const fn of ['lock', 'try', 'unlock'] as const) {
         fn === 'unlock'
           ? `CASE WHEN ${pid} IS NULL OR pg_backend_pid() = ${pid} THEN ${call} END AS released`
           : `${call}${fn === 'try' ? ' AS acquired' : ''}`
-      PREPARED[`${fn} ${mode} ${kind}`] = { name: `pglock_${name}_${kind}`, text: `SELECT ${answer}, pg_backend_pid() AS pid` }
+      PREPARED[fn][mode][kind] = { name: `pglock_${name}_${kind}`, text: `SELECT ${answer}, pg_backend_pid() AS pid` }
     }
   }
 }
 
+/** The lock id as statement parameters, kept for the id last asked: a lock's unlock follows its lock. */
+let lastId: LockId | undefined
+let lastValues: readonly string[] = []
+
+/** @internal Hands over an int64 id's decimal text, where the caller has it already. */
+export function primeValues(id: LockId, decimal: string): void {
+  lastId = id
+  lastValues = [decimal]
+}
+
+function valuesOf(id: LockId): readonly string[] {
+  if (id !== lastId) {
+    lastValues = id.kind === 'pair' ? [String(id.value[0] | 0), String(id.value[1] | 0)] : [String(id.value)]
+    lastId = id
+  }
+  return lastValues
+}
+
 function preparedCall(fn: PreparedFunction, id: LockId, mode: LockMode, pid?: number): PreparedStatement {
-  const { name, text } = PREPARED[`${fn} ${mode} ${id.kind}`] as { name: string; text: string }
-  const values: (string | null)[] = id.kind === 'pair' ? [String(id.value[0] | 0), String(id.value[1] | 0)] : [String(id.value)]
-  if (fn === 'unlock') values.push(pid !== undefined && Number.isSafeInteger(pid) ? String(pid) : null)
-  return { name, text, values }
+  const { name, text } = PREPARED[fn][mode][id.kind]
+  const values = valuesOf(id)
+  if (fn !== 'unlock') return { name, text, values }
+  return { name, text, values: [...values, pid !== undefined && Number.isSafeInteger(pid) ? String(pid) : null] }
 }
 
 /**
@@ -68,7 +82,7 @@ function preparedCall(fn: PreparedFunction, id: LockId, mode: LockMode, pid?: nu
  */
 export function preparedAcquire(plan: AcquirePlan): PreparedStatement | undefined {
   if (plan.scope !== 'session' || plan.begin || plan.savepoint !== undefined) return undefined
-  if (plan.attempt) return preparedCall('try', plan.id, plan.mode)
+  if (plan.noWait) return preparedCall('try', plan.id, plan.mode)
   return plan.timeoutMs === undefined ? preparedCall('lock', plan.id, plan.mode) : undefined
 }
 
@@ -94,7 +108,7 @@ export interface AcquirePlan {
   readonly mode: LockMode
   readonly scope: 'session' | 'transaction'
   /** `true` for the non-blocking `pg_try_*` form, which answers in column `acquired`. */
-  readonly attempt: boolean
+  readonly noWait: boolean
   /** For blocking forms: the `lock_timeout` to wait under, in ms (at least 1). */
   readonly timeoutMs?: number | undefined
   /** Open a transaction in the same round trip (`BEGIN; ...`). */
@@ -114,42 +128,49 @@ export interface AcquirePlan {
 }
 
 /**
- * The mark of the current transaction, set on first use: a transaction-local setting, which
- * Postgres itself resets at `COMMIT` or `ROLLBACK` (and at `ROLLBACK TO` a savepoint taken before
- * it), exactly when a transaction lock taken with it ends. `fresh` is unique within the process.
- */
-function markSql(fresh: string): string {
-  return `COALESCE(NULLIF(current_setting('pglock.tx', true), ''), set_config('pglock.tx', '${fresh}', true))`
-}
-
-/** Answers in column `tx` the mark of the transaction the connection is in now, or `''` for none. */
-export const CURRENT_MARK_SQL = `SELECT COALESCE(current_setting('pglock.tx', true), '') AS tx`
-
-/**
  * The SQL text that takes a lock. One round trip however it is framed: `BEGIN`, a savepoint and
  * a `lock_timeout` all travel with the lock call itself. A session lock's last statement also
  * answers `pid`, the backend that took it, so that later statements can check they run there.
  */
 export function acquireSql(plan: AcquirePlan): string {
   const transaction = plan.scope === 'transaction'
-  const fn: LockFunction = plan.attempt ? (transaction ? 'try_xact' : 'try') : transaction ? 'xact' : 'lock'
-  const statement = `SELECT ${call(fn, plan.id, plan.mode)}${plan.attempt ? ' AS acquired' : ''}`
-  const parts = plan.attempt ? [statement] : withLockTimeout(statement, plan.timeoutMs)
+  // the usual transaction lock: BEGIN sent with the lock, nothing around it
+  if (
+    transaction &&
+    plan.begin &&
+    !plan.noWait &&
+    plan.timeoutMs === undefined &&
+    plan.savepoint === undefined &&
+    plan.mark === undefined
+  ) {
+    return `BEGIN; SELECT ${call('xact', plan.id, plan.mode)}`
+  }
+  const fn: LockFunction = plan.noWait ? (transaction ? 'try_xact' : 'try') : transaction ? 'xact' : 'lock'
+  const statement = `SELECT ${call(fn, plan.id, plan.mode)}${plan.noWait ? ' AS acquired' : ''}`
+  const parts = plan.noWait ? [statement] : withLockTimeout(statement, plan.timeoutMs)
   const { savepoint } = plan
   if (savepoint !== undefined) {
     parts.unshift(`SAVEPOINT ${savepoint.name}`)
     if (!savepoint.keepOpen) {
-      if (plan.attempt) parts.splice(1, 0, `RELEASE SAVEPOINT ${savepoint.name}`)
+      if (plan.noWait) parts.splice(1, 0, `RELEASE SAVEPOINT ${savepoint.name}`)
       else parts.push(`RELEASE SAVEPOINT ${savepoint.name}`)
     }
   }
   if (plan.begin) parts.unshift('BEGIN')
   if (!transaction) parts[parts.length - 1] += ', pg_backend_pid() AS pid'
   else if (plan.mark !== undefined) {
-    if (plan.attempt) parts[parts.length - 1] += `, ${markSql(plan.mark)} AS tx`
+    if (plan.noWait) parts[parts.length - 1] += `, ${markSql(plan.mark)} AS tx`
     else parts.push(`SELECT ${markSql(plan.mark)} AS tx`)
   }
   return parts.join('; ')
+}
+
+let savepoints = 0
+
+/** @internal A savepoint name unique within this process. */
+export function nextSavepoint(): string {
+  savepoints += 1
+  return `pglock_${savepoints}`
 }
 
 /** Undoes a failed `acquireSql` with a savepoint: the caller's transaction is usable again. */

@@ -64,10 +64,10 @@ export interface LockOptions {
 /** Options for one wait. */
 export interface AcquireOptions {
   /**
-   * Give up after this many milliseconds of waiting for the lock with `LockTimeoutError`. `0`
-   * tries once without waiting. Enforced by Postgres's own `lock_timeout`; time queued in memory
-   * behind other handles of this process counts too. Checking a connection out of a pool does not
-   * count: that wait is bounded by the pool's own setting (node-postgres: `connectionTimeoutMillis`).
+   * Give up after this many milliseconds with `LockTimeoutError`. It bounds the whole acquire: the
+   * wait for a pooled connection (one that arrives later goes straight back to its pool), the
+   * queue in memory behind other handles of this process, and the wait in Postgres, enforced by
+   * its own `lock_timeout`. `0` tries the lock once without waiting, once a connection is in hand.
    * @default undefined (wait as long as it takes)
    */
   readonly timeoutMs?: number | undefined

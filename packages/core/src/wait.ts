@@ -1,5 +1,3 @@
-import { UnsupportedError } from './errors.js'
-import type { LockConnection, LockExecutor } from './executor.js'
 import type { LazyAbort } from './lazy-abort.js'
 
 /** @internal Thrown by {@link interruptible} when the deadline passes first. */
@@ -81,20 +79,4 @@ export function untilLost<T>(promise: Promise<T>, lost: LazyAbort): Promise<T> {
       },
     )
   })
-}
-
-/**
- * @internal Pins a connection for a lock. Waiting for a pooled connection is bounded by the
- * pool's own settings and by `signal`, not by the lock's timeout, which counts time spent waiting
- * for the lock: the deadline moves by the time the checkout took.
- */
-export async function checkOut<Db>(
-  executor: LockExecutor<Db>,
-  signal: AbortSignal | undefined,
-  deadline: number | undefined,
-): Promise<{ connection: LockConnection<Db>; deadline: number | undefined }> {
-  const started = performance.now()
-  if (executor.connect === undefined) throw new UnsupportedError('this handle cannot pin a connection for a lock')
-  const connection = await interruptible(executor.connect(), { signal, abandon: (late) => void late.release({ destroy: false }) })
-  return { connection, deadline: deadline === undefined ? undefined : deadline + performance.now() - started }
 }

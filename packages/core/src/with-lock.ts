@@ -1,14 +1,17 @@
-import { describeKey, InvalidArgumentError, LockLostError, LockTimeoutError, type PgLockErrorDetails } from './errors.js'
-import type { LockConnection, LockExecutor } from './executor.js'
-import { claimConnectionGate, enterConnectionGate, enterGate, type GateTicket, NO_TICKET } from './gate.js'
-import { type Framing, isConnectionFailure, NotInTransaction, nextSavepoint, takeLock, watchConnection } from './hold.js'
-import { type LockId, lockIdToken, resolveLockId } from './keys.js'
+import { acquire, enter, explain, hold, type Take } from './acquire.js'
+import { checkOut, checkoutDeadline } from './checkout.js'
+import { Pinned } from './connection.js'
+import { describeKey, LockLostError, type PgLockErrorDetails, UnsupportedError } from './errors.js'
+import type { LockExecutor } from './executor.js'
+import type { GateTicket } from './gate.js'
+import type { Holding } from './holding.js'
 import { LazyAbort } from './lazy-abort.js'
-import { endTransactionLocks, Lock } from './lock.js'
-import { resolveAcquireOptions, resolveLockOptions } from './options.js'
-import { rollbackToSavepointSql } from './sql.js'
-import type { Lease, LockKey, LockMode, TryWithLockResult, WithLockOptions } from './types.js'
-import { checkOut, DeadlineExceeded, interruptible, untilLost } from './wait.js'
+import { type LockRequest, resolveRequest } from './options.js'
+import { nextSavepoint } from './sql.js'
+import { isConnectionFailure } from './sqlstate.js'
+import { NotInTransaction, SESSION } from './take.js'
+import type { Lease, LockKey, WithLockOptions } from './types.js'
+import { interruptible, untilLost } from './wait.js'
 
 /**
  * The lease `withLock` hands to `fn`. `signal` is a getter on the prototype, so that its
@@ -16,9 +19,9 @@ import { checkOut, DeadlineExceeded, interruptible, untilLost } from './wait.js'
  */
 class LockLease<Db> implements Lease<Db> {
   readonly db: Db
-  readonly #lost: { readonly signal: AbortSignal }
+  readonly #lost: LazyAbort
 
-  constructor(db: Db, lost: { readonly signal: AbortSignal }) {
+  constructor(db: Db, lost: LazyAbort) {
     this.db = db
     this.#lost = lost
   }
@@ -31,87 +34,61 @@ class LockLease<Db> implements Lease<Db> {
 /** @internal The function a user passes to `withLock`. */
 export type LeaseFn<Db, T> = (lease: Lease<Db>) => T | PromiseLike<T>
 
-interface Run<Db, T> {
-  readonly executor: LockExecutor<Db>
-  readonly id: LockId
-  readonly mode: LockMode
-  readonly keepAliveMs: number | undefined
-  readonly timeoutMs: number | undefined
-  readonly signal: AbortSignal | undefined
-  readonly deadline: number | undefined
-  readonly attempt: boolean
-  readonly details: PgLockErrorDetails
-  readonly fn: LeaseFn<Db, T>
-}
+type Request<Db, T> = LockRequest<LeaseFn<Db, T>>
+
+/** @internal What the non-blocking form resolves to when the lock was taken; the blocking form never does. */
+export const NOT_ACQUIRED: unique symbol = Symbol('pglock.notAcquired')
+type Outcome<T> = T | typeof NOT_ACQUIRED
+const SESSION_TAKE: Take = { framing: SESSION }
+const DRIVER_TAKE: Take = { framing: { kind: 'driver-transaction' } }
+const BEGIN_TAKE: Take = { framing: { kind: 'begin' } }
+const noop = () => undefined
 
 /**
  * @internal Runs `fn` while holding the lock `key` on `executor`'s database: the engine behind
- * every adapter's `withLock` (`attempt: false`) and `tryWithLock` (`attempt: true`).
+ * every adapter's `withLock` (`noWait: false`) and `tryWithLock` (`noWait: true`). Acquire, run
+ * `fn`, end; in both scopes.
  */
-export async function runWithLock<Db, T>(
+export function runWithLock<Db, T>(
   executor: LockExecutor<Db>,
   key: LockKey,
   fn: LeaseFn<Db, T>,
   options: WithLockOptions | undefined,
-  attempt: boolean,
-): Promise<TryWithLockResult<T>> {
-  const scope = (options as { readonly scope?: unknown } | null | undefined)?.scope
-  if (scope === undefined || scope === 'session') {
-    const lock = new Lock(executor, key, options)
-    const { timeoutMs, signal } = resolveAcquireOptions(options, { key, mode: lock.mode, scope: lock.scope })
-    checkFn(fn, { key, mode: lock.mode, scope: lock.scope })
-    return runInSession(lock, fn, attempt, timeoutMs, signal)
-  }
-  const resolved = resolveLockOptions(options, { key })
-  const details: PgLockErrorDetails = { key, mode: resolved.mode, scope: resolved.scope }
-  const id = resolveLockId(key, options)
-  const { timeoutMs, signal } = resolveAcquireOptions(options, details)
-  checkFn(fn, details)
-  signal?.throwIfAborted()
-  const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs
-  const run: Run<Db, T> = {
-    executor,
-    id,
-    mode: resolved.mode,
-    keepAliveMs: resolved.keepAliveMs,
-    timeoutMs,
-    signal,
-    deadline,
-    attempt,
-    details,
-    fn,
-  }
+  noWait: boolean,
+): Promise<Outcome<T>> {
+  let request: Request<Db, T>
   try {
-    return await runInTransaction(run)
+    request = resolveRequest(key, fn, options, noWait)
+    request.signal?.throwIfAborted()
   } catch (error) {
-    if (error instanceof DeadlineExceeded) throw new LockTimeoutError(timeoutMs ?? 0, details)
-    throw error
+    return Promise.reject(error)
   }
+  if (request.scope === 'session') return inSession(executor, request)
+  return inTransaction(executor, request).catch((error: unknown) => {
+    throw explain(error, request, request)
+  })
 }
 
-function checkFn(fn: unknown, details: PgLockErrorDetails): void {
-  if (typeof fn !== 'function') {
-    throw new InvalidArgumentError(`fn must be a function, got ${fn === null ? 'null' : typeof fn}`, details)
+async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
+  if (executor.connect === undefined) {
+    throw new UnsupportedError(
+      `session scope needs one connection kept from acquire to release, and this handle cannot pin one: use withLock(db, key, fn, { scope: 'transaction' })`,
+      request.details,
+    )
   }
-}
-
-async function runInSession<Db, T>(
-  lock: Lock<Db>,
-  fn: LeaseFn<Db, T>,
-  attempt: boolean,
-  timeoutMs: number | undefined,
-  signal: AbortSignal | undefined,
-): Promise<TryWithLockResult<T>> {
-  if (attempt ? !(await lock.tryAcquire({ signal })) : !(await lock.acquire({ timeoutMs, signal }))) return { acquired: false }
+  const holding = await acquire(executor, request, request, SESSION_TAKE)
+  if (holding === undefined) return NOT_ACQUIRED
+  holding.watch(request.keepAliveMs, (error) => holding.lose(error, true))
+  const { lost } = holding
   let value: T
   try {
-    value = await fn(new LockLease(lock.db as Db, lock))
+    value = await request.fn(new LockLease(holding.connection.db, lost))
   } catch (error) {
-    await lock.release().catch(() => undefined)
-    throw lock.signal.aborted ? lostWhileRunning(lock.signal.reason, error) : error
+    await holding.unlock().catch(noop)
+    throw lost.aborted ? lostWhileRunning(lost.reason, error) : error
   }
-  if (!(await lock.release())) lock.signal.throwIfAborted()
-  return { acquired: true, value }
+  if (!(await holding.unlock())) lost.throwIfAborted()
+  return value
 }
 
 /**
@@ -134,21 +111,20 @@ function connectionFailed(details: PgLockErrorDetails, cause: unknown): LockLost
   )
 }
 
-async function runInTransaction<Db, T>(run: Run<Db, T>): Promise<TryWithLockResult<T>> {
-  const { executor, signal, deadline, attempt } = run
-  const exclusive = run.mode === 'exclusive' || executor.kind === 'connection'
-  const ticket = await enterGate(executor.scope, lockIdToken(run.id), exclusive, { attempt, signal, deadline })
-  if (ticket === undefined) return { acquired: false }
-  const ending: Ending = { leaveGate: executor.kind === 'pool' ? () => ticket.leave() : undefined }
+async function inTransaction<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
+  const entered = enter(executor, request, request)
+  const ticket = entered instanceof Promise ? await entered : entered
+  if (ticket === undefined) return NOT_ACQUIRED
+  const ending: Ending = { leaveGate: executor.kind === 'pool' }
   try {
     if (executor.transaction !== undefined && (executor.kind === 'pool' || executor.inTransaction?.() === false)) {
-      return await inDriverTransaction(run, executor.transaction, ending)
+      return await inDriverTransaction(executor, request, executor.transaction, ticket, ending)
     }
-    const checkout = await checkOut(executor, signal, deadline)
+    const connection = new Pinned(await checkOut(executor, request))
     try {
-      return await inOpenOrNewTransaction(run, checkout.connection, checkout.deadline, ending)
+      return await inOpenOrNewTransaction(executor, request, ticket, connection, ending)
     } finally {
-      await checkout.connection.release({ destroy: false })
+      await connection.release(false)
     }
   } finally {
     ticket.leave()
@@ -163,19 +139,41 @@ async function runInTransaction<Db, T>(run: Run<Db, T>): Promise<TryWithLockResu
  * after `fn` returned stops the wait for the driver's commit, which a dead connection never ends.
  * Once `fn` has run, a driver failing for its connection (its own `COMMIT` or `ROLLBACK`, or
  * `sql.begin()` seeing the socket close) means the lock was lost, even before the adapter says so.
+ * The wait for the driver's connection counts against the acquire's `timeoutMs` and `signal`.
  */
 async function inDriverTransaction<Db, T>(
-  run: Run<Db, T>,
+  executor: LockExecutor<Db>,
+  request: Request<Db, T>,
   transaction: NonNullable<LockExecutor<Db>['transaction']>,
-  ending: Ending,
-): Promise<TryWithLockResult<T>> {
-  const driver: DriverTransactionWatch = { abandoned: new AbortController(), stop: () => undefined, lost: undefined }
-  let held: Promise<TryWithLockResult<T>> | undefined
+  ticket: GateTicket,
+  base: Ending,
+): Promise<Outcome<T>> {
+  const driver: DriverTransactionWatch = { abandoned: new LazyAbort(), stop: noop, lost: undefined }
+  const ending: Ending = { leaveGate: base.leaveGate, driver }
+  let held: Promise<Outcome<T>> | undefined
+  let started: (() => void) | undefined
+  let tooLate: { reason: unknown } | undefined
   try {
-    const ended = transaction(
-      (connection) => (held = holdWhileRunning(run, connection, { kind: 'driver-transaction' }, run.deadline, { ...ending, driver })),
-    )
-    return await interruptible(ended, { signal: driver.abandoned.signal, abandon: () => undefined })
+    const ended = transaction((raw) => {
+      if (tooLate !== undefined) return Promise.reject(tooLate.reason)
+      started?.()
+      held = holdWhileRunning(executor, request, ticket, new Pinned(raw), DRIVER_TAKE, ending)
+      return held
+    })
+    const deadline = checkoutDeadline(request)
+    if (held === undefined && (deadline !== undefined || request.signal !== undefined)) {
+      const arrived = new Promise<void>((resolve) => (started = resolve))
+      try {
+        await interruptible(Promise.race([arrived, ended]), { signal: request.signal, deadline, abandon: noop })
+      } catch (reason) {
+        if (held === undefined) {
+          tooLate = { reason }
+          ended.catch(noop)
+          throw reason
+        }
+      }
+    }
+    return await untilLost(ended, driver.abandoned)
   } catch (error) {
     if (held === undefined) throw error
     const failure = await held.then(
@@ -189,7 +187,7 @@ async function inDriverTransaction<Db, T>(
     const loss = lost.aborted
       ? lost.reason
       : error !== failure?.reason && isConnectionFailure(error)
-        ? connectionFailed(run.details, error)
+        ? connectionFailed(request.details, error)
         : undefined
     if (loss === undefined) throw failure === undefined ? error : failure.reason
     throw failure === undefined ? loss : lostWhileRunning(loss, failure.reason)
@@ -199,19 +197,21 @@ async function inDriverTransaction<Db, T>(
 }
 
 async function inOpenOrNewTransaction<Db, T>(
-  run: Run<Db, T>,
-  connection: LockConnection<Db>,
-  deadline: number | undefined,
+  executor: LockExecutor<Db>,
+  request: Request<Db, T>,
+  ticket: GateTicket,
+  connection: Pinned<Db>,
   ending: Ending,
-): Promise<TryWithLockResult<T>> {
-  if (run.executor.kind === 'connection' && run.executor.inTransaction?.() !== false) {
+): Promise<Outcome<T>> {
+  if (executor.kind === 'connection' && executor.inTransaction?.() !== false) {
     try {
-      return await holdWhileRunning(run, connection, { kind: 'savepoint', name: nextSavepoint(), keepOpen: true }, deadline, ending)
+      const take: Take = { framing: { kind: 'savepoint', name: nextSavepoint(), keepOpen: true } }
+      return await holdWhileRunning(executor, request, ticket, connection, take, ending)
     } catch (error) {
       if (!(error instanceof NotInTransaction)) throw error
     }
   }
-  return holdWhileRunning(run, connection, { kind: 'begin' }, deadline, ending)
+  return holdWhileRunning(executor, request, ticket, connection, BEGIN_TAKE, ending)
 }
 
 /**
@@ -222,55 +222,38 @@ async function inOpenOrNewTransaction<Db, T>(
  * settles, and a loss after `fn` returned abandons that wait.
  */
 interface Ending {
-  readonly leaveGate: (() => void) | undefined
+  readonly leaveGate: boolean
   readonly driver?: DriverTransactionWatch
 }
 
 interface DriverTransactionWatch {
-  readonly abandoned: AbortController
+  readonly abandoned: LazyAbort
   stop: () => void
   /** Set once the lock is granted and `fn` is about to run: aborted when the lock is lost. */
   lost: LazyAbort | undefined
 }
 
-/**
- * Takes the transaction lock, runs `fn`, then commits (or releases the savepoint) or rolls back,
- * holding a place in the gate of the connection itself meanwhile (see `LockConnection.scope`):
- * waited for before the lock statement on a connection the caller passed in, taken once the lock
- * is granted on one pglock owns.
- */
+/** Takes the transaction lock on `connection`, runs `fn`, then ends the transaction (or savepoint). */
 async function holdWhileRunning<Db, T>(
-  run: Run<Db, T>,
-  connection: LockConnection<Db>,
-  framing: Framing,
-  deadline: number | undefined,
+  executor: LockExecutor<Db>,
+  request: Request<Db, T>,
+  ticket: GateTicket,
+  connection: Pinned<Db>,
+  take: Take,
   ending: Ending,
-): Promise<TryWithLockResult<T>> {
-  const { scope } = run.executor
-  const token = lockIdToken(run.id)
-  let onConnection: GateTicket | undefined = NO_TICKET
-  if (!connection.owned)
-    onConnection = await enterConnectionGate(connection, scope, token, { attempt: run.attempt, signal: run.signal, deadline })
-  if (onConnection === undefined) return { acquired: false }
+): Promise<Outcome<T>> {
+  let holding: Holding<Db> | undefined
   try {
-    const granted = await takeLock(connection, {
-      id: run.id,
-      mode: run.mode,
-      framing,
-      attempt: run.attempt,
-      deadline,
-      timeoutMs: run.timeoutMs,
-      signal: run.signal,
-      details: run.details,
-    })
-    if (!granted) return { acquired: false }
-    if (connection.owned) {
-      endTransactionLocks(connection.scope)
-      onConnection = claimConnectionGate(connection, scope, token)
-    }
-    return await runHolding(run, connection, framing, ending)
+    holding = await hold(executor, request, request, ticket, connection, take)
+    if (holding === undefined) return NOT_ACQUIRED
+    return await runHolding(request, holding, ending)
   } finally {
-    onConnection.leave()
+    if (ending.driver === undefined) holding?.settle()
+    else {
+      // the driver ends its transaction, and the watch lasts until it has; the connection is done with
+      holding?.onConnection.leave()
+      void connection.releaseQuietly(false)
+    }
   }
 }
 
@@ -281,43 +264,31 @@ async function holdWhileRunning<Db, T>(
  * `withLock` cannot stay pending. It waits for `fn` itself, though: `withLock` never settles while
  * `fn` still runs.
  */
-async function runHolding<Db, T>(
-  run: Run<Db, T>,
-  connection: LockConnection<Db>,
-  framing: Framing,
-  ending: Ending,
-): Promise<TryWithLockResult<T>> {
+async function runHolding<Db, T>(request: Request<Db, T>, holding: Holding<Db>, ending: Ending): Promise<Outcome<T>> {
   const { driver } = ending
-  const lost = new LazyAbort()
+  const { lost } = holding
   let ran = false
-  const stopWatching = watchConnection(
-    connection,
-    run.keepAliveMs,
-    (error) => {
-      lost.abort(error)
-      if (ran) driver?.abandoned.abort(error)
-      void Promise.resolve(connection.release({ destroy: true, cause: error })).catch(() => undefined)
-    },
-    run.details,
-  )
-  const stop = driver === undefined ? stopWatching : () => undefined
+  holding.watch(request.keepAliveMs, (error) => {
+    holding.lose(error, true)
+    if (ran) driver?.abandoned.abort(error)
+  })
+  const stop = driver === undefined ? () => holding.stopWatching() : noop
   if (driver !== undefined) {
-    driver.stop = stopWatching
+    driver.stop = () => holding.stopWatching()
     driver.lost = lost
   }
   /** Whether a failure of pglock's own `COMMIT` or `ROLLBACK` shows the lock lost; if so, reported as lost. */
   const lostBy = (failure: unknown): boolean => {
-    if (!lost.aborted && isConnectionFailure(failure)) lost.abort(connectionFailed(run.details, failure))
+    if (!lost.aborted && isConnectionFailure(failure)) lost.abort(connectionFailed(request.details, failure))
     return lost.aborted
   }
   let value: T
   try {
-    const db = framing.kind === 'begin' && connection.transactionDb !== undefined ? connection.transactionDb() : connection.db
-    value = await run.fn(new LockLease(db, lost))
+    value = await request.fn(new LockLease(holding.db, lost))
   } catch (error) {
     ran = true
-    ending.leaveGate?.()
-    const gone = lost.aborted || (await untilLost(finish(connection, framing, false), lost).then(() => false, lostBy))
+    if (ending.leaveGate) holding.ticket.leave()
+    const gone = lost.aborted || (await untilLost(holding.finish(false), lost).then(() => false, lostBy))
     stop()
     if (!gone) throw error
     const failure = lostWhileRunning(lost.reason, error)
@@ -325,40 +296,16 @@ async function runHolding<Db, T>(
     throw failure
   }
   ran = true
-  ending.leaveGate?.()
+  if (ending.leaveGate) holding.ticket.leave()
   try {
     if (lost.aborted) driver?.abandoned.abort(lost.reason)
     lost.throwIfAborted()
-    await untilLost(finish(connection, framing, true), lost)
+    await untilLost(holding.finish(true), lost)
   } catch (error) {
     if (lostBy(error)) throw lost.reason
     throw error
   } finally {
     stop()
   }
-  return { acquired: true, value }
-}
-
-/**
- * Ends what `holdWhileRunning` began: commit (or release the savepoint) or roll back. A
- * connection left in an unknown state by a failure here is closed if pglock owns it.
- */
-async function finish(connection: LockConnection<unknown>, framing: Framing, commit: boolean): Promise<void> {
-  const sql =
-    framing.kind === 'begin'
-      ? commit
-        ? 'COMMIT'
-        : 'ROLLBACK'
-      : framing.kind === 'savepoint'
-        ? commit
-          ? `RELEASE SAVEPOINT ${framing.name}`
-          : rollbackToSavepointSql(framing.name)
-        : undefined
-  if (sql === undefined) return
-  try {
-    await connection.query(sql)
-  } catch (error) {
-    await connection.release({ destroy: true, cause: error })
-    throw error
-  }
+  return value
 }

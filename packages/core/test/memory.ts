@@ -1,5 +1,6 @@
 import { MemoryPostgres, memoryExecutor, type PgLockRow } from '../../testing/src/memory-postgres.ts'
-import { bindExecutor, type KeyHash, type LockKey, pgLocksRow, resolveLockId } from '../src/index.js'
+import { bindExecutor } from '../src/adapter.js'
+import { type KeyHash, type LockKey, pgLocksRow, resolveLockId } from '../src/index.js'
 
 /**
  * The core's lock functions over the in-memory Postgres model. The model is imported by relative

@@ -1,4 +1,5 @@
-import { InvalidArgumentError, type LockConnection, type LockExecutor, type LockScope, UnsupportedError } from '@pglock/core'
+import { InvalidArgumentError, type LockScope, UnsupportedError } from '@pglock/core'
+import type { LockConnection, LockExecutor } from '@pglock/core/adapter'
 import { entityKind } from 'drizzle-orm'
 import type { PgDialect } from 'drizzle-orm/pg-core'
 import { dialectOf, sessionOptionsOf, transactionClientOf } from './drizzle-privates.js'
@@ -120,9 +121,8 @@ export function kindOf(value: unknown): string {
 
 /**
  * `connection` with `db` as its `lease.db`, changed in place: the driver adapters' `connect()`
- * builds a connection object for each lock, which nobody else holds yet. A copy would freeze
- * getters such as postgres.js's `scope`, and an object inheriting from it (a new prototype on
- * every lock) made every property read of it in the core slow, about 5 µs per lock.
+ * builds a connection object for each lock, which nobody else holds yet, and a copy would freeze
+ * getters such as postgres.js's `connectionKey`.
  */
 function rebind<Db>(connection: LockConnection<unknown>, db: Db): LockConnection<Db> {
   ;(connection as { db: unknown }).db = db
@@ -141,7 +141,16 @@ interface DatabaseParts {
   readonly cache: unknown
 }
 
+const partsByDb = new WeakMap<DrizzleShape, DatabaseParts>()
+
+/** A database's parts never change: read once per database. */
 function partsOf(db: DrizzleShape): DatabaseParts {
+  let parts = partsByDb.get(db)
+  if (parts === undefined) partsByDb.set(db, (parts = readParts(db)))
+  return parts
+}
+
+function readParts(db: DrizzleShape): DatabaseParts {
   const meta = db._ as {
     readonly relations?: unknown
     readonly schema?: unknown
@@ -157,11 +166,28 @@ function partsOf(db: DrizzleShape): DatabaseParts {
   return { dialect: dialectOf(db), schema, options: sessionOptionsOf(db), cache: db.$cache }
 }
 
+interface Bound {
+  readonly session: object
+  readonly db: object
+}
+
+/** The database built on each pooled client, per database: a pool lends the same clients again and again. */
+const boundByClient = new WeakMap<object, WeakMap<DatabaseParts, Bound>>()
+
 /** A session and a database of the driver's classes on `client`, built as `drizzle()` builds them. */
-function bindDatabase(classes: DrizzleClasses, parts: DatabaseParts, client: unknown): { session: object; db: object } {
+function bindDatabase(classes: DrizzleClasses, parts: DatabaseParts, client: unknown): Bound {
+  const owner = typeof client === 'object' && client !== null ? client : undefined
+  let byParts = owner === undefined ? undefined : boundByClient.get(owner)
+  const known = byParts?.get(parts)
+  if (known !== undefined) return known
   const session = new classes.Session(client, parts.dialect, parts.schema, parts.options)
   const db = Object.assign(new classes.Database(parts.dialect, session, parts.schema), { $client: client, $cache: parts.cache })
-  return { session, db }
+  const bound = { session, db }
+  if (owner !== undefined) {
+    if (byParts === undefined) boundByClient.set(owner, (byParts = new WeakMap()))
+    byParts.set(parts, bound)
+  }
+  return bound
 }
 
 function newTransaction(classes: DrizzleClasses, parts: DatabaseParts, session: object): object {
@@ -178,7 +204,7 @@ function transactionExecutor(driver: DrizzleDriver, tx: DrizzleShape): LockExecu
   const inner = driver.clientExecutor(client)
   const connect = inner?.connect
   if (inner === undefined || connect === undefined) throw unsupportedClient(driver, client)
-  return { kind: 'connection', scope: inner.scope, connect: async () => rebind(await connect(), tx), inTransaction: () => true }
+  return { kind: 'connection', queueKey: inner.queueKey, connect: async () => rebind(await connect(), tx), inTransaction: () => true }
 }
 
 /**
@@ -206,7 +232,8 @@ export function describeDrizzle(handle: unknown, driver: DrizzleDriver): LockExe
   const { runInTransaction } = driver
   if (inner.kind === 'pool') {
     const connect = async (): Promise<LockConnection<unknown>> => {
-      const classes = await driver.classes()
+      const loading = driver.classes()
+      const classes = loading instanceof Promise ? await loading : loading
       const connection = await pin()
       try {
         const bound = bindDatabase(classes, parts, connection.db)
@@ -219,19 +246,20 @@ export function describeDrizzle(handle: unknown, driver: DrizzleDriver): LockExe
       }
     }
     return runInTransaction === undefined
-      ? { kind: 'pool', scope: inner.scope, connect }
-      : { kind: 'pool', scope: inner.scope, connect, transaction: (body) => runInTransaction(db, body) }
+      ? { kind: 'pool', queueKey: inner.queueKey, connect }
+      : { kind: 'pool', queueKey: inner.queueKey, connect, transaction: (body) => runInTransaction(db, body) }
   }
   const inTransaction = inner.inTransaction?.bind(inner)
   const connect = async (): Promise<LockConnection<unknown>> => {
-    const classes = await driver.classes()
+    const loading = driver.classes()
+    const classes = loading instanceof Promise ? await loading : loading
     const connection = rebind<unknown>(await pin(), db)
     if (runInTransaction === undefined) connection.transactionDb = () => newTransaction(classes, parts, db._.session)
     return connection
   }
   return {
     kind: 'connection',
-    scope: inner.scope,
+    queueKey: inner.queueKey,
     connect,
     ...(runInTransaction === undefined ? {} : { transaction: (body) => runInTransaction(db, body) }),
     ...(inTransaction === undefined ? {} : { inTransaction }),

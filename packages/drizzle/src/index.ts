@@ -1,4 +1,4 @@
-import { bindScopedExecutor, type LeaseDbOf, type LockExecutor } from '@pglock/core'
+import { bindScopedExecutor, type LeaseDbOf, type LockExecutor } from '@pglock/core/adapter'
 import { type AnyDrizzleHandle, type DrizzleClasses, type DrizzleLeaseDb, type DrizzleShape, describeDrizzle } from './drizzle-executor.js'
 import { transactionClientOf } from './drizzle-privates.js'
 import { nodePgDriver } from './node-postgres-driver.js'

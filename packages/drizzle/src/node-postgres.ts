@@ -1,4 +1,4 @@
-import { bindScopedExecutor, type LeaseDbOf, type LockExecutor } from '@pglock/core'
+import { bindScopedExecutor, type LeaseDbOf, type LockExecutor } from '@pglock/core/adapter'
 import { is } from 'drizzle-orm'
 import { type NodePgDatabase, NodePgDatabase as NodePgDatabaseClass, NodePgTransaction } from 'drizzle-orm/node-postgres'
 import { type DrizzleLeaseDb, type DrizzleTransactionOf, describeDrizzle } from './drizzle-executor.js'

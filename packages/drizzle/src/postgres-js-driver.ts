@@ -1,4 +1,5 @@
-import { InvalidArgumentError, type LockExecutor } from '@pglock/core'
+import { InvalidArgumentError } from '@pglock/core'
+import type { LockExecutor } from '@pglock/core/adapter'
 import { postgresJsExecutor, runInPostgresJsTransaction } from '@pglock/postgres-js/adapter'
 import type { DrizzleClasses, DrizzleDriver } from './drizzle-executor.js'
 import { transactionClientOf } from './drizzle-privates.js'

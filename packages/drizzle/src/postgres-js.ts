@@ -1,4 +1,4 @@
-import { bindScopedExecutor, type LeaseDbOf, type LockExecutor } from '@pglock/core'
+import { bindScopedExecutor, type LeaseDbOf, type LockExecutor } from '@pglock/core/adapter'
 import { is } from 'drizzle-orm'
 import { type PostgresJsDatabase, PostgresJsDatabase as PostgresJsDatabaseClass, PostgresJsTransaction } from 'drizzle-orm/postgres-js'
 import { type DrizzleLeaseDb, type DrizzleTransactionOf, describeDrizzle } from './drizzle-executor.js'

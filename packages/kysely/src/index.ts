@@ -1,4 +1,4 @@
-import { bindScopedExecutor, type LeaseDbOf } from '@pglock/core'
+import { bindScopedExecutor, type LeaseDbOf } from '@pglock/core/adapter'
 import { type KyselyHandle, type KyselyLeaseDb, kyselyExecutor } from './kysely-executor.js'
 
 // The user's API only: the executor behind it stays inside the package.

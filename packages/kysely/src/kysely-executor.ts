@@ -1,12 +1,5 @@
-import {
-  InvalidArgumentError,
-  isConnectionFailure,
-  type LockConnection,
-  type LockExecutor,
-  type LockScope,
-  trackLoss,
-  UnsupportedError,
-} from '@pglock/core'
+import { InvalidArgumentError, type LockScope, UnsupportedError } from '@pglock/core'
+import { isConnectionFailure, type LockConnection, type LockExecutor, trackLoss } from '@pglock/core/adapter'
 import { CompiledQuery, type DatabaseConnection, type Kysely, type Transaction } from 'kysely'
 import { mayRefuse, refuseUnsettling } from './kysely-dialects.js'
 import { type ConnectionSource, checkHandle, connectionsOf, instanceScope, kyselyName, signalTaggedSql, tagged } from './kysely-privates.js'
@@ -360,7 +353,7 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
   return {
     db,
     owned: unpin !== undefined,
-    scope,
+    connectionKey: scope,
     query: send,
     cancel() {
       const text = sent
@@ -469,7 +462,7 @@ function runInTransaction<T>(instance: Kysely<any>, body: (connection: LockConne
  *
  * @example
  * ```ts
- * import { bindExecutor } from '@pglock/core'
+ * import { bindExecutor } from '@pglock/core/adapter'
  * import { kyselyExecutor } from '@pglock/kysely'
  *
  * const { withLock } = bindExecutor(kyselyExecutor)
@@ -490,14 +483,14 @@ function executorFor(db: Kysely<any>): LockExecutor<Kysely<any>> {
   if (db.isTransaction || instance !== undefined) {
     return {
       kind: 'connection',
-      scope: db,
+      queueKey: db,
       connect: async () => lockConnection({ db, scope: await connectionOf(db), instance, unpin: undefined }),
       inTransaction: () => (db.isTransaction ? true : undefined),
     }
   }
   return {
     kind: 'pool',
-    scope: instanceScope(db),
+    queueKey: instanceScope(db),
     connect: () => pin(db),
     transaction: async (body) => {
       await checkDialect(db)

@@ -1,4 +1,4 @@
-import type { Row } from '@pglock/core'
+import type { Row } from '@pglock/core/adapter'
 
 /** Runs one text on the connection, in one round trip; resolves to the rows as the dialect returns them. */
 export type Exec = (sql: string) => Promise<readonly unknown[]>

@@ -1,12 +1,5 @@
-import {
-  bindExecutor,
-  type Lease,
-  type Lock,
-  type LockKey,
-  type LockOptions,
-  type TryWithLockResult,
-  type WithLockOptions,
-} from '@pglock/core'
+import type { Lease, Lock, LockKey, LockOptions, TryWithLockResult, WithLockOptions } from '@pglock/core'
+import { bindExecutor } from '@pglock/core/adapter'
 import { type PgHandle, type PgLeaseDb, pgExecutor } from './pg-executor.js'
 
 // The user's API only: the executor behind it is on the `@pglock/pg/adapter` subpath.

@@ -1,5 +1,6 @@
-import { InvalidArgumentError, type LockConnection, type LockExecutor, type PreparedStatement, type Row, trackLoss } from '@pglock/core'
-import type { ClientBase, Pool, PoolClient, QueryResult } from 'pg'
+import { InvalidArgumentError } from '@pglock/core'
+import { type LockConnection, type LockExecutor, lastRows, type PreparedStatement, type Row, wrongHandle } from '@pglock/core/adapter'
+import type { ClientBase, Pool, PoolClient } from 'pg'
 import { cancelBackend, checkClient, looksLikeClient, neverConnected, runNamed, unusable } from './pg-privates.js'
 
 /** A node-postgres handle pglock can lock with: a `Pool`, a `PoolClient` or a `Client`. */
@@ -20,11 +21,6 @@ function isPool(db: object): db is Pool {
 
 function isClient(db: object): db is AnyClient {
   return looksLikeClient(db)
-}
-
-function lastRows(result: QueryResult | QueryResult[]): readonly Row[] {
-  const last = Array.isArray(result) ? result[result.length - 1] : result
-  return (last?.rows ?? []) as readonly Row[]
 }
 
 /**
@@ -54,9 +50,6 @@ async function execute(client: AnyClient, statement: PreparedStatement): Promise
   }
   return (await client.query(text, values)).rows as readonly Row[]
 }
-
-/** How an owned client leaves pglock: with no cause it is given back, with one it is closed. */
-type Hand = (cause: Error | true | undefined) => void
 
 /** A pinned client; `lease.db` is the client in every scope, so it offers no `transactionDb`. */
 type PinnedClient<C> = Omit<LockConnection<C>, 'transactionDb'>
@@ -114,77 +107,33 @@ function inLane<T>(client: AnyClient, run: () => Promise<T>): Promise<T> {
   return next
 }
 
-function pin<C extends AnyClient>(client: C, owned: boolean, hand: Hand = (cause) => client.release?.(cause)): PinnedClient<C> {
+function pin<C extends AnyClient>(client: C, owned: boolean): PinnedClient<C> {
   try {
     checkClient(client)
   } catch (error) {
     // the client is sound, only this node-postgres is not one pglock knows: give it back as is
-    if (owned) hand(undefined)
+    if (owned) client.release?.()
     throw error
   }
-  const loss = trackLoss()
-  const broken = unusable(client)
-  if (broken !== undefined) loss.report(broken)
-  let released = false
-  const stop = listen(client, (error) => loss.report(error))
-  const query = async (sql: string) => lastRows(await (client.query(sql) as unknown as Promise<QueryResult | QueryResult[]>))
+  const query = async (sql: string) => lastRows(await client.query(sql))
   return {
     db: client,
     owned,
-    scope: client,
+    connectionKey: client,
     // a client pglock owns runs only its statements, one at a time
     query: owned ? query : (sql) => inLane(client, () => query(sql)),
     execute: owned ? (statement) => execute(client, statement) : (statement) => inLane(client, () => execute(client, statement)),
     cancel: () => cancelBackend(client),
-    onLost: loss.onLost,
+    onLost(report) {
+      const broken = unusable(client)
+      if (broken === undefined) return listen(client, report)
+      report(broken)
+      return () => undefined
+    },
     release({ destroy, cause }) {
-      if (released) return
-      released = true
-      loss.clear()
-      if (owned) hand(destroy || loss.lost ? ((cause ?? loss.cause ?? true) as Error | true) : undefined)
-      // a lost client's later errors stay heard (and swallowed): nobody else listens on it
-      if (!loss.lost) stop()
+      if (owned) client.release?.(destroy ? ((cause ?? true) as Error | true) : undefined)
     },
   }
-}
-
-/**
- * Runs `body` in a transaction that `begin` opens on a client checked out of a node-postgres
- * pool (by an ORM on top of it: a Drizzle or Kysely transaction), on that client pinned for the
- * lock, with `lease.db` set to what `begin` passes as `db`. pglock opened the transaction, so it
- * may close the client: a lock lost to a keep-alive probe ends it, which ends the transaction
- * and its lock on the server, and fails the statement the ORM's rollback would otherwise wait on
- * forever. The ORM still gives the client back; the pool then drops it. Until then an error on
- * the client is pglock's to absorb: a pool does not listen on a client it lent out, and Node
- * would throw it.
- *
- * @example
- * ```ts
- * const executor: LockExecutor<NodePgTransaction> = {
- *   kind: 'pool',
- *   scope: pool,
- *   transaction: (body) => runInPgTransaction((callback) => db.transaction((tx) => callback(tx._.session.client, tx)), body),
- * }
- * ```
- */
-export function runInPgTransaction<Db, T>(
-  begin: (callback: (client: ClientBase, db: Db) => Promise<T>) => Promise<unknown>,
-  body: (connection: LockConnection<Db>) => Promise<T>,
-): Promise<T> {
-  let opened: AnyClient | undefined
-  const ignore = () => undefined
-  const ended = begin(async (client, db) => {
-    opened = client as AnyClient
-    opened.on('error', ignore)
-    const end: Hand = (cause) => cause !== undefined && void opened?.end?.().catch(() => undefined)
-    const connection = { ...pin(opened, true, end), db }
-    try {
-      return await body(connection)
-    } finally {
-      await connection.release({ destroy: false })
-    }
-  })
-  return ended.finally(() => opened?.removeListener('error', ignore)) as Promise<T>
 }
 
 /**
@@ -196,7 +145,7 @@ export function pgExecutor<H extends PgHandle>(db: H): LockExecutor<PgLeaseDb<H>
     if (isPool(db)) {
       return {
         kind: 'pool',
-        scope: db,
+        queueKey: db,
         connect: async () => pin((await db.connect()) as AnyClient, true) as LockConnection<PgLeaseDb<H>>,
       }
     }
@@ -208,7 +157,7 @@ export function pgExecutor<H extends PgHandle>(db: H): LockExecutor<PgLeaseDb<H>
       }
       return {
         kind: 'connection',
-        scope: db,
+        queueKey: db,
         connect: async () => pin(db, false) as LockConnection<PgLeaseDb<H>>,
         inTransaction() {
           const status = db.getTransactionStatus?.()
@@ -217,7 +166,5 @@ export function pgExecutor<H extends PgHandle>(db: H): LockExecutor<PgLeaseDb<H>
       }
     }
   }
-  throw new InvalidArgumentError(
-    `db must be a node-postgres Pool, PoolClient or Client, got ${db === null ? 'null' : typeof db === 'object' ? (Object.getPrototypeOf(db)?.constructor?.name ?? 'an object') : typeof db}`,
-  )
+  throw wrongHandle('a node-postgres Pool, PoolClient or Client', db)
 }

@@ -184,8 +184,7 @@ type QueryClass = new (text: string, values: string[]) => SubmittableQuery
 
 /**
  * Runs a named statement. `client.query({ name, text, values })` copies the config object by
- * property descriptors on every call (about 1 µs); a `Query` built from the text, then named, is
- * submitted as is.
+ * property descriptors on every call; a `Query` built from the text, then named, is submitted as is.
  *
  * @example
  * ```ts

@@ -1,10 +1,4 @@
-import type { Row } from '@pglock/core'
 import type { ReservedSql, TransactionSql } from 'postgres'
-
-/** The rows of the last statement: postgres.js resolves several statements to one result per statement that returned rows. */
-export function lastRows(result: readonly unknown[]): readonly Row[] {
-  return ('command' in result ? result : (result[result.length - 1] ?? [])) as readonly Row[]
-}
 
 export function isTransactionSql(handle: ReservedSql<any> | TransactionSql<any>): handle is TransactionSql<any> {
   return typeof (handle as { savepoint?: unknown }).savepoint === 'function'

@@ -1,4 +1,4 @@
-import { bindScopedExecutor, type LeaseDbOf } from '@pglock/core'
+import { bindScopedExecutor, type LeaseDbOf } from '@pglock/core/adapter'
 import { type PostgresJsHandle, type PostgresJsLeaseDb, postgresJsExecutor } from './postgres-js-executor.js'
 
 // The user's API only: the executor behind it is on the `@pglock/postgres-js/adapter` subpath.

@@ -1,7 +1,7 @@
-import { isConnectionFailure, type PreparedStatement, type Row, trackLoss } from '@pglock/core'
+import { isConnectionFailure, lastRows, type PreparedStatement, type Row, trackLoss } from '@pglock/core/adapter'
 import type { ReservedSql, TransactionSql } from 'postgres'
 import { sendCancelRequest } from './cancel-request.js'
-import { brokenHandles, isTransactionSql, lastRows } from './handles.js'
+import { brokenHandles, isTransactionSql } from './handles.js'
 import { type ConnectionName, nameOf, onConnectionClose, startNaming } from './pool-events.js'
 import type { PostgresJsConnection } from './postgres-js-executor.js'
 import { backendKeyOf, type DriverQuery, destroyV4Connection, keepErrorsOwn } from './privates.js'
@@ -142,7 +142,7 @@ export function pinV4<Db>(
     get lost() {
       return loss.lost
     },
-    get scope() {
+    get connectionKey() {
       if (transaction === undefined) return handle
       return name === undefined ? undefined : scopeOf(name)
     },
@@ -164,9 +164,7 @@ export function pinV4<Db>(
     },
     onLost: loss.onLost,
     release({ destroy }) {
-      if (released) return
       released = true
-      loss.clear()
       unwatch?.()
       if (!owned) return
       if (!closed && last !== undefined && (destroy || loss.lost)) destroyV4Connection(last)

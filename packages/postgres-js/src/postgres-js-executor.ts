@@ -1,16 +1,17 @@
+import { type LockScope, UnsupportedError } from '@pglock/core'
 import {
-  InvalidArgumentError,
   isConnectionFailure,
   type LockConnection,
   type LockExecutor,
-  type LockScope,
+  lastRows,
   type PreparedStatement,
   type Row,
+  runInDriverTransaction,
   trackLoss,
-  UnsupportedError,
-} from '@pglock/core'
+  wrongHandle,
+} from '@pglock/core/adapter'
 import type { ReservedSql, Sql, TransactionSql } from 'postgres'
-import { brokenHandles, isTransactionSql, lastRows } from './handles.js'
+import { brokenHandles, isTransactionSql } from './handles.js'
 import { endpointOf, nameHandleV4, pinV4 } from './pin-v4.js'
 import {
   type BackendKey,
@@ -69,8 +70,8 @@ function isQueryFunction(db: unknown): db is PostgresJsHandle {
 }
 
 /**
- * Marks a statement pglock sent as answered (or failed). A property of the query rather than a
- * `WeakSet` entry: adding to a `WeakSet` cost about 0.3 µs per statement, plus the collector's work.
+ * Marks a statement pglock sent as answered (or failed): a property of the query, cheaper per
+ * statement than a `WeakSet` entry.
  */
 const SETTLED: unique symbol = Symbol('pglock.settled')
 
@@ -148,9 +149,9 @@ function closing(pool: object, closed: Promise<void>): void {
  * drops it: the reserve never settles (porsager/postgres#1195). pglock's next session lock
  * right after a loss would otherwise be that reserve.
  */
-async function untilClosed(pool: object): Promise<void> {
+function untilClosed(pool: object): Promise<unknown> | undefined {
   const pending = closingConnections.get(pool)
-  if (pending !== undefined && pending.size > 0) await Promise.all(pending)
+  return pending !== undefined && pending.size > 0 ? Promise.all(pending) : undefined
 }
 
 async function untilSent(query: RawQuery): Promise<void> {
@@ -187,7 +188,7 @@ export interface PostgresJsConnection<Db> extends LockConnection<Db> {
    * a `TransactionSql`, the postgres.js connection it runs on, which the transaction and each of
    * its savepoints share: known once pglock has sent a statement through this handle.
    */
-  readonly scope: object | undefined
+  readonly connectionKey: object | undefined
 }
 
 /**
@@ -281,20 +282,22 @@ export function pinPostgresJs<Db>(
   const asText: SendOptions = onexecuteOption(onexecute)
   const prepared: SendOptions = { ...asText, prepare: true }
   const learn = () => send('', [], asText).catch(() => undefined)
-  const execute = async ({ text, values }: PreparedStatement): Promise<readonly Row[]> => {
+  const executeThenLearn = async (text: string, values: readonly (string | null)[]): Promise<readonly Row[]> => {
     try {
       return await send(text, values, prepared)
     } finally {
       if (raw === undefined && !loss.lost && !released) await learn()
     }
   }
+  const execute = ({ text, values }: PreparedStatement): Promise<readonly Row[]> =>
+    raw === undefined ? executeThenLearn(text, values) : send(text, values, prepared)
   return {
     db,
     owned,
     get lost() {
       return loss.lost
     },
-    get scope() {
+    get connectionKey() {
       return transaction === undefined ? handle : transactionConnections.get(transaction)
     },
     query(sql) {
@@ -310,9 +313,7 @@ export function pinPostgresJs<Db>(
     },
     onLost: loss.onLost,
     release({ destroy }) {
-      if (released) return
       released = true
-      loss.clear()
       if (owned && !closed && raw !== undefined && (destroy || loss.lost)) {
         raw.terminate()
         if (pool !== undefined) closing(pool, new Promise((resolve) => (markClosed = resolve)))
@@ -338,7 +339,7 @@ export function pinPostgresJs<Db>(
  * ```ts
  * const executor: LockExecutor<PgTransaction> = {
  *   kind: 'pool',
- *   scope: sql,
+ *   queueKey: sql,
  *   transaction: (body) => runInPostgresJsTransaction((callback) => db.transaction((tx) => callback(tx._.session.client, tx)), body, sql),
  * }
  * ```
@@ -348,23 +349,21 @@ export function runInPostgresJsTransaction<Db, T>(
   body: (connection: LockConnection<Db>) => Promise<T>,
   pool?: object,
 ): Promise<T> {
-  return begin((transaction, db) => {
-    const connection = pinPostgresJs(transaction, db, { owned: true, pool })
-    return new Promise<T>((resolve, reject) => {
-      body(connection)
-        .then(
-          (value) => connection.lost || resolve(value),
-          (error: unknown) => connection.lost || reject(error),
-        )
-        .finally(() => connection.release({ destroy: false }))
-    })
-  }) as Promise<T>
+  return runInDriverTransaction<readonly [TransactionSql<any>, Db], Db, T>(
+    (callback) => begin((transaction, db) => callback([transaction, db])),
+    ([transaction, db]) => pinPostgresJs(transaction, db, { owned: true, pool }),
+    body,
+    'stay-pending',
+  )
 }
 
-function describe(db: unknown): string {
-  if (db === null) return 'null'
-  if (typeof db === 'function') return 'a function that is not a postgres.js sql'
-  return typeof db === 'object' ? (Object.getPrototypeOf(db)?.constructor?.name ?? 'an object') : typeof db
+/** A postgres.js handle is a function: anything else reads as its kind, a function as what it is not. */
+function notAHandle(db: unknown) {
+  return wrongHandle(
+    'a postgres.js Sql, ReservedSql or TransactionSql',
+    db,
+    typeof db === 'function' ? 'a function that is not a postgres.js sql' : undefined,
+  )
 }
 
 /**
@@ -374,7 +373,7 @@ function describe(db: unknown): string {
  *
  * @example
  * ```ts
- * import { bindExecutor } from '@pglock/core'
+ * import { bindExecutor } from '@pglock/core/adapter'
  * import { postgresJsExecutor } from '@pglock/postgres-js'
  *
  * const { withLock } = bindExecutor(postgresJsExecutor)
@@ -385,13 +384,12 @@ export function postgresJsExecutor<H extends PostgresJsHandle>(db: H): LockExecu
 }
 
 function executorFor(db: unknown): LockExecutor<unknown> {
-  if (!isQueryFunction(db))
-    throw new InvalidArgumentError(`db must be a postgres.js Sql, ReservedSql or TransactionSql, got ${describe(db)}`)
+  if (!isQueryFunction(db)) throw notAHandle(db)
   if (typeof (db as { release?: unknown }).release === 'function') {
     const reserved = db as ReservedSql<any>
     return {
       kind: 'connection',
-      scope: db,
+      queueKey: db,
       async connect() {
         if (generationOf(reserved) === 4) await nameHandleV4(reserved)
         return pinPostgresJs(reserved, reserved, { owned: false })
@@ -402,7 +400,7 @@ function executorFor(db: unknown): LockExecutor<unknown> {
     const transaction = db as TransactionSql<any>
     return {
       kind: 'connection',
-      scope: db,
+      queueKey: db,
       async connect() {
         await (generationOf(transaction) === 4 ? nameHandleV4(transaction) : learnConnection(transaction))
         return pinPostgresJs(transaction, transaction, { owned: false })
@@ -412,16 +410,17 @@ function executorFor(db: unknown): LockExecutor<unknown> {
   }
   const sql = db as Sql<any>
   if (typeof sql.reserve !== 'function' || typeof sql.begin !== 'function') {
-    throw new InvalidArgumentError(`db must be a postgres.js Sql, ReservedSql or TransactionSql, got ${describe(db)}`)
+    throw notAHandle(db)
   }
   /** Named prepared statements are postgres.js's default; `prepare: false` (behind a transaction-pooling proxy) turns them off. */
   const prepare = (sql as { options?: { prepare?: unknown } }).options?.prepare !== false
   const begin = sql.begin as (callback: (transaction: TransactionSql<any>) => Promise<unknown>) => Promise<unknown>
   return {
     kind: 'pool',
-    scope: db,
+    queueKey: db,
     async connect() {
-      await untilClosed(sql)
+      const closing = untilClosed(sql)
+      if (closing !== undefined) await closing
       const reserved = await sql.reserve()
       try {
         return pinPostgresJs(reserved, reserved, { owned: true, giveBack: () => reserved.release(), pool: sql, prepare })

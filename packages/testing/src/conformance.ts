@@ -6,6 +6,7 @@ import { describeKeys } from './conformance/keys.ts'
 import { describeLoad } from './conformance/load.ts'
 import { describeLoss } from './conformance/loss.ts'
 import { describeOneConnection } from './conformance/one-connection.ts'
+import { describePoolWait } from './conformance/pool-wait.ts'
 import { describeRoundTrips } from './conformance/round-trips.ts'
 import { describeTimeouts } from './conformance/timeouts.ts'
 import { describeTransactionScope } from './conformance/transaction-scope.ts'
@@ -27,6 +28,7 @@ export function describeConformance(adapter: AdapterUnderTest): void {
   describeExclusion(adapter)
   describeTransactionScope(adapter)
   describeTimeouts(adapter)
+  describePoolWait(adapter)
   describeAbort(adapter)
   describeLoss(adapter)
   describeOneConnection(adapter)

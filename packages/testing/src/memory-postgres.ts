@@ -1,4 +1,4 @@
-import type { LockConnection, LockExecutor, PreparedStatement, Row } from '@pglock/core'
+import type { LockConnection, LockExecutor, PreparedStatement, Row } from '@pglock/core/adapter'
 
 /**
  * An in-memory model of the part of Postgres that pglock talks to: advisory locks (session
@@ -10,7 +10,7 @@ import type { LockConnection, LockExecutor, PreparedStatement, Row } from '@pglo
  *
  * @example
  * ```ts
- * import { bindExecutor } from '@pglock/core'
+ * import { bindExecutor } from '@pglock/core/adapter'
  * import { MemoryPostgres, memoryExecutor } from '@pglock/testing/memory'
  *
  * const server = new MemoryPostgres()
@@ -440,7 +440,7 @@ export function memoryExecutor(db: MemoryHandle): LockExecutor<MemoryClient> {
     const client = db instanceof MemoryAlias ? db.client : db
     return {
       kind: 'connection',
-      scope: db,
+      queueKey: db,
       connect: async () => lockConnection(client, false, undefined),
       inTransaction: () => (client.tellsTransaction ? client.inTransaction : undefined),
     }
@@ -453,7 +453,7 @@ function poolExecutor(pool: MemoryPool): LockExecutor<MemoryClient> {
     const backend = await pool._checkOut()
     return lockConnection(backend.client as MemoryClient, true, pool)
   }
-  const executor: LockExecutor<MemoryClient> = { kind: 'pool', scope: pool, connect: checkOut }
+  const executor: LockExecutor<MemoryClient> = { kind: 'pool', queueKey: pool, connect: checkOut }
   if (!pool.driverTransactions) return executor
   return {
     ...executor,
@@ -475,7 +475,7 @@ function poolExecutor(pool: MemoryPool): LockExecutor<MemoryClient> {
 }
 
 /**
- * A pinned connection. Its `scope` is the backend's own {@link MemoryClient}, so that every handle
+ * A pinned connection. Its `connectionKey` is the backend's own {@link MemoryClient}, so that every handle
  * reaching one backend (a pool's lease, a client, an alias) names the same physical connection.
  */
 function lockConnection(client: MemoryClient, owned: boolean, pool: MemoryPool | undefined): LockConnection<MemoryClient> {
@@ -485,7 +485,7 @@ function lockConnection(client: MemoryClient, owned: boolean, pool: MemoryPool |
   const connection: LockConnection<MemoryClient> = {
     db: client,
     owned,
-    scope: client,
+    connectionKey: client,
     query: (sql) => backend.query(sql),
     cancel: async () => backend.cancel(),
     onLost(listener) {

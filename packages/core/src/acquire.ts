@@ -1,0 +1,97 @@
+import { checkOut } from './checkout.js'
+import { Pinned } from './connection.js'
+import type { LockExecutor } from './executor.js'
+import { claimConnectionGate, enterConnectionGate, enterGate, enterGateNow, type GateTicket } from './gate.js'
+import { Holding } from './holding.js'
+import { type LockSpec, timedOut, type Wait } from './options.js'
+import { type Framing, keepSavepoint, takeLock } from './take.js'
+import { endTransactionLocks } from './tx-marks.js'
+import { DeadlineExceeded } from './wait.js'
+
+/**
+ * @internal Enters the in-memory gate of the executor for the lock: the first step of every
+ * acquire. On a single connection Postgres cannot tell two handles apart, so shared handles queue
+ * behind each other too; on a pool each handle has its own connection and shared ones coexist.
+ * `undefined` when `noWait` found it busy.
+ */
+export function enter(executor: LockExecutor<unknown>, spec: LockSpec, wait: Wait): GateTicket | Promise<GateTicket | undefined> {
+  const exclusive = spec.mode === 'exclusive' || executor.kind === 'connection'
+  return enterGateNow(executor.queueKey, spec.token, exclusive) ?? enterGate(executor.queueKey, spec.token, exclusive, wait)
+}
+
+/** What the last steps of an acquire take the lock under. */
+export interface Take {
+  readonly framing: Framing
+  /** a fresh transaction mark, for a lock in a caller's transaction (see `tx-marks.ts`) */
+  readonly mark?: string | undefined
+  /** release the savepoint once the lock is granted (the lock then lives in the caller's transaction) */
+  readonly keepSavepoint?: boolean | undefined
+}
+
+/**
+ * @internal The last steps of every acquire, on a pinned connection: the connection's own gate,
+ * the lock statement (undone if it fails), then the connection's gate claimed. Resolves to the
+ * {@link Holding}, or `undefined` when `noWait` found the lock taken. Leaves the connection and
+ * `ticket` to the caller when it does not resolve to a holding.
+ */
+export async function hold<Db>(
+  executor: LockExecutor<Db>,
+  spec: LockSpec,
+  wait: Wait,
+  ticket: GateTicket,
+  connection: Pinned<Db>,
+  take: Take,
+): Promise<Holding<Db> | undefined> {
+  const { queueKey } = executor
+  let onConnection: GateTicket | undefined
+  if (!connection.owned) {
+    onConnection = await enterConnectionGate(connection, queueKey, spec.token, wait)
+    if (onConnection === undefined) return undefined
+  }
+  try {
+    const granted = await takeLock(connection, spec, wait, take.framing, take.mark)
+    if (!granted) {
+      onConnection?.leave()
+      return undefined
+    }
+    if (onConnection === undefined) {
+      endTransactionLocks(connection.connectionKey)
+      onConnection = claimConnectionGate(connection, queueKey, spec.token)
+    }
+    if (take.keepSavepoint === true && take.framing.kind === 'savepoint') await keepSavepoint(connection, take.framing.name)
+    return new Holding(connection, spec, take.framing, granted, ticket, onConnection)
+  } catch (error) {
+    onConnection?.leave()
+    throw error
+  }
+}
+
+/**
+ * @internal The acquire pipeline on a pinned connection: gate, check-out, connection gate, lock
+ * (undone if it fails), claim. Resolves to the {@link Holding}, not yet watched, or `undefined`
+ * when `noWait` found the lock taken; whatever it does not hand over is given back.
+ */
+export async function acquire<Db>(executor: LockExecutor<Db>, spec: LockSpec, wait: Wait, take: Take): Promise<Holding<Db> | undefined> {
+  let ticket: GateTicket | undefined
+  let connection: Pinned<Db> | undefined
+  try {
+    const entered = enter(executor, spec, wait)
+    ticket = entered instanceof Promise ? await entered : entered
+    if (ticket === undefined) return undefined
+    connection = new Pinned(await checkOut(executor, wait))
+    const holding = await hold(executor, spec, wait, ticket, connection, take)
+    if (holding !== undefined) return holding
+  } catch (error) {
+    await connection?.releaseQuietly(false)
+    ticket?.leave()
+    throw explain(error, spec, wait)
+  }
+  await connection.release(false)
+  ticket.leave()
+  return undefined
+}
+
+/** @internal A deadline that passed in memory or while waiting for a connection is the lock's timeout. */
+export function explain(error: unknown, spec: LockSpec, wait: Wait): unknown {
+  return error instanceof DeadlineExceeded ? timedOut(spec, wait) : error
+}

@@ -1,0 +1,135 @@
+import { PgLockError } from './errors.js'
+import type { LockConnection, PreparedStatement, Row } from './executor.js'
+import { isConnectionFailure } from './sqlstate.js'
+
+type Listener = (cause: unknown) => void
+
+/**
+ * @internal Every connection the core pins, wrapped once so that adapters need not keep the same
+ * bookkeeping: the loss is heard once and remembered (a listener that comes later is told at
+ * once), nothing more is sent on a lost connection, and only the first release counts.
+ */
+export class Pinned<Db> {
+  readonly #raw: LockConnection<Db>
+  db: Db
+  readonly owned: boolean
+  #lost = false
+  #cause: unknown
+  #released = false
+  #unsubscribe: (() => void) | undefined
+  /** Usually one listener at a time (the lock statement's, then the watch's), so a `Set` only from the second on. */
+  #listener: Listener | undefined
+  #more: Set<Listener> | undefined
+
+  constructor(raw: LockConnection<Db>) {
+    this.#raw = raw
+    this.db = raw.db
+    this.owned = raw.owned
+    // at once: a driver may treat an error on a connection nobody listens to as unhandled
+    this.#unsubscribe = raw.onLost((cause) => this.report(cause))
+  }
+
+  /** The physical connection, where other handles on it queue (see `LockConnection.connectionKey`). */
+  get connectionKey(): object | undefined {
+    return this.#raw.connectionKey
+  }
+
+  get lost(): boolean {
+    return this.#lost
+  }
+
+  get cause(): unknown {
+    return this.#cause
+  }
+
+  /** Whether the driver runs prepared statements. */
+  get prepares(): boolean {
+    return this.#raw.execute !== undefined
+  }
+
+  transactionDb(): Db {
+    return this.#raw.transactionDb === undefined ? this.db : this.#raw.transactionDb()
+  }
+
+  /** Runs SQL pglock wrote; refused once the connection is lost. Callers pass failures to {@link failed}. */
+  query(sql: string): Promise<readonly Row[]> {
+    if (this.#lost) return Promise.reject(this.#cause)
+    return this.#raw.query(sql)
+  }
+
+  /** Runs a statement pglock wrote: prepared when it is one, else as text. */
+  send(statement: string | PreparedStatement): Promise<readonly Row[]> {
+    if (this.#lost) return Promise.reject(this.#cause)
+    return typeof statement === 'string'
+      ? this.#raw.query(statement)
+      : (this.#raw.execute as NonNullable<LockConnection<Db>['execute']>)(statement)
+  }
+
+  cancel(): Promise<void> {
+    return this.#raw.cancel()
+  }
+
+  /** A statement failing because its connection did shows the loss, even before the driver reports it. */
+  failed(error: unknown): void {
+    if (!this.#lost && !(error instanceof PgLockError) && isConnectionFailure(error)) this.report(error)
+  }
+
+  /** Records the loss and tells every listener; only the first report counts. */
+  report(cause: unknown): void {
+    if (this.#lost) return
+    this.#lost = true
+    this.#cause = cause
+    const listener = this.#listener
+    const more = this.#more
+    this.#listener = undefined
+    this.#more = undefined
+    listener?.(cause)
+    if (more !== undefined) for (const other of more) other(cause)
+  }
+
+  /** Calls `listener` once when the connection is lost (at once if it was); returns a function that stops listening. */
+  onLost(listener: Listener): () => void {
+    if (!this.#lost && this.#unsubscribe === undefined && !this.#released)
+      this.#unsubscribe = this.#raw.onLost((cause) => this.report(cause))
+    if (this.#lost) {
+      listener(this.#cause)
+      return noop
+    }
+    if (this.#listener === undefined) {
+      this.#listener = listener
+      return () => {
+        if (this.#listener === listener) this.#listener = undefined
+      }
+    }
+    this.#more ??= new Set()
+    this.#more.add(listener)
+    return () => void this.#more?.delete(listener)
+  }
+
+  /**
+   * Gives the connection back, or closes it when `destroy` is asked or it was lost. After a loss
+   * the core stays subscribed: a dead connection's later errors stay heard, never unhandled.
+   */
+  release(destroy: boolean, cause?: unknown): Promise<void> {
+    if (this.#released) return DONE
+    this.#released = true
+    this.#listener = undefined
+    this.#more = undefined
+    if (!this.#lost) this.#unsubscribe?.()
+    const gone = destroy || this.#lost
+    try {
+      return this.#raw.release(gone ? { destroy: true, cause: cause ?? this.#cause } : KEEP) ?? DONE
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  /** {@link release}, for paths that have a failure of their own to report. */
+  releaseQuietly(destroy: boolean, cause?: unknown): Promise<void> {
+    return this.release(destroy, cause).catch(noop)
+  }
+}
+
+const KEEP = { destroy: false } as const
+const DONE = Promise.resolve()
+const noop = () => undefined

@@ -1,0 +1,204 @@
+import type { Pinned } from './connection.js'
+import { describeKey, LockLostError, ReleaseFailedError, UnsupportedError } from './errors.js'
+import type { PreparedStatement, Row } from './executor.js'
+import type { GateTicket } from './gate.js'
+import { LazyAbort } from './lazy-abort.js'
+import type { LockSpec } from './options.js'
+import { pidOf, preparedUnlock, rollbackToSavepointSql, unlockSql } from './sql.js'
+import { isConnectionFailure, QUERY_CANCELED, sqlState } from './sqlstate.js'
+import type { Framing, Granted } from './take.js'
+import { type TransactionHold, untie } from './tx-marks.js'
+import { untilLost } from './wait.js'
+import { sessionMovedReason, watchConnection } from './watch.js'
+
+/**
+ * @internal A granted lock, as the acquire pipeline hands it over: the connection that holds it,
+ * the places it occupies in memory, and how it ends. `Lock` and `withLock` only decide when.
+ */
+export class Holding<Db> {
+  readonly connection: Pinned<Db>
+  readonly spec: LockSpec
+  readonly framing: Framing
+  /** the backend that took the lock, when the lock statement said (session scope) */
+  readonly pid: number | undefined
+  /** the mark of the caller's transaction the lock lives in, when asked for (see `tx-marks.ts`) */
+  readonly mark: string | undefined
+  readonly ticket: GateTicket
+  /** the place in the gate of the connection itself, where other handles on it queue */
+  readonly onConnection: GateTicket
+  /** aborted with `LockLostError` once the lock is lost */
+  readonly lost = new LazyAbort()
+  /** for a lock in a caller's transaction: that transaction, which ends the lock unseen */
+  transaction: TransactionHold | undefined
+  /** whether the lock is over for pglock (unlocked, ended with its transaction, or lost) */
+  settled = false
+  #stopWatching: (() => void) | undefined
+
+  constructor(connection: Pinned<Db>, spec: LockSpec, framing: Framing, granted: Granted, ticket: GateTicket, onConnection: GateTicket) {
+    this.connection = connection
+    this.spec = spec
+    this.framing = framing
+    this.pid = granted.pid
+    this.mark = granted.mark
+    this.ticket = ticket
+    this.onConnection = onConnection
+  }
+
+  /** `lease.db`: the driver's transaction handle where pglock sent `BEGIN` itself, else the connection's handle. */
+  get db(): Db {
+    return this.framing.kind === 'begin' ? this.connection.transactionDb() : this.connection.db
+  }
+
+  /** Watches the connection until the lock ends; `onLost` decides what a loss does (usually {@link lose}). */
+  watch(keepAliveMs: number | undefined, onLost: (error: LockLostError) => void): void {
+    this.#stopWatching = watchConnection(this.connection, keepAliveMs, onLost, this.spec.details, this.pid)
+  }
+
+  stopWatching(): void {
+    this.#stopWatching?.()
+  }
+
+  /** Lets go of everything in memory: the watch, the transaction tie, the gates. */
+  settle(): void {
+    if (this.settled) return
+    this.settled = true
+    this.stopWatching()
+    if (this.transaction !== undefined) untie(this.transaction)
+    this.onConnection.leave()
+    this.ticket.leave()
+  }
+
+  /** The lock is lost: close (or give back) the connection without waiting, settle, and tell the lease. */
+  lose(error: LockLostError, destroy: boolean): void {
+    if (this.settled) return
+    void this.connection.releaseQuietly(destroy, error)
+    this.settle()
+    this.lost.abort(error)
+  }
+
+  /** A transaction lock whose transaction is over: nothing was lost, the connection goes back. */
+  async endQuietly(): Promise<void> {
+    if (this.settled) return
+    this.settle()
+    await this.connection.releaseQuietly(false)
+  }
+
+  /**
+   * Releases a session lock: `true` when Postgres confirmed the unlock, `false` when the lock was
+   * lost first (or meanwhile). An owned connection goes back to its pool only after a confirmed
+   * unlock, else it is closed. On a pool the next waiter in memory is let in as the unlock is sent.
+   *
+   * @throws `ReleaseFailedError` when the unlock failed on a connection the caller owns.
+   */
+  async unlock(): Promise<boolean> {
+    if (this.settled) return false
+    const { connection, spec } = this
+    if (connection.owned) this.ticket.leave()
+    let released: boolean
+    try {
+      released = this.#answer(await untilLost(connection.send(this.#unlockStatement()), this.lost))
+    } catch (first) {
+      // a cancel meant for the lock wait may land on the unlock: it is sent once more
+      try {
+        if (sqlState(first) !== QUERY_CANCELED || this.settled) throw first
+        released = this.#answer(await untilLost(connection.send(this.#unlockStatement()), this.lost))
+      } catch (error) {
+        return this.#unlockFailed(error)
+      }
+    }
+    if (this.settled) return false
+    this.stopWatching()
+    if (!released) {
+      this.lose(new LockLostError(`lock ${describeKey(spec.key)} was no longer held when released`, spec.details), false)
+      return false
+    }
+    await connection.release(false)
+    this.settle()
+    return true
+  }
+
+  async #unlockFailed(error: unknown): Promise<boolean> {
+    const { connection, spec } = this
+    if (error instanceof SessionMoved) return this.#moved(error)
+    connection.failed(error)
+    if (this.settled) return false
+    if (isConnectionFailure(error)) {
+      this.lose(new LockLostError(`lock ${describeKey(spec.key)} was lost: its connection failed`, { ...spec.details, cause: error }), true)
+      return false
+    }
+    if (!connection.owned) {
+      throw new ReleaseFailedError(`could not release lock ${describeKey(spec.key)}: ${String((error as Error)?.message ?? error)}`, {
+        ...spec.details,
+        cause: error,
+      })
+    }
+    await connection.release(true, error)
+    this.settle()
+    return true
+  }
+
+  #unlockStatement(): string | PreparedStatement {
+    const { connection, spec, pid } = this
+    return connection.prepares ? preparedUnlock(spec.id, spec.mode, pid) : unlockSql(spec.id, spec.mode, pid)
+  }
+
+  /** Whether the unlock released the lock; throws when it ran on another backend than the lock's. */
+  #answer(rows: readonly Row[]): boolean {
+    const row = rows[0]
+    const now = pidOf(row)
+    if (this.pid !== undefined && now !== undefined && now !== this.pid) throw new SessionMoved(this.pid, now)
+    return row?.released === true
+  }
+
+  /**
+   * The unlock ran on another backend than the one holding the lock, so it unlocked nothing: the
+   * connection does not keep its session. Reported loudly, never as a release.
+   */
+  async #moved(moved: SessionMoved): Promise<never> {
+    const { spec } = this
+    const reason = sessionMovedReason(moved.heldOn, moved.now)
+    const unsupported = new UnsupportedError(`could not release session lock ${describeKey(spec.key)}: ${reason}`, spec.details)
+    this.stopWatching()
+    await this.connection.release(true, unsupported)
+    this.settle()
+    this.lost.abort(new LockLostError(`lock ${describeKey(spec.key)} was lost: ${reason}`, { ...spec.details, cause: unsupported }))
+    throw unsupported
+  }
+
+  /**
+   * Ends a transaction lock pglock framed: commit (or release the savepoint) or roll back. A
+   * connection left in an unknown state by a failure here is closed if pglock owns it. Where the
+   * driver ends the transaction, there is nothing to send.
+   */
+  async finish(commit: boolean): Promise<void> {
+    const { framing } = this
+    const sql =
+      framing.kind === 'begin'
+        ? commit
+          ? 'COMMIT'
+          : 'ROLLBACK'
+        : framing.kind === 'savepoint'
+          ? commit
+            ? `RELEASE SAVEPOINT ${framing.name}`
+            : rollbackToSavepointSql(framing.name)
+          : undefined
+    if (sql === undefined) return
+    try {
+      await this.connection.query(sql)
+    } catch (error) {
+      this.connection.failed(error)
+      await this.connection.release(true, error)
+      throw error
+    }
+  }
+}
+
+/** Thrown by the unlock when it ran on another backend than the one holding the lock. */
+class SessionMoved extends Error {
+  constructor(
+    readonly heldOn: number,
+    readonly now: number,
+  ) {
+    super(`the connection moved from backend ${heldOn} to backend ${now}`)
+  }
+}

@@ -1,0 +1,166 @@
+import type { Pinned } from './connection.js'
+import { ReleaseFailedError } from './errors.js'
+import type { Row } from './executor.js'
+import { type LockSpec, timedOut, type Wait } from './options.js'
+import { type AcquirePlan, acquireSql, pidOf, preparedAcquire, rollbackToSavepointSql, unlockIfHeldSql } from './sql.js'
+import { IN_FAILED_SQL_TRANSACTION, LOCK_NOT_AVAILABLE, NO_ACTIVE_SQL_TRANSACTION, QUERY_CANCELED, sqlState } from './sqlstate.js'
+import { DeadlineExceeded, remainingMs } from './wait.js'
+
+/** @internal Raised when a savepoint shows that no transaction is open. */
+export class NotInTransaction extends Error {
+  constructor() {
+    super('no transaction is open on this connection')
+  }
+}
+
+/** How a lock statement is framed, which decides how a failed one is undone. */
+export type Framing =
+  /** a session lock: a failed wait may still have been granted, so unlock it if held */
+  | { readonly kind: 'session' }
+  /** `BEGIN` sent with the lock: roll the whole transaction back */
+  | { readonly kind: 'begin' }
+  /** inside the caller's transaction, under a savepoint (kept open when the caller must decide later) */
+  | { readonly kind: 'savepoint'; readonly name: string; readonly keepOpen: boolean }
+  /** inside a transaction the driver manages: throwing makes the driver roll back */
+  | { readonly kind: 'driver-transaction' }
+
+/** @internal The framing of every session lock. */
+export const SESSION: Framing = { kind: 'session' }
+
+/**
+ * A granted lock: `pid` is the backend holding it, when the lock statement said (session locks
+ * do); `mark` the transaction it lives in, when asked for (see `tx-marks.ts`).
+ */
+export interface Granted {
+  readonly pid: number | undefined
+  readonly mark: string | undefined
+}
+
+function granted(row: Row | undefined): Granted {
+  const mark = row?.tx
+  return { pid: pidOf(row), mark: typeof mark === 'string' ? mark : undefined }
+}
+
+/** Runs `sql` again while a late cancel request keeps hitting it; a cancel is delivered once. */
+async function queryPastCancel(connection: Pinned<unknown>, sql: string): Promise<readonly Row[]> {
+  for (let round = 1; ; round += 1) {
+    try {
+      return await connection.query(sql)
+    } catch (error) {
+      if (sqlState(error) !== QUERY_CANCELED || round >= 3) throw error
+    }
+  }
+}
+
+/**
+ * Leaves the connection as it was before a failed or abandoned lock statement: nothing held,
+ * the caller's transaction usable. A connection whose state cannot be restored is destroyed if
+ * owned; on a connection the caller owns, the failure is reported as `RELEASE_FAILED`. A
+ * connection that was lost holds nothing: its session ends with it, so there is nothing to undo.
+ */
+async function undo(connection: Pinned<unknown>, spec: LockSpec, framing: Framing, failure: unknown): Promise<void> {
+  if (framing.kind === 'driver-transaction' || sqlState(failure) === IN_FAILED_SQL_TRANSACTION) return
+  if (connection.lost) {
+    await connection.release(true, failure)
+    return
+  }
+  if (framing.kind === 'savepoint' && sqlState(failure) === NO_ACTIVE_SQL_TRANSACTION) return
+  const sql =
+    framing.kind === 'session'
+      ? unlockIfHeldSql(spec.id, spec.mode)
+      : framing.kind === 'begin'
+        ? 'ROLLBACK'
+        : rollbackToSavepointSql(framing.name)
+  try {
+    await queryPastCancel(connection, sql)
+  } catch (error) {
+    connection.failed(error)
+    if (connection.owned || connection.lost) {
+      await connection.release(true, error)
+      return
+    }
+    throw new ReleaseFailedError(
+      `could not undo a failed lock attempt on the connection you passed in; it may still hold the lock: ${String((error as Error)?.message ?? error)}`,
+      { ...spec.details, cause: error },
+    )
+  }
+}
+
+function failureFor(error: unknown, spec: LockSpec, wait: Wait, framing: Framing): unknown {
+  if (wait.signal?.aborted) return wait.signal.reason
+  if (framing.kind === 'savepoint' && sqlState(error) === NO_ACTIVE_SQL_TRANSACTION) return new NotInTransaction()
+  if (sqlState(error) === LOCK_NOT_AVAILABLE || error instanceof DeadlineExceeded) return timedOut(spec, wait, error)
+  return error
+}
+
+/**
+ * @internal Takes a lock on a pinned connection in one round trip. Resolves to {@link Granted}
+ * when granted, `false` when the non-blocking form found it taken; rejects with
+ * `LockTimeoutError`, the abort reason, or the driver's error, having first undone whatever the
+ * failed statement may have left (Postgres can grant a lock and still report a timeout or a cancel).
+ * If the connection dies while the statement waits, the wait is cancelled on the server too:
+ * Postgres does not notice a vanished client while it waits for a lock, and would otherwise grant
+ * the lock to the dead session when it frees up.
+ */
+export async function takeLock(
+  connection: Pinned<unknown>,
+  spec: LockSpec,
+  wait: Wait,
+  framing: Framing,
+  mark?: string,
+): Promise<Granted | false> {
+  const left = remainingMs(wait.deadline)
+  const noWait = wait.noWait || (left !== undefined && left < 1)
+  const plan: AcquirePlan = {
+    id: spec.id,
+    mode: spec.mode,
+    scope: framing.kind === 'session' ? 'session' : 'transaction',
+    noWait,
+    timeoutMs: noWait ? undefined : left,
+    begin: framing.kind === 'begin',
+    savepoint: framing.kind === 'savepoint' ? { name: framing.name, keepOpen: framing.keepOpen } : undefined,
+    mark,
+  }
+  const { signal } = wait
+  signal?.throwIfAborted()
+  let waiting = true
+  const stopListening = connection.onLost(() => {
+    if (waiting) void connection.cancel().catch(noop)
+  })
+  let rows: readonly Row[] | undefined
+  let failure: unknown
+  let cancelled: Promise<void> | undefined
+  const onAbort = () => {
+    cancelled = connection.cancel().catch(noop)
+  }
+  signal?.addEventListener('abort', onAbort, { once: true })
+  try {
+    rows = await connection.send((connection.prepares ? preparedAcquire(plan) : undefined) ?? acquireSql(plan))
+  } catch (error) {
+    failure = error
+    connection.failed(error)
+  } finally {
+    waiting = false
+    signal?.removeEventListener('abort', onAbort)
+  }
+  try {
+    if (rows !== undefined && !signal?.aborted) {
+      if (!noWait || rows[0]?.acquired === true) return granted(rows[0])
+      if (framing.kind === 'begin' || (framing.kind === 'savepoint' && framing.keepOpen)) await undo(connection, spec, framing, undefined)
+      if (wait.noWait) return false
+      throw timedOut(spec, wait)
+    }
+    await cancelled
+    await undo(connection, spec, framing, failure)
+    throw failureFor(failure, spec, wait, framing)
+  } finally {
+    stopListening()
+  }
+}
+
+const noop = () => undefined
+
+/** @internal Ends the savepoint a lock was taken under, keeping the lock in the transaction. */
+export async function keepSavepoint(connection: Pinned<unknown>, name: string): Promise<void> {
+  await connection.query(`RELEASE SAVEPOINT ${name}`)
+}

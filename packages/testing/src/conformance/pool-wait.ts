@@ -1,0 +1,44 @@
+import { LockTimeoutError } from '@pglock/core'
+import { describe, expect, it } from 'vitest'
+import type { AdapterUnderTest } from '../adapter.ts'
+import { describeFeature, outcome, sleep } from './helpers.ts'
+
+/**
+ * `timeoutMs` bounds the whole acquire, the wait for a pooled connection included: with the only
+ * connection of a pool busy, `withLock` gives up on time, and the connection it was waiting for
+ * goes back to its pool when it arrives late.
+ * Part of {@link describeConformance}; callable alone to run one feature.
+ *
+ * @example
+ * ```ts
+ * import { describePoolWait } from '@pglock/testing'
+ * import adapter from './adapter.ts'
+ *
+ * describePoolWait(adapter)
+ * ```
+ */
+export function describePoolWait(adapter: AdapterUnderTest): void {
+  const { lib } = adapter
+  describeFeature(adapter, ({ key, open }) => {
+    describe('timeouts while the pool is exhausted', () => {
+      for (const scope of ['session', 'transaction'] as const) {
+        it(`counts the wait for a pooled connection in timeoutMs and leaves the pool intact (${scope} scope)`, async () => {
+          const pool = await open('pool', 1)
+          const k = key(`pool-wait-${scope}`)
+          const busy = adapter.query(pool.db, 'SELECT pg_sleep(0.8)')
+          await sleep(50)
+          const started = performance.now()
+          const result = await outcome(lib.withLock(pool.db, k, () => 'ran', { scope, timeoutMs: 200 }))
+          const elapsed = performance.now() - started
+          expect(result.ok ? result.value : result.error).toBeInstanceOf(LockTimeoutError)
+          expect(result.ok ? undefined : result.error).toMatchObject({ code: 'TIMEOUT', timeoutMs: 200, key: k })
+          expect(elapsed).toBeGreaterThanOrEqual(190)
+          expect(elapsed).toBeLessThan(600)
+          await busy
+          expect(await lib.withLock(pool.db, k, () => 'usable', { scope, timeoutMs: 2_000 })).toBe('usable')
+          expect(await lib.withLock(pool.db, k, () => 'again', { scope })).toBe('again')
+        })
+      }
+    })
+  })
+}
