@@ -12,6 +12,7 @@ import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { UnsupportedError } from '@pglock/core'
+import type { BackendKey } from '@pglock/core/adapter'
 import type { ReservedSql, TransactionSql } from 'postgres'
 
 /** The generation of a postgres.js handle: 3 for 3.4, 4 for the rewritten 4.x. */
@@ -20,11 +21,7 @@ export type Generation = 3 | 4
 /** A statement as `sql.unsafe()` returns it: a lazy promise that sends nothing until awaited. */
 export type DriverQuery = PromiseLike<unknown> & { cancel(): unknown }
 
-/** The backend key a CancelRequest names. */
-export interface BackendKey {
-  readonly pid: number
-  readonly secret: number
-}
+export type { BackendKey }
 
 let version: string | undefined
 
