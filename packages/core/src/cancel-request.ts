@@ -12,7 +12,9 @@ const CANCEL_TIMEOUT_MS = 5_000
  * ```
  */
 export interface BackendKey {
+  /** The backend's process id, as the server sent it in BackendKeyData. */
   readonly pid: number
+  /** The secret key from the same message. */
   readonly secret: number
 }
 

@@ -7,10 +7,7 @@ import { backendKeyOf, type DriverQuery, destroyV4Connection, keepErrorsOwn } fr
 
 type Query = DriverQuery & PromiseLike<readonly unknown[]>
 
-/**
- * The connection each handle pglock was given runs on: a `ReservedSql`'s, or a `TransactionSql`'s
- * (a transaction and its savepoints share one).
- */
+/** The connection each handle pglock was given runs on (a transaction and its savepoints share one). */
 const handleNames = new WeakMap<ReservedSql<any> | TransactionSql<any>, ConnectionName>()
 
 /** A host and port (a directory host is a Unix socket's) to send a CancelRequest to. */
@@ -34,10 +31,7 @@ export function endpointOf(sql: { readonly options?: unknown }): Endpoint | unde
 const SCOPES = 1_024
 const scopes = new Map<string, object>()
 
-/**
- * One object per connection, which every `TransactionSql` on it gives as its scope. postgres.js 4.x
- * names a connection only by a number, and the core needs an object.
- */
+/** One object per connection as its scope: 4.x names a connection only by a number. */
 function scopeOf(name: ConnectionName): object {
   const key = `${name.id}@${name.host}:${name.port}`
   let scope = scopes.get(key)
@@ -52,10 +46,7 @@ function forgetScope(name: ConnectionName): void {
   scopes.delete(`${name.id}@${name.host}:${name.port}`)
 }
 
-/**
- * Names the connection a handle pglock was given runs on, unless pglock knows it, by sending an
- * empty statement through it with query tracing on: one round trip, once per handle.
- */
+/** Names a handle's connection with a traced empty statement: one round trip, once per handle. */
 export async function nameHandleV4(handle: ReservedSql<any> | TransactionSql<any>): Promise<void> {
   if (handleNames.has(handle) || brokenHandles.has(handle)) return
   const stop = startNaming()
@@ -73,11 +64,7 @@ type Listener = (cause: unknown) => void
 
 const noop = (): void => undefined
 
-/**
- * `pinPostgresJs` for postgres.js 4.x, through its public API: the connection's `close` on the
- * `postgres:pool` channel reports the loss, `query.cancel()` cancels. pglock's first statement
- * names the connection, traced on `postgres:query`. A class: one is built per lock.
- */
+/** `pinPostgresJs` for 4.x, on its public `diagnostics_channel`s; a class, as one is built per lock. */
 class V4Pin<Db> implements PostgresJsConnection<Db> {
   readonly db: Db
   readonly owned: boolean
@@ -121,11 +108,7 @@ class V4Pin<Db> implements PostgresJsConnection<Db> {
     return this.send(sql, NO_VALUES, false)
   }
 
-  /**
-   * A statement not yet placed on the connection is withdrawn with `query.cancel()`. One placed
-   * gets a CancelRequest pglock sends itself, resolved once the server closed it: 4.x's own
-   * half-closes its socket at once, which PgBouncer 1.18 drops.
-   */
+  /** pglock sends its own CancelRequest: 4.x's half-closes its socket at once, which PgBouncer 1.18 drops. */
   async cancel(): Promise<void> {
     const query = this.#running
     if (query === undefined) return

@@ -61,17 +61,14 @@ export type PostgresJsLeaseDb<H, S extends LockScope = LockScope> =
 /** A 3.4 statement: `state` is the backend key it was sent to, `null` until it is written. */
 type RawQuery = DriverQuery & PromiseLike<readonly unknown[]> & { readonly state: BackendKey | null }
 
-/** Query options as postgres.js reads them: 3.4's `onexecute` among them (the types leave it out). */
+/** Query options, with 3.4's `onexecute` that its types leave out. */
 type SendOptions = Readonly<Record<string, unknown>>
 
 function isQueryFunction(db: unknown): db is PostgresJsHandle {
   return typeof db === 'function' && typeof (db as Sql).unsafe === 'function'
 }
 
-/**
- * Marks a statement pglock sent as answered (or failed): a property of the query, cheaper per
- * statement than a `WeakSet` entry.
- */
+/** Marks a statement pglock sent as answered or failed. */
 const SETTLED: unique symbol = Symbol('pglock.settled')
 
 function isSettled(query: RawQuery): boolean {
@@ -82,22 +79,15 @@ function markSettled(query: RawQuery): void {
   ;(query as { [SETTLED]?: true })[SETTLED] = true
 }
 
-/**
- * The connection each `TransactionSql` pglock has seen runs on. postgres.js gives `sql.begin()` and
- * every savepoint inside it a handle of its own, and names their connection only to a statement's
- * `onexecute`: this is how pglock tells that two of them are one connection.
- */
+/** The connection each `TransactionSql` runs on: a transaction and its savepoints are handles on one. */
 const transactionConnections = new WeakMap<TransactionSql<any>, V3Connection>()
 
 /** How many empty statements pglock sends to learn a transaction's connection before it goes without. */
 const LEARN_ATTEMPTS = 3
 
 /**
- * Learns the connection a `TransactionSql` runs on, unless pglock knows it, by sending an empty
- * statement through it: `onexecute` names the connection as the statement is written, and the lock
- * statement follows it on the wire without waiting for its answer. postgres.js skips `onexecute`
- * for a statement written while the socket is congested or its pipeline is full; another is sent
- * then. A transaction whose connection failed is left alone: the lock fails on it as before.
+ * Learns a `TransactionSql`'s connection from an empty statement's `onexecute`. 3.4 skips
+ * `onexecute` for a statement written while the socket is congested, so it tries again.
  */
 async function learnConnection(transaction: TransactionSql<any>): Promise<void> {
   for (let attempt = 1; attempt <= LEARN_ATTEMPTS; attempt += 1) {
@@ -118,11 +108,10 @@ async function learnConnection(transaction: TransactionSql<any>): Promise<void> 
   }
 }
 
-/**
- * Connections pglock took from a `Sql` and gave up on (closed, or saw fail) that postgres.js has
- * not yet closed, each for at most {@link CLOSE_WAIT_MS}.
- */
+/** Connections pglock gave up on that postgres.js has not yet closed, per pool. */
 const closingConnections = new WeakMap<object, Set<Promise<void>>>()
+/** How many there are in every pool: while none, a checkout skips the lookup. */
+let closingCount = 0
 
 /** How long a connection pglock gave up on delays the next checkout; a blackholed one may never close. */
 const CLOSE_WAIT_MS = 1_000
@@ -137,18 +126,15 @@ function closing(pool: object, closed: Promise<void>): void {
   })
   const settled: Promise<void> = Promise.race([closed, expired]).then(() => {
     clearTimeout(timer)
-    pending.delete(settled)
+    if (pending.delete(settled)) closingCount -= 1
   })
   pending.add(settled)
+  closingCount += 1
 }
 
-/**
- * Waits until the connections pglock gave up on in `pool` have closed. postgres.js 3.4 hands a
- * `sql.reserve()` queued at the moment a connection closes to that connection's reconnect, which
- * drops it: the reserve never settles (porsager/postgres#1195). pglock's next session lock
- * right after a loss would otherwise be that reserve.
- */
+/** 3.4 drops a `reserve()` queued while a connection closes, which then never settles (porsager/postgres#1195). */
 function untilClosed(pool: object): Promise<unknown> | undefined {
+  if (closingCount === 0) return undefined
   const pending = closingConnections.get(pool)
   return pending !== undefined && pending.size > 0 ? Promise.all(pending) : undefined
 }
@@ -158,10 +144,8 @@ async function untilSent(query: RawQuery): Promise<void> {
 }
 
 /**
- * Cancels a 3.4 statement, and resolves once the server has handled the request. A statement
- * already answered is left alone: 3.4 would keep such a request pending forever. One still queued
- * behind other statements on the connection is cancelled once it is sent: cancelling it before
- * stalls a reserved connection in 3.4.
+ * Cancels a 3.4 statement once it is on the wire (cancelling a queued one stalls a reserved
+ * connection), never one already answered (3.4 would keep that request pending forever).
  */
 async function cancelQuery(query: RawQuery): Promise<void> {
   await null
@@ -171,7 +155,7 @@ async function cancelQuery(query: RawQuery): Promise<void> {
 }
 
 /**
- * A pinned postgres.js connection, plus whether it has closed under pglock.
+ * A pinned postgres.js connection.
  *
  * @example
  * ```ts
@@ -248,7 +232,6 @@ class V3Pin<Db> implements PostgresJsConnection<Db> {
     return this.#send(sql, NO_VALUES, this.#asText)
   }
 
-  /** For a prepared pin; the first run on a connection is followed by an empty statement that names it. */
   protected executeStatement({ text, values }: PreparedStatement): Promise<readonly Row[]> {
     return this.#raw === undefined ? this.#executeThenLearn(text, values) : this.#send(text, values, this.#prepared)
   }
@@ -338,10 +321,7 @@ class V3Pin<Db> implements PostgresJsConnection<Db> {
     }
   }
 
-  /**
-   * A prepared statement's first run asks for its parameter types first, and postgres.js calls
-   * `onexecute` for neither half: an empty statement then names the connection, so it is watched.
-   */
+  /** 3.4 calls `onexecute` for neither half of a prepared statement's first run, so an empty statement names the connection. */
   async #executeThenLearn(text: string, values: readonly (string | null)[]): Promise<readonly Row[]> {
     try {
       return await this.#send(text, values, this.#prepared)
@@ -364,13 +344,11 @@ const noop = (): void => undefined
 
 /**
  * Pins the connection behind a `ReservedSql` or `TransactionSql` for a lock, with `db` as its
- * `lease.db`. A statement failing because the connection did reports the loss at once. An owned
- * connection released with `destroy`, or after it failed, is closed unless postgres.js already
- * did; a handle pglock does not own is lost from the start if its connection failed before.
+ * `lease.db`. An owned connection released with `destroy`, or after it failed, is closed; a
+ * handle pglock does not own is lost from the start if its connection failed before.
  *
- * @param options - `release`: give an owned `ReservedSql` back with `release()`; `pool`: the `Sql`
- * it came from, whose next `reserve()` waits for a connection pglock gave up on to close;
- * `prepare`: send the bare session lock calls as named prepared statements (not with `prepare: false`).
+ * @param options - `release`: give an owned `ReservedSql` back; `pool`: the `Sql` it came from;
+ * `prepare`: send the session lock calls as named prepared statements.
  * @example
  * ```ts
  * const reserved = await sql.reserve()
@@ -388,14 +366,11 @@ export function pinPostgresJs<Db>(handle: ReservedSql<any> | TransactionSql<any>
 }
 
 /**
- * Runs `body` in a transaction that `begin` opens with postgres.js's `sql.begin()` (directly, or
- * through an ORM on top of it), on a pinned connection whose `lease.db` is what `begin` passes
- * as `db`. After a loss the callback never settles: 3.4 fails `sql.begin()` by itself and would
- * throw from a timer on a `ROLLBACK` into the closed connection. pglock owns the connection and
- * closes one it lost to a keep-alive probe, which ends the transaction on the server too.
+ * Runs `body` in a transaction that `begin` opens with `sql.begin()` (directly or through an ORM),
+ * with `lease.db` the `db` it passes. After a loss the callback never settles: 3.4 fails
+ * `sql.begin()` by itself and would throw from a timer on a `ROLLBACK` into the closed connection.
  *
- * @param pool - the `Sql` the transaction runs on: its next `reserve()` waits for a connection
- * pglock gave up on to close.
+ * @param pool - the `Sql` the transaction runs on.
  * @example
  * ```ts
  * const executor: LockExecutor<PgTransaction> = {
