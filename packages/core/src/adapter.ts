@@ -10,6 +10,7 @@ export {
   type LeaseDbOf,
   type ScopedLockFunctions,
 } from './bind.js'
+export { type BackendKey, sendCancelRequest } from './cancel-request.js'
 export type { LockConnection, LockExecutor, PreparedStatement, Row } from './executor.js'
 export { type AfterLoss, describeValue, lastRows, runInDriverTransaction, wrongHandle } from './helpers.js'
 export { type LossTracker, trackLoss } from './loss.js'

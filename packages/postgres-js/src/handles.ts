@@ -4,9 +4,5 @@ export function isTransactionSql(handle: ReservedSql<any> | TransactionSql<any>)
   return typeof (handle as { savepoint?: unknown }).savepoint === 'function'
 }
 
-/**
- * `ReservedSql` and `TransactionSql` handles whose connection failed, and why. postgres.js 3.4
- * keeps such a handle pointing at a connection that its pool may reconnect for others, and a
- * reserved one queues every statement after the first failure forever: pglock refuses them instead.
- */
+/** Handles whose connection failed, and why: 3.4 may reconnect it for others, so pglock refuses them. */
 export const brokenHandles = new WeakMap<ReservedSql<any> | TransactionSql<any>, unknown>()

@@ -1,6 +1,5 @@
-import { isConnectionFailure, lastRows, type PreparedStatement, type Row, trackLoss } from '@pglock/core/adapter'
+import { isConnectionFailure, lastRows, type PreparedStatement, type Row, sendCancelRequest } from '@pglock/core/adapter'
 import type { ReservedSql, TransactionSql } from 'postgres'
-import { sendCancelRequest } from './cancel-request.js'
 import { brokenHandles, isTransactionSql } from './handles.js'
 import { type ConnectionName, nameOf, onConnectionClose, startNaming } from './pool-events.js'
 import type { PostgresJsConnection } from './postgres-js-executor.js'
@@ -8,10 +7,7 @@ import { backendKeyOf, type DriverQuery, destroyV4Connection, keepErrorsOwn } fr
 
 type Query = DriverQuery & PromiseLike<readonly unknown[]>
 
-/**
- * The connection each handle pglock was given runs on: a `ReservedSql`'s, or a `TransactionSql`'s
- * (a transaction and its savepoints share one).
- */
+/** The connection each handle pglock was given runs on (a transaction and its savepoints share one). */
 const handleNames = new WeakMap<ReservedSql<any> | TransactionSql<any>, ConnectionName>()
 
 /** A host and port (a directory host is a Unix socket's) to send a CancelRequest to. */
@@ -35,10 +31,7 @@ export function endpointOf(sql: { readonly options?: unknown }): Endpoint | unde
 const SCOPES = 1_024
 const scopes = new Map<string, object>()
 
-/**
- * One object per connection, which every `TransactionSql` on it gives as its scope. postgres.js 4.x
- * names a connection only by a number, and the core needs an object.
- */
+/** One object per connection as its scope: 4.x names a connection only by a number. */
 function scopeOf(name: ConnectionName): object {
   const key = `${name.id}@${name.host}:${name.port}`
   let scope = scopes.get(key)
@@ -53,10 +46,7 @@ function forgetScope(name: ConnectionName): void {
   scopes.delete(`${name.id}@${name.host}:${name.port}`)
 }
 
-/**
- * Names the connection a handle pglock was given runs on, unless pglock knows it, by sending an
- * empty statement through it with query tracing on: one round trip, once per handle.
- */
+/** Names a handle's connection with a traced empty statement: one round trip, once per handle. */
 export async function nameHandleV4(handle: ReservedSql<any> | TransactionSql<any>): Promise<void> {
   if (handleNames.has(handle) || brokenHandles.has(handle)) return
   const stop = startNaming()
@@ -70,105 +60,163 @@ export async function nameHandleV4(handle: ReservedSql<any> | TransactionSql<any
   }
 }
 
-/**
- * `pinPostgresJs` for postgres.js 4.x, through its public API: the connection's `close` on the
- * `postgres:pool` channel reports the loss, `query.cancel()` cancels. Its connection is named by
- * pglock's first statement on it, traced on `postgres:query`.
- */
+type Listener = (cause: unknown) => void
+
+const noop = (): void => undefined
+
+/** `pinPostgresJs` for 4.x, on its public `diagnostics_channel`s; a class, as one is built per lock. */
+class V4Pin<Db> implements PostgresJsConnection<Db> {
+  readonly db: Db
+  readonly owned: boolean
+  readonly #handle: ReservedSql<any> | TransactionSql<any>
+  readonly #transaction: TransactionSql<any> | undefined
+  readonly #giveBack: boolean
+  readonly #endpoint: Endpoint | undefined
+  #name: ConnectionName | undefined
+  #lost = false
+  #cause: unknown
+  #listener: Listener | undefined
+  #more: Set<Listener> | undefined
+  #unwatch: (() => void) | undefined
+  #running: Query | undefined
+  #last: Query | undefined
+  #released = false
+  #closed = false
+
+  constructor(handle: ReservedSql<any> | TransactionSql<any>, db: Db, owned: boolean, giveBack: boolean, endpoint: Endpoint | undefined) {
+    this.db = db
+    this.owned = owned
+    this.#handle = handle
+    this.#transaction = isTransactionSql(handle) ? handle : undefined
+    this.#giveBack = giveBack
+    this.#endpoint = endpoint
+    this.#name = handleNames.get(handle)
+    if (brokenHandles.has(handle)) this.#report(brokenHandles.get(handle))
+    this.#watch()
+  }
+
+  get lost(): boolean {
+    return this.#lost
+  }
+
+  get connectionKey(): object | undefined {
+    if (this.#transaction === undefined) return this.#handle
+    return this.#name === undefined ? undefined : scopeOf(this.#name)
+  }
+
+  query(sql: string): Promise<readonly Row[]> {
+    return this.send(sql, NO_VALUES, false)
+  }
+
+  /** pglock sends its own CancelRequest: 4.x's half-closes its socket at once, which PgBouncer 1.18 drops. */
+  async cancel(): Promise<void> {
+    const query = this.#running
+    if (query === undefined) return
+    const backend = backendKeyOf(query)
+    const name = this.#name
+    const at = name?.host != null && name.port !== null ? { host: name.host, port: name.port } : this.#endpoint
+    if (backend !== null && at !== undefined) return sendCancelRequest(at.host, at.port, backend)
+    if (!this.#lost) await Promise.resolve(query.cancel()).catch(noop)
+  }
+
+  onLost(listener: Listener): () => void {
+    if (this.#lost) {
+      listener(this.#cause)
+      return noop
+    }
+    if (this.#listener === undefined) {
+      this.#listener = listener
+      return () => {
+        if (this.#listener === listener) this.#listener = undefined
+      }
+    }
+    this.#more ??= new Set()
+    this.#more.add(listener)
+    return () => void this.#more?.delete(listener)
+  }
+
+  release({ destroy }: { readonly destroy: boolean }): void {
+    this.#released = true
+    this.#unwatch?.()
+    if (!this.owned) return
+    if (!this.#closed && this.#last !== undefined && (destroy || this.#lost)) destroyV4Connection(this.#last)
+    if (this.#giveBack) (this.#handle as ReservedSql<any>).release()
+  }
+
+  protected async send(sql: string, values: readonly (string | null)[], prepared: boolean): Promise<readonly Row[]> {
+    if (this.#lost) throw this.#cause
+    const query = this.#handle.unsafe(sql, values as string[], prepared ? PREPARED : AS_TEXT) as unknown as Query
+    if (this.#transaction !== undefined) keepErrorsOwn(query)
+    const stopNaming = this.#unwatch === undefined ? startNaming() : undefined
+    this.#running = query
+    this.#last = query
+    try {
+      const result = await query
+      this.#learn(result)
+      return lastRows(result)
+    } catch (error) {
+      this.#learn(error)
+      if (isConnectionFailure(error)) this.#fail(error)
+      throw error
+    } finally {
+      this.#watch()
+      stopNaming?.()
+      if (this.#running === query) this.#running = undefined
+    }
+  }
+
+  #report(cause: unknown): void {
+    if (this.#lost) return
+    this.#lost = true
+    this.#cause = cause
+    const listener = this.#listener
+    const more = this.#more
+    listener?.(cause)
+    if (more !== undefined) for (const other of more) other(cause)
+  }
+
+  #fail(cause: unknown): void {
+    if (!this.owned && !this.#lost) brokenHandles.set(this.#handle, cause)
+    handleNames.delete(this.#handle)
+    this.#report(cause)
+  }
+
+  #watch(): void {
+    const name = this.#name
+    if (name === undefined || this.#unwatch !== undefined || this.#released || this.#lost) return
+    this.#unwatch = onConnectionClose(name, (cause) => {
+      this.#closed = true
+      forgetScope(name)
+      this.#fail(cause)
+    })
+  }
+
+  #learn(outcome: unknown): void {
+    if (this.#name !== undefined) return
+    this.#name = nameOf(outcome)
+    if (this.#name !== undefined && !this.owned) handleNames.set(this.#handle, this.#name)
+  }
+}
+
+/** A pin that runs the bare session lock calls as named prepared statements. */
+class PreparedV4Pin<Db> extends V4Pin<Db> {
+  execute({ text, values }: PreparedStatement): Promise<readonly Row[]> {
+    return this.send(text, values, true)
+  }
+}
+
+const NO_VALUES: readonly string[] = []
+const AS_TEXT = { prepare: false }
+const PREPARED = { prepare: true }
+
+/** Pins a 4.x connection; `giveBack` releases an owned `ReservedSql` to its pool. */
 export function pinV4<Db>(
   handle: ReservedSql<any> | TransactionSql<any>,
   db: Db,
-  options: {
-    readonly owned: boolean
-    readonly giveBack?: (() => void) | undefined
-    readonly prepare: boolean
-    readonly endpoint?: Endpoint | undefined
-  },
+  owned: boolean,
+  giveBack: boolean,
+  prepare: boolean,
+  endpoint: Endpoint | undefined,
 ): PostgresJsConnection<Db> {
-  const { owned, giveBack, prepare, endpoint } = options
-  const transaction = isTransactionSql(handle) ? handle : undefined
-  const loss = trackLoss()
-  let name = handleNames.get(handle)
-  let unwatch: (() => void) | undefined
-  let running: Query | undefined
-  let last: Query | undefined
-  let released = false
-  let closed = false
-  const fail = (cause: unknown) => {
-    if (!owned && !loss.lost) brokenHandles.set(handle, cause)
-    handleNames.delete(handle)
-    loss.report(cause)
-  }
-  const watch = () => {
-    if (name === undefined || unwatch !== undefined || released || loss.lost) return
-    const watched = name
-    unwatch = onConnectionClose(watched, (cause) => {
-      closed = true
-      forgetScope(watched)
-      fail(cause)
-    })
-  }
-  const learn = (outcome: unknown) => {
-    if (name !== undefined) return
-    name = nameOf(outcome)
-    if (name !== undefined && !owned) handleNames.set(handle, name)
-  }
-  if (brokenHandles.has(handle)) loss.report(brokenHandles.get(handle))
-  watch()
-  const send = async (sql: string, values: readonly (string | null)[], prepared: boolean): Promise<readonly Row[]> => {
-    if (loss.lost) throw loss.cause
-    const query = handle.unsafe(sql, values as string[], { prepare: prepared }) as unknown as Query
-    if (transaction !== undefined) keepErrorsOwn(query)
-    const stopNaming = unwatch === undefined ? startNaming() : undefined
-    running = query
-    last = query
-    try {
-      const result = await query
-      learn(result)
-      return lastRows(result)
-    } catch (error) {
-      learn(error)
-      if (isConnectionFailure(error)) fail(error)
-      throw error
-    } finally {
-      watch()
-      stopNaming?.()
-      if (running === query) running = undefined
-    }
-  }
-  return {
-    db,
-    owned,
-    get lost() {
-      return loss.lost
-    },
-    get connectionKey() {
-      if (transaction === undefined) return handle
-      return name === undefined ? undefined : scopeOf(name)
-    },
-    query: (sql) => send(sql, [], false),
-    ...(prepare && transaction === undefined && { execute: ({ text, values }: PreparedStatement) => send(text, values, true) }),
-    /**
-     * A statement postgres.js has not yet placed on the connection is withdrawn with
-     * `query.cancel()`, so it is never sent. One it has placed gets a CancelRequest that pglock
-     * sends itself and that resolves once the server has closed it: postgres.js 4's own request
-     * half-closes its socket at once, which PgBouncer 1.18 drops (and can crash on).
-     */
-    async cancel() {
-      const query = running
-      if (query === undefined) return
-      const backend = backendKeyOf(query)
-      const at = name?.host != null && name.port !== null ? { host: name.host, port: name.port } : endpoint
-      if (backend !== null && at !== undefined) return sendCancelRequest(at.host, at.port, backend)
-      if (!loss.lost) await Promise.resolve(query.cancel()).catch(() => undefined)
-    },
-    onLost: loss.onLost,
-    release({ destroy }) {
-      released = true
-      unwatch?.()
-      if (!owned) return
-      if (!closed && last !== undefined && (destroy || loss.lost)) destroyV4Connection(last)
-      giveBack?.()
-    },
-  }
+  return prepare ? new PreparedV4Pin(handle, db, owned, giveBack, endpoint) : new V4Pin(handle, db, owned, giveBack, endpoint)
 }

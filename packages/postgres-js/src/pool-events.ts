@@ -1,9 +1,6 @@
 /**
- * What postgres.js 4.x tells about its connections on `diagnostics_channel`, as its README
- * documents: the `postgres:query` tracing channel names the connection each query ran on (and
- * hands over the very result or error the query settles with), and the `postgres:pool` channel
- * publishes each connection's `close`. pglock subscribes only while it needs them: while one of its
- * own statements runs on a connection it has not yet named, and while it watches a pinned one.
+ * postgres.js 4.x's documented `diagnostics_channel`s: `postgres:query` names the connection a
+ * query ran on, `postgres:pool` publishes its `close`. Subscribed only while pglock needs them.
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 
@@ -48,21 +45,7 @@ function onQuerySettled(message: unknown): void {
   })
 }
 
-/**
- * Starts naming the connections queries settle on, until the returned function is called. Call it
- * before sending the statement: postgres.js traces a query only if someone listens when it is sent.
- *
- * @example
- * ```ts
- * const stop = startNaming()
- * try {
- *   const rows = await reserved`SELECT 1`
- *   nameOf(rows) // { id: 3, host: '127.0.0.1', port: 5432 }
- * } finally {
- *   stop()
- * }
- * ```
- */
+/** Names the connections queries settle on until stopped; postgres.js traces only queries sent while someone listens. */
 export function startNaming(): () => void {
   if (naming++ === 0) subscribe(QUERY_SETTLED, onQuerySettled)
   watchPool()
@@ -99,10 +82,7 @@ const recentlyClosed = new Map<number, Closed>()
 const RECENT_CLOSES = 64
 let poolWatchers = 0
 
-/**
- * Whether a close names this connection. Ids count per loaded copy of postgres.js, so the host and
- * port must match too where both are known.
- */
+/** Ids count per loaded copy of postgres.js, so the host and port must match too where known. */
 function names(closed: Closed, name: ConnectionName): boolean {
   return (name.host === null || closed.host === name.host) && (name.port === null || closed.port === name.port)
 }
@@ -133,15 +113,7 @@ function unwatchPool(): void {
   recentlyClosed.clear()
 }
 
-/**
- * Calls `listener` once when the connection closes, or at once if it closed while pglock was
- * watching or naming. Returns a function that stops listening.
- *
- * @example
- * ```ts
- * const stop = onConnectionClose(name, (cause) => loss.report(cause))
- * ```
- */
+/** Calls `listener` once when the connection closes, or at once if it closed while pglock listened. */
 export function onConnectionClose(name: ConnectionName, listener: CloseListener): () => void {
   const closed = recentlyClosed.get(name.id)
   if (closed !== undefined && names(closed, name)) {

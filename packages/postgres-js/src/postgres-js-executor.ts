@@ -7,7 +7,6 @@ import {
   type PreparedStatement,
   type Row,
   runInDriverTransaction,
-  trackLoss,
   wrongHandle,
 } from '@pglock/core/adapter'
 import type { ReservedSql, Sql, TransactionSql } from 'postgres'
@@ -62,17 +61,14 @@ export type PostgresJsLeaseDb<H, S extends LockScope = LockScope> =
 /** A 3.4 statement: `state` is the backend key it was sent to, `null` until it is written. */
 type RawQuery = DriverQuery & PromiseLike<readonly unknown[]> & { readonly state: BackendKey | null }
 
-/** Query options as postgres.js reads them: 3.4's `onexecute` among them (the types leave it out). */
+/** Query options, with 3.4's `onexecute` that its types leave out. */
 type SendOptions = Readonly<Record<string, unknown>>
 
 function isQueryFunction(db: unknown): db is PostgresJsHandle {
   return typeof db === 'function' && typeof (db as Sql).unsafe === 'function'
 }
 
-/**
- * Marks a statement pglock sent as answered (or failed): a property of the query, cheaper per
- * statement than a `WeakSet` entry.
- */
+/** Marks a statement pglock sent as answered or failed. */
 const SETTLED: unique symbol = Symbol('pglock.settled')
 
 function isSettled(query: RawQuery): boolean {
@@ -83,22 +79,15 @@ function markSettled(query: RawQuery): void {
   ;(query as { [SETTLED]?: true })[SETTLED] = true
 }
 
-/**
- * The connection each `TransactionSql` pglock has seen runs on. postgres.js gives `sql.begin()` and
- * every savepoint inside it a handle of its own, and names their connection only to a statement's
- * `onexecute`: this is how pglock tells that two of them are one connection.
- */
+/** The connection each `TransactionSql` runs on: a transaction and its savepoints are handles on one. */
 const transactionConnections = new WeakMap<TransactionSql<any>, V3Connection>()
 
 /** How many empty statements pglock sends to learn a transaction's connection before it goes without. */
 const LEARN_ATTEMPTS = 3
 
 /**
- * Learns the connection a `TransactionSql` runs on, unless pglock knows it, by sending an empty
- * statement through it: `onexecute` names the connection as the statement is written, and the lock
- * statement follows it on the wire without waiting for its answer. postgres.js skips `onexecute`
- * for a statement written while the socket is congested or its pipeline is full; another is sent
- * then. A transaction whose connection failed is left alone: the lock fails on it as before.
+ * Learns a `TransactionSql`'s connection from an empty statement's `onexecute`. 3.4 skips
+ * `onexecute` for a statement written while the socket is congested, so it tries again.
  */
 async function learnConnection(transaction: TransactionSql<any>): Promise<void> {
   for (let attempt = 1; attempt <= LEARN_ATTEMPTS; attempt += 1) {
@@ -119,11 +108,10 @@ async function learnConnection(transaction: TransactionSql<any>): Promise<void> 
   }
 }
 
-/**
- * Connections pglock took from a `Sql` and gave up on (closed, or saw fail) that postgres.js has
- * not yet closed, each for at most {@link CLOSE_WAIT_MS}.
- */
+/** Connections pglock gave up on that postgres.js has not yet closed, per pool. */
 const closingConnections = new WeakMap<object, Set<Promise<void>>>()
+/** How many there are in every pool: while none, a checkout skips the lookup. */
+let closingCount = 0
 
 /** How long a connection pglock gave up on delays the next checkout; a blackholed one may never close. */
 const CLOSE_WAIT_MS = 1_000
@@ -138,18 +126,15 @@ function closing(pool: object, closed: Promise<void>): void {
   })
   const settled: Promise<void> = Promise.race([closed, expired]).then(() => {
     clearTimeout(timer)
-    pending.delete(settled)
+    if (pending.delete(settled)) closingCount -= 1
   })
   pending.add(settled)
+  closingCount += 1
 }
 
-/**
- * Waits until the connections pglock gave up on in `pool` have closed. postgres.js 3.4 hands a
- * `sql.reserve()` queued at the moment a connection closes to that connection's reconnect, which
- * drops it: the reserve never settles (porsager/postgres#1195). pglock's next session lock
- * right after a loss would otherwise be that reserve.
- */
+/** 3.4 drops a `reserve()` queued while a connection closes, which then never settles (porsager/postgres#1195). */
 function untilClosed(pool: object): Promise<unknown> | undefined {
+  if (closingCount === 0) return undefined
   const pending = closingConnections.get(pool)
   return pending !== undefined && pending.size > 0 ? Promise.all(pending) : undefined
 }
@@ -159,10 +144,8 @@ async function untilSent(query: RawQuery): Promise<void> {
 }
 
 /**
- * Cancels a 3.4 statement, and resolves once the server has handled the request. A statement
- * already answered is left alone: 3.4 would keep such a request pending forever. One still queued
- * behind other statements on the connection is cancelled once it is sent: cancelling it before
- * stalls a reserved connection in 3.4.
+ * Cancels a 3.4 statement once it is on the wire (cancelling a queued one stalls a reserved
+ * connection), never one already answered (3.4 would keep that request pending forever).
  */
 async function cancelQuery(query: RawQuery): Promise<void> {
   await null
@@ -172,7 +155,7 @@ async function cancelQuery(query: RawQuery): Promise<void> {
 }
 
 /**
- * A pinned postgres.js connection, plus whether it has closed under pglock.
+ * A pinned postgres.js connection.
  *
  * @example
  * ```ts
@@ -184,157 +167,210 @@ export interface PostgresJsConnection<Db> extends LockConnection<Db> {
   /** Whether the connection failed or closed while pinned; no statement may be sent on it then. */
   readonly lost: boolean
   /**
-   * For a `ReservedSql`, the handle itself: postgres.js gives its connection no other handle. For
-   * a `TransactionSql`, the postgres.js connection it runs on, which the transaction and each of
-   * its savepoints share: known once pglock has sent a statement through this handle.
+   * A `ReservedSql` itself; for a `TransactionSql`, the postgres.js connection it and its
+   * savepoints share, once a statement has named it.
    */
   readonly connectionKey: object | undefined
 }
 
-/**
- * Pins the connection behind a `ReservedSql` or `TransactionSql` for a lock, with `db` as its
- * `lease.db`. For adapters layered on postgres.js (a Drizzle or Kysely database).
- *
- * A statement that fails because the connection did (postgres.js rejects it before telling the
- * pool the socket closed) reports the loss at once, so that pglock sends nothing more into it.
- * An owned connection released with `destroy`, or after it failed, is closed unless postgres.js
- * has already done so; once it has, pglock never touches it again, as the pool may be reconnecting it.
- * A handle pglock does not own is lost from the start if its connection failed before.
- *
- * @param giveBack - returns an owned connection to its pool (`reserved.release()`).
- * @param pool - the `Sql` an owned connection came from: pglock's next `reserve()` on it waits
- * until a connection it gave up on has closed.
- * @param prepare - send the bare session lock calls as named prepared statements, as postgres.js
- * does by default for tagged queries (leave it off when the `Sql` was made with `prepare: false`).
- * The first run of each on a connection costs one round trip more, for its parameter types.
- * @example
- * ```ts
- * const reserved = await sql.reserve()
- * const connection = pinPostgresJs(reserved, drizzle(reserved), { owned: true, giveBack: () => reserved.release() })
- * ```
- */
-export function pinPostgresJs<Db>(
-  handle: ReservedSql<any> | TransactionSql<any>,
-  db: Db,
-  options: {
-    readonly owned: boolean
-    readonly giveBack?: (() => void) | undefined
-    readonly pool?: object | undefined
-    readonly prepare?: boolean | undefined
-  },
-): PostgresJsConnection<Db> {
-  const { owned, giveBack, pool, prepare = false } = options
-  if (generationOf(handle, pool) === 4) {
-    return pinV4(handle, db, { owned, giveBack, prepare, endpoint: pool === undefined ? undefined : endpointOf(pool) })
+/** How a connection is pinned: `release` says whether pglock gives an owned one back with `handle.release()`. */
+export interface PinOptions {
+  readonly owned: boolean
+  readonly release?: boolean | undefined
+  readonly pool?: object | undefined
+  readonly prepare?: boolean | undefined
+}
+
+type Listener = (cause: unknown) => void
+
+/** One per lock, so a class: an object literal with getters costs far more to build. */
+class V3Pin<Db> implements PostgresJsConnection<Db> {
+  readonly db: Db
+  readonly owned: boolean
+  readonly #handle: ReservedSql<any> | TransactionSql<any>
+  readonly #transaction: TransactionSql<any> | undefined
+  readonly #giveBack: boolean
+  readonly #pool: object | undefined
+  /** Query options naming the connection to `onexecute`, as text and as a prepared statement. */
+  readonly #asText: SendOptions
+  readonly #prepared: SendOptions
+  #lost = false
+  #cause: unknown
+  /** Usually one listener (the core's), so a `Set` only from the second on. */
+  #listener: Listener | undefined
+  #more: Set<Listener> | undefined
+  #raw: V3Connection | undefined
+  #refused: UnsupportedError | undefined
+  #unhook: (() => void) | undefined
+  #running: RawQuery | undefined
+  #released = false
+  #closed = false
+  #markClosed: (() => void) | undefined
+
+  constructor(handle: ReservedSql<any> | TransactionSql<any>, db: Db, owned: boolean, giveBack: boolean, pool: object | undefined) {
+    this.db = db
+    this.owned = owned
+    this.#handle = handle
+    this.#transaction = isTransactionSql(handle) ? handle : undefined
+    this.#giveBack = giveBack
+    this.#pool = pool
+    const onexecute = onexecuteOption((connection) => this.#onexecute(connection))
+    this.#asText = onexecute
+    this.#prepared = { onexecute: onexecute.onexecute, prepare: true }
+    if (brokenHandles.has(handle)) this.#report(brokenHandles.get(handle))
   }
-  const transaction = isTransactionSql(handle) ? handle : undefined
-  const loss = trackLoss()
-  let raw: V3Connection | undefined
-  let refused: UnsupportedError | undefined
-  let unhook: (() => void) | undefined
-  let running: RawQuery | undefined
-  let released = false
-  let closed = false
-  let markClosed: (() => void) | undefined
-  const fail = (cause: unknown) => {
-    if (!owned && !loss.lost) brokenHandles.set(handle, cause)
-    if (transaction !== undefined) transactionConnections.delete(transaction)
-    loss.report(cause)
+
+  get lost(): boolean {
+    return this.#lost
   }
-  const onClose = (cause: unknown) => {
-    closed = true
-    markClosed?.()
-    fail(cause ?? new Error('postgres.js connection closed'))
+
+  get connectionKey(): object | undefined {
+    return this.#transaction === undefined ? this.#handle : transactionConnections.get(this.#transaction)
   }
-  if (brokenHandles.has(handle)) loss.report(brokenHandles.get(handle))
-  const onexecute = (connection: V3Connection | UnsupportedError) => {
-    if (connection instanceof UnsupportedError) {
-      refused ??= connection
+
+  query(sql: string): Promise<readonly Row[]> {
+    return this.#send(sql, NO_VALUES, this.#asText)
+  }
+
+  protected executeStatement({ text, values }: PreparedStatement): Promise<readonly Row[]> {
+    return this.#raw === undefined ? this.#executeThenLearn(text, values) : this.#send(text, values, this.#prepared)
+  }
+
+  async cancel(): Promise<void> {
+    const query = this.#running
+    if (query === undefined) return
+    if (!this.#lost) return cancelQuery(query).catch(() => undefined)
+    const backend = backendKeyOf(query)
+    if (backend !== null) await cancelV3Backend(query, backend).catch(() => undefined)
+  }
+
+  onLost(listener: Listener): () => void {
+    if (this.#lost) {
+      listener(this.#cause)
+      return noop
+    }
+    if (this.#listener === undefined) {
+      this.#listener = listener
+      return () => {
+        if (this.#listener === listener) this.#listener = undefined
+      }
+    }
+    this.#more ??= new Set()
+    this.#more.add(listener)
+    return () => void this.#more?.delete(listener)
+  }
+
+  release({ destroy }: { readonly destroy: boolean }): void {
+    this.#released = true
+    const raw = this.#raw
+    if (this.owned && !this.#closed && raw !== undefined && (destroy || this.#lost)) {
+      raw.terminate()
+      if (this.#pool !== undefined) closing(this.#pool, new Promise((resolve) => (this.#markClosed = resolve)))
       return
     }
-    if (transaction !== undefined && !loss.lost) transactionConnections.set(transaction, connection)
-    if (raw === undefined && !released) {
-      raw = connection
-      unhook = hookClose(connection, onClose)
+    this.#unhook?.()
+    if (this.#giveBack && !this.#closed && !this.#lost) (this.#handle as ReservedSql<any>).release()
+  }
+
+  #report(cause: unknown): void {
+    if (this.#lost) return
+    this.#lost = true
+    this.#cause = cause
+    const listener = this.#listener
+    const more = this.#more
+    listener?.(cause)
+    if (more !== undefined) for (const other of more) other(cause)
+  }
+
+  #fail(cause: unknown): void {
+    if (!this.owned && !this.#lost) brokenHandles.set(this.#handle, cause)
+    if (this.#transaction !== undefined) transactionConnections.delete(this.#transaction)
+    this.#report(cause)
+  }
+
+  #onexecute(connection: V3Connection | UnsupportedError): void {
+    if (connection instanceof UnsupportedError) {
+      this.#refused ??= connection
+      return
+    }
+    if (this.#transaction !== undefined && !this.#lost) transactionConnections.set(this.#transaction, connection)
+    if (this.#raw === undefined && !this.#released) {
+      this.#raw = connection
+      this.#unhook = hookClose(connection, (cause) => {
+        this.#closed = true
+        this.#markClosed?.()
+        this.#fail(cause ?? new Error('postgres.js connection closed'))
+      })
     }
   }
-  const send = async (sql: string, values: readonly (string | null)[], options: SendOptions): Promise<readonly Row[]> => {
-    if (loss.lost) throw loss.cause
-    const query = handle.unsafe(sql, values as string[], options as never) as unknown as RawQuery
-    if (transaction !== undefined) keepErrorsOwn(query)
-    running = query
+
+  async #send(sql: string, values: readonly (string | null)[], options: SendOptions): Promise<readonly Row[]> {
+    if (this.#lost) throw this.#cause
+    const query = this.#handle.unsafe(sql, values as string[], options as never) as unknown as RawQuery
+    if (this.#transaction !== undefined) keepErrorsOwn(query)
+    this.#running = query
     try {
       return lastRows(await query)
     } catch (error) {
-      if (isConnectionFailure(error)) fail(error)
+      if (isConnectionFailure(error)) this.#fail(error)
       throw error
     } finally {
       markSettled(query)
-      if (running === query) running = undefined
-      if (refused !== undefined) fail(refused)
+      if (this.#running === query) this.#running = undefined
+      if (this.#refused !== undefined) this.#fail(this.#refused)
     }
   }
-  /**
-   * Names the connection through an empty statement. A prepared statement's first run on a
-   * connection asks the server for its parameter types before it binds them, and postgres.js
-   * calls `onexecute` for neither half: without this, a lock taken then would go unwatched.
-   */
-  const asText: SendOptions = onexecuteOption(onexecute)
-  const prepared: SendOptions = { ...asText, prepare: true }
-  const learn = () => send('', [], asText).catch(() => undefined)
-  const executeThenLearn = async (text: string, values: readonly (string | null)[]): Promise<readonly Row[]> => {
+
+  /** 3.4 calls `onexecute` for neither half of a prepared statement's first run, so an empty statement names the connection. */
+  async #executeThenLearn(text: string, values: readonly (string | null)[]): Promise<readonly Row[]> {
     try {
-      return await send(text, values, prepared)
+      return await this.#send(text, values, this.#prepared)
     } finally {
-      if (raw === undefined && !loss.lost && !released) await learn()
+      if (this.#raw === undefined && !this.#lost && !this.#released) await this.#send('', NO_VALUES, this.#asText).catch(noop)
     }
-  }
-  const execute = ({ text, values }: PreparedStatement): Promise<readonly Row[]> =>
-    raw === undefined ? executeThenLearn(text, values) : send(text, values, prepared)
-  return {
-    db,
-    owned,
-    get lost() {
-      return loss.lost
-    },
-    get connectionKey() {
-      return transaction === undefined ? handle : transactionConnections.get(transaction)
-    },
-    query(sql) {
-      return send(sql, [], asText)
-    },
-    ...(prepare && transaction === undefined && { execute }),
-    async cancel() {
-      const query = running
-      if (query === undefined) return
-      if (!loss.lost) return cancelQuery(query).catch(() => undefined)
-      const backend = backendKeyOf(query)
-      if (backend !== null) await cancelV3Backend(query, backend).catch(() => undefined)
-    },
-    onLost: loss.onLost,
-    release({ destroy }) {
-      released = true
-      if (owned && !closed && raw !== undefined && (destroy || loss.lost)) {
-        raw.terminate()
-        if (pool !== undefined) closing(pool, new Promise((resolve) => (markClosed = resolve)))
-        return
-      }
-      unhook?.()
-      if (owned && !closed && !loss.lost) giveBack?.()
-    },
   }
 }
 
+/** A pin that runs the bare session lock calls as named prepared statements. */
+class PreparedV3Pin<Db> extends V3Pin<Db> {
+  execute(statement: PreparedStatement): Promise<readonly Row[]> {
+    return this.executeStatement(statement)
+  }
+}
+
+const NO_VALUES: readonly string[] = []
+const NOT_OWNED: PinOptions = { owned: false }
+const noop = (): void => undefined
+
 /**
- * Runs `body` in a transaction that `begin` opens with postgres.js's `sql.begin()` (directly, or
- * through an ORM on top of it), on a pinned connection whose `lease.db` is what `begin` passes
- * as `db`. If the connection closes meanwhile, the callback given to `sql.begin()` never settles:
- * `sql.begin()` rejects by itself, and a `ROLLBACK` postgres.js would send on the closed
- * connection would throw in a timer instead of rejecting. pglock opened the transaction, so it
- * owns the connection: one lost to a keep-alive probe is closed, which ends the transaction and
- * its lock on the server too.
+ * Pins the connection behind a `ReservedSql` or `TransactionSql` for a lock, with `db` as its
+ * `lease.db`. An owned connection released with `destroy`, or after it failed, is closed; a
+ * handle pglock does not own is lost from the start if its connection failed before.
  *
- * @param pool - the `Sql` the transaction runs on, as for {@link pinPostgresJs}.
+ * @param options - `release`: give an owned `ReservedSql` back; `pool`: the `Sql` it came from;
+ * `prepare`: send the session lock calls as named prepared statements.
+ * @example
+ * ```ts
+ * const reserved = await sql.reserve()
+ * const connection = pinPostgresJs(reserved, reserved, { owned: true, release: true, pool: sql })
+ * ```
+ */
+export function pinPostgresJs<Db>(handle: ReservedSql<any> | TransactionSql<any>, db: Db, options: PinOptions): PostgresJsConnection<Db> {
+  const { owned, release = false, pool, prepare = false } = options
+  if (generationOf(handle, pool) === 4) {
+    return pinV4(handle, db, owned, release, prepare && !isTransactionSql(handle), pool === undefined ? undefined : endpointOf(pool))
+  }
+  return prepare && !isTransactionSql(handle)
+    ? new PreparedV3Pin(handle, db, owned, release, pool)
+    : new V3Pin(handle, db, owned, release, pool)
+}
+
+/**
+ * Runs `body` in a transaction that `begin` opens with `sql.begin()` (directly or through an ORM),
+ * with `lease.db` the `db` it passes. After a loss the callback never settles: 3.4 fails
+ * `sql.begin()` by itself and would throw from a timer on a `ROLLBACK` into the closed connection.
+ *
+ * @param pool - the `Sql` the transaction runs on.
  * @example
  * ```ts
  * const executor: LockExecutor<PgTransaction> = {
@@ -349,9 +385,10 @@ export function runInPostgresJsTransaction<Db, T>(
   body: (connection: LockConnection<Db>) => Promise<T>,
   pool?: object,
 ): Promise<T> {
+  const options: PinOptions = { owned: true, pool }
   return runInDriverTransaction<readonly [TransactionSql<any>, Db], Db, T>(
     (callback) => begin((transaction, db) => callback([transaction, db])),
-    ([transaction, db]) => pinPostgresJs(transaction, db, { owned: true, pool }),
+    ([transaction, db]) => pinPostgresJs(transaction, db, options),
     body,
     'stay-pending',
   )
@@ -392,7 +429,7 @@ function executorFor(db: unknown): LockExecutor<unknown> {
       queueKey: db,
       async connect() {
         if (generationOf(reserved) === 4) await nameHandleV4(reserved)
-        return pinPostgresJs(reserved, reserved, { owned: false })
+        return pinPostgresJs(reserved, reserved, NOT_OWNED)
       },
     }
   }
@@ -403,7 +440,7 @@ function executorFor(db: unknown): LockExecutor<unknown> {
       queueKey: db,
       async connect() {
         await (generationOf(transaction) === 4 ? nameHandleV4(transaction) : learnConnection(transaction))
-        return pinPostgresJs(transaction, transaction, { owned: false })
+        return pinPostgresJs(transaction, transaction, NOT_OWNED)
       },
       inTransaction: () => true,
     }
@@ -412,9 +449,12 @@ function executorFor(db: unknown): LockExecutor<unknown> {
   if (typeof sql.reserve !== 'function' || typeof sql.begin !== 'function') {
     throw notAHandle(db)
   }
-  /** Named prepared statements are postgres.js's default; `prepare: false` (behind a transaction-pooling proxy) turns them off. */
+  // prepared statements are postgres.js's default; `prepare: false` is for transaction-pooling proxies
   const prepare = (sql as { options?: { prepare?: unknown } }).options?.prepare !== false
   const begin = sql.begin as (callback: (transaction: TransactionSql<any>) => Promise<unknown>) => Promise<unknown>
+  const reservedOptions: PinOptions = { owned: true, release: true, pool: sql, prepare }
+  const transactionOptions: PinOptions = { owned: true, pool: sql }
+  const pinTransaction = (transaction: TransactionSql<any>) => pinPostgresJs(transaction, transaction, transactionOptions)
   return {
     kind: 'pool',
     queueKey: db,
@@ -423,12 +463,12 @@ function executorFor(db: unknown): LockExecutor<unknown> {
       if (closing !== undefined) await closing
       const reserved = await sql.reserve()
       try {
-        return pinPostgresJs(reserved, reserved, { owned: true, giveBack: () => reserved.release(), pool: sql, prepare })
+        return pinPostgresJs(reserved, reserved, reservedOptions)
       } catch (error) {
         reserved.release()
         throw error
       }
     },
-    transaction: (body) => runInPostgresJsTransaction((callback) => begin.call(sql, (tx) => callback(tx, tx)), body, sql),
+    transaction: (body) => runInDriverTransaction((callback) => begin.call(sql, callback), pinTransaction, body, 'stay-pending'),
   }
 }

@@ -1,17 +1,12 @@
 /**
- * Every undocumented postgres.js member pglock touches, for 3.4 and for 4.x, and nowhere else.
- *
- * Each is checked by shape where pglock first reaches it. When a postgres.js version lacks one,
- * pglock fails with `UnsupportedError` naming postgres.js and its version, before any lock
- * statement is sent where the member can be seen that early, and never goes on without it.
- *
- * What 4.x offers publicly is used instead where it exists (see `pool-events.ts`): pool events and
- * query tracing on `diagnostics_channel`, `query.cancel()`, `reserve()`/`release()`.
+ * Every undocumented postgres.js member pglock touches (3.4 and 4.x), each checked by shape where
+ * first reached; a version that lacks one gets `UnsupportedError`. 4.x's public API is preferred.
  */
 import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { UnsupportedError } from '@pglock/core'
+import type { BackendKey } from '@pglock/core/adapter'
 import type { ReservedSql, TransactionSql } from 'postgres'
 
 /** The generation of a postgres.js handle: 3 for 3.4, 4 for the rewritten 4.x. */
@@ -20,11 +15,7 @@ export type Generation = 3 | 4
 /** A statement as `sql.unsafe()` returns it: a lazy promise that sends nothing until awaited. */
 export type DriverQuery = PromiseLike<unknown> & { cancel(): unknown }
 
-/** The backend key a CancelRequest names. */
-export interface BackendKey {
-  readonly pid: number
-  readonly secret: number
-}
+export type { BackendKey }
 
 let version: string | undefined
 
@@ -70,11 +61,8 @@ function has(target: object, member: string): boolean {
 const generations = new WeakMap<object, Generation>()
 
 /**
- * Tells 3.4 from 4.x, and checks the members pglock will read on the handle's statements, on a
- * statement that is never sent (postgres.js sends one only once it is awaited): 3.4 builds each
- * query with its pool's `canceller`, 4.x has none; both keep the backend key a statement went to
- * as its `state`, which pglock reads to cancel a lock wait on a connection that failed. Known per
- * `family` once seen: the handle itself, or the `Sql` its reserved connections come from.
+ * Tells 3.4 (whose queries carry a `canceller`) from 4.x on a statement never sent, and checks
+ * `state`, the backend key pglock cancels by. Known per `family` (a handle, or its `Sql`) once seen.
  *
  * @throws `UnsupportedError` when the statement lacks a member pglock reads.
  */
@@ -98,9 +86,8 @@ export function backendKeyOf(query: DriverQuery): BackendKey | null {
 }
 
 /**
- * Keeps a statement's failure pglock's own inside `sql.begin()`, where postgres.js otherwise
- * fails the whole transaction for it even though pglock undoes it under its savepoint. 3.4 and
- * 4.0–4.1 hear a statement's failure through `catch`, 4.2 through `watch(null, onRejected)`.
+ * Keeps a statement's failure from failing the whole `sql.begin()`: pglock undoes it under its
+ * savepoint. 3.4 and 4.0–4.1 hear it through `catch`, 4.2 through `watch(null, onRejected)`.
  */
 export function keepErrorsOwn<Q extends DriverQuery>(query: Q): Q {
   const target = query as Q & { catch: unknown; watch?: unknown }
@@ -115,12 +102,7 @@ export function keepErrorsOwn<Q extends DriverQuery>(query: Q): Q {
 
 // postgres.js 3.4
 
-/**
- * The one connection behind a 3.4 `ReservedSql` or `TransactionSql`, as 3.4 hands it to the
- * `onexecute` query option (which `sql.begin()` itself uses). pglock needs it for two things 3.4
- * has no public API for: hearing that the connection closed (`onclose`, which the pool calls
- * once) and closing a connection whose session state is unknown (`terminate`).
- */
+/** A 3.4 connection as `onexecute` gets it: `onclose` to hear it close, `terminate` to close it. */
 export interface V3Connection {
   onclose?: OnClose | null | undefined
   terminate(): void
@@ -130,10 +112,8 @@ type OnClose = (error: unknown) => void
 type CloseHook = OnClose & { readonly previous: OnClose | null | undefined; live: boolean }
 
 /**
- * Query options with 3.4's `onexecute`, which 3.4 calls with the connection as it writes the
- * statement. A connection without `terminate()` is passed on as the `UnsupportedError` it is,
- * for the caller to fail with once the statement settles: throwing inside 3.4's write would
- * leave its connection in a state nobody knows.
+ * Query options with 3.4's `onexecute`. A connection without `terminate()` is passed on as an
+ * `UnsupportedError` to fail with later: throwing inside 3.4's write would corrupt the connection.
  */
 export function onexecuteOption(onexecute: (connection: V3Connection | UnsupportedError) => void): Readonly<Record<string, unknown>> {
   return {
@@ -152,10 +132,7 @@ function isCloseHook(handler: OnClose | null | undefined): handler is CloseHook 
   return typeof handler === 'function' && 'live' in handler
 }
 
-/**
- * Listens for a 3.4 connection closing, keeping whatever `onclose` was there (`sql.begin()` sets
- * one). Listeners stack; one removed out of order is skipped when those above it go.
- */
+/** Listens for a 3.4 connection closing, keeping the `onclose` already there (`sql.begin()` sets one). */
 export function hookClose(connection: V3Connection, listener: OnClose): () => void {
   const hook: CloseHook = Object.assign(
     (error: unknown) => {
@@ -188,10 +165,8 @@ function cancellerOf(query: DriverQuery): Canceller | undefined {
 }
 
 /**
- * Cancels a 3.4 statement with its own CancelRequest and resolves once the server has closed the
- * cancel connection, which Postgres does only after signalling the backend. `query.cancel()`
- * throws that promise away, so pglock calls the query's canceller itself; 3.4 drops the
- * canceller once used, and then `query.cancel()` is all there is.
+ * Cancels a 3.4 statement and resolves once the server has handled it: `query.cancel()` drops
+ * that promise, so pglock calls the query's canceller itself while it has one.
  */
 export async function cancelV3(query: DriverQuery): Promise<void> {
   const canceller = cancellerOf(query)
@@ -202,10 +177,7 @@ export async function cancelV3(query: DriverQuery): Promise<void> {
   await canceller.call(query, query as unknown as CancelTarget)
 }
 
-/**
- * Cancels what a failed 3.4 connection's backend runs, by the key read when the connection
- * failed (3.4 reconnects the same connection object and overwrites its key).
- */
+/** Cancels a failed 3.4 connection's backend by the key read at failure (a reconnect overwrites it). */
 export async function cancelV3Backend(query: DriverQuery, backend: BackendKey): Promise<void> {
   await cancellerOf(query)?.call(query, { state: backend, active: true })
 }
@@ -217,11 +189,7 @@ interface V4Connection {
   destroy(error?: unknown): void
 }
 
-/**
- * Closes the connection a 4.x statement ran on at once. 4.x has no public way to close one
- * reserved connection: `release()` returns it to the pool whenever its transaction status is idle,
- * which a session holding an advisory lock is.
- */
+/** Closes a 4.x statement's connection: `release()` would pool a session still holding a lock. */
 export function destroyV4Connection(query: DriverQuery): void {
   const connection = (query as { connection?: unknown }).connection
   if (typeof (connection as V4Connection | undefined)?.destroy !== 'function') {

@@ -1,14 +1,29 @@
 import { createConnection } from 'node:net'
-import type { BackendKey } from './privates.js'
 
 const CANCEL_REQUEST_CODE = 80877102
 const CANCEL_TIMEOUT_MS = 5_000
 
 /**
+ * A server session's backend key data, which a CancelRequest names.
+ *
+ * @example
+ * ```ts
+ * const backend: BackendKey = { pid: 4242, secret: 1234 }
+ * ```
+ */
+export interface BackendKey {
+  /** The backend's process id, as the server sent it in BackendKeyData. */
+  readonly pid: number
+  /** The secret key from the same message. */
+  readonly secret: number
+}
+
+/**
  * Sends the protocol's CancelRequest for `backend` on a new socket to `host`:`port` (a directory
- * host is a Unix socket's), and resolves once the server has closed it, which Postgres does after
- * signalling the backend. For a connection postgres.js 4.x has already dropped: Postgres does not
- * notice a vanished client while a backend waits for a lock, and would grant it to the dead session.
+ * host means a Unix socket). Works through a pooler such as PgBouncer, and for a connection the
+ * driver has dropped, whose backend Postgres would otherwise leave waiting for the lock.
+ * Resolves once the server has closed the socket, which it does after signalling the backend, so
+ * a late cancel cannot hit a later statement. Never rejects; gives up after 5 s.
  *
  * @example
  * ```ts
