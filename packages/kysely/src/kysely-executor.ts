@@ -1,8 +1,17 @@
 import { InvalidArgumentError, type LockScope, UnsupportedError } from '@pglock/core'
-import { isConnectionFailure, type LockConnection, type LockExecutor, trackLoss } from '@pglock/core/adapter'
+import { isConnectionFailure, type LockConnection, type LockExecutor, runInDriverTransaction } from '@pglock/core/adapter'
 import { CompiledQuery, type DatabaseConnection, type Kysely, type Transaction } from 'kysely'
 import { mayRefuse, refuseUnsettling } from './kysely-dialects.js'
-import { type ConnectionSource, checkHandle, connectionsOf, instanceScope, kyselyName, signalTaggedSql, tagged } from './kysely-privates.js'
+import {
+  type ConnectionSource,
+  checkHandle,
+  connectionsOf,
+  instanceScope,
+  kyselyName,
+  nextTag,
+  signalTaggedSql,
+  tagged,
+} from './kysely-privates.js'
 import { learnStatements, runText, takesSeveral } from './kysely-statements.js'
 
 /**
@@ -127,6 +136,19 @@ function connectionOf(db: Kysely<any>): Promise<DatabaseConnection> {
 
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref())
 const ignore = () => undefined
+/** Kysely gives a transaction's connection back when the transaction ends. */
+const NOTHING_TO_UNPIN = async () => undefined
+
+/** A promise resolved by hand, made only when someone waits (a cancel), not for every statement. */
+class Signal {
+  readonly promise: Promise<void>
+  resolve!: () => void
+  constructor() {
+    this.promise = new Promise((resolve) => (this.resolve = resolve))
+  }
+}
+
+const DONE = Promise.resolve()
 
 /** One text pglock sent: which of its statements the dialect runs now, and when the text has ended. */
 class Sent {
@@ -136,14 +158,33 @@ class Sent {
   tag: string | undefined
   /** It is in the dialect's hands: it left Kysely's queue. */
   running = false
+  started = false
   done = false
-  readonly begun: Promise<void>
-  readonly ended: Promise<void>
-  begin!: () => void
-  end!: () => void
-  constructor() {
-    this.begun = new Promise((resolve) => (this.begin = resolve))
-    this.ended = new Promise((resolve) => (this.end = resolve))
+  #started: Signal | undefined
+  #ended: Signal | undefined
+
+  begin(): void {
+    this.started = true
+    this.#started?.resolve()
+  }
+
+  end(): void {
+    this.done = true
+    this.#started?.resolve()
+    this.#ended?.resolve()
+  }
+
+  /** Resolves once a statement has left Kysely's queue, or the text has ended. */
+  begun(): Promise<void> {
+    if (this.started || this.done) return DONE
+    this.#started ??= new Signal()
+    return this.#started.promise
+  }
+
+  ended(): Promise<void> {
+    if (this.done) return DONE
+    this.#ended ??= new Signal()
+    return this.#ended.promise
   }
 }
 
@@ -186,9 +227,13 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
   const control = scope as DatabaseConnection & ConnectionControl
   const cancels = typeof control.cancelQuery === 'function'
   const context = { kind: Object.getPrototypeOf(scope) ?? scope, inBlock: transaction === true || db.isTransaction }
-  const loss = trackLoss()
-  let watchers = 0
-  let released = false
+  // the core subscribes once per checkout and remembers the loss: this only tells it, and stops probing
+  let lost = false
+  let listener: ((cause: unknown) => void) | undefined
+  const report = (cause: unknown) => {
+    lost = true
+    listener?.(cause)
+  }
   let timer: NodeJS.Timeout | undefined
   let probing = false
   let sent: Sent | undefined
@@ -196,17 +241,13 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
   /** The backend this checkout runs on, asked with its first statement where statements carry no tag. */
   let learning: Promise<Backend | undefined> | undefined
   let learnt: Backend | undefined
-  /**
-   * Cancels under way. The core does not wait for the one it sends when a connection fails under
-   * a wait, so the release does: the caller may destroy the instance next, and a connection
-   * Kysely is still acquiring for it then would keep the pool from ending.
-   */
-  const cancellations = new Set<Promise<void>>()
+  /** Cancels under way, awaited by the release: the caller may end the instance next, which a cancel still connecting would stall. */
+  let cancellations: Set<Promise<void>> | undefined
 
-  const tags = () => takesSeveral(context.kind) !== false
   /** Sends one statement of `text`, tracked so that a cancel reaches it and no other. */
-  const exec = (text: Sent) => async (sql: string) => {
-    const { tag, text: statement } = tags() ? tagged(sql) : { tag: undefined, text: sql }
+  const exec = async (text: Sent, sql: string) => {
+    const tag = takesSeveral(context.kind) !== false ? nextTag() : undefined
+    const statement = tag === undefined ? sql : tagged(tag, sql)
     text.tag = tag
     text.statement = statement
     try {
@@ -231,7 +272,7 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
       return rows
     } catch (error) {
       // reported while `sent` still names the text and its statement, so that a cancel can find it on the server
-      if (isConnectionFailure(error)) loss.report(error)
+      if (isConnectionFailure(error)) report(error)
       else answered = tag
       throw error
     } finally {
@@ -241,11 +282,11 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
   const send = async (sql: string) => {
     const text = new Sent()
     sent = text
+    const run = (statement: string) => exec(text, statement)
     try {
-      await learnStatements(exec(text), context)
-      return await runText(exec(text), sql, context)
+      if (takesSeveral(context.kind) === undefined) await learnStatements(run, context)
+      return await runText(run, sql, context)
     } finally {
-      text.done = true
       text.end()
       if (sent === text) sent = undefined
     }
@@ -257,11 +298,11 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
    */
   const cancelFrom = async (through: Kysely<any>, text: Sent) => {
     // read at once where the text has a statement: a failed one is forgotten as soon as its error is reported
-    if (text.statement === undefined) await Promise.race([text.begun, text.ended])
+    if (text.statement === undefined) await text.begun()
     const { statement, tag } = text
     const backend = tag === undefined ? await Promise.race([learning, delay(CANCEL_DELIVERY_BOUND_MS)]) : undefined
     if (statement === undefined) return
-    if (tag === undefined && backend === undefined) return cancels && !loss.lost ? cancelOnConnection(text) : undefined
+    if (tag === undefined && backend === undefined) return cancels && !lost ? cancelOnConnection(text) : undefined
     const sql =
       tag !== undefined
         ? signalTaggedSql('pg_cancel_backend', tag, true)
@@ -286,14 +327,14 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
             Promise.reject(
               new UnsupportedError(`${kyselyName()} found no control connection, and a Transaction the caller opened lends none`),
             )
-    await Promise.race([text.begun, text.ended])
+    await text.begun()
     for (let attempt = 0, wait = CANCEL_RETRY_MS; !text.done && attempt < CANCEL_ATTEMPTS; attempt += 1, wait *= 2) {
       if (text.running) await Promise.race([control.cancelQuery?.(lender).catch(ignore), delay(CANCEL_DELIVERY_BOUND_MS)])
-      await Promise.race([text.ended, delay(wait)])
+      await Promise.race([text.ended(), delay(wait)])
     }
   }
   const watch = () => {
-    if (timer !== undefined || probing || watchers === 0 || loss.lost || released) return
+    if (timer !== undefined || probing || listener === undefined || lost) return
     timer = setTimeout(probe, PROBE_INTERVAL_MS)
     timer.unref()
   }
@@ -311,7 +352,7 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
       (error: unknown) => {
         probing = false
         if (transactionOver(error)) return
-        if (isConnectionFailure(error)) loss.report(error)
+        if (isConnectionFailure(error)) report(error)
         else watch()
       },
     )
@@ -366,32 +407,28 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
         )
       }
       const cancelling = instance !== undefined ? cancelFrom(instance, text) : cancelOnConnection(text)
-      cancellations.add(cancelling)
-      void cancelling.finally(() => cancellations.delete(cancelling)).catch(ignore)
+      const pending = (cancellations ??= new Set())
+      pending.add(cancelling)
+      void cancelling.finally(() => pending.delete(cancelling)).catch(ignore)
       return cancelling
     },
-    onLost(listener) {
-      if (loss.lost) return loss.onLost(listener)
-      const stop = loss.onLost(listener)
-      watchers += 1
+    onLost(subscriber) {
+      listener = subscriber
       watch()
       return () => {
-        stop()
-        watchers -= 1
-        if (watchers === 0) {
-          clearTimeout(timer)
-          timer = undefined
-        }
+        if (listener === subscriber) listener = undefined
+        clearTimeout(timer)
+        timer = undefined
       }
     },
     async release({ destroy }) {
-      if (released) return
-      released = true
-      loss.clear()
       clearTimeout(timer)
-      if (cancellations.size > 0) await Promise.race([Promise.allSettled(cancellations), delay(RESET_BOUND_MS)])
+      timer = undefined
+      if (cancellations !== undefined && cancellations.size > 0) {
+        await Promise.race([Promise.allSettled(cancellations), delay(RESET_BOUND_MS)])
+      }
       if (unpin === undefined) return
-      if (destroy && !loss.lost && instance !== undefined) await reset(instance)
+      if (destroy && !lost && instance !== undefined) await reset(instance)
       await unpin()
     },
   }
@@ -443,15 +480,19 @@ async function checkDialect(instance: Kysely<any>): Promise<void> {
 
 /**
  * Runs `body` in a transaction Kysely opens, so that `lease.db` is Kysely's own `Transaction`.
- * The core watches the connection until Kysely's `COMMIT` or `ROLLBACK` settles, and destroys it
- * if it is lost meanwhile: Kysely would wait forever for the answer of a blackholed connection.
+ * After a loss Kysely settles the callback and ends the transaction itself ('settle').
  */
 function runInTransaction<T>(instance: Kysely<any>, body: (connection: LockConnection<Kysely<any>>) => Promise<T>): Promise<T> {
-  return instance.transaction().execute(async (db) => {
-    instances.set(db, instance)
-    const connection = await connectionOf(db)
-    return body(lockConnection({ db, scope: connection, instance, unpin: async () => undefined, transaction: true }))
-  })
+  return runInDriverTransaction<readonly [Transaction<any>, DatabaseConnection], Kysely<any>, T>(
+    (callback) =>
+      instance.transaction().execute(async (db) => {
+        instances.set(db, instance)
+        return callback([db, await connectionOf(db)])
+      }),
+    ([db, scope]) => lockConnection({ db, scope, instance, unpin: NOTHING_TO_UNPIN, transaction: true }),
+    body,
+    'settle',
+  )
 }
 
 /**

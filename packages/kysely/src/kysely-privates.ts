@@ -118,8 +118,14 @@ export function checkHandle(db: Kysely<any>): void {
  */
 export function connectionsOf(db: Kysely<any>): ConnectionSource {
   const executor = executorOf(db)
-  // async: a finished `Transaction` throws from `provideConnection` itself, even inside a timer
-  return async (consumer) => executor.provideConnection(consumer)
+  return (consumer) => {
+    // a finished `Transaction` throws from `provideConnection` itself, even inside a timer
+    try {
+      return executor.provideConnection(consumer)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
 }
 
 /**
@@ -139,19 +145,30 @@ const tagPrefix = `pglock:${randomUUID()}:`
 let tags = 0
 
 /**
- * A statement under a tag of its own: Kysely does not say which backend a connection is, and
- * asking costs a round trip, so pglock finds the backend by the tag at the head of its statement
- * text, which Postgres shows in `pg_stat_activity` to every role allowed to signal it (the same
- * role).
+ * A tag no other statement of this process carries. Kysely does not say which backend a
+ * connection is, and asking costs a round trip, so pglock finds its statement by the tag at the
+ * head of its text, which `pg_stat_activity` shows to every role allowed to signal it.
  *
  * @example
  * ```ts
- * const { tag, text } = tagged('SELECT pg_advisory_lock(1)')
+ * const tag = nextTag() // 'pglock:<uuid>:1'
  * ```
  */
-export function tagged(sql: string): { readonly tag: string; readonly text: string } {
-  const tag = `${tagPrefix}${(tags += 1)}`
-  return { tag, text: `/* ${tag} */ ${sql}` }
+export function nextTag(): string {
+  tags += 1
+  return tagPrefix + tags
+}
+
+/**
+ * `sql` under `tag`, where {@link signalTaggedSql} finds it.
+ *
+ * @example
+ * ```ts
+ * const text = tagged(nextTag(), 'SELECT pg_advisory_lock(1)')
+ * ```
+ */
+export function tagged(tag: string, sql: string): string {
+  return `/* ${tag} */ ${sql}`
 }
 
 /**
