@@ -130,9 +130,7 @@ function transactionOver(error: unknown): boolean {
   return /^Transaction is already (committed|rolled back)$/.test(String((error as Error | null)?.message))
 }
 
-function connectionOf(db: Kysely<any>): Promise<DatabaseConnection> {
-  return connectionsOf(db)(async (connection) => connection)
-}
+const itself = async (connection: DatabaseConnection) => connection
 
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref())
 const ignore = () => undefined
@@ -191,6 +189,8 @@ class Sent {
 interface Wiring<Db extends Kysely<any>> {
   /** The handle bound to the connection; pglock's statements go through its provider, queued with the caller's. */
   readonly db: Db
+  /** {@link connectionsOf} `db`. */
+  readonly connections: ConnectionSource
   /**
    * The connection, however the handle reached it: a `Transaction` and those derived from it
    * (`trx.withSchema()`, a controlled transaction's `savepoint()`) are distinct objects on one.
@@ -221,9 +221,8 @@ interface Wiring<Db extends Kysely<any>> {
  *   is the bouncer's own; kysely-postgres-js returns before postgres.js has sent its
  *   CancelRequest, and postgres.js 3.4 can deliver it to a later statement, even twice.
  */
-function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, transaction }: Wiring<Db>): LockConnection<Db> {
+function lockConnection<Db extends Kysely<any>>({ db, connections, scope, instance, unpin, transaction }: Wiring<Db>): LockConnection<Db> {
   refuseUnsettling(scope)
-  const connections = connectionsOf(db)
   const control = scope as DatabaseConnection & ConnectionControl
   const cancels = typeof control.cancelQuery === 'function'
   const context = { kind: Object.getPrototypeOf(scope) ?? scope, inBlock: transaction === true || db.isTransaction }
@@ -442,7 +441,8 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
 function pin(instance: Kysely<any>): Promise<LockConnection<Kysely<any>>> {
   return new Promise((resolve, reject) => {
     const pinned: Promise<void> = instance.connection().execute(async (db) => {
-      const connection = await connectionOf(db)
+      const connections = connectionsOf(db, false)
+      const connection = await connections(itself)
       instances.set(db, instance)
       let unpinned!: () => void
       const held = new Promise<void>((done) => (unpinned = done))
@@ -450,7 +450,7 @@ function pin(instance: Kysely<any>): Promise<LockConnection<Kysely<any>>> {
         unpinned()
         await pinned.catch(ignore)
       }
-      resolve(lockConnection({ db, scope: connection, instance, unpin }))
+      resolve(lockConnection({ db, connections, scope: connection, instance, unpin }))
       await held
     })
     pinned.catch(reject)
@@ -483,13 +483,14 @@ async function checkDialect(instance: Kysely<any>): Promise<void> {
  * After a loss Kysely settles the callback and ends the transaction itself ('settle').
  */
 function runInTransaction<T>(instance: Kysely<any>, body: (connection: LockConnection<Kysely<any>>) => Promise<T>): Promise<T> {
-  return runInDriverTransaction<readonly [Transaction<any>, DatabaseConnection], Kysely<any>, T>(
+  return runInDriverTransaction<Wiring<Transaction<any>>, Kysely<any>, T>(
     (callback) =>
       instance.transaction().execute(async (db) => {
         instances.set(db, instance)
-        return callback([db, await connectionOf(db)])
+        const connections = connectionsOf(db, false)
+        return callback({ db, connections, scope: await connections(itself), instance, unpin: NOTHING_TO_UNPIN, transaction: true })
       }),
-    ([db, scope]) => lockConnection({ db, scope, instance, unpin: NOTHING_TO_UNPIN, transaction: true }),
+    lockConnection,
     body,
     'settle',
   )
@@ -525,7 +526,10 @@ function executorFor(db: Kysely<any>): LockExecutor<Kysely<any>> {
     return {
       kind: 'connection',
       queueKey: db,
-      connect: async () => lockConnection({ db, scope: await connectionOf(db), instance, unpin: undefined }),
+      connect: async () => {
+        const connections = connectionsOf(db)
+        return lockConnection({ db, connections, scope: await connections(itself), instance, unpin: undefined })
+      },
       inTransaction: () => (db.isTransaction ? true : undefined),
     }
   }

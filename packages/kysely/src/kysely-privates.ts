@@ -77,7 +77,8 @@ interface Executor {
 
 const executors = new WeakMap<Kysely<any>, Executor>()
 
-function executorOf(db: Kysely<any>): Executor {
+/** With `remember` false, for a handle Kysely made for one checkout: a WeakMap entry per lock costs more than the lookup. */
+function executorOf(db: Kysely<any>, remember = true): Executor {
   let executor = executors.get(db)
   if (executor !== undefined) return executor
   const getExecutor = (db as { getExecutor?: unknown }).getExecutor
@@ -90,7 +91,7 @@ function executorOf(db: Kysely<any>): Executor {
     throw unsupported('QueryExecutor#adapter', 'tell which handles share one Kysely instance')
   }
   executor = candidate as Executor
-  executors.set(db, executor)
+  if (remember) executors.set(db, executor)
   return executor
 }
 
@@ -109,15 +110,15 @@ export function checkHandle(db: Kysely<any>): void {
 
 /**
  * How pglock reaches the connection behind `db`: through its executor's connection provider,
- * which queues behind the handle's other queries.
+ * which queues behind the handle's other queries. `remember` false: `db` lives for one checkout.
  *
  * @example
  * ```ts
  * const pid = await connectionsOf(db)((connection) => connection.executeQuery(CompiledQuery.raw('SELECT 1')))
  * ```
  */
-export function connectionsOf(db: Kysely<any>): ConnectionSource {
-  const executor = executorOf(db)
+export function connectionsOf(db: Kysely<any>, remember = true): ConnectionSource {
+  const executor = executorOf(db, remember)
   return (consumer) => {
     // a finished `Transaction` throws from `provideConnection` itself, even inside a timer
     try {

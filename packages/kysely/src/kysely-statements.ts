@@ -85,9 +85,13 @@ export async function learnStatements(exec: Exec, { kind, inBlock }: TextContext
  * const rows = await runText(exec, 'SAVEPOINT a; SELECT pg_advisory_xact_lock(1)', { kind, inBlock: true })
  * ```
  */
-export async function runText(exec: Exec, sql: string, { kind, inBlock }: TextContext): Promise<readonly Row[]> {
-  const statements = statementsOf(sql)
-  if (statements.length < 2) return (await exec(sql)) as readonly Row[]
+export function runText(exec: Exec, sql: string, context: TextContext): Promise<readonly Row[]> {
+  const statements = sql.includes(';') ? statementsOf(sql) : undefined
+  if (statements === undefined || statements.length < 2) return exec(sql) as Promise<readonly Row[]>
+  return runSeveral(exec, sql, statements, context)
+}
+
+async function runSeveral(exec: Exec, sql: string, statements: readonly string[], { kind, inBlock }: TextContext): Promise<readonly Row[]> {
   const first = statements[0] ?? ''
   const last = statements[statements.length - 1] ?? ''
   if (single.has(kind)) return oneByOne(exec, statements, !inBlock && !TRANSACTION_CONTROL.test(first))
