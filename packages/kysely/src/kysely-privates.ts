@@ -1,16 +1,7 @@
 /**
- * Every undocumented Kysely member @pglock/kysely reaches, and the statement-tag search through
- * `pg_stat_activity` by which it finds its own statement on the server (Kysely does not say which
- * backend a connection is, and 0.29's connection-level cancel signals whatever the connection
- * runs), and nowhere else.
- *
- * - `db.getExecutor()` (marked `@internal` in every Kysely from 0.28 to 0.30), and on the executor
- *   it returns `provideConnection()`, the only way to the `DatabaseConnection` a handle runs on,
- *   and `adapter`, one object per `new Kysely()` that `withSchema()` and `withPlugin()` share.
- *
- * Each is checked by shape where pglock first reaches it, before any lock statement is sent. When
- * a Kysely version lacks one, pglock fails with `UnsupportedError` naming Kysely and its version,
- * and never goes on without it.
+ * Every undocumented Kysely member pglock reaches (`getExecutor()`, `provideConnection()`,
+ * `adapter`; `@internal` in 0.28 to 0.30), each checked by shape before any SQL, and the statement
+ * tags by which pglock finds its statement in `pg_stat_activity`.
  */
 import { randomUUID } from 'node:crypto'
 import { readFileSync } from 'node:fs'
@@ -77,7 +68,7 @@ interface Executor {
 
 const executors = new WeakMap<Kysely<any>, Executor>()
 
-/** With `remember` false, for a handle Kysely made for one checkout: a WeakMap entry per lock costs more than the lookup. */
+/** `remember` false for a handle made for one checkout: a WeakMap entry per lock costs more than the lookup. */
 function executorOf(db: Kysely<any>, remember = true): Executor {
   let executor = executors.get(db)
   if (executor !== undefined) return executor
@@ -146,9 +137,8 @@ const tagPrefix = `pglock:${randomUUID()}:`
 let tags = 0
 
 /**
- * A tag no other statement of this process carries. Kysely does not say which backend a
- * connection is, and asking costs a round trip, so pglock finds its statement by the tag at the
- * head of its text, which `pg_stat_activity` shows to every role allowed to signal it.
+ * A tag no other statement of this process carries: Kysely does not say which backend a
+ * connection is, so pglock finds its statement by its tag in `pg_stat_activity`.
  *
  * @example
  * ```ts
