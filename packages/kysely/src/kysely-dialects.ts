@@ -1,11 +1,7 @@
 /**
- * Dialects pglock refuses, told apart without SQL. kysely-postgres-js over postgres.js 3.4 cannot
- * keep pglock's promise that every call settles after a lost connection: a statement sent on a
- * reserved connection that has closed never settles, and postgres.js throws an uncaught
- * `TypeError` from a `setImmediate` (porsager/postgres#1208). kysely-postgres-js keeps the reserved
- * connection in a private field, so pglock can neither watch it nor keep statements off it (as
- * `@pglock/postgres-js` does); and Kysely's own `ROLLBACK` would still go there. postgres.js 4 fails
- * such a statement at once, and works.
+ * Dialects pglock refuses, told apart without SQL: over postgres.js 3.4 a statement on a closed
+ * reserved connection never settles (porsager/postgres#1208), and kysely-postgres-js hides that
+ * connection from pglock. postgres.js 4 fails it at once.
  */
 import { readFileSync, realpathSync } from 'node:fs'
 import { dirname, join } from 'node:path'

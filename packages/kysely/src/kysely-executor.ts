@@ -1,8 +1,17 @@
 import { InvalidArgumentError, type LockScope, UnsupportedError } from '@pglock/core'
-import { isConnectionFailure, type LockConnection, type LockExecutor, trackLoss } from '@pglock/core/adapter'
+import { isConnectionFailure, type LockConnection, type LockExecutor, runInDriverTransaction } from '@pglock/core/adapter'
 import { CompiledQuery, type DatabaseConnection, type Kysely, type Transaction } from 'kysely'
 import { mayRefuse, refuseUnsettling } from './kysely-dialects.js'
-import { type ConnectionSource, checkHandle, connectionsOf, instanceScope, kyselyName, signalTaggedSql, tagged } from './kysely-privates.js'
+import {
+  type ConnectionSource,
+  checkHandle,
+  connectionsOf,
+  instanceScope,
+  kyselyName,
+  nextTag,
+  signalTaggedSql,
+  tagged,
+} from './kysely-privates.js'
 import { learnStatements, runText, takesSeveral } from './kysely-statements.js'
 
 /**
@@ -38,33 +47,22 @@ export type KyselyLeaseDb<H, S extends LockScope = LockScope> =
         : Kysely<DB>
       : never
 
-/**
- * How often a held lock's connection is probed. Kysely hides the driver's connection events (0.30
- * still offers none), so a probe failing for want of a connection is how pglock learns that a lock
- * was lost.
- */
+/** Kysely hides the driver's connection events, so a failing probe is how a loss is heard. */
 const PROBE_INTERVAL_MS = 1_000
 /** How long a connection whose lock state is unknown gets to drop its locks before its backend is terminated. */
 const RESET_BOUND_MS = 1_000
-/** Cancel requests sent through Kysely for one statement while it still runs, with pauses doubling from {@link CANCEL_RETRY_MS}. */
 const CANCEL_ATTEMPTS = 6
 const CANCEL_RETRY_MS = 100
-/** How long pglock waits for Kysely to deliver one cancel request (a control connection that cannot connect must not stall the abort). */
+/** A control connection that cannot connect must not stall the abort. */
 const CANCEL_DELIVERY_BOUND_MS = 1_000
 
-/**
- * The connection-level cancel that Kysely 0.29 added to `DatabaseConnection` (optional there, and
- * absent from 0.28's types): `cancelQuery` signals the backend of the query in flight on the
- * connection, from a control connection the dialect opens itself (PostgresDialect: the pool's
- * `Client`; kysely-postgres-js: postgres.js's CancelRequest), or else from one that it is lent;
- * `collectSessionInfo` lets the connection learn its backend first.
- */
+/** Kysely 0.29's connection-level cancel (absent from 0.28's types). */
 interface ConnectionControl {
   cancelQuery?(control: ConnectionSource): Promise<void>
   collectSessionInfo?(): Promise<void>
 }
 
-/** Which backend a connection is: its pid, and when it started (a pid alone may be reused). */
+/** A pid alone may be reused, so its start time too. */
 interface Backend {
   readonly pid: number
   readonly started: string
@@ -72,16 +70,14 @@ interface Backend {
 
 /** The `lease.db` handles pglock gave out, and the instance their connections came from. */
 const instances = new WeakMap<object, Kysely<any>>()
-/** Backends by connection, learnt by a held lock's probe. PostgresDialect keeps one connection object per pg client, so they last. */
+/** Learnt by a held lock's probe; PostgresDialect keeps one connection object per pg client. */
 const backends = new WeakMap<DatabaseConnection, Backend>()
-/** Connections that have collected their session info for `cancelQuery`. */
 const collected = new WeakSet<DatabaseConnection>()
 
 const BACKEND_SQL = 'SELECT pid, backend_start::text AS started FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid()'
 
 const literal = (text: string) => `'${text.replace(/'/g, "''")}'`
 
-/** The backend by pid and start time, from another connection; with `statement`, only while it runs that statement. */
 function signalBackendSql(fn: 'pg_cancel_backend' | 'pg_terminate_backend', backend: Backend, statement?: string): string {
   const running = statement === undefined ? '' : ` AND state = 'active' AND query = ${literal(statement)}`
   return `SELECT ${fn}(pid) FROM pg_catalog.pg_stat_activity WHERE pid <> pg_backend_pid() AND pid = ${backend.pid | 0} AND backend_start::text = ${literal(backend.started)}${running}`
@@ -104,109 +100,107 @@ function isKysely(db: unknown): db is Kysely<any> {
   )
 }
 
-/**
- * Runs one statement through the handle's own connection provider, which queues behind its other
- * queries. Async, as a finished `Transaction` throws from `provideConnection` itself.
- */
 function runThrough(db: Kysely<any>): (sql: string) => Promise<readonly unknown[]> {
   const connections = connectionsOf(db)
   return async (sql) => connections(async (connection) => (await connection.executeQuery(CompiledQuery.raw(sql))).rows)
 }
 
-/**
- * Whether Kysely refused a statement because the `Transaction` it was sent through has ended:
- * its transaction locks ended with it, so nothing was lost. Kysely says so only in its message.
- */
+/** A `Transaction` that has ended took its locks with it: no loss. Kysely says so only in its message. */
 function transactionOver(error: unknown): boolean {
   return /^Transaction is already (committed|rolled back)$/.test(String((error as Error | null)?.message))
 }
 
-function connectionOf(db: Kysely<any>): Promise<DatabaseConnection> {
-  return connectionsOf(db)(async (connection) => connection)
-}
+const itself = async (connection: DatabaseConnection) => connection
 
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref())
 const ignore = () => undefined
+/** Kysely gives a transaction's connection back when the transaction ends. */
+const NOTHING_TO_UNPIN = async () => undefined
 
-/** One text pglock sent: which of its statements the dialect runs now, and when the text has ended. */
-class Sent {
-  /** The statement sent last, as sent (under its tag, if it has one). */
-  statement: string | undefined
-  /** Its tag, if it has one. */
-  tag: string | undefined
-  /** It is in the dialect's hands: it left Kysely's queue. */
-  running = false
-  done = false
-  readonly begun: Promise<void>
-  readonly ended: Promise<void>
-  begin!: () => void
-  end!: () => void
+/** Made only when a cancel waits, not for every statement. */
+class Signal {
+  readonly promise: Promise<void>
+  resolve!: () => void
   constructor() {
-    this.begun = new Promise((resolve) => (this.begin = resolve))
-    this.ended = new Promise((resolve) => (this.end = resolve))
+    this.promise = new Promise((resolve) => (this.resolve = resolve))
+  }
+}
+
+const DONE = Promise.resolve()
+
+class Sent {
+  statement: string | undefined
+  tag: string | undefined
+  running = false
+  started = false
+  done = false
+  #started: Signal | undefined
+  #ended: Signal | undefined
+
+  begin(): void {
+    this.started = true
+    this.#started?.resolve()
+  }
+
+  end(): void {
+    this.done = true
+    this.#started?.resolve()
+    this.#ended?.resolve()
+  }
+
+  begun(): Promise<void> {
+    if (this.started || this.done) return DONE
+    this.#started ??= new Signal()
+    return this.#started.promise
+  }
+
+  ended(): Promise<void> {
+    if (this.done) return DONE
+    this.#ended ??= new Signal()
+    return this.#ended.promise
   }
 }
 
 interface Wiring<Db extends Kysely<any>> {
-  /** The handle bound to the connection; pglock's statements go through its provider, queued with the caller's. */
   readonly db: Db
-  /**
-   * The connection, however the handle reached it: a `Transaction` and those derived from it
-   * (`trx.withSchema()`, a controlled transaction's `savepoint()`) are distinct objects on one.
-   */
+  readonly connections: ConnectionSource
+  /** `trx.withSchema()` and a savepoint are distinct handles on one connection. */
   readonly scope: DatabaseConnection
-  /** The instance the connection came from, whose other connections can signal it; unknown for a `Transaction` the caller opened. */
+  /** Whose other connections can signal this one; unknown for a caller's `Transaction`. */
   readonly instance: Kysely<any> | undefined
-  /** Set for a connection pglock checked out itself: gives it back (to the instance, or to the transaction that Kysely ends). */
   readonly unpin: (() => Promise<void>) | undefined
-  /** The connection is in a transaction pglock opened through Kysely, which ends it. */
   readonly transaction?: true
 }
 
 /**
- * How pglock reaches a statement of its own on the server, to cancel a wait or to terminate a
- * connection whose state is unknown, from another connection of the instance:
- * - by a tag at the head of the statement text, which Postgres shows in `pg_stat_activity` to
- *   every role allowed to signal it (the same role). This signals only a backend that runs
- *   pglock's statement at that moment, reaches one whose client has died (Kysely forgets the
- *   query of a failed connection), and works behind PgBouncer.
- * - on a dialect that takes one statement per query (kysely-postgres-js 5), which may keep every
- *   distinct text prepared on the connection, by the backend, asked once per checkout in the same
- *   round trip as pglock's first statement, and the exact statement text.
- * - with neither (a `Transaction` the caller opened: no other connection is known), through
- *   Kysely's connection-level cancel (0.29), which the dialect sends on a control connection of its
- *   own. Kysely 0.29 offers it on every connection, but pglock prefers the two above: PostgresDialect
- *   opens a new pg client for each request and signals the pid pg reports, which behind PgBouncer
- *   is the bouncer's own; kysely-postgres-js returns before postgres.js has sent its
- *   CancelRequest, and postgres.js 3.4 can deliver it to a later statement, even twice.
+ * pglock finds its statement on the server by a tag in its text (works behind PgBouncer and after
+ * the client died), else by backend and exact text (kysely-postgres-js 5), else, with no other
+ * connection known, by Kysely's connection-level cancel, which is the least reliable.
  */
-function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, transaction }: Wiring<Db>): LockConnection<Db> {
+function lockConnection<Db extends Kysely<any>>({ db, connections, scope, instance, unpin, transaction }: Wiring<Db>): LockConnection<Db> {
   refuseUnsettling(scope)
-  const connections = connectionsOf(db)
   const control = scope as DatabaseConnection & ConnectionControl
   const cancels = typeof control.cancelQuery === 'function'
   const context = { kind: Object.getPrototypeOf(scope) ?? scope, inBlock: transaction === true || db.isTransaction }
-  const loss = trackLoss()
-  let watchers = 0
-  let released = false
+  // the core subscribes once per checkout and remembers the loss: this only tells it, and stops probing
+  let lost = false
+  let listener: ((cause: unknown) => void) | undefined
+  const report = (cause: unknown) => {
+    lost = true
+    listener?.(cause)
+  }
   let timer: NodeJS.Timeout | undefined
   let probing = false
   let sent: Sent | undefined
   let answered: string | undefined
-  /** The backend this checkout runs on, asked with its first statement where statements carry no tag. */
   let learning: Promise<Backend | undefined> | undefined
   let learnt: Backend | undefined
-  /**
-   * Cancels under way. The core does not wait for the one it sends when a connection fails under
-   * a wait, so the release does: the caller may destroy the instance next, and a connection
-   * Kysely is still acquiring for it then would keep the pool from ending.
-   */
-  const cancellations = new Set<Promise<void>>()
+  /** Awaited by the release: the caller may end the instance next, which a cancel still connecting would stall. */
+  let cancellations: Set<Promise<void>> | undefined
 
-  const tags = () => takesSeveral(context.kind) !== false
-  /** Sends one statement of `text`, tracked so that a cancel reaches it and no other. */
-  const exec = (text: Sent) => async (sql: string) => {
-    const { tag, text: statement } = tags() ? tagged(sql) : { tag: undefined, text: sql }
+  const exec = async (text: Sent, sql: string) => {
+    const tag = takesSeveral(context.kind) !== false ? nextTag() : undefined
+    const statement = tag === undefined ? sql : tagged(tag, sql)
     text.tag = tag
     text.statement = statement
     try {
@@ -231,7 +225,7 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
       return rows
     } catch (error) {
       // reported while `sent` still names the text and its statement, so that a cancel can find it on the server
-      if (isConnectionFailure(error)) loss.report(error)
+      if (isConnectionFailure(error)) report(error)
       else answered = tag
       throw error
     } finally {
@@ -241,27 +235,23 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
   const send = async (sql: string) => {
     const text = new Sent()
     sent = text
+    const run = (statement: string) => exec(text, statement)
     try {
-      await learnStatements(exec(text), context)
-      return await runText(exec(text), sql, context)
+      if (takesSeveral(context.kind) === undefined) await learnStatements(run, context)
+      return await runText(run, sql, context)
     } finally {
-      text.done = true
       text.end()
       if (sent === text) sent = undefined
     }
   }
-  /**
-   * Signals the backend running `text`'s current statement from another connection. It may not
-   * have reached the server yet when the abort comes, so this asks again, briefly, until Postgres
-   * shows it running.
-   */
+  /** Asks again, briefly, as the statement may not have reached the server when the abort comes. */
   const cancelFrom = async (through: Kysely<any>, text: Sent) => {
     // read at once where the text has a statement: a failed one is forgotten as soon as its error is reported
-    if (text.statement === undefined) await Promise.race([text.begun, text.ended])
+    if (text.statement === undefined) await text.begun()
     const { statement, tag } = text
     const backend = tag === undefined ? await Promise.race([learning, delay(CANCEL_DELIVERY_BOUND_MS)]) : undefined
     if (statement === undefined) return
-    if (tag === undefined && backend === undefined) return cancels && !loss.lost ? cancelOnConnection(text) : undefined
+    if (tag === undefined && backend === undefined) return cancels && !lost ? cancelOnConnection(text) : undefined
     const sql =
       tag !== undefined
         ? signalTaggedSql('pg_cancel_backend', tag, true)
@@ -273,11 +263,7 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
       await delay(wait)
     }
   }
-  /**
-   * Kysely cancels the query in flight on the connection itself: this waits until pglock's
-   * statement has left Kysely's queue, and asks; and asks again while it still runs, as a request
-   * can reach the server before the statement does.
-   */
+  /** Asks again while the statement runs: a request can reach the server before the statement does. */
   const cancelOnConnection = async (text: Sent) => {
     const lender: ConnectionSource =
       instance !== undefined
@@ -286,14 +272,14 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
             Promise.reject(
               new UnsupportedError(`${kyselyName()} found no control connection, and a Transaction the caller opened lends none`),
             )
-    await Promise.race([text.begun, text.ended])
+    await text.begun()
     for (let attempt = 0, wait = CANCEL_RETRY_MS; !text.done && attempt < CANCEL_ATTEMPTS; attempt += 1, wait *= 2) {
       if (text.running) await Promise.race([control.cancelQuery?.(lender).catch(ignore), delay(CANCEL_DELIVERY_BOUND_MS)])
-      await Promise.race([text.ended, delay(wait)])
+      await Promise.race([text.ended(), delay(wait)])
     }
   }
   const watch = () => {
-    if (timer !== undefined || probing || watchers === 0 || loss.lost || released) return
+    if (timer !== undefined || probing || listener === undefined || lost) return
     timer = setTimeout(probe, PROBE_INTERVAL_MS)
     timer.unref()
   }
@@ -311,12 +297,11 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
       (error: unknown) => {
         probing = false
         if (transactionOver(error)) return
-        if (isConnectionFailure(error)) loss.report(error)
+        if (isConnectionFailure(error)) report(error)
         else watch()
       },
     )
   }
-  /** Drops every session advisory lock the connection holds; true when done or when the connection is gone. */
   const unlockAll = async () => {
     for (const sql of ['SELECT pg_advisory_unlock_all()', 'ROLLBACK; SELECT pg_advisory_unlock_all()']) {
       try {
@@ -329,13 +314,8 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
     return false
   }
   /**
-   * What stands in for closing a connection, which Kysely cannot do: drop its session advisory
-   * locks so that it goes back to the pool holding none. A connection that does not manage to
-   * within a second (blackholed, or stuck behind a statement) or refuses, or whose locks end only
-   * with its transaction, has its backend terminated from another connection; it is given back
-   * only once it has failed for that (or after another second), so that no one borrows it first.
-   * (Kysely 0.29's `killSession` is no help here: it does nothing once another query, such as
-   * Kysely's own `ROLLBACK`, has started on the connection.)
+   * Kysely cannot close a connection: drop its locks, else terminate its backend from another
+   * connection, and give it back only then, so that no one borrows it holding a lock.
    */
   const reset = async (through: Kysely<any>) => {
     const dropping = transaction ? undefined : unlockAll()
@@ -366,46 +346,39 @@ function lockConnection<Db extends Kysely<any>>({ db, scope, instance, unpin, tr
         )
       }
       const cancelling = instance !== undefined ? cancelFrom(instance, text) : cancelOnConnection(text)
-      cancellations.add(cancelling)
-      void cancelling.finally(() => cancellations.delete(cancelling)).catch(ignore)
+      const pending = (cancellations ??= new Set())
+      pending.add(cancelling)
+      void cancelling.finally(() => pending.delete(cancelling)).catch(ignore)
       return cancelling
     },
-    onLost(listener) {
-      if (loss.lost) return loss.onLost(listener)
-      const stop = loss.onLost(listener)
-      watchers += 1
+    onLost(subscriber) {
+      listener = subscriber
       watch()
       return () => {
-        stop()
-        watchers -= 1
-        if (watchers === 0) {
-          clearTimeout(timer)
-          timer = undefined
-        }
+        if (listener === subscriber) listener = undefined
+        clearTimeout(timer)
+        timer = undefined
       }
     },
     async release({ destroy }) {
-      if (released) return
-      released = true
-      loss.clear()
       clearTimeout(timer)
-      if (cancellations.size > 0) await Promise.race([Promise.allSettled(cancellations), delay(RESET_BOUND_MS)])
+      timer = undefined
+      if (cancellations !== undefined && cancellations.size > 0) {
+        await Promise.race([Promise.allSettled(cancellations), delay(RESET_BOUND_MS)])
+      }
       if (unpin === undefined) return
-      if (destroy && !loss.lost && instance !== undefined) await reset(instance)
+      if (destroy && !lost && instance !== undefined) await reset(instance)
       await unpin()
     },
   }
 }
 
-/**
- * Pins one connection of `instance` for a session lock. Kysely lends a connection only for the
- * length of a callback (`db.connection().execute(fn)`), so the callback stays open until the
- * lock's connection is released.
- */
+/** Kysely lends a connection only for a callback's length, so the callback stays open until release. */
 function pin(instance: Kysely<any>): Promise<LockConnection<Kysely<any>>> {
   return new Promise((resolve, reject) => {
     const pinned: Promise<void> = instance.connection().execute(async (db) => {
-      const connection = await connectionOf(db)
+      const connections = connectionsOf(db, false)
+      const connection = await connections(itself)
       instances.set(db, instance)
       let unpinned!: () => void
       const held = new Promise<void>((done) => (unpinned = done))
@@ -413,21 +386,16 @@ function pin(instance: Kysely<any>): Promise<LockConnection<Kysely<any>>> {
         unpinned()
         await pinned.catch(ignore)
       }
-      resolve(lockConnection({ db, scope: connection, instance, unpin }))
+      resolve(lockConnection({ db, connections, scope: connection, instance, unpin }))
       await held
     })
     pinned.catch(reject)
   })
 }
 
-/** Instances whose dialect pglock has checked, by {@link instanceScope}. */
 const checkedDialects = new WeakMap<object, Promise<void>>()
 
-/**
- * Checks the dialect of `instance` on one of its connections, borrowed without a statement, once
- * per instance: Kysely sends `BEGIN` before pglock sees the connection of a transaction. Only
- * where kysely-postgres-js over postgres.js 3.x is installed, so that no one else waits for it.
- */
+/** Before a transaction: Kysely sends `BEGIN` before pglock sees its connection. Once per instance. */
 async function checkDialect(instance: Kysely<any>): Promise<void> {
   if (!mayRefuse()) return
   const scope = instanceScope(instance)
@@ -441,17 +409,19 @@ async function checkDialect(instance: Kysely<any>): Promise<void> {
   await checked
 }
 
-/**
- * Runs `body` in a transaction Kysely opens, so that `lease.db` is Kysely's own `Transaction`.
- * The core watches the connection until Kysely's `COMMIT` or `ROLLBACK` settles, and destroys it
- * if it is lost meanwhile: Kysely would wait forever for the answer of a blackholed connection.
- */
+/** `lease.db` is Kysely's own `Transaction`; after a loss Kysely settles the callback and ends it itself. */
 function runInTransaction<T>(instance: Kysely<any>, body: (connection: LockConnection<Kysely<any>>) => Promise<T>): Promise<T> {
-  return instance.transaction().execute(async (db) => {
-    instances.set(db, instance)
-    const connection = await connectionOf(db)
-    return body(lockConnection({ db, scope: connection, instance, unpin: async () => undefined, transaction: true }))
-  })
+  return runInDriverTransaction<Wiring<Transaction<any>>, Kysely<any>, T>(
+    (callback) =>
+      instance.transaction().execute(async (db) => {
+        instances.set(db, instance)
+        const connections = connectionsOf(db, false)
+        return callback({ db, connections, scope: await connections(itself), instance, unpin: NOTHING_TO_UNPIN, transaction: true })
+      }),
+    lockConnection,
+    body,
+    'settle',
+  )
 }
 
 /**
@@ -484,7 +454,10 @@ function executorFor(db: Kysely<any>): LockExecutor<Kysely<any>> {
     return {
       kind: 'connection',
       queueKey: db,
-      connect: async () => lockConnection({ db, scope: await connectionOf(db), instance, unpin: undefined }),
+      connect: async () => {
+        const connections = connectionsOf(db)
+        return lockConnection({ db, connections, scope: await connections(itself), instance, unpin: undefined })
+      },
       inTransaction: () => (db.isTransaction ? true : undefined),
     }
   }

@@ -1,16 +1,7 @@
 /**
- * Every undocumented Kysely member @pglock/kysely reaches, and the statement-tag search through
- * `pg_stat_activity` by which it finds its own statement on the server (Kysely does not say which
- * backend a connection is, and 0.29's connection-level cancel signals whatever the connection
- * runs), and nowhere else.
- *
- * - `db.getExecutor()` (marked `@internal` in every Kysely from 0.28 to 0.30), and on the executor
- *   it returns `provideConnection()`, the only way to the `DatabaseConnection` a handle runs on,
- *   and `adapter`, one object per `new Kysely()` that `withSchema()` and `withPlugin()` share.
- *
- * Each is checked by shape where pglock first reaches it, before any lock statement is sent. When
- * a Kysely version lacks one, pglock fails with `UnsupportedError` naming Kysely and its version,
- * and never goes on without it.
+ * Every undocumented Kysely member pglock reaches (`getExecutor()`, `provideConnection()`,
+ * `adapter`; `@internal` in 0.28 to 0.30), each checked by shape before any SQL, and the statement
+ * tags by which pglock finds its statement in `pg_stat_activity`.
  */
 import { randomUUID } from 'node:crypto'
 import { readFileSync } from 'node:fs'
@@ -77,7 +68,8 @@ interface Executor {
 
 const executors = new WeakMap<Kysely<any>, Executor>()
 
-function executorOf(db: Kysely<any>): Executor {
+/** `remember` false for a handle made for one checkout: a WeakMap entry per lock costs more than the lookup. */
+function executorOf(db: Kysely<any>, remember = true): Executor {
   let executor = executors.get(db)
   if (executor !== undefined) return executor
   const getExecutor = (db as { getExecutor?: unknown }).getExecutor
@@ -90,7 +82,7 @@ function executorOf(db: Kysely<any>): Executor {
     throw unsupported('QueryExecutor#adapter', 'tell which handles share one Kysely instance')
   }
   executor = candidate as Executor
-  executors.set(db, executor)
+  if (remember) executors.set(db, executor)
   return executor
 }
 
@@ -109,17 +101,23 @@ export function checkHandle(db: Kysely<any>): void {
 
 /**
  * How pglock reaches the connection behind `db`: through its executor's connection provider,
- * which queues behind the handle's other queries.
+ * which queues behind the handle's other queries. `remember` false: `db` lives for one checkout.
  *
  * @example
  * ```ts
  * const pid = await connectionsOf(db)((connection) => connection.executeQuery(CompiledQuery.raw('SELECT 1')))
  * ```
  */
-export function connectionsOf(db: Kysely<any>): ConnectionSource {
-  const executor = executorOf(db)
-  // async: a finished `Transaction` throws from `provideConnection` itself, even inside a timer
-  return async (consumer) => executor.provideConnection(consumer)
+export function connectionsOf(db: Kysely<any>, remember = true): ConnectionSource {
+  const executor = executorOf(db, remember)
+  return (consumer) => {
+    // a finished `Transaction` throws from `provideConnection` itself, even inside a timer
+    try {
+      return executor.provideConnection(consumer)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
 }
 
 /**
@@ -139,19 +137,29 @@ const tagPrefix = `pglock:${randomUUID()}:`
 let tags = 0
 
 /**
- * A statement under a tag of its own: Kysely does not say which backend a connection is, and
- * asking costs a round trip, so pglock finds the backend by the tag at the head of its statement
- * text, which Postgres shows in `pg_stat_activity` to every role allowed to signal it (the same
- * role).
+ * A tag no other statement of this process carries: Kysely does not say which backend a
+ * connection is, so pglock finds its statement by its tag in `pg_stat_activity`.
  *
  * @example
  * ```ts
- * const { tag, text } = tagged('SELECT pg_advisory_lock(1)')
+ * const tag = nextTag() // 'pglock:<uuid>:1'
  * ```
  */
-export function tagged(sql: string): { readonly tag: string; readonly text: string } {
-  const tag = `${tagPrefix}${(tags += 1)}`
-  return { tag, text: `/* ${tag} */ ${sql}` }
+export function nextTag(): string {
+  tags += 1
+  return tagPrefix + tags
+}
+
+/**
+ * `sql` under `tag`, where {@link signalTaggedSql} finds it.
+ *
+ * @example
+ * ```ts
+ * const text = tagged(nextTag(), 'SELECT pg_advisory_lock(1)')
+ * ```
+ */
+export function tagged(tag: string, sql: string): string {
+  return `/* ${tag} */ ${sql}`
 }
 
 /**

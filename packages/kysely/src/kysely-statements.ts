@@ -1,22 +1,20 @@
 import type { Row } from '@pglock/core/adapter'
 
-/** Runs one text on the connection, in one round trip; resolves to the rows as the dialect returns them. */
+/** One text in one round trip; the rows as the dialect returns them. */
 export type Exec = (sql: string) => Promise<readonly unknown[]>
 
-/** Where a text runs: the dialect's connection class, and whether a transaction block is open. */
 export interface TextContext {
-  /** The prototype of the dialect's `DatabaseConnection`: what one connection of a class accepts, all do. */
+  /** The connection's prototype: what one connection of a class accepts, all do. */
   readonly kind: object
-  /** A transaction block is open (a `Transaction`), so the text runs in it rather than in an implicit one. */
   readonly inBlock: boolean
 }
 
-/** Connection classes that run a text of several statements (PostgresDialect, kysely-postgres-js up to 4). */
+/** PostgresDialect, kysely-postgres-js up to 4. */
 const several = new WeakSet<object>()
-/** Connection classes that refuse one (kysely-postgres-js 5 sends every text through the extended protocol). */
+/** kysely-postgres-js 5: the extended protocol refuses a text of several statements. */
 const single = new WeakSet<object>()
 
-/** The SQLSTATE of Postgres refusing a text of several statements in the extended protocol; pglock's own texts have no other syntax error. */
+/** pglock's own texts have no other syntax error. */
 const SYNTAX_ERROR = '42601'
 
 const TRANSACTION_CONTROL = /^(BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE)\b/i
@@ -29,9 +27,8 @@ function statementsOf(sql: string): string[] {
 }
 
 /**
- * Whether connections of this class run a text of several statements: `false` for a dialect that
- * sends every text through the extended protocol (which may also keep each distinct text prepared
- * on the connection); `undefined` until {@link learnStatements} has found out.
+ * Whether connections of this class run a text of several statements; `undefined` until
+ * {@link learnStatements} has found out.
  *
  * @example
  * ```ts
@@ -44,8 +41,7 @@ export function takesSeveral(kind: object): boolean | undefined {
 
 /**
  * Finds out, once per connection class, whether it runs a text of several statements, by sending
- * one. Postgres refuses it before running anything; inside a transaction block, where that would
- * fail the transaction, it is sent under a savepoint.
+ * one (under a savepoint inside a transaction block, which a refusal would fail).
  *
  * @example
  * ```ts
@@ -67,27 +63,22 @@ export async function learnStatements(exec: Exec, { kind, inBlock }: TextContext
 }
 
 /**
- * Runs SQL text that pglock wrote and resolves to the rows of its last statement, whatever the
- * dialect does with a text of several statements (see {@link learnStatements}, which must have run
- * for the class):
- * - PostgresDialect sends it in one round trip but keeps the result of none of them (node-postgres
- *   answers with an array that Kysely does not read); kysely-postgres-js up to 4 answers with one
- *   array of rows per statement. So a text that opens or runs inside a transaction block (`BEGIN`,
- *   `SAVEPOINT`) and ends in a `SELECT` goes in two round trips: all but the last statement, then
- *   the last alone; inside a transaction block that changes nothing but latency. Other texts go
- *   whole: a session lock under `lock_timeout` needs the implicit transaction of one
- *   multi-statement query, and pglock reads no rows from it.
- * - kysely-postgres-js 5 refuses it. Its statements then go one by one, inside `BEGIN` … `COMMIT`
- *   where they needed the implicit transaction of one text.
+ * Runs SQL text pglock wrote; resolves to the rows of its last statement. PostgresDialect drops
+ * the rows of a text of several, so `BEGIN`/`SAVEPOINT` … `SELECT` goes in two round trips; where
+ * several are refused (kysely-postgres-js 5) they go one by one, in `BEGIN` … `COMMIT` if needed.
  *
  * @example
  * ```ts
  * const rows = await runText(exec, 'SAVEPOINT a; SELECT pg_advisory_xact_lock(1)', { kind, inBlock: true })
  * ```
  */
-export async function runText(exec: Exec, sql: string, { kind, inBlock }: TextContext): Promise<readonly Row[]> {
-  const statements = statementsOf(sql)
-  if (statements.length < 2) return (await exec(sql)) as readonly Row[]
+export function runText(exec: Exec, sql: string, context: TextContext): Promise<readonly Row[]> {
+  const statements = sql.includes(';') ? statementsOf(sql) : undefined
+  if (statements === undefined || statements.length < 2) return exec(sql) as Promise<readonly Row[]>
+  return runSeveral(exec, sql, statements, context)
+}
+
+async function runSeveral(exec: Exec, sql: string, statements: readonly string[], { kind, inBlock }: TextContext): Promise<readonly Row[]> {
   const first = statements[0] ?? ''
   const last = statements[statements.length - 1] ?? ''
   if (single.has(kind)) return oneByOne(exec, statements, !inBlock && !TRANSACTION_CONTROL.test(first))
@@ -100,7 +91,7 @@ export async function runText(exec: Exec, sql: string, { kind, inBlock }: TextCo
   return (perStatement ? rows[rows.length - 1] : rows) as readonly Row[]
 }
 
-/** Statements one by one; with `implicit`, inside a transaction block of their own, as Postgres runs a text of several. */
+/** With `implicit`, in a transaction block of their own, as Postgres runs a text of several. */
 async function oneByOne(exec: Exec, statements: readonly string[], implicit: boolean): Promise<readonly Row[]> {
   let rows: readonly unknown[] = []
   if (!implicit) {
