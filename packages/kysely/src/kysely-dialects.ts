@@ -86,6 +86,8 @@ export function refuseUnsettling(connection: DatabaseConnection): void {
   throw new UnsupportedError(
     `@pglock/kysely does not lock through kysely-postgres-js over postgres.js ${version}: after a lost connection, ` +
       `postgres.js 3.4 never settles a statement on the reserved connection and throws an uncaught TypeError (${POSTGRES_JS_ISSUE}), ` +
-      'so neither pglock nor Kysely could settle. Install postgres.js 4 (postgres@^4), or lock with @pglock/postgres-js on the same sql',
+      'so neither pglock nor Kysely could settle. Install postgres.js 4: `npm i postgres@^4`, and since kysely-postgres-js ' +
+      'declares postgres ^3.4, add to package.json `"overrides": { "kysely-postgres-js": { "postgres": "$postgres" } }` ' +
+      "(see @pglock/kysely's README, Install). Or lock with @pglock/postgres-js on the same sql",
   )
 }
