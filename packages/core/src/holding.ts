@@ -1,4 +1,4 @@
-import type { Pinned } from './connection.js'
+import { type Pinned, RELEASED } from './connection.js'
 import { describeKey, LockLostError, ReleaseFailedError, UnsupportedError } from './errors.js'
 import type { PreparedStatement, Row } from './executor.js'
 import type { GateTicket } from './gate.js'
@@ -112,7 +112,8 @@ export class Holding<Db> {
       this.lose(new LockLostError(`lock ${describeKey(spec.key)} was no longer held when released`, spec.details), false)
       return false
     }
-    await connection.release(false)
+    const releasing = connection.release(false)
+    if (releasing !== RELEASED) await releasing
     this.settle()
     return true
   }

@@ -44,6 +44,11 @@ const DRIVER_TAKE: Take = { framing: { kind: 'driver-transaction' } }
 const BEGIN_TAKE: Take = { framing: { kind: 'begin' } }
 const noop = () => undefined
 
+/** A plain value from `fn` is used as is: awaiting it would cost two promises per lock. */
+function isThenable<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
+  return typeof (value as PromiseLike<T> | null)?.then === 'function'
+}
+
 /**
  * @internal Runs `fn` while holding the lock `key` on `executor`'s database: the engine behind
  * every adapter's `withLock` (`noWait: false`) and `tryWithLock` (`noWait: true`). Acquire, run
@@ -82,7 +87,8 @@ async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db,
   const { lost } = holding
   let value: T
   try {
-    value = await request.fn(new LockLease(holding.connection.db, lost))
+    const out = request.fn(new LockLease(holding.connection.db, lost))
+    value = isThenable(out) ? await out : out
   } catch (error) {
     await holding.unlock().catch(noop)
     throw lost.aborted ? lostWhileRunning(lost.reason, error) : error
@@ -284,7 +290,8 @@ async function runHolding<Db, T>(request: Request<Db, T>, holding: Holding<Db>, 
   }
   let value: T
   try {
-    value = await request.fn(new LockLease(holding.db, lost))
+    const out = request.fn(new LockLease(holding.db, lost))
+    value = isThenable(out) ? await out : out
   } catch (error) {
     ran = true
     if (ending.leaveGate) holding.ticket.leave()

@@ -37,19 +37,19 @@ const FOREIGN_STATEMENT_STATES = new Set(['26000', '42P05'])
  */
 const unprepared = new WeakSet<ClientBase>()
 
-async function execute(client: AnyClient, statement: PreparedStatement): Promise<readonly Row[]> {
+function execute(client: AnyClient, statement: PreparedStatement): Promise<readonly Row[]> {
   const { name, text } = statement
   const values = statement.values as string[]
-  if (!unprepared.has(client)) {
-    try {
-      return (await runNamed(client, name, text, values)).rows as readonly Row[]
-    } catch (error) {
-      if (!FOREIGN_STATEMENT_STATES.has((error as { code?: string } | null)?.code ?? '')) throw error
-      unprepared.add(client)
-    }
-  }
-  return (await client.query(text, values)).rows as readonly Row[]
+  if (unprepared.has(client)) return client.query(text, values).then(rowsOf)
+  return runNamed(client, name, text, values).then(rowsOf, (error: unknown) => {
+    if (!FOREIGN_STATEMENT_STATES.has((error as { code?: string } | null)?.code ?? '')) throw error
+    unprepared.add(client)
+    return client.query(text, values).then(rowsOf)
+  })
 }
+
+// `then` rather than `async`/`await`: one promise per statement instead of two
+const rowsOf = (result: { rows: unknown[] }): readonly Row[] => result.rows as readonly Row[]
 
 /** A pinned client; `lease.db` is the client in every scope, so it offers no `transactionDb`. */
 type PinnedClient<C> = Omit<LockConnection<C>, 'transactionDb'>
@@ -115,7 +115,7 @@ function pin<C extends AnyClient>(client: C, owned: boolean): PinnedClient<C> {
     if (owned) client.release?.()
     throw error
   }
-  const query = async (sql: string) => lastRows(await client.query(sql))
+  const query = (sql: string) => client.query(sql).then(lastRows)
   return {
     db: client,
     owned,
@@ -146,7 +146,7 @@ export function pgExecutor<H extends PgHandle>(db: H): LockExecutor<PgLeaseDb<H>
       return {
         kind: 'pool',
         queueKey: db,
-        connect: async () => pin((await db.connect()) as AnyClient, true) as LockConnection<PgLeaseDb<H>>,
+        connect: () => db.connect().then((client) => pin(client as AnyClient, true) as LockConnection<PgLeaseDb<H>>),
       }
     }
     if (isClient(db)) {
