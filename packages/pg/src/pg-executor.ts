@@ -115,24 +115,47 @@ function pin<C extends AnyClient>(client: C, owned: boolean): PinnedClient<C> {
     if (owned) client.release?.()
     throw error
   }
-  const query = (sql: string) => client.query(sql).then(lastRows)
-  return {
-    db: client,
-    owned,
-    connectionKey: client,
-    // a client pglock owns runs only its statements, one at a time
-    query: owned ? query : (sql) => inLane(client, () => query(sql)),
-    execute: owned ? (statement) => execute(client, statement) : (statement) => inLane(client, () => execute(client, statement)),
-    cancel: () => cancelBackend(client),
-    onLost(report) {
-      const broken = unusable(client)
-      if (broken === undefined) return listen(client, report)
-      report(broken)
-      return () => undefined
-    },
-    release({ destroy, cause }) {
-      if (owned) client.release?.(destroy ? ((cause ?? true) as Error | true) : undefined)
-    },
+  return new PgConnection(client, owned)
+}
+
+const queryRows = (client: AnyClient, sql: string): Promise<readonly Row[]> => client.query(sql).then(lastRows)
+
+/** A pinned client: a class, since one is made per lock and a literal of closures costs more. */
+class PgConnection<C extends AnyClient> implements PinnedClient<C> {
+  readonly db: C
+  readonly owned: boolean
+  readonly connectionKey: C
+
+  constructor(client: C, owned: boolean) {
+    this.db = client
+    this.owned = owned
+    this.connectionKey = client
+  }
+
+  // a client pglock owns runs only its statements, one at a time; on a client of yours they queue in a lane
+  query(sql: string): Promise<readonly Row[]> {
+    const client = this.db
+    return this.owned ? queryRows(client, sql) : inLane(client, () => queryRows(client, sql))
+  }
+
+  execute(statement: PreparedStatement): Promise<readonly Row[]> {
+    const client = this.db
+    return this.owned ? execute(client, statement) : inLane(client, () => execute(client, statement))
+  }
+
+  cancel(): Promise<void> {
+    return cancelBackend(this.db)
+  }
+
+  onLost(report: Report): () => void {
+    const broken = unusable(this.db)
+    if (broken === undefined) return listen(this.db, report)
+    report(broken)
+    return () => undefined
+  }
+
+  release({ destroy, cause }: { readonly destroy: boolean; readonly cause?: unknown }): void {
+    if (this.owned) this.db.release?.(destroy ? ((cause ?? true) as Error | true) : undefined)
   }
 }
 
