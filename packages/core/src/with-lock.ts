@@ -121,7 +121,7 @@ async function inTransaction<Db, T>(executor: LockExecutor<Db>, request: Request
   const entered = enter(executor, request, request)
   const ticket = entered instanceof Promise ? await entered : entered
   if (ticket === undefined) return NOT_ACQUIRED
-  const ending: Ending = { leaveGate: executor.kind === 'pool' }
+  const ending = executor.kind === 'pool' ? LEAVE_GATE : KEEP_GATE
   try {
     if (executor.transaction !== undefined && (executor.kind === 'pool' || executor.inTransaction?.() === false)) {
       return await inDriverTransaction(executor, request, executor.transaction, ticket, ending)
@@ -232,6 +232,9 @@ interface Ending {
   readonly driver?: DriverTransactionWatch
 }
 
+const LEAVE_GATE: Ending = { leaveGate: true }
+const KEEP_GATE: Ending = { leaveGate: false }
+
 interface DriverTransactionWatch {
   readonly abandoned: LazyAbort
   stop: () => void
@@ -278,15 +281,9 @@ async function runHolding<Db, T>(request: Request<Db, T>, holding: Holding<Db>, 
     holding.lose(error, true)
     if (ran) driver?.abandoned.abort(error)
   })
-  const stop = driver === undefined ? () => holding.stopWatching() : noop
   if (driver !== undefined) {
     driver.stop = () => holding.stopWatching()
     driver.lost = lost
-  }
-  /** Whether a failure of pglock's own `COMMIT` or `ROLLBACK` shows the lock lost; if so, reported as lost. */
-  const lostBy = (failure: unknown): boolean => {
-    if (!lost.aborted && isConnectionFailure(failure)) lost.abort(connectionFailed(request.details, failure))
-    return lost.aborted
   }
   let value: T
   try {
@@ -295,8 +292,13 @@ async function runHolding<Db, T>(request: Request<Db, T>, holding: Holding<Db>, 
   } catch (error) {
     ran = true
     if (ending.leaveGate) holding.ticket.leave()
-    const gone = lost.aborted || (await untilLost(holding.finish(false), lost).then(() => false, lostBy))
-    stop()
+    const gone =
+      lost.aborted ||
+      (await untilLost(holding.finish(false), lost).then(
+        () => false,
+        (failure: unknown) => lostBy(request.details, lost, failure),
+      ))
+    if (driver === undefined) holding.stopWatching()
     if (!gone) throw error
     const failure = lostWhileRunning(lost.reason, error)
     driver?.abandoned.abort(failure)
@@ -309,10 +311,16 @@ async function runHolding<Db, T>(request: Request<Db, T>, holding: Holding<Db>, 
     lost.throwIfAborted()
     await untilLost(holding.finish(true), lost)
   } catch (error) {
-    if (lostBy(error)) throw lost.reason
+    if (lostBy(request.details, lost, error)) throw lost.reason
     throw error
   } finally {
-    stop()
+    if (driver === undefined) holding.stopWatching()
   }
   return value
+}
+
+/** Whether a failure of pglock's own `COMMIT` or `ROLLBACK` shows the lock lost; if so, reported as lost. */
+function lostBy(details: PgLockErrorDetails, lost: LazyAbort, failure: unknown): boolean {
+  if (!lost.aborted && isConnectionFailure(failure)) lost.abort(connectionFailed(details, failure))
+  return lost.aborted
 }
