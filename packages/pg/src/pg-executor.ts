@@ -37,6 +37,7 @@ const FOREIGN_STATEMENT_STATES = new Set(['26000', '42P05'])
  */
 const unprepared = new WeakSet<ClientBase>()
 
+// `then` rather than `async`/`await`: fewer promises per statement
 function execute(client: AnyClient, statement: PreparedStatement): Promise<readonly Row[]> {
   const { name, text } = statement
   const values = statement.values as string[]
@@ -48,7 +49,6 @@ function execute(client: AnyClient, statement: PreparedStatement): Promise<reado
   })
 }
 
-// `then` rather than `async`/`await`: one promise per statement instead of two
 const rowsOf = (result: { rows: unknown[] }): readonly Row[] => result.rows as readonly Row[]
 
 /** A pinned client; `lease.db` is the client in every scope, so it offers no `transactionDb`. */
