@@ -122,40 +122,44 @@ const queryRows = (client: AnyClient, sql: string): Promise<readonly Row[]> => c
 
 /** A pinned client: a class, since one is made per lock and a literal of closures costs more. */
 class PgConnection<C extends AnyClient> implements PinnedClient<C> {
-  readonly db: C
+  // `db` is only the lease's handle: an adapter built on this one (Drizzle) may swap it in place
+  db: C
   readonly owned: boolean
   readonly connectionKey: C
+  readonly #client: C
 
   constructor(client: C, owned: boolean) {
     this.db = client
     this.owned = owned
     this.connectionKey = client
+    this.#client = client
   }
 
   // a client pglock owns runs only its statements, one at a time; on a client of yours they queue in a lane
   query(sql: string): Promise<readonly Row[]> {
-    const client = this.db
+    const client = this.#client
     return this.owned ? queryRows(client, sql) : inLane(client, () => queryRows(client, sql))
   }
 
   execute(statement: PreparedStatement): Promise<readonly Row[]> {
-    const client = this.db
+    const client = this.#client
     return this.owned ? execute(client, statement) : inLane(client, () => execute(client, statement))
   }
 
   cancel(): Promise<void> {
-    return cancelBackend(this.db)
+    return cancelBackend(this.#client)
   }
 
   onLost(report: Report): () => void {
-    const broken = unusable(this.db)
-    if (broken === undefined) return listen(this.db, report)
+    const client = this.#client
+    const broken = unusable(client)
+    if (broken === undefined) return listen(client, report)
     report(broken)
     return () => undefined
   }
 
   release({ destroy, cause }: { readonly destroy: boolean; readonly cause?: unknown }): void {
-    if (this.owned) this.db.release?.(destroy ? ((cause ?? true) as Error | true) : undefined)
+    if (this.owned) this.#client.release?.(destroy ? ((cause ?? true) as Error | true) : undefined)
   }
 }
 
