@@ -4,7 +4,7 @@ import type { LockExecutor } from './executor.js'
 import { claimConnectionGate, enterConnectionGate, enterGate, enterGateNow, type GateTicket } from './gate.js'
 import { Holding } from './holding.js'
 import { type LockSpec, timedOut, type Wait } from './options.js'
-import { type Framing, keepSavepoint, takeLock } from './take.js'
+import { type Framing, type Granted, keepSavepoint, takeLock } from './take.js'
 import { endTransactionLocks } from './tx-marks.js'
 import { DeadlineExceeded } from './wait.js'
 
@@ -34,7 +34,7 @@ export interface Take {
  * {@link Holding}, or `undefined` when `noWait` found the lock taken. Leaves the connection and
  * `ticket` to the caller when it does not resolve to a holding.
  */
-export async function hold<Db>(
+export function hold<Db>(
   executor: LockExecutor<Db>,
   spec: LockSpec,
   wait: Wait,
@@ -42,28 +42,63 @@ export async function hold<Db>(
   connection: Pinned<Db>,
   take: Take,
 ): Promise<Holding<Db> | undefined> {
-  const { queueKey } = executor
-  let onConnection: GateTicket | undefined
-  if (!connection.owned) {
-    onConnection = await enterConnectionGate(connection, queueKey, spec.token, wait)
-    if (onConnection === undefined) return undefined
+  // no other handle can reach a connection pglock owns yet: no gate to wait for, so no async step of its own
+  if (connection.owned) {
+    return takeLock(connection, spec, wait, take.framing, take.mark).then((granted) =>
+      granted === false ? undefined : held(executor, spec, ticket, connection, take, granted, undefined),
+    )
   }
+  return holdShared(executor, spec, wait, ticket, connection, take)
+}
+
+async function holdShared<Db>(
+  executor: LockExecutor<Db>,
+  spec: LockSpec,
+  wait: Wait,
+  ticket: GateTicket,
+  connection: Pinned<Db>,
+  take: Take,
+): Promise<Holding<Db> | undefined> {
+  const onConnection = await enterConnectionGate(connection, executor.queueKey, spec.token, wait)
+  if (onConnection === undefined) return undefined
   try {
     const granted = await takeLock(connection, spec, wait, take.framing, take.mark)
     if (!granted) {
-      onConnection?.leave()
+      onConnection.leave()
       return undefined
     }
-    if (onConnection === undefined) {
-      endTransactionLocks(connection.connectionKey)
-      onConnection = claimConnectionGate(connection, queueKey, spec.token)
-    }
-    if (take.keepSavepoint === true && take.framing.kind === 'savepoint') await keepSavepoint(connection, take.framing.name)
-    return new Holding(connection, spec, take.framing, granted, ticket, onConnection)
+    return await held(executor, spec, ticket, connection, take, granted, onConnection)
   } catch (error) {
-    onConnection?.leave()
+    onConnection.leave()
     throw error
   }
+}
+
+/** The lock is granted: claim the connection's gate if not entered yet, keep the savepoint if asked. */
+function held<Db>(
+  executor: LockExecutor<Db>,
+  spec: LockSpec,
+  ticket: GateTicket,
+  connection: Pinned<Db>,
+  take: Take,
+  granted: Granted,
+  entered: GateTicket | undefined,
+): Holding<Db> | Promise<Holding<Db>> {
+  let onConnection = entered
+  if (onConnection === undefined) {
+    endTransactionLocks(connection.connectionKey)
+    onConnection = claimConnectionGate(connection, executor.queueKey, spec.token)
+  }
+  const holding = new Holding(connection, spec, take.framing, granted, ticket, onConnection)
+  if (take.keepSavepoint !== true || take.framing.kind !== 'savepoint') return holding
+  const claimed = onConnection
+  return keepSavepoint(connection, take.framing.name).then(
+    () => holding,
+    (error: unknown) => {
+      if (entered === undefined) claimed.leave()
+      throw error
+    },
+  )
 }
 
 /**

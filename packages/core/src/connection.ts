@@ -111,14 +111,14 @@ export class Pinned<Db> {
    * the core stays subscribed: a dead connection's later errors stay heard, never unhandled.
    */
   release(destroy: boolean, cause?: unknown): Promise<void> {
-    if (this.#released) return DONE
+    if (this.#released) return RELEASED
     this.#released = true
     this.#listener = undefined
     this.#more = undefined
     if (!this.#lost) this.#unsubscribe?.()
     const gone = destroy || this.#lost
     try {
-      return this.#raw.release(gone ? { destroy: true, cause: cause ?? this.#cause } : KEEP) ?? DONE
+      return this.#raw.release(gone ? { destroy: true, cause: cause ?? this.#cause } : KEEP) ?? RELEASED
     } catch (error) {
       return Promise.reject(error)
     }
@@ -131,5 +131,6 @@ export class Pinned<Db> {
 }
 
 const KEEP = { destroy: false } as const
-const DONE = Promise.resolve()
+/** @internal What {@link Pinned.release} returns when the driver's release was synchronous: callers need not await it. */
+export const RELEASED: Promise<void> = Promise.resolve()
 const noop = () => undefined

@@ -1,4 +1,4 @@
-import type { Pinned } from './connection.js'
+import { type Pinned, RELEASED } from './connection.js'
 import { describeKey, LockLostError, ReleaseFailedError, UnsupportedError } from './errors.js'
 import type { PreparedStatement, Row } from './executor.js'
 import type { GateTicket } from './gate.js'
@@ -112,7 +112,8 @@ export class Holding<Db> {
       this.lose(new LockLostError(`lock ${describeKey(spec.key)} was no longer held when released`, spec.details), false)
       return false
     }
-    await connection.release(false)
+    const releasing = connection.release(false)
+    if (releasing !== RELEASED) await releasing
     this.settle()
     return true
   }
@@ -170,8 +171,8 @@ export class Holding<Db> {
    * connection left in an unknown state by a failure here is closed if pglock owns it. Where the
    * driver ends the transaction, there is nothing to send.
    */
-  async finish(commit: boolean): Promise<void> {
-    const { framing } = this
+  finish(commit: boolean): Promise<void> {
+    const { framing, connection } = this
     const sql =
       framing.kind === 'begin'
         ? commit
@@ -182,16 +183,22 @@ export class Holding<Db> {
             ? `RELEASE SAVEPOINT ${framing.name}`
             : rollbackToSavepointSql(framing.name)
           : undefined
-    if (sql === undefined) return
+    if (sql === undefined) return RELEASED
+    let sent: Promise<unknown>
     try {
-      await this.connection.query(sql)
+      sent = connection.query(sql)
     } catch (error) {
-      this.connection.failed(error)
-      await this.connection.release(true, error)
-      throw error
+      sent = Promise.reject(error)
     }
+    return sent.then(noRows, async (error: unknown) => {
+      connection.failed(error)
+      await connection.release(true, error)
+      throw error
+    })
   }
 }
+
+const noRows = () => undefined
 
 /** Thrown by the unlock when it ran on another backend than the one holding the lock. */
 class SessionMoved extends Error {

@@ -102,7 +102,7 @@ function failureFor(error: unknown, spec: LockSpec, wait: Wait, framing: Framing
  * Postgres does not notice a vanished client while it waits for a lock, and would otherwise grant
  * the lock to the dead session when it frees up.
  */
-export async function takeLock(
+export function takeLock(
   connection: Pinned<unknown>,
   spec: LockSpec,
   wait: Wait,
@@ -122,40 +122,63 @@ export async function takeLock(
     mark,
   }
   const { signal } = wait
-  signal?.throwIfAborted()
+  if (signal?.aborted) return Promise.reject(signal.reason)
   let waiting = true
   const stopListening = connection.onLost(() => {
     if (waiting) void connection.cancel().catch(noop)
   })
-  let rows: readonly Row[] | undefined
-  let failure: unknown
   let cancelled: Promise<void> | undefined
   const onAbort = () => {
     cancelled = connection.cancel().catch(noop)
   }
   signal?.addEventListener('abort', onAbort, { once: true })
-  try {
-    rows = await connection.send((connection.prepares ? preparedAcquire(plan) : undefined) ?? acquireSql(plan))
-  } catch (error) {
-    failure = error
-    connection.failed(error)
-  } finally {
+  const stopWaiting = () => {
     waiting = false
     signal?.removeEventListener('abort', onAbort)
   }
+  let sent: Promise<readonly Row[]>
   try {
-    if (rows !== undefined && !signal?.aborted) {
-      if (!noWait || rows[0]?.acquired === true) return granted(rows[0])
-      if (framing.kind === 'begin' || (framing.kind === 'savepoint' && framing.keepOpen)) await undo(connection, spec, framing, undefined)
-      if (wait.noWait) return false
-      throw timedOut(spec, wait)
-    }
-    await cancelled
-    await undo(connection, spec, framing, failure)
-    throw failureFor(failure, spec, wait, framing)
-  } finally {
-    stopListening()
+    sent = connection.send((connection.prepares ? preparedAcquire(plan) : undefined) ?? acquireSql(plan))
+  } catch (error) {
+    sent = Promise.reject(error)
   }
+  // `then` rather than `await`: the granted path, nearly every lock, makes no promise of its own
+  return sent.then<Granted | false, Granted | false>(
+    (rows) => {
+      stopWaiting()
+      if (!signal?.aborted && (!noWait || rows[0]?.acquired === true)) {
+        stopListening()
+        return granted(rows[0])
+      }
+      return notGranted(connection, spec, wait, framing, rows, undefined, cancelled).finally(stopListening)
+    },
+    (error: unknown) => {
+      // while still waiting, so that a connection failure also cancels the wait on the server
+      connection.failed(error)
+      stopWaiting()
+      return notGranted(connection, spec, wait, framing, undefined, error, cancelled).finally(stopListening)
+    },
+  )
+}
+
+/** The lock statement answered "not granted", or failed, or was aborted: undo what it may have left, then say why. */
+async function notGranted(
+  connection: Pinned<unknown>,
+  spec: LockSpec,
+  wait: Wait,
+  framing: Framing,
+  rows: readonly Row[] | undefined,
+  failure: unknown,
+  cancelled: Promise<void> | undefined,
+): Promise<false> {
+  if (rows !== undefined && !wait.signal?.aborted) {
+    if (framing.kind === 'begin' || (framing.kind === 'savepoint' && framing.keepOpen)) await undo(connection, spec, framing, undefined)
+    if (wait.noWait) return false
+    throw timedOut(spec, wait)
+  }
+  await cancelled
+  await undo(connection, spec, framing, failure)
+  throw failureFor(failure, spec, wait, framing)
 }
 
 const noop = () => undefined

@@ -44,6 +44,11 @@ const DRIVER_TAKE: Take = { framing: { kind: 'driver-transaction' } }
 const BEGIN_TAKE: Take = { framing: { kind: 'begin' } }
 const noop = () => undefined
 
+/** A plain value from `fn` is used as is, without the promises an `await` makes. */
+function isThenable<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
+  return typeof (value as PromiseLike<T> | null)?.then === 'function'
+}
+
 /**
  * @internal Runs `fn` while holding the lock `key` on `executor`'s database: the engine behind
  * every adapter's `withLock` (`noWait: false`) and `tryWithLock` (`noWait: true`). Acquire, run
@@ -82,7 +87,8 @@ async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db,
   const { lost } = holding
   let value: T
   try {
-    value = await request.fn(new LockLease(holding.connection.db, lost))
+    const out = request.fn(new LockLease(holding.connection.db, lost))
+    value = isThenable(out) ? await out : out
   } catch (error) {
     await holding.unlock().catch(noop)
     throw lost.aborted ? lostWhileRunning(lost.reason, error) : error
@@ -92,11 +98,8 @@ async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db,
 }
 
 /**
- * What `withLock` rejects with when the lock was lost while `fn` ran and `fn` threw `error`: the
- * loss, with `fn`'s error as its `cause` (a driver error on the dead connection, usually), so that
- * a lost lock reads the same whatever `fn` did with the driver's error. Decided once the unlock or
- * rollback has said whether the connection is gone: the driver may reject `fn`'s statement before
- * the adapter reports the loss.
+ * The loss, with `fn`'s `error` as its `cause`, so a lost lock reads the same whatever `fn` did with
+ * the driver's error. Decided after the unlock or rollback: the driver may fail `fn` before the loss is heard.
  */
 function lostWhileRunning(loss: unknown, error: unknown): unknown {
   if (error === loss || !(loss instanceof LockLostError)) return loss
@@ -115,7 +118,7 @@ async function inTransaction<Db, T>(executor: LockExecutor<Db>, request: Request
   const entered = enter(executor, request, request)
   const ticket = entered instanceof Promise ? await entered : entered
   if (ticket === undefined) return NOT_ACQUIRED
-  const ending: Ending = { leaveGate: executor.kind === 'pool' }
+  const ending = executor.kind === 'pool' ? LEAVE_GATE : KEEP_GATE
   try {
     if (executor.transaction !== undefined && (executor.kind === 'pool' || executor.inTransaction?.() === false)) {
       return await inDriverTransaction(executor, request, executor.transaction, ticket, ending)
@@ -132,14 +135,10 @@ async function inTransaction<Db, T>(executor: LockExecutor<Db>, request: Request
 }
 
 /**
- * Runs the lock and `fn` inside a transaction the driver opens. When they fail, their failure is
- * what `withLock` reports, even if the driver then fails too: its `ROLLBACK` on a connection that
- * died (which is how the lock was lost) would otherwise replace `LockLostError`, and postgres.js
- * rejects `sql.begin()` as soon as the connection closes, before `fn` has even returned. A loss
- * after `fn` returned stops the wait for the driver's commit, which a dead connection never ends.
- * Once `fn` has run, a driver failing for its connection (its own `COMMIT` or `ROLLBACK`, or
- * `sql.begin()` seeing the socket close) means the lock was lost, even before the adapter says so.
- * The wait for the driver's connection counts against the acquire's `timeoutMs` and `signal`.
+ * Runs the lock and `fn` inside a transaction the driver opens. Their failure wins over the driver's
+ * (a `ROLLBACK` on a dead connection would hide `LockLostError`); once `fn` has run, the driver failing
+ * for its connection means the lock was lost, and a loss stops the wait for a commit that may never end.
+ * The wait for the driver's connection counts against `timeoutMs` and `signal`.
  */
 async function inDriverTransaction<Db, T>(
   executor: LockExecutor<Db>,
@@ -215,16 +214,16 @@ async function inOpenOrNewTransaction<Db, T>(
 }
 
 /**
- * How a transaction lock ends. On a pool, `leaveGate` lets the next handle queued in memory for
- * the key into Postgres as `COMMIT` (or `ROLLBACK`) is sent, on a connection of its own:
- * Postgres grants it the lock when the transaction ends, one round trip sooner. Where the driver
- * ends the transaction itself, `driver` keeps the lock watched until its commit or rollback
- * settles, and a loss after `fn` returned abandons that wait.
+ * How a transaction lock ends. On a pool, `leaveGate` lets the next waiter into Postgres as `COMMIT` is
+ * sent (granted when the transaction ends, one round trip sooner). `driver` watches a driver's own commit.
  */
 interface Ending {
   readonly leaveGate: boolean
   readonly driver?: DriverTransactionWatch
 }
+
+const LEAVE_GATE: Ending = { leaveGate: true }
+const KEEP_GATE: Ending = { leaveGate: false }
 
 interface DriverTransactionWatch {
   readonly abandoned: LazyAbort
@@ -258,11 +257,8 @@ async function holdWhileRunning<Db, T>(
 }
 
 /**
- * Runs `fn` under a granted transaction lock, then ends what `holdWhileRunning` began. Once the
- * connection is lost, nothing more is sent on it: an owned connection is destroyed at once, and a
- * commit or rollback still in flight is abandoned (the driver may never answer it), so that
- * `withLock` cannot stay pending. It waits for `fn` itself, though: `withLock` never settles while
- * `fn` still runs.
+ * Runs `fn` under a granted transaction lock, then ends the transaction. After a loss, a commit or
+ * rollback in flight is abandoned (the driver may never answer it), but `fn` itself is always awaited.
  */
 async function runHolding<Db, T>(request: Request<Db, T>, holding: Holding<Db>, ending: Ending): Promise<Outcome<T>> {
   const { driver } = ending
@@ -272,24 +268,24 @@ async function runHolding<Db, T>(request: Request<Db, T>, holding: Holding<Db>, 
     holding.lose(error, true)
     if (ran) driver?.abandoned.abort(error)
   })
-  const stop = driver === undefined ? () => holding.stopWatching() : noop
   if (driver !== undefined) {
     driver.stop = () => holding.stopWatching()
     driver.lost = lost
   }
-  /** Whether a failure of pglock's own `COMMIT` or `ROLLBACK` shows the lock lost; if so, reported as lost. */
-  const lostBy = (failure: unknown): boolean => {
-    if (!lost.aborted && isConnectionFailure(failure)) lost.abort(connectionFailed(request.details, failure))
-    return lost.aborted
-  }
   let value: T
   try {
-    value = await request.fn(new LockLease(holding.db, lost))
+    const out = request.fn(new LockLease(holding.db, lost))
+    value = isThenable(out) ? await out : out
   } catch (error) {
     ran = true
     if (ending.leaveGate) holding.ticket.leave()
-    const gone = lost.aborted || (await untilLost(holding.finish(false), lost).then(() => false, lostBy))
-    stop()
+    const gone =
+      lost.aborted ||
+      (await untilLost(holding.finish(false), lost).then(
+        () => false,
+        (failure: unknown) => lostBy(request.details, lost, failure),
+      ))
+    if (driver === undefined) holding.stopWatching()
     if (!gone) throw error
     const failure = lostWhileRunning(lost.reason, error)
     driver?.abandoned.abort(failure)
@@ -302,10 +298,16 @@ async function runHolding<Db, T>(request: Request<Db, T>, holding: Holding<Db>, 
     lost.throwIfAborted()
     await untilLost(holding.finish(true), lost)
   } catch (error) {
-    if (lostBy(error)) throw lost.reason
+    if (lostBy(request.details, lost, error)) throw lost.reason
     throw error
   } finally {
-    stop()
+    if (driver === undefined) holding.stopWatching()
   }
   return value
+}
+
+/** Whether a failure of pglock's own `COMMIT` or `ROLLBACK` shows the lock lost; if so, reported as lost. */
+function lostBy(details: PgLockErrorDetails, lost: LazyAbort, failure: unknown): boolean {
+  if (!lost.aborted && isConnectionFailure(failure)) lost.abort(connectionFailed(details, failure))
+  return lost.aborted
 }

@@ -37,19 +37,19 @@ const FOREIGN_STATEMENT_STATES = new Set(['26000', '42P05'])
  */
 const unprepared = new WeakSet<ClientBase>()
 
-async function execute(client: AnyClient, statement: PreparedStatement): Promise<readonly Row[]> {
+// `then` rather than `async`/`await`: fewer promises per statement
+function execute(client: AnyClient, statement: PreparedStatement): Promise<readonly Row[]> {
   const { name, text } = statement
   const values = statement.values as string[]
-  if (!unprepared.has(client)) {
-    try {
-      return (await runNamed(client, name, text, values)).rows as readonly Row[]
-    } catch (error) {
-      if (!FOREIGN_STATEMENT_STATES.has((error as { code?: string } | null)?.code ?? '')) throw error
-      unprepared.add(client)
-    }
-  }
-  return (await client.query(text, values)).rows as readonly Row[]
+  if (unprepared.has(client)) return client.query(text, values).then(rowsOf)
+  return runNamed(client, name, text, values).then(rowsOf, (error: unknown) => {
+    if (!FOREIGN_STATEMENT_STATES.has((error as { code?: string } | null)?.code ?? '')) throw error
+    unprepared.add(client)
+    return client.query(text, values).then(rowsOf)
+  })
 }
+
+const rowsOf = (result: { rows: unknown[] }): readonly Row[] => result.rows as readonly Row[]
 
 /** A pinned client; `lease.db` is the client in every scope, so it offers no `transactionDb`. */
 type PinnedClient<C> = Omit<LockConnection<C>, 'transactionDb'>
@@ -115,24 +115,51 @@ function pin<C extends AnyClient>(client: C, owned: boolean): PinnedClient<C> {
     if (owned) client.release?.()
     throw error
   }
-  const query = async (sql: string) => lastRows(await client.query(sql))
-  return {
-    db: client,
-    owned,
-    connectionKey: client,
-    // a client pglock owns runs only its statements, one at a time
-    query: owned ? query : (sql) => inLane(client, () => query(sql)),
-    execute: owned ? (statement) => execute(client, statement) : (statement) => inLane(client, () => execute(client, statement)),
-    cancel: () => cancelBackend(client),
-    onLost(report) {
-      const broken = unusable(client)
-      if (broken === undefined) return listen(client, report)
-      report(broken)
-      return () => undefined
-    },
-    release({ destroy, cause }) {
-      if (owned) client.release?.(destroy ? ((cause ?? true) as Error | true) : undefined)
-    },
+  return new PgConnection(client, owned)
+}
+
+const queryRows = (client: AnyClient, sql: string): Promise<readonly Row[]> => client.query(sql).then(lastRows)
+
+/** A pinned client: a class, since one is made per lock and a literal of closures costs more. */
+class PgConnection<C extends AnyClient> implements PinnedClient<C> {
+  // `db` is only the lease's handle: an adapter built on this one (Drizzle) may swap it in place
+  db: C
+  readonly owned: boolean
+  readonly connectionKey: C
+  readonly #client: C
+
+  constructor(client: C, owned: boolean) {
+    this.db = client
+    this.owned = owned
+    this.connectionKey = client
+    this.#client = client
+  }
+
+  // a client pglock owns runs only its statements, one at a time; on a client of yours they queue in a lane
+  query(sql: string): Promise<readonly Row[]> {
+    const client = this.#client
+    return this.owned ? queryRows(client, sql) : inLane(client, () => queryRows(client, sql))
+  }
+
+  execute(statement: PreparedStatement): Promise<readonly Row[]> {
+    const client = this.#client
+    return this.owned ? execute(client, statement) : inLane(client, () => execute(client, statement))
+  }
+
+  cancel(): Promise<void> {
+    return cancelBackend(this.#client)
+  }
+
+  onLost(report: Report): () => void {
+    const client = this.#client
+    const broken = unusable(client)
+    if (broken === undefined) return listen(client, report)
+    report(broken)
+    return () => undefined
+  }
+
+  release({ destroy, cause }: { readonly destroy: boolean; readonly cause?: unknown }): void {
+    if (this.owned) this.#client.release?.(destroy ? ((cause ?? true) as Error | true) : undefined)
   }
 }
 
@@ -146,7 +173,7 @@ export function pgExecutor<H extends PgHandle>(db: H): LockExecutor<PgLeaseDb<H>
       return {
         kind: 'pool',
         queueKey: db,
-        connect: async () => pin((await db.connect()) as AnyClient, true) as LockConnection<PgLeaseDb<H>>,
+        connect: () => db.connect().then((client) => pin(client as AnyClient, true) as LockConnection<PgLeaseDb<H>>),
       }
     }
     if (isClient(db)) {
