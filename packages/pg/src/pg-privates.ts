@@ -14,8 +14,8 @@
  * refuse early, and without them pglock takes the public path.
  */
 import { createRequire } from 'node:module'
-import { createConnection } from 'node:net'
 import { UnsupportedError } from '@pglock/core'
+import { sendCancelRequest } from '@pglock/core/adapter'
 import type { ClientBase, QueryResult } from 'pg'
 
 let version: string | undefined
@@ -142,15 +142,9 @@ export function neverConnected(client: ClientBase): boolean {
   return members._connecting === false && members._connected === false && members._ending === false
 }
 
-const CANCEL_REQUEST_CODE = 80877102
-const CANCEL_TIMEOUT_MS = 5_000
-
 /**
  * Cancels the statement a client is running with the protocol's CancelRequest (its backend key
- * data, sent on a new socket to the same host and port), which also works through a pooler such
- * as PgBouncer, where the client's `processID` is the pooler's and not a Postgres backend's.
- * Resolves once the server has closed the request's socket, which Postgres does after it has
- * signalled the backend, so a late cancel cannot hit a later statement.
+ * data), which also works through a pooler such as PgBouncer, where `processID` is the pooler's.
  *
  * @example
  * ```ts
@@ -161,18 +155,7 @@ export function cancelBackend(client: ClientBase): Promise<void> {
   const { processID, secretKey, connectionParameters } = privates(client)
   const { host = 'localhost', port = 5432 } = (connectionParameters ?? {}) as { host?: string; port?: number }
   if (typeof processID !== 'number' || typeof secretKey !== 'number') return Promise.resolve()
-  const request = Buffer.alloc(16)
-  request.writeInt32BE(16, 0)
-  request.writeInt32BE(CANCEL_REQUEST_CODE, 4)
-  request.writeInt32BE(processID, 8)
-  request.writeInt32BE(secretKey, 12)
-  return new Promise((resolve) => {
-    const socket = host.startsWith('/') ? createConnection(`${host}/.s.PGSQL.${port}`) : createConnection(port, host)
-    socket.setTimeout(CANCEL_TIMEOUT_MS, () => socket.destroy())
-    socket.once('connect', () => socket.write(request))
-    socket.once('error', () => undefined)
-    socket.once('close', () => resolve())
-  })
+  return sendCancelRequest(host, port, { pid: processID, secret: secretKey })
 }
 
 /** node-postgres' own `Query` class, which its JavaScript `Client` exposes as `Client.Query`. */
