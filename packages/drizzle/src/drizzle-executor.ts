@@ -1,5 +1,5 @@
 import { InvalidArgumentError, type LockScope, UnsupportedError } from '@pglock/core'
-import type { LockConnection, LockExecutor } from '@pglock/core/adapter'
+import { bindScopedExecutor, type LeaseDbOf, type LockConnection, type LockExecutor, type ScopedLockFunctions } from '@pglock/core/adapter'
 import { entityKind } from 'drizzle-orm'
 import type { PgDialect } from 'drizzle-orm/pg-core'
 import { dialectOf, sessionOptionsOf, transactionClientOf } from './drizzle-privates.js'
@@ -141,15 +141,6 @@ interface DatabaseParts {
   readonly cache: unknown
 }
 
-const partsByDb = new WeakMap<DrizzleShape, DatabaseParts>()
-
-/** A database's parts never change: read once per database. */
-function partsOf(db: DrizzleShape): DatabaseParts {
-  let parts = partsByDb.get(db)
-  if (parts === undefined) partsByDb.set(db, (parts = readParts(db)))
-  return parts
-}
-
 function readParts(db: DrizzleShape): DatabaseParts {
   const meta = db._ as {
     readonly relations?: unknown
@@ -167,27 +158,15 @@ function readParts(db: DrizzleShape): DatabaseParts {
 }
 
 interface Bound {
-  readonly session: object
   readonly db: object
+  readonly transactionDb: (() => object) | undefined
 }
 
-/** The database built on each pooled client, per database: a pool lends the same clients again and again. */
-const boundByClient = new WeakMap<object, WeakMap<DatabaseParts, Bound>>()
-
 /** A session and a database of the driver's classes on `client`, built as `drizzle()` builds them. */
-function bindDatabase(classes: DrizzleClasses, parts: DatabaseParts, client: unknown): Bound {
-  const owner = typeof client === 'object' && client !== null ? client : undefined
-  let byParts = owner === undefined ? undefined : boundByClient.get(owner)
-  const known = byParts?.get(parts)
-  if (known !== undefined) return known
+function bindDatabase(classes: DrizzleClasses, parts: DatabaseParts, client: unknown, withTransaction: boolean): Bound {
   const session = new classes.Session(client, parts.dialect, parts.schema, parts.options)
   const db = Object.assign(new classes.Database(parts.dialect, session, parts.schema), { $client: client, $cache: parts.cache })
-  const bound = { session, db }
-  if (owner !== undefined) {
-    if (byParts === undefined) boundByClient.set(owner, (byParts = new WeakMap()))
-    byParts.set(parts, bound)
-  }
-  return bound
+  return { db, transactionDb: withTransaction ? () => newTransaction(classes, parts, session) : undefined }
 }
 
 function newTransaction(classes: DrizzleClasses, parts: DatabaseParts, session: object): object {
@@ -208,7 +187,7 @@ function transactionExecutor(driver: DrizzleDriver, tx: DrizzleShape): LockExecu
 }
 
 /**
- * Describes a Drizzle database or `tx` of `driver` to the core, by the client underneath. A
+ * Describes Drizzle databases and `tx`s of `driver` to the core, by the client underneath. A
  * database over a pool pins a connection of it for a session lock, with `lease.db` a database of
  * the same kind on that connection. Over node-postgres, a transaction lock runs on a pinned
  * connection too: pglock sends `BEGIN` with the lock and gives Drizzle's own `tx` on that
@@ -216,52 +195,84 @@ function transactionExecutor(driver: DrizzleDriver, tx: DrizzleShape): LockExecu
  * holds session locks on it, and `lease.db` is the database itself. A `tx` is one connection
  * inside a transaction, which pglock never ends. A database with read replicas locks on its primary.
  */
-export function describeDrizzle(handle: unknown, driver: DrizzleDriver): LockExecutor<unknown> {
-  if (!isDrizzle(handle)) {
-    throw new InvalidArgumentError(`db must be a Drizzle database or transaction for ${driver.entry}, got ${kindOf(handle)}`)
+export function drizzleDescriber(driver: DrizzleDriver): (handle: unknown) => LockExecutor<unknown> {
+  // A database's client, parts and driver never change, and every lock would describe it again.
+  const executors = new WeakMap<object, LockExecutor<unknown>>()
+  const describe = (handle: unknown): LockExecutor<unknown> => {
+    if (!isDrizzle(handle)) {
+      throw new InvalidArgumentError(`db must be a Drizzle database or transaction for ${driver.entry}, got ${kindOf(handle)}`)
+    }
+    let executor = executors.get(handle)
+    if (executor !== undefined) return executor
+    if (handle.$primary !== undefined) executor = describe(handle.$primary)
+    else if (!driver.owns(handle)) {
+      throw new UnsupportedError(`${driver.entry} locks through ${driver.supports}; this database is a ${kindOf(handle)}`)
+    } else if (isTransaction(handle)) return transactionExecutor(driver, handle)
+    else executor = databaseExecutor(driver, handle)
+    executors.set(handle, executor)
+    return executor
   }
-  const db: DrizzleShape = handle
-  if (db.$primary !== undefined) return describeDrizzle(db.$primary, driver)
-  if (!driver.owns(db)) throw new UnsupportedError(`${driver.entry} locks through ${driver.supports}; this database is a ${kindOf(db)}`)
-  if (isTransaction(db)) return transactionExecutor(driver, db)
+  return describe
+}
+
+function databaseExecutor(driver: DrizzleDriver, db: DrizzleShape): LockExecutor<unknown> {
   const client = db.$client
   const inner = driver.clientExecutor(client)
   const pin = inner?.connect
   if (inner === undefined || pin === undefined) throw unsupportedClient(driver, client)
-  const parts = partsOf(db)
+  const parts = readParts(db)
   const { runInTransaction } = driver
+  const transaction =
+    runInTransaction === undefined
+      ? undefined
+      : <T>(body: (connection: LockConnection<unknown>) => Promise<T>): Promise<T> => runInTransaction(db, body)
+  let classes: DrizzleClasses | undefined
+  const classesOf = async (): Promise<DrizzleClasses> => (classes ??= await driver.classes())
   if (inner.kind === 'pool') {
+    // A pool lends the same clients again and again: one database per client.
+    const boundByClient = new WeakMap<object, Bound>()
     const connect = async (): Promise<LockConnection<unknown>> => {
-      const loading = driver.classes()
-      const classes = loading instanceof Promise ? await loading : loading
+      const loaded = classes ?? (await classesOf())
       const connection = await pin()
+      const client = connection.db as object
       try {
-        const bound = bindDatabase(classes, parts, connection.db)
+        let bound = boundByClient.get(client)
+        if (bound === undefined) boundByClient.set(client, (bound = bindDatabase(loaded, parts, client, transaction === undefined)))
         rebind(connection, bound.db)
-        if (runInTransaction === undefined) connection.transactionDb = () => newTransaction(classes, parts, bound.session)
+        if (bound.transactionDb !== undefined) connection.transactionDb = bound.transactionDb
         return connection
       } catch (error) {
         await connection.release({ destroy: false })
         throw error
       }
     }
-    return runInTransaction === undefined
+    return transaction === undefined
       ? { kind: 'pool', queueKey: inner.queueKey, connect }
-      : { kind: 'pool', queueKey: inner.queueKey, connect, transaction: (body) => runInTransaction(db, body) }
+      : { kind: 'pool', queueKey: inner.queueKey, connect, transaction }
   }
   const inTransaction = inner.inTransaction?.bind(inner)
+  let transactionDb: (() => object) | undefined
   const connect = async (): Promise<LockConnection<unknown>> => {
-    const loading = driver.classes()
-    const classes = loading instanceof Promise ? await loading : loading
+    const loaded = classes ?? (await classesOf())
     const connection = rebind<unknown>(await pin(), db)
-    if (runInTransaction === undefined) connection.transactionDb = () => newTransaction(classes, parts, db._.session)
+    if (transaction === undefined) connection.transactionDb = transactionDb ??= () => newTransaction(loaded, parts, db._.session)
     return connection
   }
   return {
     kind: 'connection',
     queueKey: inner.queueKey,
     connect,
-    ...(runInTransaction === undefined ? {} : { transaction: (body) => runInTransaction(db, body) }),
+    ...(transaction === undefined ? {} : { transaction }),
     ...(inTransaction === undefined ? {} : { inTransaction }),
   } as LockExecutor<unknown>
+}
+
+/** `lease.db` of a Drizzle handle, as a type-level function for the core's bound functions. */
+export interface DrizzleLease extends LeaseDbOf {
+  readonly db: DrizzleLeaseDb<this['handle'], this['scope']>
+}
+
+/** The lock functions of an entry whose handles `describe` describes. */
+export function bindDrizzle<Handle>(describe: (handle: unknown) => LockExecutor<unknown>): ScopedLockFunctions<Handle, DrizzleLease> {
+  return bindScopedExecutor<Handle, DrizzleLease>(describe)
 }
