@@ -61,19 +61,14 @@ export interface DrizzleShape {
 }
 
 /**
- * Drizzle's publicly exported classes for one driver (`NodePgDatabase`, `NodePgSession`,
- * `NodePgTransaction` from `drizzle-orm/node-postgres`, and so on), constructed as that driver's
- * `drizzle()` and `db.transaction()` construct them. The constructors take the same arguments in
- * drizzle-orm 0.45 and 1.0; the third is the relational schema (0.45) or the relations (1.0).
+ * Drizzle's exported classes for one driver (`NodePgDatabase`, `NodePgSession`, `NodePgTransaction`
+ * and so on), built as `drizzle()` builds them. The third argument is the relational schema (0.45)
+ * or the relations (1.0).
  */
 export interface DrizzleClasses {
   readonly Database: new (dialect: PgDialect, session: any, schema: any) => object
   readonly Session: new (client: any, dialect: PgDialect, schema: any, options: any) => object
-  /**
-   * The `tx` class, where pglock opens the transaction itself and sends `BEGIN` with the lock.
-   * `nestedIndex` and `parseRqbJson` are passed as `db.transaction()` passes them (0.45 has no
-   * fifth parameter).
-   */
+  /** The `tx` class, where pglock sends `BEGIN` itself; 0.45 has no `parseRqbJson`. */
   readonly Transaction?: new (
     dialect: PgDialect,
     session: any,
@@ -83,24 +78,37 @@ export interface DrizzleClasses {
   ) => object
 }
 
-/** How one of Drizzle's Postgres drivers maps onto a pglock driver adapter. */
-export interface DrizzleDriver {
-  /** The entry users import, for messages (`@pglock/drizzle/node-postgres`). */
+/** What an entry says of a driver: its name and classes, for messages and `lease.db`. */
+export interface DriverEntry {
+  /** The entry users import (`@pglock/drizzle/node-postgres`). */
   readonly entry: string
-  /** What the entry locks through, for messages. */
+  /** What the entry locks through. */
   readonly supports: string
   /** Whether a Drizzle database or `tx` is one of this driver's. */
   owns(db: object): boolean
-  /** The pglock executor of the driver client under a database or `tx`, if it is one of this driver's. */
-  clientExecutor(client: unknown): LockExecutor<unknown> | undefined
-  /** Drizzle's classes for this driver: imported by each driver's entry, loaded on first use by the root entry. */
+  /** Imported by each driver's entry, loaded on first use by the root entry. */
   classes(): DrizzleClasses | Promise<DrizzleClasses>
+}
+
+/** How one of Drizzle's Postgres drivers maps onto a pglock driver adapter. */
+export interface DrizzleDriver extends DriverEntry {
+  /** The pglock executor of the client under a database or `tx`, if it is one of this driver's. */
+  clientExecutor(client: unknown): LockExecutor<unknown> | undefined
   /**
-   * Runs `body` inside `db.transaction()`, for a driver whose transactions only its client can
-   * open (postgres.js's `sql.begin()`). Without it, pglock opens the transaction on a pinned
-   * connection, sending `BEGIN` with the lock, and `lease.db` is a `DrizzleClasses.Transaction`.
+   * Runs `body` inside `db.transaction()`, where only the client can open a transaction
+   * (postgres.js). Without it, pglock sends `BEGIN` with the lock on a pinned connection.
    */
   runInTransaction?<T>(db: DrizzleShape, body: (connection: LockConnection<unknown>) => Promise<T>): Promise<T>
+}
+
+/** `describe(client)`, or `undefined` where the driver adapter refuses it as not its own. */
+export function executorIf(describe: (client: never) => LockExecutor<any>, client: unknown): LockExecutor<unknown> | undefined {
+  try {
+    return describe(client as never)
+  } catch (error) {
+    if (error instanceof InvalidArgumentError) return undefined
+    throw error
+  }
 }
 
 function isDrizzle(db: unknown): db is DrizzleShape {
@@ -119,21 +127,13 @@ export function kindOf(value: unknown): string {
   return typeof kind === 'string' && kind !== 'Object' ? kind : 'an object'
 }
 
-/**
- * `connection` with `db` as its `lease.db`, changed in place: the driver adapters' `connect()`
- * builds a connection object for each lock, which nobody else holds yet, and a copy would freeze
- * getters such as postgres.js's `connectionKey`.
- */
+/** Changed in place: `connect()` builds a fresh connection per lock, and a copy would freeze its getters. */
 function rebind<Db>(connection: LockConnection<unknown>, db: Db): LockConnection<Db> {
   ;(connection as { db: unknown }).db = db
   return connection as LockConnection<Db>
 }
 
-/**
- * What building a database of `db`'s kind on another connection takes, as `drizzle()` took it:
- * the dialect and the session's options (driver privates), and the relational schema (0.45,
- * from the public `db._`) or the relations (1.0).
- */
+/** What `drizzle()` took to build `db`, to build another on a pinned connection. */
 interface DatabaseParts {
   readonly dialect: PgDialect
   readonly schema: unknown
@@ -166,11 +166,17 @@ interface Bound {
 function bindDatabase(classes: DrizzleClasses, parts: DatabaseParts, client: unknown, withTransaction: boolean): Bound {
   const session = new classes.Session(client, parts.dialect, parts.schema, parts.options)
   const db = Object.assign(new classes.Database(parts.dialect, session, parts.schema), { $client: client, $cache: parts.cache })
-  return { db, transactionDb: withTransaction ? () => newTransaction(classes, parts, session) : undefined }
+  return { db, transactionDb: withTransaction ? transactionOn(classes, parts, session) : undefined }
 }
 
-function newTransaction(classes: DrizzleClasses, parts: DatabaseParts, session: object): object {
-  return new (classes.Transaction as NonNullable<DrizzleClasses['Transaction']>)(parts.dialect, session, parts.schema, 0, false)
+/**
+ * Drizzle's `tx` on `session`, built once: a `tx` keeps no state of its own transaction, and
+ * building one also builds a query builder per table of the schema.
+ */
+function transactionOn(classes: DrizzleClasses, parts: DatabaseParts, session: object): () => object {
+  let tx: object | undefined
+  return () =>
+    (tx ??= new (classes.Transaction as NonNullable<DrizzleClasses['Transaction']>)(parts.dialect, session, parts.schema, 0, false))
 }
 
 function unsupportedClient(driver: DrizzleDriver, client: unknown): UnsupportedError {
@@ -187,13 +193,9 @@ function transactionExecutor(driver: DrizzleDriver, tx: DrizzleShape): LockExecu
 }
 
 /**
- * Describes Drizzle databases and `tx`s of `driver` to the core, by the client underneath. A
- * database over a pool pins a connection of it for a session lock, with `lease.db` a database of
- * the same kind on that connection. Over node-postgres, a transaction lock runs on a pinned
- * connection too: pglock sends `BEGIN` with the lock and gives Drizzle's own `tx` on that
- * connection; over postgres.js it runs in `db.transaction()`. A database over one connection
- * holds session locks on it, and `lease.db` is the database itself. A `tx` is one connection
- * inside a transaction, which pglock never ends. A database with read replicas locks on its primary.
+ * Describes Drizzle databases and `tx`s of `driver` to the core, by the client underneath. Over a
+ * pool, a lock pins a connection and `lease.db` is a database of the same kind on it; a `tx` locks
+ * inside its transaction, which pglock never ends; a database with read replicas locks on its primary.
  */
 export function drizzleDescriber(driver: DrizzleDriver): (handle: unknown) => LockExecutor<unknown> {
   // A database's client, parts and driver never change, and every lock would describe it again.
@@ -255,7 +257,7 @@ function databaseExecutor(driver: DrizzleDriver, db: DrizzleShape): LockExecutor
   const connect = async (): Promise<LockConnection<unknown>> => {
     const loaded = classes ?? (await classesOf())
     const connection = rebind<unknown>(await pin(), db)
-    if (transaction === undefined) connection.transactionDb = transactionDb ??= () => newTransaction(loaded, parts, db._.session)
+    if (transaction === undefined) connection.transactionDb = transactionDb ??= transactionOn(loaded, parts, db._.session)
     return connection
   }
   return {
