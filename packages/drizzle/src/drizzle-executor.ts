@@ -1,5 +1,5 @@
 import { InvalidArgumentError, type LockScope, UnsupportedError } from '@pglock/core'
-import type { LockConnection, LockExecutor } from '@pglock/core/adapter'
+import { bindScopedExecutor, type LeaseDbOf, type LockConnection, type LockExecutor, type ScopedLockFunctions } from '@pglock/core/adapter'
 import { entityKind } from 'drizzle-orm'
 import type { PgDialect } from 'drizzle-orm/pg-core'
 import { dialectOf, sessionOptionsOf, transactionClientOf } from './drizzle-privates.js'
@@ -61,19 +61,14 @@ export interface DrizzleShape {
 }
 
 /**
- * Drizzle's publicly exported classes for one driver (`NodePgDatabase`, `NodePgSession`,
- * `NodePgTransaction` from `drizzle-orm/node-postgres`, and so on), constructed as that driver's
- * `drizzle()` and `db.transaction()` construct them. The constructors take the same arguments in
- * drizzle-orm 0.45 and 1.0; the third is the relational schema (0.45) or the relations (1.0).
+ * Drizzle's exported classes for one driver (`NodePgDatabase`, `NodePgSession`, `NodePgTransaction`
+ * and so on), built as `drizzle()` builds them. The third argument is the relational schema (0.45)
+ * or the relations (1.0).
  */
 export interface DrizzleClasses {
   readonly Database: new (dialect: PgDialect, session: any, schema: any) => object
   readonly Session: new (client: any, dialect: PgDialect, schema: any, options: any) => object
-  /**
-   * The `tx` class, where pglock opens the transaction itself and sends `BEGIN` with the lock.
-   * `nestedIndex` and `parseRqbJson` are passed as `db.transaction()` passes them (0.45 has no
-   * fifth parameter).
-   */
+  /** The `tx` class, where pglock sends `BEGIN` itself; 0.45 has no `parseRqbJson`. */
   readonly Transaction?: new (
     dialect: PgDialect,
     session: any,
@@ -83,24 +78,37 @@ export interface DrizzleClasses {
   ) => object
 }
 
-/** How one of Drizzle's Postgres drivers maps onto a pglock driver adapter. */
-export interface DrizzleDriver {
-  /** The entry users import, for messages (`@pglock/drizzle/node-postgres`). */
+/** What an entry says of a driver: its name and classes, for messages and `lease.db`. */
+export interface DriverEntry {
+  /** The entry users import (`@pglock/drizzle/node-postgres`). */
   readonly entry: string
-  /** What the entry locks through, for messages. */
+  /** What the entry locks through. */
   readonly supports: string
   /** Whether a Drizzle database or `tx` is one of this driver's. */
   owns(db: object): boolean
-  /** The pglock executor of the driver client under a database or `tx`, if it is one of this driver's. */
-  clientExecutor(client: unknown): LockExecutor<unknown> | undefined
-  /** Drizzle's classes for this driver: imported by each driver's entry, loaded on first use by the root entry. */
+  /** Imported by each driver's entry, loaded on first use by the root entry. */
   classes(): DrizzleClasses | Promise<DrizzleClasses>
+}
+
+/** How one of Drizzle's Postgres drivers maps onto a pglock driver adapter. */
+export interface DrizzleDriver extends DriverEntry {
+  /** The pglock executor of the client under a database or `tx`, if it is one of this driver's. */
+  clientExecutor(client: unknown): LockExecutor<unknown> | undefined
   /**
-   * Runs `body` inside `db.transaction()`, for a driver whose transactions only its client can
-   * open (postgres.js's `sql.begin()`). Without it, pglock opens the transaction on a pinned
-   * connection, sending `BEGIN` with the lock, and `lease.db` is a `DrizzleClasses.Transaction`.
+   * Runs `body` inside `db.transaction()`, where only the client can open a transaction
+   * (postgres.js). Without it, pglock sends `BEGIN` with the lock on a pinned connection.
    */
   runInTransaction?<T>(db: DrizzleShape, body: (connection: LockConnection<unknown>) => Promise<T>): Promise<T>
+}
+
+/** `describe(client)`, or `undefined` where the driver adapter refuses it as not its own. */
+export function executorIf(describe: (client: never) => LockExecutor<any>, client: unknown): LockExecutor<unknown> | undefined {
+  try {
+    return describe(client as never)
+  } catch (error) {
+    if (error instanceof InvalidArgumentError) return undefined
+    throw error
+  }
 }
 
 function isDrizzle(db: unknown): db is DrizzleShape {
@@ -119,35 +127,18 @@ export function kindOf(value: unknown): string {
   return typeof kind === 'string' && kind !== 'Object' ? kind : 'an object'
 }
 
-/**
- * `connection` with `db` as its `lease.db`, changed in place: the driver adapters' `connect()`
- * builds a connection object for each lock, which nobody else holds yet, and a copy would freeze
- * getters such as postgres.js's `connectionKey`.
- */
+/** Changed in place: `connect()` builds a fresh connection per lock, and a copy would freeze its getters. */
 function rebind<Db>(connection: LockConnection<unknown>, db: Db): LockConnection<Db> {
   ;(connection as { db: unknown }).db = db
   return connection as LockConnection<Db>
 }
 
-/**
- * What building a database of `db`'s kind on another connection takes, as `drizzle()` took it:
- * the dialect and the session's options (driver privates), and the relational schema (0.45,
- * from the public `db._`) or the relations (1.0).
- */
+/** What `drizzle()` took to build `db`, to build another on a pinned connection. */
 interface DatabaseParts {
   readonly dialect: PgDialect
   readonly schema: unknown
   readonly options: object
   readonly cache: unknown
-}
-
-const partsByDb = new WeakMap<DrizzleShape, DatabaseParts>()
-
-/** A database's parts never change: read once per database. */
-function partsOf(db: DrizzleShape): DatabaseParts {
-  let parts = partsByDb.get(db)
-  if (parts === undefined) partsByDb.set(db, (parts = readParts(db)))
-  return parts
 }
 
 function readParts(db: DrizzleShape): DatabaseParts {
@@ -167,31 +158,25 @@ function readParts(db: DrizzleShape): DatabaseParts {
 }
 
 interface Bound {
-  readonly session: object
   readonly db: object
+  readonly transactionDb: (() => object) | undefined
 }
-
-/** The database built on each pooled client, per database: a pool lends the same clients again and again. */
-const boundByClient = new WeakMap<object, WeakMap<DatabaseParts, Bound>>()
 
 /** A session and a database of the driver's classes on `client`, built as `drizzle()` builds them. */
-function bindDatabase(classes: DrizzleClasses, parts: DatabaseParts, client: unknown): Bound {
-  const owner = typeof client === 'object' && client !== null ? client : undefined
-  let byParts = owner === undefined ? undefined : boundByClient.get(owner)
-  const known = byParts?.get(parts)
-  if (known !== undefined) return known
+function bindDatabase(classes: DrizzleClasses, parts: DatabaseParts, client: unknown, withTransaction: boolean): Bound {
   const session = new classes.Session(client, parts.dialect, parts.schema, parts.options)
   const db = Object.assign(new classes.Database(parts.dialect, session, parts.schema), { $client: client, $cache: parts.cache })
-  const bound = { session, db }
-  if (owner !== undefined) {
-    if (byParts === undefined) boundByClient.set(owner, (byParts = new WeakMap()))
-    byParts.set(parts, bound)
-  }
-  return bound
+  return { db, transactionDb: withTransaction ? transactionOn(classes, parts, session) : undefined }
 }
 
-function newTransaction(classes: DrizzleClasses, parts: DatabaseParts, session: object): object {
-  return new (classes.Transaction as NonNullable<DrizzleClasses['Transaction']>)(parts.dialect, session, parts.schema, 0, false)
+/**
+ * Drizzle's `tx` on `session`, built once: a `tx` keeps no state of its own transaction, and
+ * building one also builds a query builder per table of the schema.
+ */
+function transactionOn(classes: DrizzleClasses, parts: DatabaseParts, session: object): () => object {
+  let tx: object | undefined
+  return () =>
+    (tx ??= new (classes.Transaction as NonNullable<DrizzleClasses['Transaction']>)(parts.dialect, session, parts.schema, 0, false))
 }
 
 function unsupportedClient(driver: DrizzleDriver, client: unknown): UnsupportedError {
@@ -208,60 +193,88 @@ function transactionExecutor(driver: DrizzleDriver, tx: DrizzleShape): LockExecu
 }
 
 /**
- * Describes a Drizzle database or `tx` of `driver` to the core, by the client underneath. A
- * database over a pool pins a connection of it for a session lock, with `lease.db` a database of
- * the same kind on that connection. Over node-postgres, a transaction lock runs on a pinned
- * connection too: pglock sends `BEGIN` with the lock and gives Drizzle's own `tx` on that
- * connection; over postgres.js it runs in `db.transaction()`. A database over one connection
- * holds session locks on it, and `lease.db` is the database itself. A `tx` is one connection
- * inside a transaction, which pglock never ends. A database with read replicas locks on its primary.
+ * Describes Drizzle databases and `tx`s of `driver` to the core, by the client underneath. Over a
+ * pool, a lock pins a connection and `lease.db` is a database of the same kind on it; a `tx` locks
+ * inside its transaction, which pglock never ends; a database with read replicas locks on its primary.
  */
-export function describeDrizzle(handle: unknown, driver: DrizzleDriver): LockExecutor<unknown> {
-  if (!isDrizzle(handle)) {
-    throw new InvalidArgumentError(`db must be a Drizzle database or transaction for ${driver.entry}, got ${kindOf(handle)}`)
+export function drizzleDescriber(driver: DrizzleDriver): (handle: unknown) => LockExecutor<unknown> {
+  // A database's client, parts and driver never change, and every lock would describe it again.
+  const executors = new WeakMap<object, LockExecutor<unknown>>()
+  const describe = (handle: unknown): LockExecutor<unknown> => {
+    if (!isDrizzle(handle)) {
+      throw new InvalidArgumentError(`db must be a Drizzle database or transaction for ${driver.entry}, got ${kindOf(handle)}`)
+    }
+    let executor = executors.get(handle)
+    if (executor !== undefined) return executor
+    if (handle.$primary !== undefined) executor = describe(handle.$primary)
+    else if (!driver.owns(handle)) {
+      throw new UnsupportedError(`${driver.entry} locks through ${driver.supports}; this database is a ${kindOf(handle)}`)
+    } else if (isTransaction(handle)) return transactionExecutor(driver, handle)
+    else executor = databaseExecutor(driver, handle)
+    executors.set(handle, executor)
+    return executor
   }
-  const db: DrizzleShape = handle
-  if (db.$primary !== undefined) return describeDrizzle(db.$primary, driver)
-  if (!driver.owns(db)) throw new UnsupportedError(`${driver.entry} locks through ${driver.supports}; this database is a ${kindOf(db)}`)
-  if (isTransaction(db)) return transactionExecutor(driver, db)
+  return describe
+}
+
+function databaseExecutor(driver: DrizzleDriver, db: DrizzleShape): LockExecutor<unknown> {
   const client = db.$client
   const inner = driver.clientExecutor(client)
   const pin = inner?.connect
   if (inner === undefined || pin === undefined) throw unsupportedClient(driver, client)
-  const parts = partsOf(db)
+  const parts = readParts(db)
   const { runInTransaction } = driver
+  const transaction =
+    runInTransaction === undefined
+      ? undefined
+      : <T>(body: (connection: LockConnection<unknown>) => Promise<T>): Promise<T> => runInTransaction(db, body)
+  let classes: DrizzleClasses | undefined
+  const classesOf = async (): Promise<DrizzleClasses> => (classes ??= await driver.classes())
   if (inner.kind === 'pool') {
+    // A pool lends the same clients again and again: one database per client.
+    const boundByClient = new WeakMap<object, Bound>()
     const connect = async (): Promise<LockConnection<unknown>> => {
-      const loading = driver.classes()
-      const classes = loading instanceof Promise ? await loading : loading
+      const loaded = classes ?? (await classesOf())
       const connection = await pin()
+      const client = connection.db as object
       try {
-        const bound = bindDatabase(classes, parts, connection.db)
+        let bound = boundByClient.get(client)
+        if (bound === undefined) boundByClient.set(client, (bound = bindDatabase(loaded, parts, client, transaction === undefined)))
         rebind(connection, bound.db)
-        if (runInTransaction === undefined) connection.transactionDb = () => newTransaction(classes, parts, bound.session)
+        if (bound.transactionDb !== undefined) connection.transactionDb = bound.transactionDb
         return connection
       } catch (error) {
         await connection.release({ destroy: false })
         throw error
       }
     }
-    return runInTransaction === undefined
+    return transaction === undefined
       ? { kind: 'pool', queueKey: inner.queueKey, connect }
-      : { kind: 'pool', queueKey: inner.queueKey, connect, transaction: (body) => runInTransaction(db, body) }
+      : { kind: 'pool', queueKey: inner.queueKey, connect, transaction }
   }
   const inTransaction = inner.inTransaction?.bind(inner)
+  let transactionDb: (() => object) | undefined
   const connect = async (): Promise<LockConnection<unknown>> => {
-    const loading = driver.classes()
-    const classes = loading instanceof Promise ? await loading : loading
+    const loaded = classes ?? (await classesOf())
     const connection = rebind<unknown>(await pin(), db)
-    if (runInTransaction === undefined) connection.transactionDb = () => newTransaction(classes, parts, db._.session)
+    if (transaction === undefined) connection.transactionDb = transactionDb ??= transactionOn(loaded, parts, db._.session)
     return connection
   }
   return {
     kind: 'connection',
     queueKey: inner.queueKey,
     connect,
-    ...(runInTransaction === undefined ? {} : { transaction: (body) => runInTransaction(db, body) }),
+    ...(transaction === undefined ? {} : { transaction }),
     ...(inTransaction === undefined ? {} : { inTransaction }),
   } as LockExecutor<unknown>
+}
+
+/** `lease.db` of a Drizzle handle, as a type-level function for the core's bound functions. */
+export interface DrizzleLease extends LeaseDbOf {
+  readonly db: DrizzleLeaseDb<this['handle'], this['scope']>
+}
+
+/** The lock functions of an entry whose handles `describe` describes. */
+export function bindDrizzle<Handle>(describe: (handle: unknown) => LockExecutor<unknown>): ScopedLockFunctions<Handle, DrizzleLease> {
+  return bindScopedExecutor<Handle, DrizzleLease>(describe)
 }

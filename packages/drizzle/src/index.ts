@@ -1,5 +1,4 @@
-import { bindScopedExecutor, type LeaseDbOf, type LockExecutor } from '@pglock/core/adapter'
-import { type AnyDrizzleHandle, type DrizzleClasses, type DrizzleLeaseDb, type DrizzleShape, describeDrizzle } from './drizzle-executor.js'
+import { type AnyDrizzleHandle, bindDrizzle, type DrizzleClasses, type DrizzleShape, drizzleDescriber } from './drizzle-executor.js'
 import { transactionClientOf } from './drizzle-privates.js'
 import { nodePgDriver } from './node-postgres-driver.js'
 import { postgresJsDriver } from './postgres-js-driver.js'
@@ -55,19 +54,23 @@ function loader(load: () => Promise<DrizzleClasses>): () => Promise<DrizzleClass
   return () => (loading ??= load())
 }
 
-const nodePg = nodePgDriver({
-  entry: '@pglock/drizzle',
-  supports,
-  owns: () => true,
-  classes: loader(async () => (await import('./node-postgres-classes.js')).nodePgClasses),
-})
+const nodePg = drizzleDescriber(
+  nodePgDriver({
+    entry: '@pglock/drizzle',
+    supports,
+    owns: () => true,
+    classes: loader(async () => (await import('./node-postgres-classes.js')).nodePgClasses),
+  }),
+)
 
-const postgresJs = postgresJsDriver({
-  entry: '@pglock/drizzle',
-  supports,
-  owns: () => true,
-  classes: loader(async () => (await import('./postgres-js-classes.js')).postgresJsClasses),
-})
+const postgresJs = drizzleDescriber(
+  postgresJsDriver({
+    entry: '@pglock/drizzle',
+    supports,
+    owns: () => true,
+    classes: loader(async () => (await import('./postgres-js-classes.js')).postgresJsClasses),
+  }),
+)
 
 /** The driver client under a Drizzle database or `tx`, as far as its shape tells. */
 function clientUnder(db: unknown): unknown {
@@ -78,25 +81,8 @@ function clientUnder(db: unknown): unknown {
   return handle.$client
 }
 
-/**
- * Describes a Drizzle database or `tx` over node-postgres or postgres.js to the core, choosing the
- * driver by the client underneath (a postgres.js `Sql` is a function, node-postgres clients are
- * objects). It works as the driver entries' `drizzleExecutor` does, and loads that driver's
- * Drizzle module the first time a lock needs it.
- *
- * @throws `UnsupportedError` for a database over another driver, `InvalidArgumentError` for a
- * value that is not a Drizzle Postgres database.
- */
-function drizzleExecutor<H extends DrizzleHandle>(db: H): LockExecutor<DrizzleLeaseDb<H>> {
-  return describeDrizzle(db, typeof clientUnder(db) === 'function' ? postgresJs : nodePg) as LockExecutor<DrizzleLeaseDb<H>>
-}
-
-/** `lease.db` of a Drizzle handle, as a type-level function for the core's bound functions. */
-interface DrizzleLease extends LeaseDbOf {
-  readonly db: DrizzleLeaseDb<this['handle'], this['scope']>
-}
-
-const bound = bindScopedExecutor<DrizzleHandle, DrizzleLease>(drizzleExecutor)
+// A postgres.js `Sql` is a function, node-postgres clients are objects.
+const bound = bindDrizzle<DrizzleHandle>((db) => (typeof clientUnder(db) === 'function' ? postgresJs : nodePg)(db))
 
 /**
  * Creates a handle on one advisory lock for a Drizzle database (over node-postgres or

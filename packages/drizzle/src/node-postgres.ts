@@ -1,7 +1,6 @@
-import { bindScopedExecutor, type LeaseDbOf, type LockExecutor } from '@pglock/core/adapter'
 import { is } from 'drizzle-orm'
 import { type NodePgDatabase, NodePgDatabase as NodePgDatabaseClass, NodePgTransaction } from 'drizzle-orm/node-postgres'
-import { type DrizzleLeaseDb, type DrizzleTransactionOf, describeDrizzle } from './drizzle-executor.js'
+import { bindDrizzle, type DrizzleTransactionOf, drizzleDescriber } from './drizzle-executor.js'
 import { nodePgClasses } from './node-postgres-classes.js'
 import { nodePgDriver } from './node-postgres-driver.js'
 
@@ -49,34 +48,17 @@ export type { DrizzleLeaseDb, DrizzleTransactionOf } from './drizzle-executor.js
  */
 export type DrizzleHandle = NodePgDatabase<any> | DrizzleTransactionOf<NodePgDatabase<any>>
 
-const driver = nodePgDriver({
-  entry: '@pglock/drizzle/node-postgres',
-  supports: 'Drizzle databases over node-postgres (drizzle-orm/node-postgres); use @pglock/drizzle/postgres-js for drizzle-orm/postgres-js',
-  owns: (db) => is(db, NodePgDatabaseClass) || is(db, NodePgTransaction),
-  classes: () => nodePgClasses,
-})
-
-/**
- * Describes a Drizzle node-postgres database or `tx` to the core. A database over a `Pool` pins
- * one client of it for each lock: in session scope `lease.db` is a `NodePgDatabase` on that client;
- * in transaction scope pglock sends `BEGIN` with the lock in one round trip and `lease.db` is
- * Drizzle's own `NodePgTransaction` on that client. A database over one `Client` locks on that
- * client. A `tx` locks inside its transaction.
- *
- * @throws `UnsupportedError` for a database of another Drizzle driver or one over an object that
- * is no node-postgres client, and for a drizzle-orm release without a member pglock reads
- * (naming the version); `InvalidArgumentError` for a value that is not a Drizzle database.
- */
-function drizzleExecutor<H extends DrizzleHandle>(db: H): LockExecutor<DrizzleLeaseDb<H>> {
-  return describeDrizzle(db, driver) as LockExecutor<DrizzleLeaseDb<H>>
-}
-
-/** `lease.db` of a Drizzle handle, as a type-level function for the core's bound functions. */
-interface DrizzleLease extends LeaseDbOf {
-  readonly db: DrizzleLeaseDb<this['handle'], this['scope']>
-}
-
-const bound = bindScopedExecutor<DrizzleHandle, DrizzleLease>(drizzleExecutor)
+const bound = bindDrizzle<DrizzleHandle>(
+  drizzleDescriber(
+    nodePgDriver({
+      entry: '@pglock/drizzle/node-postgres',
+      supports:
+        'Drizzle databases over node-postgres (drizzle-orm/node-postgres); use @pglock/drizzle/postgres-js for drizzle-orm/postgres-js',
+      owns: (db) => is(db, NodePgDatabaseClass) || is(db, NodePgTransaction),
+      classes: () => nodePgClasses,
+    }),
+  ),
+)
 
 /**
  * Creates a handle on one advisory lock for a Drizzle node-postgres database or a `tx`. It sends

@@ -1,7 +1,6 @@
-import { bindScopedExecutor, type LeaseDbOf, type LockExecutor } from '@pglock/core/adapter'
 import { is } from 'drizzle-orm'
 import { type PostgresJsDatabase, PostgresJsDatabase as PostgresJsDatabaseClass, PostgresJsTransaction } from 'drizzle-orm/postgres-js'
-import { type DrizzleLeaseDb, type DrizzleTransactionOf, describeDrizzle } from './drizzle-executor.js'
+import { bindDrizzle, type DrizzleTransactionOf, drizzleDescriber } from './drizzle-executor.js'
 import { postgresJsClasses } from './postgres-js-classes.js'
 import { postgresJsDriver } from './postgres-js-driver.js'
 
@@ -49,33 +48,17 @@ export type { DrizzleLeaseDb, DrizzleTransactionOf } from './drizzle-executor.js
  */
 export type DrizzleHandle = PostgresJsDatabase<any> | DrizzleTransactionOf<PostgresJsDatabase<any>>
 
-const driver = postgresJsDriver({
-  entry: '@pglock/drizzle/postgres-js',
-  supports: 'Drizzle databases over postgres.js (drizzle-orm/postgres-js); use @pglock/drizzle/node-postgres for drizzle-orm/node-postgres',
-  owns: (db) => is(db, PostgresJsDatabaseClass) || is(db, PostgresJsTransaction),
-  classes: () => postgresJsClasses,
-})
-
-/**
- * Describes a Drizzle postgres.js database or `tx` to the core. A database over a `Sql` reserves
- * one connection for each session lock, and `lease.db` is a `PostgresJsDatabase` on it; a
- * transaction lock runs in `db.transaction()` (postgres.js's `sql.begin()` sends `BEGIN` on its
- * own) and `lease.db` is Drizzle's `tx`. A `tx` locks inside its transaction.
- *
- * @throws `UnsupportedError` for a database of another Drizzle driver, and for a drizzle-orm
- * release without a member pglock reads (naming the version); `InvalidArgumentError` for a value
- * that is not a Drizzle database.
- */
-function drizzleExecutor<H extends DrizzleHandle>(db: H): LockExecutor<DrizzleLeaseDb<H>> {
-  return describeDrizzle(db, driver) as LockExecutor<DrizzleLeaseDb<H>>
-}
-
-/** `lease.db` of a Drizzle handle, as a type-level function for the core's bound functions. */
-interface DrizzleLease extends LeaseDbOf {
-  readonly db: DrizzleLeaseDb<this['handle'], this['scope']>
-}
-
-const bound = bindScopedExecutor<DrizzleHandle, DrizzleLease>(drizzleExecutor)
+const bound = bindDrizzle<DrizzleHandle>(
+  drizzleDescriber(
+    postgresJsDriver({
+      entry: '@pglock/drizzle/postgres-js',
+      supports:
+        'Drizzle databases over postgres.js (drizzle-orm/postgres-js); use @pglock/drizzle/node-postgres for drizzle-orm/node-postgres',
+      owns: (db) => is(db, PostgresJsDatabaseClass) || is(db, PostgresJsTransaction),
+      classes: () => postgresJsClasses,
+    }),
+  ),
+)
 
 /**
  * Creates a handle on one advisory lock for a Drizzle postgres.js database or a `tx`. It sends no
