@@ -13,8 +13,7 @@ export default defineConfig({
         test: {
           name: 'adapters',
           include: ['packages/*/test/**/*.test.ts'],
-          // the model-vs-Postgres check stalls when other files load the server (cause open): it runs in `pnpm test:soak`
-          exclude: ['packages/core/test/**', 'packages/testing/test/memory-postgres.test.ts'],
+          exclude: ['packages/core/test/**'],
           globalSetup: ['packages/testing/src/global-setup.ts'],
           testTimeout: 30_000,
           hookTimeout: 120_000,

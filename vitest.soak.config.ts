@@ -6,7 +6,7 @@ import { defineConfig } from 'vitest/config'
  */
 export default defineConfig({
   test: {
-    include: ['packages/*/test/**/reliability.test.ts', 'packages/testing/test/memory-postgres.test.ts'],
+    include: ['packages/*/test/**/reliability.test.ts'],
     globalSetup: ['packages/testing/src/global-setup.ts'],
     env: { PGLOCK_SOAK: '1' },
     fileParallelism: false,

@@ -143,8 +143,13 @@ async function transcript(side: Side, k1: string, k2: string): Promise<unknown[]
     await side.waiting(session)
     log.push(label, 'waiting', await side.locks())
   }
+  // bounded, so that a side still waiting shows as a difference in the transcript, not as a stalled test
   const finish = async (label: string, session: number) => {
-    log.push(label, await outcome(side, pending.get(session) as Promise<Rows>), await side.locks())
+    let timer: NodeJS.Timeout | undefined
+    const stillWaiting = new Promise<string>((resolve) => (timer = setTimeout(resolve, 5_000, 'still waiting')))
+    const answer = await Promise.race([outcome(side, pending.get(session) as Promise<Rows>), stillWaiting])
+    clearTimeout(timer)
+    log.push(label, answer, await side.locks())
   }
   const timed = (statement: string, ms: number) =>
     `SELECT set_config('pglock.lock_timeout', current_setting('lock_timeout'), true); SET LOCAL lock_timeout = ${ms}; ${statement}; SELECT set_config('lock_timeout', current_setting('pglock.lock_timeout'), true), pg_backend_pid() AS pid`
@@ -200,8 +205,8 @@ async function transcript(side: Side, k1: string, k2: string): Promise<unknown[]
   log.push('b2 terminated', await side.locks())
   await step('b0 takes K2 freed by the terminated backend', 0, `SELECT pg_try_advisory_lock(${k2}) AS acquired, pg_backend_pid() AS pid`)
   await start('b3 waits for K2', 3, `SELECT pg_advisory_lock(${k2}), pg_backend_pid() AS pid`)
-  const shared = `SELECT pg_try_advisory_lock_shared(${k2}) AS acquired, pg_backend_pid() AS pid`
-  await step('b0 holding K2 cannot try it shared past the waiter', 0, shared)
+  // not asked: whether b0 may *try* K2 shared past the waiter. Postgres 15 answered false alone and
+  // true while other clients loaded the server, and the extra hold then kept b3 waiting for good
   await step('b0 holding K2 waits for it shared: ahead of the waiter', 0, `SELECT pg_advisory_lock_shared(${k2}), pg_backend_pid() AS pid`)
   await step('b0 lets go of K2 exclusive', 0, `SELECT pg_advisory_unlock(${k2}) AS released, pg_backend_pid() AS pid`)
   await step('b0 lets go of K2 shared', 0, `SELECT pg_advisory_unlock_shared(${k2}) AS released, pg_backend_pid() AS pid`)
