@@ -208,8 +208,7 @@ function drizzleQueryable(db: { execute(query: ReturnType<typeof drizzleSql.raw>
 export function openPostgresJs(target: BenchTarget): { sql: postgres.Sql; connections(): number } {
   const url = new URL(target.url)
   let open = 0
-  /** `socket` is a documented option of postgres.js that its types leave out. */
-  const options: postgres.Options<Record<string, never>> & { socket(): Promise<net.Socket> } = {
+  const options: postgres.Options<Record<string, never>> = {
     max: target.poolSize,
     connection: { application_name: target.applicationName },
     onnotice: () => undefined,
@@ -220,16 +219,21 @@ export function openPostgresJs(target: BenchTarget): { sql: postgres.Sql; connec
       socket.once('close', () => {
         open -= 1
       })
-      return socket
+      // net.Socket's overloaded `end` does not match the narrower signature postgres.js declares
+      return socket as unknown as postgres.SocketLike
     },
   }
   const sql = postgres(target.url, options)
   return { sql, connections: () => open }
 }
 
-async function openPostgresJsPool(target: BenchTarget): Promise<OpenPool<postgres.Sql>> {
+/**
+ * Typed as `@pglock/postgres-js` takes it: the workspace build's declarations resolve postgres.js
+ * from the adapter's own devDependency (3.x), the tarball's from the bench's postgres.js (4.x).
+ */
+async function openPostgresJsPool(target: BenchTarget): Promise<OpenPool<pglockPostgresJs.PostgresJsHandle>> {
   const { sql, connections } = openPostgresJs(target)
-  return { db: sql, poolQuery: (text) => sql.unsafe(text), connections, close: () => sql.end({ timeout: 5 }) }
+  return { db: sql as never, poolQuery: (text) => sql.unsafe(text), connections, close: () => sql.end({ timeout: 5 }) }
 }
 
 /** A drizzle database over a postgres.js `Sql`, for `@pglock/drizzle`. */

@@ -3,7 +3,7 @@
  * over an in-memory connection whose statements resolve at once, next to the same cycle written
  * by hand over that connection. What is left between the two is the core's own CPU per cycle,
  * free of the network and of the noise of a shared machine.
- * `pnpm --filter @pglock/bench core-cost [--cycles N] [--rounds N] [--profile] [--promises] [--core DIR]`.
+ * `pnpm --filter @pglock/bench core-cost [--cycles N] [--rounds N] [--profile] [--promises] [--core DIR] [--workspace]`.
  */
 import { createHook } from 'node:async_hooks'
 import { writeFileSync } from 'node:fs'
@@ -12,6 +12,7 @@ import { loadavg } from 'node:os'
 import { join, resolve } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
+import { benchPackages } from './packages.js'
 import { place, summarize } from './profile-summary.js'
 import { formatNumber, formatSpread, table } from './report.js'
 import { rotation } from './scenarios.js'
@@ -101,6 +102,7 @@ const { values: flags } = parseArgs({
     promises: { type: 'boolean' },
     top: { type: 'string' },
     core: { type: 'string' },
+    workspace: { type: 'boolean' },
   },
 })
 /** `--core DIR` measures another checkout's built core (a worktree's packages/core), not this one's. */
@@ -235,6 +237,7 @@ async function main(): Promise<void> {
       .map((load) => load.toFixed(2))
       .join(' ')})`,
   )
+  console.log(flags.core === undefined ? benchPackages().description : `core: the build in ${flags.core}`)
   console.log(table([['cycle', 'CPU/cycle median [min–max]', 'above its by-hand form', 'heap B/cycle', 'promises/cycle'], ...rows]))
   if (values.promises) {
     for (const name of names) {

@@ -12,6 +12,7 @@ import { CONTENDERS } from './contenders.js'
 import { CpuMeter } from './cpu.js'
 import { type BenchDatabase, resolveBenchDatabase } from './database.js'
 import { megabytes, memoryReport, runMemory } from './memory.js'
+import { benchPackages, driverVersions } from './packages.js'
 import {
   pressureTable,
   type ScenarioSamples,
@@ -52,7 +53,8 @@ pnpm bench --memory [options]   10^6 lock cycles, heap sampled after forced GC
   --pressure-timeout MS  after this the pool-pressure run counts as a deadlock (default 5000)
   --cycles N             memory mode: cycles to run (default 1000000)
   --sample-every N       memory mode: cycles between heap samples (default cycles/100)
-  --memory-workers N     memory mode: concurrent workers (default 4)`
+  --memory-workers N     memory mode: concurrent workers (default 4)
+  --workspace            load the workspace-linked @pglock/* dist, not the packed tarballs`
 
 function positiveInteger(name: string, text: string | undefined, fallback: number): number {
   if (text === undefined) return fallback
@@ -77,6 +79,7 @@ function parseFlags() {
       cycles: { type: 'string' },
       'sample-every': { type: 'string' },
       'memory-workers': { type: 'string' },
+      workspace: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   })
@@ -115,6 +118,8 @@ function machine(database: BenchDatabase) {
     postgres: database.serverVersion,
     database: database.source === 'env' ? `from the environment (${new URL(database.url).host})` : database.source,
     loadAverage: os.loadavg().map((load) => Number(load.toFixed(2))),
+    packages: benchPackages().description,
+    drivers: driverVersions(),
   }
 }
 
@@ -140,6 +145,7 @@ async function runBench(flags: Flags, database: BenchDatabase): Promise<void> {
   console.log(
     `pglock bench: ${about.cpu}, ${about.memory}, ${about.os}, Node ${about.node}, Postgres ${about.postgres} (${about.database})`,
   )
+  console.log(`${about.packages}\n${about.drivers}`)
   console.log(
     [
       `${flags.repeats} repeats of ${flags.durationMs} ms per contender and scenario, interleaved across contenders:`,
@@ -244,6 +250,7 @@ async function runBench(flags: Flags, database: BenchDatabase): Promise<void> {
 async function runMemoryMode(flags: Flags, database: BenchDatabase): Promise<void> {
   const about = machine(database)
   console.log(`pglock bench --memory: ${about.cpu}, Node ${about.node}, Postgres ${about.postgres} (${about.database})`)
+  console.log(`${about.packages}\n${about.drivers}`)
   const result = await runMemory(
     { url: database.url, cycles: flags.cycles, workers: flags.memoryWorkers, keys: 1_000, sampleEvery: flags.sampleEvery },
     (sample) =>
@@ -290,5 +297,6 @@ async function main(): Promise<void> {
 
 main().catch((error: unknown) => {
   console.error(error instanceof Error ? (error.stack ?? error.message) : error)
-  process.exitCode = 1
+  // a contender that threw mid-scenario leaves its pool open, which would keep the process alive
+  process.exit(1)
 })

@@ -1,7 +1,7 @@
 import { createLock, withLock } from '@pglock/pg'
 import pg from 'pg'
 import { formatNumber } from './report.js'
-import { slope } from './stats.js'
+import { slopeFit } from './stats.js'
 
 export interface MemorySettings {
   readonly url: string
@@ -26,8 +26,12 @@ export interface MemoryResult {
   readonly maxHeap: number
   /** least-squares slope of heapUsed over cycles, after the first tenth (warm-up), in bytes per cycle */
   readonly bytesPerCycle: number
+  /** the slope's standard error: heapUsed after a GC still moves by some 100 KB, which a short run cannot tell from a leak */
+  readonly slopeStandardError: number
   readonly elapsedMs: number
   readonly cyclesPerSecond: number
+  /** `flat` below 1 byte/cycle; `growing` when even the slope minus twice its error is at or above it; else `inconclusive` */
+  readonly verdict: 'flat' | 'growing' | 'inconclusive'
   readonly flat: boolean
 }
 
@@ -101,7 +105,13 @@ export async function runMemory(settings: MemorySettings, onSample: (sample: Hea
   const elapsedMs = performance.now() - startedAt
   const heaps = samples.map((taken) => taken.heapUsed)
   const steady = samples.filter((taken) => taken.cycles >= settings.cycles / 10)
-  const bytesPerCycle = slope(steady.map((taken) => ({ x: taken.cycles, y: taken.heapUsed })))
+  const { slope: bytesPerCycle, standardError } = slopeFit(steady.map((taken) => ({ x: taken.cycles, y: taken.heapUsed })))
+  const verdict =
+    Math.abs(bytesPerCycle) < FLAT_BYTES_PER_CYCLE
+      ? 'flat'
+      : Math.abs(bytesPerCycle) - 2 * standardError >= FLAT_BYTES_PER_CYCLE
+        ? 'growing'
+        : 'inconclusive'
   return {
     settings: { cycles: settings.cycles, workers: settings.workers, keys: settings.keys, sampleEvery: settings.sampleEvery },
     samples,
@@ -109,9 +119,11 @@ export async function runMemory(settings: MemorySettings, onSample: (sample: Hea
     endHeap: heaps[heaps.length - 1] ?? Number.NaN,
     maxHeap: Math.max(...heaps),
     bytesPerCycle,
+    slopeStandardError: standardError,
     elapsedMs,
     cyclesPerSecond: (done / elapsedMs) * 1000,
-    flat: Math.abs(bytesPerCycle) < FLAT_BYTES_PER_CYCLE,
+    verdict,
+    flat: verdict === 'flat',
   }
 }
 
@@ -119,12 +131,18 @@ export function megabytes(bytes: number): string {
   return `${formatNumber(bytes / 2 ** 20)} MiB`
 }
 
+const VERDICTS: Record<MemoryResult['verdict'], string> = {
+  flat: 'flat',
+  growing: 'NOT FLAT',
+  inconclusive: `NOT FLAT or noise: within twice its error of ${FLAT_BYTES_PER_CYCLE} byte/cycle, run more --cycles`,
+}
+
 export function memoryReport(result: MemoryResult): string {
   return [
     `memory: ${formatNumber(result.settings.cycles)} cycles (session withLock, createLock acquire/release, transaction withLock, in turn),`,
     `  ${result.settings.workers} workers over ${result.settings.keys} keys, heap sampled after gc every ${formatNumber(result.settings.sampleEvery)} cycles`,
     `  heapUsed start ${megabytes(result.startHeap)}, end ${megabytes(result.endHeap)}, max ${megabytes(result.maxHeap)}`,
-    `  slope ${formatNumber(result.bytesPerCycle)} bytes/cycle (${megabytes(result.bytesPerCycle * 1_000_000)} per 10^6 cycles) after the first tenth: ${result.flat ? 'flat' : 'NOT FLAT'}`,
+    `  slope ${formatNumber(result.bytesPerCycle)} ± ${formatNumber(result.slopeStandardError)} bytes/cycle (${megabytes(result.bytesPerCycle * 1_000_000)} per 10^6 cycles) after the first tenth: ${VERDICTS[result.verdict]}`,
     `  took ${formatNumber(result.elapsedMs / 1000)} s (${formatNumber(result.cyclesPerSecond)} cycles/s, gc pauses included)`,
   ].join('\n')
 }

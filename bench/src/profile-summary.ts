@@ -17,10 +17,13 @@ export interface CpuProfile {
   readonly timeDeltas: readonly number[]
 }
 
+/** A pglock package's built file, in the workspace (`packages/pg/dist/`) or unpacked from its tarball (`node_modules/@pglock/pg/dist/`). */
+const PGLOCK_DIST = /(?:packages|node_modules\/@pglock)\/([a-z-]+)\/dist\/(.*)$/
+
 /** Where a frame's code lives: pglock's core, a pglock adapter, a driver or ORM, Node, or V8. */
 export function area(url: string, functionName: string): string {
   if (url === '') return functionName.startsWith('(') ? functionName : '(native)'
-  const pglock = /packages\/([a-z-]+)\/dist\//.exec(url)
+  const pglock = PGLOCK_DIST.exec(url)
   if (pglock !== null) return pglock[1] === 'core' ? 'pglock core' : `pglock adapter (${pglock[1]})`
   const modules = /node_modules\/(?:\.pnpm\/[^/]+\/node_modules\/)?((?:@[^/]+\/)?[^/]+)\//.exec(url)
   if (modules !== null) return modules[1] as string
@@ -33,7 +36,8 @@ const sourceMaps = new Map<string, SourceMap | undefined>()
 
 /** A pglock frame's place in its TypeScript source (dist is built with source maps), else in its file. */
 export function place(url: string, line: number, column: number): string {
-  if (/packages\/[a-z-]+\/dist\//.test(url)) {
+  const pkg = PGLOCK_DIST.exec(url)?.[1]
+  if (pkg !== undefined) {
     if (!sourceMaps.has(url)) {
       try {
         sourceMaps.set(url, new SourceMap(JSON.parse(readFileSync(`${fileURLToPath(url)}.map`, 'utf8'))))
@@ -44,7 +48,6 @@ export function place(url: string, line: number, column: number): string {
     const entry = sourceMaps.get(url)?.findEntry(line, column) as { originalSource?: string; originalLine?: number } | undefined
     if (entry?.originalSource !== undefined && entry.originalLine !== undefined) {
       const source = entry.originalSource.replace(/^.*?\/?src\//, '')
-      const pkg = /packages\/([a-z-]+)\/dist\//.exec(url)?.[1]
       return `${pkg}/src/${source}:${entry.originalLine + 1}`
     }
   }
@@ -54,7 +57,7 @@ export function place(url: string, line: number, column: number): string {
 function short(url: string): string {
   const source = /packages\/([a-z-]+)\/src\/(.*)$/.exec(url)
   if (source !== null) return `${source[1]}/src/${source[2]}`
-  const pglock = /packages\/([a-z-]+)\/dist\/(.*)$/.exec(url)
+  const pglock = PGLOCK_DIST.exec(url)
   if (pglock !== null) return `@pglock/${pglock[1]}/dist/${pglock[2]}`
   const modules = /node_modules\/(?:\.pnpm\/[^/]+\/node_modules\/)?(.*)$/.exec(url)
   return modules?.[1] ?? url.replace(/^.*\/bench\/src\//, 'bench/src/')

@@ -17,6 +17,7 @@ import type { Contender, OpenContender } from './contender.js'
 import { CONTENDERS } from './contenders.js'
 import { resolveBenchDatabase } from './database.js'
 import { layerContenders } from './layers.js'
+import { benchPackages, driverVersions } from './packages.js'
 import { area, type CpuProfile, type ProfileNode, place, summarize } from './profile-summary.js'
 import { formatDifference, formatNumber, formatSpread, table } from './report.js'
 import { rotation } from './scenarios.js'
@@ -139,6 +140,7 @@ async function main(): Promise<void> {
       rounds: { type: 'string' },
       interval: { type: 'string' },
       top: { type: 'string' },
+      workspace: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   })
@@ -148,7 +150,8 @@ async function main(): Promise<void> {
   --cycles N         cycles per round and in the profile (default 5000)
   --rounds N         rounds for the CPU and allocation figures (default 5)
   --interval US      sampling interval of the CPU profile (default 25)
-  --top N            functions listed per contender (default 25)`)
+  --top N            functions listed per contender (default 25)
+  --workspace        load the workspace-linked @pglock/* dist, not the packed tarballs`)
     return
   }
   const names = values.contenders?.split(';').map((name) => name.trim())
@@ -170,6 +173,7 @@ async function main(): Promise<void> {
   const intervalUs = Number(values.interval ?? 25)
   const top = Number(values.top ?? 25)
   const database = await resolveBenchDatabase()
+  console.log(`${benchPackages().description}\n${driverVersions()}`)
   mkdirSync(RESULTS_DIR, { recursive: true })
   const stamp = new Date().toISOString().replaceAll(':', '-')
   const results: unknown[] = []

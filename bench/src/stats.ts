@@ -24,10 +24,13 @@ export function spread(values: readonly number[]): Spread {
   return { median: quantile(sorted, 0.5), min: sorted[0] ?? Number.NaN, max: sorted[sorted.length - 1] ?? Number.NaN }
 }
 
-/** Least-squares slope of `y` over `x`. */
-export function slope(points: readonly { readonly x: number; readonly y: number }[]): number {
+/**
+ * Least-squares slope of `y` over `x`, with its standard error (which takes the points as
+ * independent, so it is a lower bound for samples that drift together).
+ */
+export function slopeFit(points: readonly { readonly x: number; readonly y: number }[]): { slope: number; standardError: number } {
   const n = points.length
-  if (n < 2) return Number.NaN
+  if (n < 2) return { slope: Number.NaN, standardError: Number.NaN }
   let sumX = 0
   let sumY = 0
   for (const { x, y } of points) {
@@ -42,5 +45,8 @@ export function slope(points: readonly { readonly x: number; readonly y: number 
     covariance += (x - meanX) * (y - meanY)
     variance += (x - meanX) ** 2
   }
-  return covariance / variance
+  const slope = covariance / variance
+  let residuals = 0
+  for (const { x, y } of points) residuals += (y - meanY - slope * (x - meanX)) ** 2
+  return { slope, standardError: n > 2 ? Math.sqrt(residuals / (n - 2) / variance) : Number.NaN }
 }
