@@ -169,6 +169,8 @@ class PgConnection<C extends AnyClient> implements PinnedClient<C> {
   db: C
   readonly owned: boolean
   readonly connectionKey: C
+  /** Unset here; declared so that an adapter built on this one (Drizzle) sets it without a new shape per lock. */
+  transactionDb: (() => C) | undefined = undefined
   readonly #client: C
 
   constructor(client: C, owned: boolean) {
