@@ -42,26 +42,87 @@ const isForeign = (error: unknown): boolean => FOREIGN_STATEMENT_STATES.has((err
 /**
  * One statement on `client`, resolving to the rows of its last result: one promise, no `then`
  * chain. A named statement the server no longer knows (see {@link FOREIGN_STATEMENT_STATES})
- * runs again unnamed, and the client is unprepared from then on.
+ * runs again unnamed, and the client is unprepared from then on. `lane` hears when it settles.
  */
-function run(client: AnyClient, text: string, values: string[] | undefined, name: string | undefined): Promise<readonly Row[]> {
+function run(
+  client: AnyClient,
+  text: string,
+  values: string[] | undefined,
+  name: string | undefined,
+  lane?: Lane,
+): Promise<readonly Row[]> {
   return new Promise((resolve, reject) => {
-    submit(client, text, values, name, (error, result) => {
-      if (!error) resolve(lastRows(result))
-      else if (name === undefined || !isForeign(error)) reject(error)
-      else {
-        unprepared.add(client)
-        resolve(run(client, text, values, undefined))
-      }
-    })
+    try {
+      submit(client, text, values, name, (error, result) => {
+        if (error && name !== undefined && isForeign(error)) {
+          unprepared.add(client)
+          return resolve(run(client, text, values, undefined, lane))
+        }
+        lane?.leave()
+        if (error) reject(error)
+        else resolve(lastRows(result))
+      })
+    } catch (error) {
+      lane?.leave()
+      reject(error)
+    }
   })
 }
 
-function execute(client: AnyClient, statement: PreparedStatement): Promise<readonly Row[]> {
-  return run(client, statement.text, statement.values as string[], unprepared.has(client) ? undefined : statement.name)
+const nameFor = (client: AnyClient, statement: PreparedStatement) => (unprepared.has(client) ? undefined : statement.name)
+
+/**
+ * pglock's statements on a client of yours, one after another: handles for several keys on one
+ * client would otherwise call `client.query()` while it runs another, which node-postgres 8
+ * warns is deprecated (and 9 will refuse). node-postgres ran them in this order anyway. A
+ * statement starts at once when none of pglock's is in flight, else after the last one queued.
+ */
+class Lane {
+  readonly #client: AnyClient
+  #pending = 0
+  #tail: Promise<unknown> | undefined
+
+  constructor(client: AnyClient) {
+    this.#client = client
+  }
+
+  query(sql: string): Promise<readonly Row[]> {
+    return this.#send(sql, undefined, undefined)
+  }
+
+  execute(statement: PreparedStatement): Promise<readonly Row[]> {
+    return this.#send(statement.text, statement.values as string[], statement)
+  }
+
+  #send(text: string, values: string[] | undefined, statement: PreparedStatement | undefined): Promise<readonly Row[]> {
+    const client = this.#client
+    const tail = this.#tail
+    this.#pending += 1
+    let next: Promise<readonly Row[]>
+    if (tail === undefined) next = run(client, text, values, statement === undefined ? undefined : nameFor(client, statement), this)
+    else {
+      const start = () => run(client, text, values, statement === undefined ? undefined : nameFor(client, statement), this)
+      next = tail.then(start, start)
+    }
+    // a statement that failed to start has already left
+    if (this.#pending > 0) this.#tail = next
+    return next
+  }
+
+  /** Called as each statement settles. */
+  leave(): void {
+    this.#pending -= 1
+    if (this.#pending === 0) this.#tail = undefined
+  }
 }
 
-const queryRows = (client: AnyClient, sql: string): Promise<readonly Row[]> => run(client, sql, undefined, undefined)
+const lanes = new WeakMap<AnyClient, Lane>()
+
+function laneOf(client: AnyClient): Lane {
+  let lane = lanes.get(client)
+  if (lane === undefined) lanes.set(client, (lane = new Lane(client)))
+  return lane
+}
 
 /** A pinned client; `lease.db` is the client in every scope, so it offers no `transactionDb`. */
 type PinnedClient<C> = Omit<LockConnection<C>, 'transactionDb'>
@@ -136,22 +197,6 @@ function listen(client: AnyClient, report: Report, owned: boolean): () => void {
   }
 }
 
-/**
- * pglock's statements on a client of yours, one after another: handles for several keys on one
- * client would otherwise call `client.query()` while it runs another, which node-postgres 8
- * warns is deprecated (and 9 will refuse). node-postgres ran them in this order anyway.
- */
-const lanes = new WeakMap<AnyClient, Promise<unknown>>()
-
-function inLane<T>(client: AnyClient, run: () => Promise<T>): Promise<T> {
-  const next = (lanes.get(client) ?? Promise.resolve()).then(run, run)
-  lanes.set(
-    client,
-    next.catch(() => undefined),
-  )
-  return next
-}
-
 function pin<C extends AnyClient>(client: C, owned: boolean): PinnedClient<C> {
   try {
     checkClient(client)
@@ -183,12 +228,14 @@ class PgConnection<C extends AnyClient> implements PinnedClient<C> {
   // a client pglock owns runs only its statements, one at a time; on a client of yours they queue in a lane
   query(sql: string): Promise<readonly Row[]> {
     const client = this.#client
-    return this.owned ? queryRows(client, sql) : inLane(client, () => queryRows(client, sql))
+    return this.owned ? run(client, sql, undefined, undefined) : laneOf(client).query(sql)
   }
 
   execute(statement: PreparedStatement): Promise<readonly Row[]> {
     const client = this.#client
-    return this.owned ? execute(client, statement) : inLane(client, () => execute(client, statement))
+    return this.owned
+      ? run(client, statement.text, statement.values as string[], nameFor(client, statement))
+      : laneOf(client).execute(statement)
   }
 
   cancel(): Promise<void> {
