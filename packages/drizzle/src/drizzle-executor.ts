@@ -189,7 +189,8 @@ function transactionExecutor(driver: DrizzleDriver, tx: DrizzleShape): LockExecu
   const inner = driver.clientExecutor(client)
   const connect = inner?.connect
   if (inner === undefined || connect === undefined) throw unsupportedClient(driver, client)
-  return { kind: 'connection', queueKey: inner.queueKey, connect: async () => rebind(await connect(), tx), inTransaction: () => true }
+  const attach = (connection: LockConnection<unknown>) => rebind(connection, tx)
+  return { kind: 'connection', queueKey: inner.queueKey, connect: () => connect().then(attach), inTransaction: () => true }
 }
 
 /**
@@ -257,12 +258,15 @@ function databaseExecutor(driver: DrizzleDriver, db: DrizzleShape): LockExecutor
   }
   const inTransaction = inner.inTransaction?.bind(inner)
   let transactionDb: (() => object) | undefined
-  const connect = async (): Promise<LockConnection<unknown>> => {
-    const loaded = classes ?? (await classesOf())
-    const connection = rebind<unknown>(await pin(), db)
-    if (transaction === undefined) connection.transactionDb = transactionDb ??= transactionOn(loaded, parts, db._.session)
+  const attach = (pinned: LockConnection<unknown>): LockConnection<unknown> => {
+    const connection = rebind<unknown>(pinned, db)
+    if (transaction === undefined) {
+      connection.transactionDb = transactionDb ??= transactionOn(classes as DrizzleClasses, parts, db._.session)
+    }
     return connection
   }
+  const connect = (): Promise<LockConnection<unknown>> =>
+    classes === undefined ? classesOf().then(() => pin().then(attach)) : pin().then(attach)
   return {
     kind: 'connection',
     queueKey: inner.queueKey,
