@@ -189,7 +189,8 @@ function transactionExecutor(driver: DrizzleDriver, tx: DrizzleShape): LockExecu
   const inner = driver.clientExecutor(client)
   const connect = inner?.connect
   if (inner === undefined || connect === undefined) throw unsupportedClient(driver, client)
-  return { kind: 'connection', queueKey: inner.queueKey, connect: async () => rebind(await connect(), tx), inTransaction: () => true }
+  const attach = (connection: LockConnection<unknown>) => rebind(connection, tx)
+  return { kind: 'connection', queueKey: inner.queueKey, connect: () => connect().then(attach), inTransaction: () => true }
 }
 
 /**
@@ -233,33 +234,39 @@ function databaseExecutor(driver: DrizzleDriver, db: DrizzleShape): LockExecutor
   if (inner.kind === 'pool') {
     // A pool lends the same clients again and again: one database per client.
     const boundByClient = new WeakMap<object, Bound>()
-    const connect = async (): Promise<LockConnection<unknown>> => {
-      const loaded = classes ?? (await classesOf())
-      const connection = await pin()
+    const attach = (connection: LockConnection<unknown>): LockConnection<unknown> | Promise<LockConnection<unknown>> => {
       const client = connection.db as object
       try {
         let bound = boundByClient.get(client)
-        if (bound === undefined) boundByClient.set(client, (bound = bindDatabase(loaded, parts, client, transaction === undefined)))
+        if (bound === undefined) {
+          bound = bindDatabase(classes as DrizzleClasses, parts, client, transaction === undefined)
+          boundByClient.set(client, bound)
+        }
         rebind(connection, bound.db)
         if (bound.transactionDb !== undefined) connection.transactionDb = bound.transactionDb
         return connection
       } catch (error) {
-        await connection.release({ destroy: false })
-        throw error
+        return Promise.resolve(connection.release({ destroy: false })).then(() => Promise.reject(error))
       }
     }
+    // `then` rather than `async`/`await`: no promise of its own per lock once the classes are loaded
+    const connect = (): Promise<LockConnection<unknown>> =>
+      classes === undefined ? classesOf().then(() => pin().then(attach)) : pin().then(attach)
     return transaction === undefined
       ? { kind: 'pool', queueKey: inner.queueKey, connect }
       : { kind: 'pool', queueKey: inner.queueKey, connect, transaction }
   }
   const inTransaction = inner.inTransaction?.bind(inner)
   let transactionDb: (() => object) | undefined
-  const connect = async (): Promise<LockConnection<unknown>> => {
-    const loaded = classes ?? (await classesOf())
-    const connection = rebind<unknown>(await pin(), db)
-    if (transaction === undefined) connection.transactionDb = transactionDb ??= transactionOn(loaded, parts, db._.session)
+  const attach = (pinned: LockConnection<unknown>): LockConnection<unknown> => {
+    const connection = rebind<unknown>(pinned, db)
+    if (transaction === undefined) {
+      connection.transactionDb = transactionDb ??= transactionOn(classes as DrizzleClasses, parts, db._.session)
+    }
     return connection
   }
+  const connect = (): Promise<LockConnection<unknown>> =>
+    classes === undefined ? classesOf().then(() => pin().then(attach)) : pin().then(attach)
   return {
     kind: 'connection',
     queueKey: inner.queueKey,

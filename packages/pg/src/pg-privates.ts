@@ -5,8 +5,8 @@
  *   `_connecting` and `_connected` (a client that was never connected).
  * - `processID`, `secretKey` and `connectionParameters`: the backend key data and the server
  *   address of a CancelRequest built by hand.
- * - `Client.Query` and the client's `connection`: a named statement submitted without copying its
- *   config object.
+ * - `Client.Query` and the client's `connection`: a statement submitted with its callback, without
+ *   copying a config object or making node-postgres' promise.
  *
  * The members pglock cannot work correctly without are checked by shape when it pins a client,
  * before any lock statement is sent; a node-postgres version lacking one fails with
@@ -161,27 +161,39 @@ export function cancelBackend(client: ClientBase): Promise<void> {
 /** node-postgres' own `Query` class, which its JavaScript `Client` exposes as `Client.Query`. */
 interface SubmittableQuery {
   name?: string
-  callback?: (error: Error | null, result: QueryResult) => void
+  callback?: QueryCallback
 }
-type QueryClass = new (text: string, values: string[]) => SubmittableQuery
+type QueryClass = new (text: string, values: string[] | undefined) => SubmittableQuery
+
+/** What node-postgres calls back with: one result, or one per statement of a multi-statement text. */
+export type QueryCallback = (error: Error | null | undefined, result: QueryResult | QueryResult[]) => void
 
 /**
- * Runs a named statement. `client.query({ name, text, values })` copies the config object by
- * property descriptors on every call; a `Query` built from the text, then named, is submitted as is.
+ * Sends a statement and calls `callback` with its result, named (a prepared statement) when `name`
+ * is given. `client.query({ name, text, values })` copies the config object by property
+ * descriptors on every call, and the promise form adds promises of its own: a `Query` built from
+ * the text, named and given the callback, is submitted as is.
  *
  * @example
  * ```ts
- * const { rows } = await runNamed(client, 'pglock_try', 'SELECT pg_try_advisory_lock($1)', ['7'])
+ * submit(client, 'SELECT pg_try_advisory_lock($1)', ['7'], 'pglock_try', (error, result) => {})
  * ```
  */
-export function runNamed(client: ClientBase, name: string, text: string, values: string[]): Promise<QueryResult> {
+export function submit(
+  client: ClientBase,
+  text: string,
+  values: string[] | undefined,
+  name: string | undefined,
+  callback: QueryCallback,
+): void {
   const Query = (client.constructor as { Query?: QueryClass }).Query
   // only an optimisation: clients without `Client.Query` (pg-native) take the config object
-  if (typeof Query !== 'function' || !('connection' in client)) return client.query({ name, text, values })
-  return new Promise((resolve, reject) => {
-    const query = new Query(text, values)
-    query.name = name
-    query.callback = (error, result) => (error ? reject(error) : resolve(result))
-    client.query(query as never)
-  })
+  if (typeof Query !== 'function' || !('connection' in client)) {
+    client.query((name === undefined ? text : { name, text }) as string, values as string[], callback as never)
+    return
+  }
+  const query = new Query(text, values)
+  if (name !== undefined) query.name = name
+  query.callback = callback
+  client.query(query as never)
 }

@@ -51,3 +51,35 @@ describe('pg: many locks on one client', () => {
     }
   })
 })
+
+describe('pg: pooled clients', () => {
+  it('adds no listener to a pooled client however many locks it serves', async () => {
+    const pool = new pg.Pool({ connectionString: inject('databaseUrl'), max: 1 })
+    try {
+      const count = (client: pg.PoolClient) => [client.listenerCount('error'), client.listenerCount('end')]
+      const first = await withLock(pool, 'pglock-test:pg:pooled-listeners', ({ db }) => count(db))
+      for (let i = 0; i < 1_000; i += 1) await withLock(pool, 'pglock-test:pg:pooled-listeners', () => undefined)
+      expect(await withLock(pool, 'pglock-test:pg:pooled-listeners', ({ db }) => count(db))).toEqual(first)
+    } finally {
+      await pool.end()
+    }
+  })
+
+  it('leaves an error on a checked-out client that nobody listens to unhandled, as node-postgres does', async () => {
+    const pool = new pg.Pool({ connectionString: inject('databaseUrl'), max: 1 })
+    try {
+      await withLock(pool, 'pglock-test:pg:pooled-unhandled', () => undefined)
+      const client = await pool.connect()
+      expect(() => client.emit('error', new Error('boom'))).toThrow('boom')
+      const heard: unknown[] = []
+      const hear = (error: unknown) => heard.push(error)
+      client.on('error', hear)
+      expect(() => client.emit('error', new Error('heard'))).not.toThrow()
+      expect(heard).toHaveLength(1)
+      client.off('error', hear)
+      client.release()
+    } finally {
+      await pool.end()
+    }
+  })
+})
