@@ -13,6 +13,7 @@ import { brokenHandles, isTransactionSql } from './handles.js'
 import { PinLoss } from './pin-loss.js'
 import { endpointOf, nameHandleV4, pinV4 } from './pin-v4.js'
 import {
+  asV3Connection,
   type BackendKey,
   backendKeyOf,
   cancelV3,
@@ -189,7 +190,7 @@ class V3Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
   readonly #transaction: TransactionSql<any> | undefined
   readonly #giveBack: boolean
   readonly #pool: object | undefined
-  /** Query options naming the connection to `onexecute`, as text and as a prepared statement. */
+  /** Query options naming the connection to `onexecute`, as text and as a prepared statement, until it is named. */
   readonly #asText: SendOptions
   readonly #prepared: SendOptions
   #raw: V3Connection | undefined
@@ -208,22 +209,27 @@ class V3Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
     this.#transaction = isTransactionSql(handle) ? handle : undefined
     this.#giveBack = giveBack
     this.#pool = pool
-    const onexecute = onexecuteOption((connection) => this.#onexecute(connection))
-    this.#asText = onexecute
-    this.#prepared = { onexecute: onexecute.onexecute, prepare: true }
-    if (brokenHandles.has(handle)) this.report(brokenHandles.get(handle))
+    const onexecute = (connection: unknown): true => {
+      this.#onexecute(asV3Connection(connection))
+      return true
+    }
+    this.#asText = { onexecute }
+    this.#prepared = { onexecute, prepare: true }
+    if (!owned && brokenHandles.has(handle)) this.report(brokenHandles.get(handle))
   }
 
+  /** An owned transaction's connection is its own: another handle on it learns it with a statement of its own. */
   get connectionKey(): object | undefined {
-    return this.#transaction === undefined ? this.#handle : transactionConnections.get(this.#transaction)
+    if (this.#transaction === undefined) return this.#handle
+    return this.owned ? this.#raw : transactionConnections.get(this.#transaction)
   }
 
   query(sql: string): Promise<readonly Row[]> {
-    return this.#send(sql, NO_VALUES, this.#asText)
+    return this.#send(sql, NO_VALUES, this.#raw === undefined ? this.#asText : AS_TEXT)
   }
 
   protected executeStatement({ text, values }: PreparedStatement): Promise<readonly Row[]> {
-    return this.#raw === undefined ? this.#executeThenLearn(text, values) : this.#send(text, values, this.#prepared)
+    return this.#raw === undefined ? this.#executeThenLearn(text, values) : this.#send(text, values, PREPARED)
   }
 
   async cancel(): Promise<void> {
@@ -257,7 +263,7 @@ class V3Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
       this.#refused ??= connection
       return
     }
-    if (this.#transaction !== undefined && !this.lost) transactionConnections.set(this.#transaction, connection)
+    if (this.#transaction !== undefined && !this.owned && !this.lost) transactionConnections.set(this.#transaction, connection)
     if (this.#raw === undefined && !this.#released) {
       this.#raw = connection
       this.#unhook = hookClose(connection, (cause) => {
@@ -303,6 +309,9 @@ class PreparedV3Pin<Db> extends V3Pin<Db> {
 }
 
 const NO_VALUES: readonly string[] = []
+/** Once the pin knows its connection: 3.4's `onexecute` has nothing more to say. */
+const AS_TEXT: SendOptions = {}
+const PREPARED: SendOptions = { prepare: true }
 const NOT_OWNED: PinOptions = { owned: false }
 const noop = (): void => undefined
 
