@@ -16,6 +16,8 @@ import {
   asV3Connection,
   type BackendKey,
   backendKeyOf,
+  type CloseHook,
+  CONNECTION_CLOSED,
   cancelV3,
   cancelV3Backend,
   type DriverQuery,
@@ -23,6 +25,7 @@ import {
   hookClose,
   keepErrorsOwn,
   onexecuteOption,
+  unhookClose,
   type V3Connection,
 } from './privates.js'
 
@@ -195,7 +198,7 @@ class V3Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
   readonly #prepared: SendOptions
   #raw: V3Connection | undefined
   #refused: UnsupportedError | undefined
-  #unhook: (() => void) | undefined
+  #hook: CloseHook | undefined
   #running: RawQuery | undefined
   #released = false
   #closed = false
@@ -248,7 +251,7 @@ class V3Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
       if (this.#pool !== undefined) closing(this.#pool, new Promise((resolve) => (this.#markClosed = resolve)))
       return
     }
-    this.#unhook?.()
+    if (raw !== undefined && this.#hook !== undefined) unhookClose(raw, this.#hook)
     if (this.#giveBack && !this.#closed && !this.lost) (this.#handle as ReservedSql<any>).release()
   }
 
@@ -266,12 +269,14 @@ class V3Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
     if (this.#transaction !== undefined && !this.owned && !this.lost) transactionConnections.set(this.#transaction, connection)
     if (this.#raw === undefined && !this.#released) {
       this.#raw = connection
-      this.#unhook = hookClose(connection, (cause) => {
-        this.#closed = true
-        this.#markClosed?.()
-        this.#fail(cause ?? new Error('postgres.js connection closed'))
-      })
+      this.#hook = hookClose(connection, this)
     }
+  }
+
+  [CONNECTION_CLOSED](cause: unknown): void {
+    this.#closed = true
+    this.#markClosed?.()
+    this.#fail(cause ?? new Error('postgres.js connection closed'))
   }
 
   async #send(sql: string, values: readonly (string | null)[], options: SendOptions): Promise<readonly Row[]> {

@@ -114,7 +114,7 @@ export interface V3Connection {
 }
 
 type OnClose = (error: unknown) => void
-type CloseHook = OnClose & { previous: OnClose | null | undefined; live: boolean }
+export type CloseHook = OnClose & { previous: OnClose | null | undefined; live: boolean }
 
 /**
  * Query options with 3.4's `onexecute`. A connection without `terminate()` is passed on as an
@@ -141,22 +141,32 @@ function isCloseHook(handler: OnClose | null | undefined): handler is CloseHook 
   return typeof handler === 'function' && 'live' in handler
 }
 
-/** Listens for a 3.4 connection closing, keeping the `onclose` already there (`sql.begin()` sets one). */
-export function hookClose(connection: V3Connection, listener: OnClose): () => void {
+/** Who hears a 3.4 connection close, as a method: one fewer closure per pinned lock. */
+export const CONNECTION_CLOSED: unique symbol = Symbol('pglock.connectionClosed')
+
+export interface CloseListener {
+  [CONNECTION_CLOSED](error: unknown): void
+}
+
+/** Listens for a 3.4 connection closing, keeping the `onclose` already there (`sql.begin()` sets one); {@link unhookClose} stops. */
+export function hookClose(connection: V3Connection, listener: CloseListener): CloseHook {
   const hook = ((error: unknown) => {
     hook.previous?.(error)
-    if (hook.live) listener(error)
+    if (hook.live) listener[CONNECTION_CLOSED](error)
   }) as CloseHook
   hook.previous = connection.onclose
   hook.live = true
   connection.onclose = hook
-  return () => {
-    hook.live = false
-    if (connection.onclose !== hook) return
-    let handler = hook.previous
-    while (isCloseHook(handler) && !handler.live) handler = handler.previous
-    connection.onclose = handler
-  }
+  return hook
+}
+
+/** Takes `hook` off `connection`, and with it the hooks below that were stopped while it sat above them. */
+export function unhookClose(connection: V3Connection, hook: CloseHook): void {
+  hook.live = false
+  if (connection.onclose !== hook) return
+  let handler = hook.previous
+  while (isCloseHook(handler) && !handler.live) handler = handler.previous
+  connection.onclose = handler
 }
 
 /** What 3.4's canceller reads of a query: where it was sent, and whether it still runs. */
