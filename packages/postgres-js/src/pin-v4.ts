@@ -1,6 +1,7 @@
 import { isConnectionFailure, lastRows, type PreparedStatement, type Row, sendCancelRequest } from '@pglock/core/adapter'
 import type { ReservedSql, TransactionSql } from 'postgres'
 import { brokenHandles, isTransactionSql } from './handles.js'
+import { PinLoss } from './pin-loss.js'
 import { type ConnectionName, nameOf, onConnectionClose, startNaming } from './pool-events.js'
 import type { PostgresJsConnection } from './postgres-js-executor.js'
 import { backendKeyOf, type DriverQuery, destroyV4Connection, keepErrorsOwn } from './privates.js'
@@ -60,12 +61,10 @@ export async function nameHandleV4(handle: ReservedSql<any> | TransactionSql<any
   }
 }
 
-type Listener = (cause: unknown) => void
-
 const noop = (): void => undefined
 
 /** `pinPostgresJs` for 4.x, on its public `diagnostics_channel`s; a class, as one is built per lock. */
-class V4Pin<Db> implements PostgresJsConnection<Db> {
+class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
   readonly db: Db
   readonly owned: boolean
   readonly #handle: ReservedSql<any> | TransactionSql<any>
@@ -73,10 +72,6 @@ class V4Pin<Db> implements PostgresJsConnection<Db> {
   readonly #giveBack: boolean
   readonly #endpoint: Endpoint | undefined
   #name: ConnectionName | undefined
-  #lost = false
-  #cause: unknown
-  #listener: Listener | undefined
-  #more: Set<Listener> | undefined
   #unwatch: (() => void) | undefined
   #running: Query | undefined
   #last: Query | undefined
@@ -84,6 +79,7 @@ class V4Pin<Db> implements PostgresJsConnection<Db> {
   #closed = false
 
   constructor(handle: ReservedSql<any> | TransactionSql<any>, db: Db, owned: boolean, giveBack: boolean, endpoint: Endpoint | undefined) {
+    super()
     this.db = db
     this.owned = owned
     this.#handle = handle
@@ -91,12 +87,8 @@ class V4Pin<Db> implements PostgresJsConnection<Db> {
     this.#giveBack = giveBack
     this.#endpoint = endpoint
     this.#name = handleNames.get(handle)
-    if (brokenHandles.has(handle)) this.#report(brokenHandles.get(handle))
+    if (brokenHandles.has(handle)) this.report(brokenHandles.get(handle))
     this.#watch()
-  }
-
-  get lost(): boolean {
-    return this.#lost
   }
 
   get connectionKey(): object | undefined {
@@ -116,35 +108,19 @@ class V4Pin<Db> implements PostgresJsConnection<Db> {
     const name = this.#name
     const at = name?.host != null && name.port !== null ? { host: name.host, port: name.port } : this.#endpoint
     if (backend !== null && at !== undefined) return sendCancelRequest(at.host, at.port, backend)
-    if (!this.#lost) await Promise.resolve(query.cancel()).catch(noop)
-  }
-
-  onLost(listener: Listener): () => void {
-    if (this.#lost) {
-      listener(this.#cause)
-      return noop
-    }
-    if (this.#listener === undefined) {
-      this.#listener = listener
-      return () => {
-        if (this.#listener === listener) this.#listener = undefined
-      }
-    }
-    this.#more ??= new Set()
-    this.#more.add(listener)
-    return () => void this.#more?.delete(listener)
+    if (!this.lost) await Promise.resolve(query.cancel()).catch(noop)
   }
 
   release({ destroy }: { readonly destroy: boolean }): void {
     this.#released = true
     this.#unwatch?.()
     if (!this.owned) return
-    if (!this.#closed && this.#last !== undefined && (destroy || this.#lost)) destroyV4Connection(this.#last)
+    if (!this.#closed && this.#last !== undefined && (destroy || this.lost)) destroyV4Connection(this.#last)
     if (this.#giveBack) (this.#handle as ReservedSql<any>).release()
   }
 
   protected async send(sql: string, values: readonly (string | null)[], prepared: boolean): Promise<readonly Row[]> {
-    if (this.#lost) throw this.#cause
+    if (this.lost) throw this.cause
     const query = this.#handle.unsafe(sql, values as string[], prepared ? PREPARED : AS_TEXT) as unknown as Query
     if (this.#transaction !== undefined) keepErrorsOwn(query)
     const stopNaming = this.#unwatch === undefined ? startNaming() : undefined
@@ -165,25 +141,15 @@ class V4Pin<Db> implements PostgresJsConnection<Db> {
     }
   }
 
-  #report(cause: unknown): void {
-    if (this.#lost) return
-    this.#lost = true
-    this.#cause = cause
-    const listener = this.#listener
-    const more = this.#more
-    listener?.(cause)
-    if (more !== undefined) for (const other of more) other(cause)
-  }
-
   #fail(cause: unknown): void {
-    if (!this.owned && !this.#lost) brokenHandles.set(this.#handle, cause)
+    if (!this.owned && !this.lost) brokenHandles.set(this.#handle, cause)
     handleNames.delete(this.#handle)
-    this.#report(cause)
+    this.report(cause)
   }
 
   #watch(): void {
     const name = this.#name
-    if (name === undefined || this.#unwatch !== undefined || this.#released || this.#lost) return
+    if (name === undefined || this.#unwatch !== undefined || this.#released || this.lost) return
     this.#unwatch = onConnectionClose(name, (cause) => {
       this.#closed = true
       forgetScope(name)

@@ -6,15 +6,18 @@ import {
   lastRows,
   type PreparedStatement,
   type Row,
-  runInDriverTransaction,
   wrongHandle,
 } from '@pglock/core/adapter'
 import type { ReservedSql, Sql, TransactionSql } from 'postgres'
 import { brokenHandles, isTransactionSql } from './handles.js'
+import { PinLoss } from './pin-loss.js'
 import { endpointOf, nameHandleV4, pinV4 } from './pin-v4.js'
 import {
+  asV3Connection,
   type BackendKey,
   backendKeyOf,
+  type CloseHook,
+  CONNECTION_CLOSED,
   cancelV3,
   cancelV3Backend,
   type DriverQuery,
@@ -22,6 +25,7 @@ import {
   hookClose,
   keepErrorsOwn,
   onexecuteOption,
+  unhookClose,
   type V3Connection,
 } from './privates.js'
 
@@ -181,111 +185,80 @@ export interface PinOptions {
   readonly prepare?: boolean | undefined
 }
 
-type Listener = (cause: unknown) => void
-
 /** One per lock, so a class: an object literal with getters costs far more to build. */
-class V3Pin<Db> implements PostgresJsConnection<Db> {
+class V3Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
   readonly db: Db
   readonly owned: boolean
   readonly #handle: ReservedSql<any> | TransactionSql<any>
   readonly #transaction: TransactionSql<any> | undefined
   readonly #giveBack: boolean
   readonly #pool: object | undefined
-  /** Query options naming the connection to `onexecute`, as text and as a prepared statement. */
+  /** Query options naming the connection to `onexecute`, as text and as a prepared statement, until it is named. */
   readonly #asText: SendOptions
   readonly #prepared: SendOptions
-  #lost = false
-  #cause: unknown
-  /** Usually one listener (the core's), so a `Set` only from the second on. */
-  #listener: Listener | undefined
-  #more: Set<Listener> | undefined
   #raw: V3Connection | undefined
   #refused: UnsupportedError | undefined
-  #unhook: (() => void) | undefined
+  #hook: CloseHook | undefined
   #running: RawQuery | undefined
   #released = false
   #closed = false
   #markClosed: (() => void) | undefined
 
   constructor(handle: ReservedSql<any> | TransactionSql<any>, db: Db, owned: boolean, giveBack: boolean, pool: object | undefined) {
+    super()
     this.db = db
     this.owned = owned
     this.#handle = handle
     this.#transaction = isTransactionSql(handle) ? handle : undefined
     this.#giveBack = giveBack
     this.#pool = pool
-    const onexecute = onexecuteOption((connection) => this.#onexecute(connection))
-    this.#asText = onexecute
-    this.#prepared = { onexecute: onexecute.onexecute, prepare: true }
-    if (brokenHandles.has(handle)) this.#report(brokenHandles.get(handle))
+    const onexecute = (connection: unknown): true => {
+      this.#onexecute(asV3Connection(connection))
+      return true
+    }
+    this.#asText = { onexecute }
+    this.#prepared = { onexecute, prepare: true }
+    if (!owned && brokenHandles.has(handle)) this.report(brokenHandles.get(handle))
   }
 
-  get lost(): boolean {
-    return this.#lost
-  }
-
+  /** An owned transaction's connection is its own: another handle on it learns it with a statement of its own. */
   get connectionKey(): object | undefined {
-    return this.#transaction === undefined ? this.#handle : transactionConnections.get(this.#transaction)
+    if (this.#transaction === undefined) return this.#handle
+    return this.owned ? this.#raw : transactionConnections.get(this.#transaction)
   }
 
   query(sql: string): Promise<readonly Row[]> {
-    return this.#send(sql, NO_VALUES, this.#asText)
+    return this.#send(sql, NO_VALUES, this.#raw === undefined ? this.#asText : AS_TEXT)
   }
 
   protected executeStatement({ text, values }: PreparedStatement): Promise<readonly Row[]> {
-    return this.#raw === undefined ? this.#executeThenLearn(text, values) : this.#send(text, values, this.#prepared)
+    return this.#raw === undefined ? this.#executeThenLearn(text, values) : this.#send(text, values, PREPARED)
   }
 
   async cancel(): Promise<void> {
     const query = this.#running
     if (query === undefined) return
-    if (!this.#lost) return cancelQuery(query).catch(() => undefined)
+    if (!this.lost) return cancelQuery(query).catch(() => undefined)
     const backend = backendKeyOf(query)
     if (backend !== null) await cancelV3Backend(query, backend).catch(() => undefined)
-  }
-
-  onLost(listener: Listener): () => void {
-    if (this.#lost) {
-      listener(this.#cause)
-      return noop
-    }
-    if (this.#listener === undefined) {
-      this.#listener = listener
-      return () => {
-        if (this.#listener === listener) this.#listener = undefined
-      }
-    }
-    this.#more ??= new Set()
-    this.#more.add(listener)
-    return () => void this.#more?.delete(listener)
   }
 
   release({ destroy }: { readonly destroy: boolean }): void {
     this.#released = true
     const raw = this.#raw
-    if (this.owned && !this.#closed && raw !== undefined && (destroy || this.#lost)) {
+    if (this.owned && !this.#closed && raw !== undefined && (destroy || this.lost)) {
       raw.terminate()
       if (this.#pool !== undefined) closing(this.#pool, new Promise((resolve) => (this.#markClosed = resolve)))
       return
     }
-    this.#unhook?.()
-    if (this.#giveBack && !this.#closed && !this.#lost) (this.#handle as ReservedSql<any>).release()
-  }
-
-  #report(cause: unknown): void {
-    if (this.#lost) return
-    this.#lost = true
-    this.#cause = cause
-    const listener = this.#listener
-    const more = this.#more
-    listener?.(cause)
-    if (more !== undefined) for (const other of more) other(cause)
+    if (raw !== undefined && this.#hook !== undefined) unhookClose(raw, this.#hook)
+    if (this.#giveBack && !this.#closed && !this.lost) (this.#handle as ReservedSql<any>).release()
   }
 
   #fail(cause: unknown): void {
-    if (!this.owned && !this.#lost) brokenHandles.set(this.#handle, cause)
+    if (!this.owned && !this.lost) brokenHandles.set(this.#handle, cause)
     if (this.#transaction !== undefined) transactionConnections.delete(this.#transaction)
-    this.#report(cause)
+    this.report(cause)
   }
 
   #onexecute(connection: V3Connection | UnsupportedError): void {
@@ -293,19 +266,21 @@ class V3Pin<Db> implements PostgresJsConnection<Db> {
       this.#refused ??= connection
       return
     }
-    if (this.#transaction !== undefined && !this.#lost) transactionConnections.set(this.#transaction, connection)
+    if (this.#transaction !== undefined && !this.owned && !this.lost) transactionConnections.set(this.#transaction, connection)
     if (this.#raw === undefined && !this.#released) {
       this.#raw = connection
-      this.#unhook = hookClose(connection, (cause) => {
-        this.#closed = true
-        this.#markClosed?.()
-        this.#fail(cause ?? new Error('postgres.js connection closed'))
-      })
+      this.#hook = hookClose(connection, this)
     }
   }
 
+  [CONNECTION_CLOSED](cause: unknown): void {
+    this.#closed = true
+    this.#markClosed?.()
+    this.#fail(cause ?? new Error('postgres.js connection closed'))
+  }
+
   async #send(sql: string, values: readonly (string | null)[], options: SendOptions): Promise<readonly Row[]> {
-    if (this.#lost) throw this.#cause
+    if (this.lost) throw this.cause
     const query = this.#handle.unsafe(sql, values as string[], options as never) as unknown as RawQuery
     if (this.#transaction !== undefined) keepErrorsOwn(query)
     this.#running = query
@@ -326,7 +301,7 @@ class V3Pin<Db> implements PostgresJsConnection<Db> {
     try {
       return await this.#send(text, values, this.#prepared)
     } finally {
-      if (this.#raw === undefined && !this.#lost && !this.#released) await this.#send('', NO_VALUES, this.#asText).catch(noop)
+      if (this.#raw === undefined && !this.lost && !this.#released) await this.#send('', NO_VALUES, this.#asText).catch(noop)
     }
   }
 }
@@ -339,6 +314,9 @@ class PreparedV3Pin<Db> extends V3Pin<Db> {
 }
 
 const NO_VALUES: readonly string[] = []
+/** Once the pin knows its connection: 3.4's `onexecute` has nothing more to say. */
+const AS_TEXT: SendOptions = {}
+const PREPARED: SendOptions = { prepare: true }
 const NOT_OWNED: PinOptions = { owned: false }
 const noop = (): void => undefined
 
@@ -366,6 +344,24 @@ export function pinPostgresJs<Db>(handle: ReservedSql<any> | TransactionSql<any>
 }
 
 /**
+ * The core's side of one transaction lock inside `sql.begin()`'s callback. After a loss the
+ * callback never settles: 3.4 fails `sql.begin()` by itself and would throw from a timer on a
+ * `ROLLBACK` into the closed connection. The pin still knows the loss, so nothing listens for it here.
+ */
+async function settleUnlessLost<Db, T>(
+  connection: PostgresJsConnection<Db>,
+  body: (connection: LockConnection<Db>) => Promise<T>,
+): Promise<T> {
+  try {
+    const value = await body(connection)
+    if (!connection.lost) return value
+  } catch (error) {
+    if (!connection.lost) throw error
+  }
+  return new Promise<T>(noop)
+}
+
+/**
  * Runs `body` in a transaction that `begin` opens with `sql.begin()` (directly or through an ORM),
  * with `lease.db` the `db` it passes. After a loss the callback never settles: 3.4 fails
  * `sql.begin()` by itself and would throw from a timer on a `ROLLBACK` into the closed connection.
@@ -385,13 +381,18 @@ export function runInPostgresJsTransaction<Db, T>(
   body: (connection: LockConnection<Db>) => Promise<T>,
   pool?: object,
 ): Promise<T> {
-  const options: PinOptions = { owned: true, pool }
-  return runInDriverTransaction<readonly [TransactionSql<any>, Db], Db, T>(
-    (callback) => begin((transaction, db) => callback([transaction, db])),
-    ([transaction, db]) => pinPostgresJs(transaction, db, options),
-    body,
-    'stay-pending',
-  )
+  const options = pool === undefined ? OWNED : transactionOptionsOf(pool)
+  return Promise.resolve(begin((transaction, db) => settleUnlessLost(pinPostgresJs(transaction, db, options), body))) as Promise<T>
+}
+
+const OWNED: PinOptions = { owned: true }
+/** The pin options of transactions on each pool, made once per pool. */
+const poolTransactionOptions = new WeakMap<object, PinOptions>()
+
+function transactionOptionsOf(pool: object): PinOptions {
+  let options = poolTransactionOptions.get(pool)
+  if (options === undefined) poolTransactionOptions.set(pool, (options = { owned: true, pool }))
+  return options
 }
 
 /** A postgres.js handle is a function: anything else reads as its kind, a function as what it is not. */
@@ -446,18 +447,26 @@ function executorFor(db: unknown): LockExecutor<unknown> {
     }
   }
   const sql = db as Sql<any>
+  let executor = poolExecutors.get(sql)
+  if (executor === undefined) poolExecutors.set(sql, (executor = poolExecutor(sql)))
+  return executor
+}
+
+/** A `Sql`'s executor, built once: it holds nothing of one lock. */
+const poolExecutors = new WeakMap<Sql<any>, LockExecutor<unknown>>()
+
+function poolExecutor(sql: Sql<any>): LockExecutor<unknown> {
   if (typeof sql.reserve !== 'function' || typeof sql.begin !== 'function') {
-    throw notAHandle(db)
+    throw notAHandle(sql)
   }
   // prepared statements are postgres.js's default; `prepare: false` is for transaction-pooling proxies
   const prepare = (sql as { options?: { prepare?: unknown } }).options?.prepare !== false
   const begin = sql.begin as (callback: (transaction: TransactionSql<any>) => Promise<unknown>) => Promise<unknown>
   const reservedOptions: PinOptions = { owned: true, release: true, pool: sql, prepare }
-  const transactionOptions: PinOptions = { owned: true, pool: sql }
-  const pinTransaction = (transaction: TransactionSql<any>) => pinPostgresJs(transaction, transaction, transactionOptions)
+  const transactionOptions = transactionOptionsOf(sql)
   return {
     kind: 'pool',
-    queueKey: db,
+    queueKey: sql,
     async connect() {
       const closing = untilClosed(sql)
       if (closing !== undefined) await closing
@@ -469,6 +478,7 @@ function executorFor(db: unknown): LockExecutor<unknown> {
         throw error
       }
     },
-    transaction: (body) => runInDriverTransaction((callback) => begin.call(sql, callback), pinTransaction, body, 'stay-pending'),
+    transaction: <T>(body: (connection: LockConnection<unknown>) => Promise<T>) =>
+      begin.call(sql, (transaction) => settleUnlessLost(pinPostgresJs(transaction, transaction, transactionOptions), body)) as Promise<T>,
   }
 }

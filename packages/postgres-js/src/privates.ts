@@ -91,13 +91,18 @@ export function backendKeyOf(query: DriverQuery): BackendKey | null {
  */
 export function keepErrorsOwn<Q extends DriverQuery>(query: Q): Q {
   const target = query as Q & { catch: unknown; watch?: unknown }
-  target.catch = () => query
+  target.catch = itself
   const watch = target.watch
   if (typeof watch === 'function') {
     target.watch = (onFulfilled: unknown, onRejected: unknown) =>
       onFulfilled === null || onFulfilled === undefined ? query : watch.call(query, onFulfilled, onRejected)
   }
   return query
+}
+
+/** A statement's `catch` that adds no handler: postgres.js calls it as a method of the statement. */
+function itself<T>(this: T): T {
+  return this
 }
 
 // postgres.js 3.4
@@ -109,7 +114,7 @@ export interface V3Connection {
 }
 
 type OnClose = (error: unknown) => void
-type CloseHook = OnClose & { readonly previous: OnClose | null | undefined; live: boolean }
+export type CloseHook = OnClose & { previous: OnClose | null | undefined; live: boolean }
 
 /**
  * Query options with 3.4's `onexecute`. A connection without `terminate()` is passed on as an
@@ -118,37 +123,50 @@ type CloseHook = OnClose & { readonly previous: OnClose | null | undefined; live
 export function onexecuteOption(onexecute: (connection: V3Connection | UnsupportedError) => void): Readonly<Record<string, unknown>> {
   return {
     onexecute(connection: unknown) {
-      onexecute(
-        typeof (connection as V3Connection | null)?.terminate === 'function'
-          ? (connection as V3Connection)
-          : unsupported('connection.terminate() in onexecute', 'watch and close a pinned connection'),
-      )
+      onexecute(asV3Connection(connection))
+      // anything else tells 3.4 that the connection is busy, and it queues the next statement
       return true
     },
   }
+}
+
+/** What 3.4 passes to `onexecute`, checked: a connection pglock can close, else the error to fail with. */
+export function asV3Connection(connection: unknown): V3Connection | UnsupportedError {
+  return typeof (connection as V3Connection | null)?.terminate === 'function'
+    ? (connection as V3Connection)
+    : unsupported('connection.terminate() in onexecute', 'watch and close a pinned connection')
 }
 
 function isCloseHook(handler: OnClose | null | undefined): handler is CloseHook {
   return typeof handler === 'function' && 'live' in handler
 }
 
-/** Listens for a 3.4 connection closing, keeping the `onclose` already there (`sql.begin()` sets one). */
-export function hookClose(connection: V3Connection, listener: OnClose): () => void {
-  const hook: CloseHook = Object.assign(
-    (error: unknown) => {
-      hook.previous?.(error)
-      if (hook.live) listener(error)
-    },
-    { previous: connection.onclose, live: true },
-  )
+/** Who hears a 3.4 connection close, as a method: one fewer closure per pinned lock. */
+export const CONNECTION_CLOSED: unique symbol = Symbol('pglock.connectionClosed')
+
+export interface CloseListener {
+  [CONNECTION_CLOSED](error: unknown): void
+}
+
+/** Listens for a 3.4 connection closing, keeping the `onclose` already there (`sql.begin()` sets one); {@link unhookClose} stops. */
+export function hookClose(connection: V3Connection, listener: CloseListener): CloseHook {
+  const hook = ((error: unknown) => {
+    hook.previous?.(error)
+    if (hook.live) listener[CONNECTION_CLOSED](error)
+  }) as CloseHook
+  hook.previous = connection.onclose
+  hook.live = true
   connection.onclose = hook
-  return () => {
-    hook.live = false
-    if (connection.onclose !== hook) return
-    let handler = hook.previous
-    while (isCloseHook(handler) && !handler.live) handler = handler.previous
-    connection.onclose = handler
-  }
+  return hook
+}
+
+/** Takes `hook` off `connection`, and with it the hooks below that were stopped while it sat above them. */
+export function unhookClose(connection: V3Connection, hook: CloseHook): void {
+  hook.live = false
+  if (connection.onclose !== hook) return
+  let handler = hook.previous
+  while (isCloseHook(handler) && !handler.live) handler = handler.previous
+  connection.onclose = handler
 }
 
 /** What 3.4's canceller reads of a query: where it was sent, and whether it still runs. */
