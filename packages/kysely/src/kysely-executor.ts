@@ -159,36 +159,8 @@ class Sent {
   }
 }
 
+/** The probe timer ticks this many times per {@link PROBE_INTERVAL_MS}. */
 const PROBE_TICKS = 5
-/**
- * One timer for every held lock's probe rather than one armed and cleared per checkout: it ticks
- * five times a second while any connection is watched, and a connection is probed on the fifth
- * tick after it asked, at most {@link PROBE_INTERVAL_MS} later.
- */
-const watched = new Map<KyselyConnection<Kysely<any>>, number>()
-let ticks = 0
-let ticker: NodeJS.Timeout | undefined
-
-function tick(): void {
-  ticks += 1
-  if (watched.size === 0) {
-    clearInterval(ticker)
-    ticker = undefined
-    return
-  }
-  for (const [connection, due] of watched) {
-    if (due > ticks) continue
-    watched.delete(connection)
-    connection.probe()
-  }
-}
-
-function schedule(connection: KyselyConnection<Kysely<any>>): void {
-  watched.set(connection, ticks + PROBE_TICKS)
-  if (ticker !== undefined) return
-  ticker = setInterval(tick, PROBE_INTERVAL_MS / PROBE_TICKS)
-  ticker.unref()
-}
 
 /** What every connection of one class shares; a pool's connections are all of one. */
 class ConnectionClass {
@@ -202,6 +174,8 @@ class ConnectionClass {
 
 /** Learnt on an instance's first checkout, by `instanceScope`: later ones need not ask for the connection before their first statement. */
 const connectionClasses = new WeakMap<object, ConnectionClass>()
+/** Instances whose connections turned out to differ in class: each of their checkouts sees its connection first. */
+const mixedClasses = new WeakSet<object>()
 
 /** Kysely lends a connection only for a callback's length: the callback waits on {@link held} until release. */
 class Pin {
@@ -252,6 +226,19 @@ class KyselyConnection<Db extends Kysely<any>> implements LockConnection<Db>, Te
   #cancellations: Set<Promise<void>> | undefined
 
   /**
+   * One timer for every held lock's probe rather than one armed and cleared per checkout. The
+   * connections it watches are a list threaded through them, so that watching hashes and
+   * allocates nothing; each is probed on the {@link PROBE_TICKS}th tick after it asked.
+   */
+  static #first: KyselyConnection<Kysely<any>> | undefined
+  static #ticks = 0
+  static #ticker: NodeJS.Timeout | undefined
+  #previous: KyselyConnection<Kysely<any>> | undefined
+  #next: KyselyConnection<Kysely<any>> | undefined
+  /** The tick this connection is probed on; 0 while it is not watched. */
+  #due = 0
+
+  /**
    * `scope` (`trx.withSchema()` and a savepoint are distinct handles on one connection), else the
    * class its connections have, for a connection pglock owns. `transaction`: one pglock opened.
    */
@@ -290,10 +277,12 @@ class KyselyConnection<Db extends Kysely<any>> implements LockConnection<Db>, Te
     this.#scope = connection
     const kind = Object.getPrototypeOf(connection) ?? connection
     if (kind === this.kind) return
-    // a dialect whose connections differ in class: each checkout learns its own from now on
     this.kind = kind
     this.cancels = typeof (connection as DatabaseConnection & ConnectionControl).cancelQuery === 'function'
-    if (this.#instance !== undefined) connectionClasses.delete(instanceScope(this.#instance))
+    if (this.#instance === undefined) return
+    const scope = instanceScope(this.#instance)
+    mixedClasses.add(scope)
+    connectionClasses.delete(scope)
   }
 
   query(sql: string): Promise<readonly Row[]> {
@@ -432,11 +421,48 @@ class KyselyConnection<Db extends Kysely<any>> implements LockConnection<Db>, Te
 
   #watch(): void {
     if (this.#probing || this.#listener === undefined || this.#lost) return
-    schedule(this)
+    if (this.#due === 0) {
+      this.#next = KyselyConnection.#first
+      if (this.#next !== undefined) this.#next.#previous = this
+      KyselyConnection.#first = this
+    }
+    this.#due = KyselyConnection.#ticks + PROBE_TICKS
+    if (KyselyConnection.#ticker !== undefined) return
+    KyselyConnection.#ticker = setInterval(() => KyselyConnection.#tick(), PROBE_INTERVAL_MS / PROBE_TICKS)
+    KyselyConnection.#ticker.unref()
+  }
+
+  #unwatch(): void {
+    if (this.#due === 0) return
+    this.#due = 0
+    const previous = this.#previous
+    const next = this.#next
+    if (previous === undefined) KyselyConnection.#first = next
+    else previous.#next = next
+    if (next !== undefined) next.#previous = previous
+    this.#previous = undefined
+    this.#next = undefined
+  }
+
+  static #tick(): void {
+    const ticks = ++KyselyConnection.#ticks
+    if (KyselyConnection.#first === undefined) {
+      clearInterval(KyselyConnection.#ticker)
+      KyselyConnection.#ticker = undefined
+      return
+    }
+    for (let connection: KyselyConnection<Kysely<any>> | undefined = KyselyConnection.#first; connection !== undefined; ) {
+      const next: KyselyConnection<Kysely<any>> | undefined = connection.#next
+      if (connection.#due <= ticks) {
+        connection.#unwatch()
+        connection.#probe()
+      }
+      connection = next
+    }
   }
 
   /** Kysely hides the driver's connection events, so a failing probe is how a loss is heard. */
-  probe(): void {
+  #probe(): void {
     this.#probing = true
     const scope = this.#scope
     const learn = this.owned && (scope === undefined || !backends.has(scope))
@@ -464,12 +490,12 @@ class KyselyConnection<Db extends Kysely<any>> implements LockConnection<Db>, Te
     this.#watch()
     return () => {
       if (this.#listener === subscriber) this.#listener = undefined
-      watched.delete(this)
+      this.#unwatch()
     }
   }
 
   release({ destroy }: { readonly destroy: boolean }): Promise<void> | undefined {
-    watched.delete(this)
+    this.#unwatch()
     if ((this.#cancellations !== undefined && this.#cancellations.size > 0) || (destroy && !this.#lost && this.owned)) {
       return this.#releaseAfter(destroy)
     }
@@ -539,7 +565,8 @@ function pin(instance: Kysely<any>, known: ConnectionClass | undefined): Promise
 }
 
 function learnClass(instance: Kysely<any>, { kind, cancels }: ConnectionClass): void {
-  connectionClasses.set(instanceScope(instance), new ConnectionClass(kind, cancels))
+  const scope = instanceScope(instance)
+  if (!mixedClasses.has(scope)) connectionClasses.set(scope, new ConnectionClass(kind, cancels))
 }
 
 const checkedDialects = new WeakMap<object, Promise<void>>()
