@@ -15,7 +15,8 @@ const POSTGRES_JS_ISSUE = 'https://github.com/porsager/postgres/issues/1208'
 /** kysely-postgres-js's connection class, in every major from 3 to 5 (it is not exported, so pglock knows it by name). */
 const KYSELY_POSTGRES_JS_CONNECTION = 'PostgresJSConnection'
 
-let postgresJs: { readonly version: string | undefined } | undefined
+/** The postgres.js version pglock refuses, read once per process: `mayRefuse()` runs on every lock. */
+let refused: { readonly version: string | undefined } | undefined
 
 function manifest(path: string): { name?: string; version?: string } | undefined {
   try {
@@ -51,8 +52,11 @@ function readPostgresJsVersion(): string | undefined {
 
 /** The postgres.js version kysely-postgres-js loads, when it is one pglock refuses. Reads the file system once per process. */
 function refusedVersion(): string | undefined {
-  postgresJs ??= { version: readPostgresJsVersion() }
-  const { version } = postgresJs
+  refused ??= { version: refusable(readPostgresJsVersion()) }
+  return refused.version
+}
+
+function refusable(version: string | undefined): string | undefined {
   return version !== undefined && Number(version.split('.')[0]) < 4 ? version : undefined
 }
 

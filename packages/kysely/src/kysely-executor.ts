@@ -1,6 +1,6 @@
 import { InvalidArgumentError, type LockScope, UnsupportedError } from '@pglock/core'
-import { isConnectionFailure, type LockConnection, type LockExecutor, runInDriverTransaction } from '@pglock/core/adapter'
-import { CompiledQuery, type DatabaseConnection, type Kysely, type Transaction } from 'kysely'
+import { isConnectionFailure, type LockConnection, type LockExecutor, type Row, runInDriverTransaction } from '@pglock/core/adapter'
+import { CompiledQuery, type DatabaseConnection, type Kysely, type QueryResult, type Transaction } from 'kysely'
 import { mayRefuse, refuseUnsettling } from './kysely-dialects.js'
 import {
   type ConnectionSource,
@@ -12,7 +12,7 @@ import {
   signalTaggedSql,
   tagged,
 } from './kysely-privates.js'
-import { learnStatements, runText, takesSeveral } from './kysely-statements.js'
+import { learnStatements, runText, type TextContext, takesSeveral } from './kysely-statements.js'
 
 /**
  * A Kysely handle pglock can lock with: a `Kysely` instance, a `Transaction`, or a `lease.db`
@@ -114,8 +114,6 @@ const itself = async (connection: DatabaseConnection) => connection
 
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref())
 const ignore = () => undefined
-/** Kysely gives a transaction's connection back when the transaction ends. */
-const NOTHING_TO_UNPIN = async () => undefined
 
 /** Made only when a cancel waits, not for every statement. */
 class Signal {
@@ -161,97 +159,236 @@ class Sent {
   }
 }
 
-interface Wiring<Db extends Kysely<any>> {
-  readonly db: Db
-  readonly connections: ConnectionSource
-  /** `trx.withSchema()` and a savepoint are distinct handles on one connection. */
-  readonly scope: DatabaseConnection
-  /** Whose other connections can signal this one; unknown for a caller's `Transaction`. */
-  readonly instance: Kysely<any> | undefined
-  readonly unpin: (() => Promise<void>) | undefined
-  readonly transaction?: true
+/** The probe timer ticks this many times per {@link PROBE_INTERVAL_MS}. */
+const PROBE_TICKS = 5
+
+/** What every connection of one class shares; a pool's connections are all of one. */
+class ConnectionClass {
+  constructor(
+    /** The connections' prototype, for {@link takesSeveral}. */
+    readonly kind: object,
+    /** Kysely 0.29's connection-level cancel. */
+    readonly cancels: boolean,
+  ) {}
+}
+
+/** Learnt on an instance's first checkout, by `instanceScope`: later ones need not ask for the connection before their first statement. */
+const connectionClasses = new WeakMap<object, ConnectionClass>()
+/** Instances whose connections turned out to differ in class: each of their checkouts sees its connection first. */
+const mixedClasses = new WeakSet<object>()
+
+/** Kysely lends a connection only for a callback's length: the callback waits on {@link held} until release. */
+class Pin {
+  /** The callback's end: the connection is back in the pool. */
+  pinned: Promise<void> = DONE
+  readonly held: Promise<void>
+  #unpinned!: () => void
+
+  constructor() {
+    this.held = new Promise((done) => (this.#unpinned = done))
+  }
+
+  unpin(): Promise<void> {
+    this.#unpinned()
+    return this.pinned.then(ignore, ignore)
+  }
 }
 
 /**
- * pglock finds its statement on the server by a tag in its text (works behind PgBouncer and after
- * the client died), else by backend and exact text (kysely-postgres-js 5), else, with no other
- * connection known, by Kysely's connection-level cancel, which is the least reliable.
+ * One checkout. pglock finds its statement on the server by a tag in its text (works behind
+ * PgBouncer and after the client died), else by backend and exact text (kysely-postgres-js 5),
+ * else, with no other connection known, by Kysely's connection-level cancel, which is the least
+ * reliable.
  */
-function lockConnection<Db extends Kysely<any>>({ db, connections, scope, instance, unpin, transaction }: Wiring<Db>): LockConnection<Db> {
-  refuseUnsettling(scope)
-  const control = scope as DatabaseConnection & ConnectionControl
-  const cancels = typeof control.cancelQuery === 'function'
-  const context = { kind: Object.getPrototypeOf(scope) ?? scope, inBlock: transaction === true || db.isTransaction }
+class KyselyConnection<Db extends Kysely<any>> implements LockConnection<Db>, TextContext, ConnectionClass {
+  readonly db: Db
+  readonly owned: boolean
+  kind: object
+  cancels: boolean
+  readonly inBlock: boolean
+  /** Unknown until its first statement where the class of the instance's connections is known. */
+  #scope: DatabaseConnection | undefined
+  readonly #connections: ConnectionSource
+  /** Whose other connections can signal this one; unknown for a caller's `Transaction`. */
+  readonly #instance: Kysely<any> | undefined
+  /** Kysely gives a transaction's connection back itself, when it ends. */
+  readonly #pin: Pin | undefined
+  readonly #transaction: boolean
   // the core subscribes once per checkout and remembers the loss: this only tells it, and stops probing
-  let lost = false
-  let listener: ((cause: unknown) => void) | undefined
-  const report = (cause: unknown) => {
-    lost = true
-    listener?.(cause)
-  }
-  let timer: NodeJS.Timeout | undefined
-  let probing = false
-  let sent: Sent | undefined
-  let answered: string | undefined
-  let learning: Promise<Backend | undefined> | undefined
-  let learnt: Backend | undefined
+  #lost = false
+  #listener: ((cause: unknown) => void) | undefined
+  #probing = false
+  #sent: Sent | undefined
+  #answered: string | undefined
+  #learning: Promise<Backend | undefined> | undefined
+  #learnt: Backend | undefined
   /** Awaited by the release: the caller may end the instance next, which a cancel still connecting would stall. */
-  let cancellations: Set<Promise<void>> | undefined
+  #cancellations: Set<Promise<void>> | undefined
 
-  const exec = async (text: Sent, sql: string) => {
-    const tag = takesSeveral(context.kind) !== false ? nextTag() : undefined
+  /**
+   * One timer for every held lock's probe rather than one armed and cleared per checkout. The
+   * connections it watches are a list threaded through them, so that watching hashes and
+   * allocates nothing; each is probed on the {@link PROBE_TICKS}th tick after it asked.
+   */
+  static #first: KyselyConnection<Kysely<any>> | undefined
+  static #ticks = 0
+  static #ticker: NodeJS.Timeout | undefined
+  #previous: KyselyConnection<Kysely<any>> | undefined
+  #next: KyselyConnection<Kysely<any>> | undefined
+  /** The tick this connection is probed on; 0 while it is not watched. */
+  #due = 0
+
+  /**
+   * `scope` (`trx.withSchema()` and a savepoint are distinct handles on one connection), else the
+   * class its connections have, for a connection pglock owns. `transaction`: one pglock opened.
+   */
+  constructor(
+    db: Db,
+    connections: ConnectionSource,
+    scope: DatabaseConnection | ConnectionClass,
+    instance: Kysely<any> | undefined,
+    pin: Pin | undefined,
+    transaction: boolean,
+  ) {
+    this.db = db
+    this.owned = pin !== undefined || transaction
+    if (scope instanceof ConnectionClass) {
+      this.kind = scope.kind
+      this.cancels = scope.cancels
+    } else {
+      refuseUnsettling(scope)
+      this.#scope = scope
+      this.kind = Object.getPrototypeOf(scope) ?? scope
+      this.cancels = typeof (scope as DatabaseConnection & ConnectionControl).cancelQuery === 'function'
+    }
+    this.inBlock = transaction || db.isTransaction
+    this.#connections = connections
+    this.#instance = instance
+    this.#pin = pin
+    this.#transaction = transaction
+  }
+
+  get connectionKey(): DatabaseConnection | undefined {
+    return this.#scope
+  }
+
+  /** The connection a lazily pinned checkout runs on, seen by its first statement or probe. */
+  #adopt(connection: DatabaseConnection): void {
+    this.#scope = connection
+    const kind = Object.getPrototypeOf(connection) ?? connection
+    if (kind === this.kind) return
+    this.kind = kind
+    this.cancels = typeof (connection as DatabaseConnection & ConnectionControl).cancelQuery === 'function'
+    if (this.#instance === undefined) return
+    const scope = instanceScope(this.#instance)
+    mixedClasses.add(scope)
+    connectionClasses.delete(scope)
+  }
+
+  query(sql: string): Promise<readonly Row[]> {
+    const text = new Sent()
+    this.#sent = text
+    if (takesSeveral(this.kind) !== undefined && !sql.includes(';')) return this.#exec(text, sql, true)
+    return this.#send(text, sql)
+  }
+
+  async #send(text: Sent, sql: string): Promise<readonly Row[]> {
+    const run = (statement: string) => this.#exec(text, statement, false)
+    try {
+      if (takesSeveral(this.kind) === undefined) await learnStatements(run, this)
+      return await runText(run, sql, this)
+    } finally {
+      this.#end(text)
+    }
+  }
+
+  #end(text: Sent): void {
+    text.end()
+    if (this.#sent === text) this.#sent = undefined
+  }
+
+  /** With `last`, the text ends with this statement. */
+  async #exec(text: Sent, sql: string, last: boolean): Promise<readonly Row[]> {
+    const tag = takesSeveral(this.kind) !== false ? nextTag() : undefined
     const statement = tag === undefined ? sql : tagged(tag, sql)
     text.tag = tag
     text.statement = statement
     try {
-      const rows = await connections(async (connection: DatabaseConnection & ConnectionControl) => {
-        if (cancels && !collected.has(connection)) {
-          await connection.collectSessionInfo?.()
-          collected.add(connection)
-        }
-        if (tag === undefined && instance !== undefined && learning === undefined) {
-          // not awaited: both dialects send it ahead of the statement, postgres.js in the same round trip
-          learning = connection.executeQuery(CompiledQuery.raw(BACKEND_SQL)).then(({ rows }) => (learnt = backendOf(rows)), ignore)
-        }
-        text.running = true
-        text.begin()
-        try {
-          return (await connection.executeQuery(CompiledQuery.raw(statement))).rows
-        } finally {
-          text.running = false
-        }
-      })
-      answered = tag
-      return rows
+      const { rows } = await this.#connections((connection) => this.#run(connection, text, tag, statement))
+      this.#answered = tag
+      return rows as readonly Row[]
     } catch (error) {
       // reported while `sent` still names the text and its statement, so that a cancel can find it on the server
-      if (isConnectionFailure(error)) report(error)
-      else answered = tag
+      if (isConnectionFailure(error)) this.#report(error)
+      else this.#answered = tag
       throw error
     } finally {
+      // only microtasks pass between the driver's answer and here, so no cancel sees `running` stale
+      text.running = false
       text.tag = undefined
+      if (last) this.#end(text)
     }
   }
-  const send = async (sql: string) => {
-    const text = new Sent()
-    sent = text
-    const run = (statement: string) => exec(text, statement)
-    try {
-      if (takesSeveral(context.kind) === undefined) await learnStatements(run, context)
-      return await runText(run, sql, context)
-    } finally {
-      text.end()
-      if (sent === text) sent = undefined
+
+  #run(
+    connection: DatabaseConnection & ConnectionControl,
+    text: Sent,
+    tag: string | undefined,
+    statement: string,
+  ): Promise<QueryResult<unknown>> {
+    if (this.#scope === undefined) this.#adopt(connection)
+    if (this.cancels && !collected.has(connection)) return this.#collectThenRun(connection, text, tag, statement)
+    if (tag === undefined && this.#instance !== undefined && this.#learning === undefined) {
+      // not awaited: both dialects send it ahead of the statement, postgres.js in the same round trip
+      this.#learning = connection.executeQuery(CompiledQuery.raw(BACKEND_SQL)).then(({ rows }) => (this.#learnt = backendOf(rows)), ignore)
     }
+    text.running = true
+    text.begin()
+    return connection.executeQuery(CompiledQuery.raw(statement))
   }
+
+  async #collectThenRun(
+    connection: DatabaseConnection & ConnectionControl,
+    text: Sent,
+    tag: string | undefined,
+    statement: string,
+  ): Promise<QueryResult<unknown>> {
+    await connection.collectSessionInfo?.()
+    collected.add(connection)
+    return this.#run(connection, text, tag, statement)
+  }
+
+  #report(cause: unknown): void {
+    this.#lost = true
+    this.#listener?.(cause)
+  }
+
+  cancel(): Promise<void> {
+    const text = this.#sent
+    if (text === undefined) return DONE
+    const instance = this.#instance
+    if (instance === undefined && !this.cancels) {
+      return Promise.reject(
+        new UnsupportedError(
+          `cannot cancel a wait on a Kysely Transaction that pglock did not open with ${kyselyName()}, which cannot cancel on the connection: no other connection is reachable`,
+        ),
+      )
+    }
+    const cancelling = instance !== undefined ? this.#cancelFrom(instance, text) : this.#cancelOnConnection(text)
+    const pending = (this.#cancellations ??= new Set())
+    pending.add(cancelling)
+    void cancelling.finally(() => pending.delete(cancelling)).catch(ignore)
+    return cancelling
+  }
+
   /** Asks again, briefly, as the statement may not have reached the server when the abort comes. */
-  const cancelFrom = async (through: Kysely<any>, text: Sent) => {
+  async #cancelFrom(through: Kysely<any>, text: Sent): Promise<void> {
     // read at once where the text has a statement: a failed one is forgotten as soon as its error is reported
     if (text.statement === undefined) await text.begun()
     const { statement, tag } = text
-    const backend = tag === undefined ? await Promise.race([learning, delay(CANCEL_DELIVERY_BOUND_MS)]) : undefined
+    const backend = tag === undefined ? await Promise.race([this.#learning, delay(CANCEL_DELIVERY_BOUND_MS)]) : undefined
     if (statement === undefined) return
-    if (tag === undefined && backend === undefined) return cancels && !lost ? cancelOnConnection(text) : undefined
+    if (tag === undefined && backend === undefined) return this.cancels && !this.#lost ? this.#cancelOnConnection(text) : undefined
     const sql =
       tag !== undefined
         ? signalTaggedSql('pg_cancel_backend', tag, true)
@@ -263,8 +400,10 @@ function lockConnection<Db extends Kysely<any>>({ db, connections, scope, instan
       await delay(wait)
     }
   }
+
   /** Asks again while the statement runs: a request can reach the server before the statement does. */
-  const cancelOnConnection = async (text: Sent) => {
+  async #cancelOnConnection(text: Sent): Promise<void> {
+    const instance = this.#instance
     const lender: ConnectionSource =
       instance !== undefined
         ? connectionsOf(instance)
@@ -273,39 +412,109 @@ function lockConnection<Db extends Kysely<any>>({ db, connections, scope, instan
               new UnsupportedError(`${kyselyName()} found no control connection, and a Transaction the caller opened lends none`),
             )
     await text.begun()
+    const control = this.#scope as DatabaseConnection & ConnectionControl
     for (let attempt = 0, wait = CANCEL_RETRY_MS; !text.done && attempt < CANCEL_ATTEMPTS; attempt += 1, wait *= 2) {
       if (text.running) await Promise.race([control.cancelQuery?.(lender).catch(ignore), delay(CANCEL_DELIVERY_BOUND_MS)])
       await Promise.race([text.ended(), delay(wait)])
     }
   }
-  const watch = () => {
-    if (timer !== undefined || probing || listener === undefined || lost) return
-    timer = setTimeout(probe, PROBE_INTERVAL_MS)
-    timer.unref()
+
+  #watch(): void {
+    if (this.#probing || this.#listener === undefined || this.#lost) return
+    if (this.#due === 0) {
+      this.#next = KyselyConnection.#first
+      if (this.#next !== undefined) this.#next.#previous = this
+      KyselyConnection.#first = this
+    }
+    this.#due = KyselyConnection.#ticks + PROBE_TICKS
+    if (KyselyConnection.#ticker !== undefined) return
+    KyselyConnection.#ticker = setInterval(() => KyselyConnection.#tick(), PROBE_INTERVAL_MS / PROBE_TICKS)
+    KyselyConnection.#ticker.unref()
   }
-  const probe = () => {
-    timer = undefined
-    probing = true
-    const learn = unpin !== undefined && !backends.has(scope)
-    connections(async (connection) => (await connection.executeQuery(CompiledQuery.raw(learn ? BACKEND_SQL : 'SELECT 1'))).rows).then(
-      (rows) => {
+
+  #unwatch(): void {
+    if (this.#due === 0) return
+    this.#due = 0
+    const previous = this.#previous
+    const next = this.#next
+    if (previous === undefined) KyselyConnection.#first = next
+    else previous.#next = next
+    if (next !== undefined) next.#previous = previous
+    this.#previous = undefined
+    this.#next = undefined
+  }
+
+  static #tick(): void {
+    const ticks = ++KyselyConnection.#ticks
+    if (KyselyConnection.#first === undefined) {
+      clearInterval(KyselyConnection.#ticker)
+      KyselyConnection.#ticker = undefined
+      return
+    }
+    for (let connection: KyselyConnection<Kysely<any>> | undefined = KyselyConnection.#first; connection !== undefined; ) {
+      const next: KyselyConnection<Kysely<any>> | undefined = connection.#next
+      if (connection.#due <= ticks) {
+        connection.#unwatch()
+        connection.#probe()
+      }
+      connection = next
+    }
+  }
+
+  /** Kysely hides the driver's connection events, so a failing probe is how a loss is heard. */
+  #probe(): void {
+    this.#probing = true
+    const scope = this.#scope
+    const learn = this.owned && (scope === undefined || !backends.has(scope))
+    this.#connections((connection) => {
+      if (this.#scope === undefined) this.#adopt(connection)
+      return connection.executeQuery(CompiledQuery.raw(learn ? BACKEND_SQL : 'SELECT 1'))
+    }).then(
+      ({ rows }) => {
         const backend = learn ? backendOf(rows) : undefined
-        if (backend !== undefined) backends.set(scope, backend)
-        probing = false
-        watch()
+        if (backend !== undefined && this.#scope !== undefined) backends.set(this.#scope, backend)
+        this.#probing = false
+        this.#watch()
       },
       (error: unknown) => {
-        probing = false
+        this.#probing = false
         if (transactionOver(error)) return
-        if (isConnectionFailure(error)) report(error)
-        else watch()
+        if (isConnectionFailure(error)) this.#report(error)
+        else this.#watch()
       },
     )
   }
-  const unlockAll = async () => {
+
+  onLost(subscriber: (cause: unknown) => void): () => void {
+    this.#listener = subscriber
+    this.#watch()
+    return () => {
+      if (this.#listener === subscriber) this.#listener = undefined
+      this.#unwatch()
+    }
+  }
+
+  release({ destroy }: { readonly destroy: boolean }): Promise<void> | undefined {
+    this.#unwatch()
+    if ((this.#cancellations !== undefined && this.#cancellations.size > 0) || (destroy && !this.#lost && this.owned)) {
+      return this.#releaseAfter(destroy)
+    }
+    return this.#pin?.unpin()
+  }
+
+  async #releaseAfter(destroy: boolean): Promise<void> {
+    if (this.#cancellations !== undefined && this.#cancellations.size > 0) {
+      await Promise.race([Promise.allSettled(this.#cancellations), delay(RESET_BOUND_MS)])
+    }
+    if (!this.owned) return
+    if (destroy && !this.#lost && this.#instance !== undefined) await this.#reset(this.#instance)
+    await this.#pin?.unpin()
+  }
+
+  async #unlockAll(): Promise<boolean> {
     for (const sql of ['SELECT pg_advisory_unlock_all()', 'ROLLBACK; SELECT pg_advisory_unlock_all()']) {
       try {
-        await send(sql)
+        await this.query(sql)
         return true
       } catch (error) {
         if (isConnectionFailure(error)) return true
@@ -313,84 +522,51 @@ function lockConnection<Db extends Kysely<any>>({ db, connections, scope, instan
     }
     return false
   }
+
   /**
    * Kysely cannot close a connection: drop its locks, else terminate its backend from another
    * connection, and give it back only then, so that no one borrows it holding a lock.
    */
-  const reset = async (through: Kysely<any>) => {
-    const dropping = transaction ? undefined : unlockAll()
+  async #reset(through: Kysely<any>): Promise<void> {
+    const dropping = this.#transaction ? undefined : this.#unlockAll()
     if (dropping !== undefined && (await Promise.race([dropping, delay(RESET_BOUND_MS).then(() => false)]))) return
-    const backend = learnt ?? backends.get(scope)
+    const backend = this.#learnt ?? (this.#scope === undefined ? undefined : backends.get(this.#scope))
     const sql =
       backend !== undefined
         ? signalBackendSql('pg_terminate_backend', backend)
-        : answered !== undefined
-          ? signalTaggedSql('pg_terminate_backend', answered, false)
+        : this.#answered !== undefined
+          ? signalTaggedSql('pg_terminate_backend', this.#answered, false)
           : undefined
     if (sql !== undefined) await runThrough(through)(sql).catch(ignore)
     if (dropping !== undefined) await Promise.race([dropping, delay(RESET_BOUND_MS)])
   }
-  return {
-    db,
-    owned: unpin !== undefined,
-    connectionKey: scope,
-    query: send,
-    cancel() {
-      const text = sent
-      if (text === undefined) return Promise.resolve()
-      if (instance === undefined && !cancels) {
-        return Promise.reject(
-          new UnsupportedError(
-            `cannot cancel a wait on a Kysely Transaction that pglock did not open with ${kyselyName()}, which cannot cancel on the connection: no other connection is reachable`,
-          ),
-        )
-      }
-      const cancelling = instance !== undefined ? cancelFrom(instance, text) : cancelOnConnection(text)
-      const pending = (cancellations ??= new Set())
-      pending.add(cancelling)
-      void cancelling.finally(() => pending.delete(cancelling)).catch(ignore)
-      return cancelling
-    },
-    onLost(subscriber) {
-      listener = subscriber
-      watch()
-      return () => {
-        if (listener === subscriber) listener = undefined
-        clearTimeout(timer)
-        timer = undefined
-      }
-    },
-    async release({ destroy }) {
-      clearTimeout(timer)
-      timer = undefined
-      if (cancellations !== undefined && cancellations.size > 0) {
-        await Promise.race([Promise.allSettled(cancellations), delay(RESET_BOUND_MS)])
-      }
-      if (unpin === undefined) return
-      if (destroy && !lost && instance !== undefined) await reset(instance)
-      await unpin()
-    },
-  }
 }
 
-/** Kysely lends a connection only for a callback's length, so the callback stays open until release. */
-function pin(instance: Kysely<any>): Promise<LockConnection<Kysely<any>>> {
+/** `known`: the class of the instance's connections, when the connection need not be seen before the lock statement. */
+function pin(instance: Kysely<any>, known: ConnectionClass | undefined): Promise<LockConnection<Kysely<any>>> {
+  const pinning = new Pin()
   return new Promise((resolve, reject) => {
-    const pinned: Promise<void> = instance.connection().execute(async (db) => {
-      const connections = connectionsOf(db, false)
-      const connection = await connections(itself)
+    pinning.pinned = instance.connection().execute((db) => {
       instances.set(db, instance)
-      let unpinned!: () => void
-      const held = new Promise<void>((done) => (unpinned = done))
-      const unpin = async () => {
-        unpinned()
-        await pinned.catch(ignore)
+      const connections = connectionsOf(db, false)
+      if (known !== undefined) {
+        resolve(new KyselyConnection(db, connections, known, instance, pinning, false))
+        return pinning.held
       }
-      resolve(lockConnection({ db, connections, scope: connection, instance, unpin }))
-      await held
+      return connections(itself).then((scope) => {
+        const connection = new KyselyConnection(db, connections, scope, instance, pinning, false)
+        learnClass(instance, connection)
+        resolve(connection)
+        return pinning.held
+      })
     })
-    pinned.catch(reject)
+    pinning.pinned.catch(reject)
   })
+}
+
+function learnClass(instance: Kysely<any>, { kind, cancels }: ConnectionClass): void {
+  const scope = instanceScope(instance)
+  if (!mixedClasses.has(scope)) connectionClasses.set(scope, new ConnectionClass(kind, cancels))
 }
 
 const checkedDialects = new WeakMap<object, Promise<void>>()
@@ -410,19 +586,30 @@ async function checkDialect(instance: Kysely<any>): Promise<void> {
 }
 
 /** `lease.db` is Kysely's own `Transaction`; after a loss Kysely settles the callback and ends it itself. */
-function runInTransaction<T>(instance: Kysely<any>, body: (connection: LockConnection<Kysely<any>>) => Promise<T>): Promise<T> {
-  return runInDriverTransaction<Wiring<Transaction<any>>, Kysely<any>, T>(
+function runInTransaction<T>(
+  instance: Kysely<any>,
+  known: ConnectionClass | undefined,
+  body: (connection: LockConnection<Kysely<any>>) => Promise<T>,
+): Promise<T> {
+  return runInDriverTransaction<KyselyConnection<Transaction<any>>, Kysely<any>, T>(
     (callback) =>
-      instance.transaction().execute(async (db) => {
+      instance.transaction().execute((db) => {
         instances.set(db, instance)
         const connections = connectionsOf(db, false)
-        return callback({ db, connections, scope: await connections(itself), instance, unpin: NOTHING_TO_UNPIN, transaction: true })
+        if (known !== undefined) return callback(new KyselyConnection(db, connections, known, instance, undefined, true))
+        return connections(itself).then((scope) => {
+          const connection = new KyselyConnection(db, connections, scope, instance, undefined, true)
+          learnClass(instance, connection)
+          return callback(connection)
+        })
       }),
-    lockConnection,
+    opened,
     body,
     'settle',
   )
 }
+
+const opened = <C>(connection: C) => connection
 
 /**
  * Describes a Kysely handle to the core. A `Kysely` instance is a pool: a session lock pins one
@@ -447,7 +634,37 @@ export function kyselyExecutor<H extends KyselyHandle>(db: H): LockExecutor<Kyse
   return executorFor(db) as unknown as LockExecutor<KyselyLeaseDb<H>>
 }
 
+/** An instance's executor holds nothing per call: made once, not per lock. */
+const pools = new WeakMap<Kysely<any>, KyselyPool>()
+
+/** A `Kysely` instance: session locks pin one of its connections, transaction scope runs in `db.transaction()`. */
+class KyselyPool implements LockExecutor<Kysely<any>> {
+  readonly kind = 'pool'
+  readonly queueKey: object
+  readonly #db: Kysely<any>
+
+  constructor(db: Kysely<any>) {
+    this.#db = db
+    this.queueKey = instanceScope(db)
+  }
+
+  /** Where a dialect may be refused, every checkout shows its connection before any statement. */
+  #known(): ConnectionClass | undefined {
+    return mayRefuse() ? undefined : connectionClasses.get(this.queueKey)
+  }
+
+  // properties, not methods: the core may call them detached
+  readonly connect = (): Promise<LockConnection<Kysely<any>>> => pin(this.#db, this.#known())
+
+  readonly transaction = <T>(body: (connection: LockConnection<Kysely<any>>) => Promise<T>): Promise<T> => {
+    if (!mayRefuse()) return runInTransaction(this.#db, this.#known(), body)
+    return checkDialect(this.#db).then(() => runInTransaction(this.#db, undefined, body))
+  }
+}
+
 function executorFor(db: Kysely<any>): LockExecutor<Kysely<any>> {
+  const cached = pools.get(db)
+  if (cached !== undefined) return cached
   checkHandle(db)
   const instance = instances.get(db)
   if (db.isTransaction || instance !== undefined) {
@@ -456,18 +673,12 @@ function executorFor(db: Kysely<any>): LockExecutor<Kysely<any>> {
       queueKey: db,
       connect: async () => {
         const connections = connectionsOf(db)
-        return lockConnection({ db, connections, scope: await connections(itself), instance, unpin: undefined })
+        return new KyselyConnection(db, connections, await connections(itself), instance, undefined, false)
       },
       inTransaction: () => (db.isTransaction ? true : undefined),
     }
   }
-  return {
-    kind: 'pool',
-    queueKey: instanceScope(db),
-    connect: () => pin(db),
-    transaction: async (body) => {
-      await checkDialect(db)
-      return runInTransaction(db, body)
-    },
-  }
+  const pool = new KyselyPool(db)
+  pools.set(db, pool)
+  return pool
 }
