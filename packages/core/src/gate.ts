@@ -32,27 +32,56 @@ interface Waiter {
 }
 
 interface Entry {
+  readonly token: string
   exclusive: boolean
   shared: number
-  readonly queue: Waiter[]
+  /** made on the first waiter: most entries never see one */
+  queue: Waiter[] | undefined
   /** the rechecks of holders that may have ended unseen (see {@link GateTicket.recheckWith}) */
   checks: Set<Recheck> | undefined
 }
 
-const gates = new WeakMap<object, Map<string, Entry>>()
+/**
+ * The gates of one queue key. Most keys (a pooled connection, most pools) have one lock in memory
+ * at a time, so the first entry sits in `single` and a `Map` is made only from the second on.
+ */
+class Gates {
+  single: Entry | undefined
+  more: Map<string, Entry> | undefined
+
+  find(token: string): Entry | undefined {
+    const { single } = this
+    return single !== undefined && single.token === token ? single : this.more?.get(token)
+  }
+
+  entryFor(token: string): Entry {
+    const found = this.find(token)
+    if (found !== undefined) return found
+    const entry: Entry = { token, exclusive: false, shared: 0, queue: undefined, checks: undefined }
+    if (this.single === undefined) this.single = entry
+    else (this.more ??= new Map()).set(token, entry)
+    return entry
+  }
+
+  forget(entry: Entry): void {
+    if (this.single === entry) this.single = undefined
+    else this.more?.delete(entry.token)
+  }
+}
+
+const gates = new WeakMap<object, Gates>()
+
+function gatesOf(scope: object): Gates {
+  let found = gates.get(scope)
+  if (found === undefined) {
+    found = new Gates()
+    gates.set(scope, found)
+  }
+  return found
+}
 
 function entryFor(scope: object, token: string): Entry {
-  let byToken = gates.get(scope)
-  if (byToken === undefined) {
-    byToken = new Map()
-    gates.set(scope, byToken)
-  }
-  let entry = byToken.get(token)
-  if (entry === undefined) {
-    entry = { exclusive: false, shared: 0, queue: [], checks: undefined }
-    byToken.set(token, entry)
-  }
-  return entry
+  return gatesOf(scope).entryFor(token)
 }
 
 function compatible(entry: Entry, exclusive: boolean): boolean {
@@ -65,7 +94,6 @@ class Ticket implements GateTicket {
   #check: Recheck | undefined
   constructor(
     readonly scope: object,
-    readonly token: string,
     readonly entry: Entry,
     readonly exclusive: boolean,
   ) {
@@ -80,7 +108,7 @@ class Ticket implements GateTicket {
     if (this.#check !== undefined) entry.checks?.delete(this.#check)
     if (this.exclusive) entry.exclusive = false
     else entry.shared -= 1
-    admitWaiting(this.scope, this.token, entry)
+    admitWaiting(this.scope, entry)
   }
 
   recheckWith(recheck: Recheck): void {
@@ -91,10 +119,6 @@ class Ticket implements GateTicket {
   }
 }
 
-function ticketFor(scope: object, token: string, entry: Entry, exclusive: boolean): GateTicket {
-  return new Ticket(scope, token, entry, exclusive)
-}
-
 /** Runs the rechecks of the gate's holders; a failed one counts as "still held". */
 function recheckHolders(entry: Entry, via: Parameters<Recheck>[0]): Promise<unknown> {
   const checks = [...(entry.checks ?? [])]
@@ -102,18 +126,21 @@ function recheckHolders(entry: Entry, via: Parameters<Recheck>[0]): Promise<unkn
 }
 
 /** A place in the gate if it is free now and nobody queues for it; else `undefined`. */
-function tryEnter(scope: object, token: string, entry: Entry, exclusive: boolean): GateTicket | undefined {
-  return entry.queue.length === 0 && compatible(entry, exclusive) ? ticketFor(scope, token, entry, exclusive) : undefined
+function tryEnter(scope: object, entry: Entry, exclusive: boolean): GateTicket | undefined {
+  return (entry.queue === undefined || entry.queue.length === 0) && compatible(entry, exclusive)
+    ? new Ticket(scope, entry, exclusive)
+    : undefined
 }
 
-function admitWaiting(scope: object, token: string, entry: Entry): void {
-  while (entry.queue.length > 0) {
-    const next = entry.queue[0] as Waiter
+function admitWaiting(scope: object, entry: Entry): void {
+  const { queue } = entry
+  while (queue !== undefined && queue.length > 0) {
+    const next = queue[0] as Waiter
     if (!compatible(entry, next.exclusive)) return
-    entry.queue.shift()
-    next.admit(ticketFor(scope, token, entry, next.exclusive))
+    queue.shift()
+    next.admit(new Ticket(scope, entry, next.exclusive))
   }
-  if (!entry.exclusive && entry.shared === 0) gates.get(scope)?.delete(token)
+  if (!entry.exclusive && entry.shared === 0) gates.get(scope)?.forget(entry)
 }
 
 /**
@@ -121,7 +148,7 @@ function admitWaiting(scope: object, token: string, entry: Entry): void {
  * it, without a promise: the usual case. Else `undefined`, and {@link enterGate} waits.
  */
 export function enterGateNow(scope: object, token: string, exclusive: boolean): GateTicket | undefined {
-  return tryEnter(scope, token, entryFor(scope, token), exclusive)
+  return tryEnter(scope, entryFor(scope, token), exclusive)
 }
 
 /**
@@ -132,23 +159,24 @@ export function enterGateNow(scope: object, token: string, exclusive: boolean): 
  */
 export function enterGate(scope: object, token: string, exclusive: boolean, wait: GateWait): Promise<GateTicket | undefined> {
   const entry = entryFor(scope, token)
-  const free = tryEnter(scope, token, entry, exclusive)
+  const free = tryEnter(scope, entry, exclusive)
   if (free !== undefined) return Promise.resolve(free)
   if (wait.noWait) {
     if (entry.checks === undefined || entry.checks.size === 0) return Promise.resolve(undefined)
     return interruptible(recheckHolders(entry, wait.via), { ...wait, abandon: () => undefined }).then(() => {
       const now = entryFor(scope, token)
-      return tryEnter(scope, token, now, exclusive)
+      return tryEnter(scope, now, exclusive)
     })
   }
   if (entry.checks !== undefined && entry.checks.size > 0) void recheckHolders(entry, wait.via)
-  return queue(scope, token, entry, exclusive, wait)
+  return queue(scope, entry, exclusive, wait)
 }
 
-function queue(scope: object, token: string, entry: Entry, exclusive: boolean, wait: GateWait): Promise<GateTicket> {
+function queue(scope: object, entry: Entry, exclusive: boolean, wait: GateWait): Promise<GateTicket> {
   let waiter: Waiter | undefined
   const admitted = new Promise<GateTicket>((admit) => {
     waiter = { exclusive, admit }
+    entry.queue ??= []
     entry.queue.push(waiter)
   })
   return interruptible(admitted, {
@@ -156,10 +184,10 @@ function queue(scope: object, token: string, entry: Entry, exclusive: boolean, w
     deadline: wait.deadline,
     abandon: (ticket) => ticket.leave(),
   }).catch((reason: unknown) => {
-    const index = entry.queue.indexOf(waiter as Waiter)
+    const index = entry.queue?.indexOf(waiter as Waiter) ?? -1
     if (index !== -1) {
-      entry.queue.splice(index, 1)
-      admitWaiting(scope, token, entry)
+      entry.queue?.splice(index, 1)
+      admitWaiting(scope, entry)
     }
     throw reason
   })
@@ -198,5 +226,5 @@ export function claimConnectionGate(
 ): GateTicket {
   const own = connection.connectionKey
   if (own === undefined || own === queueKey) return NO_TICKET
-  return tryEnter(own, token, entryFor(own, token), true) ?? NO_TICKET
+  return tryEnter(own, entryFor(own, token), true) ?? NO_TICKET
 }

@@ -19,15 +19,15 @@ import { interruptible, untilLost } from './wait.js'
  */
 class LockLease<Db> implements Lease<Db> {
   readonly db: Db
-  readonly #lost: LazyAbort
+  readonly #holding: Holding<Db>
 
-  constructor(db: Db, lost: LazyAbort) {
+  constructor(db: Db, holding: Holding<Db>) {
     this.db = db
-    this.#lost = lost
+    this.#holding = holding
   }
 
   get signal(): AbortSignal {
-    return this.#lost.signal
+    return this.#holding.lost.signal
   }
 }
 
@@ -83,17 +83,16 @@ async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db,
   }
   const holding = await acquire(executor, request, request, SESSION_TAKE)
   if (holding === undefined) return NOT_ACQUIRED
-  holding.watch(request.keepAliveMs, (error) => holding.lose(error, true))
-  const { lost } = holding
+  holding.watch(request.keepAliveMs)
   let value: T
   try {
-    const out = request.fn(new LockLease(holding.connection.db, lost))
+    const out = request.fn(new LockLease(holding.connection.db, holding))
     value = isThenable(out) ? await out : out
   } catch (error) {
     await holding.unlock().catch(noop)
-    throw lost.aborted ? lostWhileRunning(lost.reason, error) : error
+    throw holding.isLost ? lostWhileRunning(holding.lost.reason, error) : error
   }
-  if (!(await holding.unlock())) lost.throwIfAborted()
+  if (!(await holding.unlock())) holding.lost.throwIfAborted()
   return value
 }
 
@@ -274,7 +273,7 @@ async function runHolding<Db, T>(request: Request<Db, T>, holding: Holding<Db>, 
   }
   let value: T
   try {
-    const out = request.fn(new LockLease(holding.db, lost))
+    const out = request.fn(new LockLease(holding.db, holding))
     value = isThenable(out) ? await out : out
   } catch (error) {
     ran = true
