@@ -28,30 +28,29 @@ export interface Take {
   readonly keepSavepoint?: boolean | undefined
 }
 
+/** @internal The lock statement's answer on an owned connection, made a {@link Holding} (see {@link holdShared}). */
+export function holdingOf<Db>(
+  executor: LockExecutor<Db>,
+  spec: LockSpec,
+  ticket: GateTicket,
+  connection: Pinned<Db>,
+  take: Take,
+  answer: Granted | false,
+): Holding<Db> | Promise<Holding<Db>> | undefined {
+  return answer === false ? undefined : held(executor, spec, ticket, connection, take, answer, undefined)
+}
+
 /**
  * @internal The last steps of every acquire, on a pinned connection: the connection's own gate,
  * the lock statement (undone if it fails), then the connection's gate claimed. Resolves to the
  * {@link Holding}, or `undefined` when `noWait` found the lock taken. Leaves the connection and
  * `ticket` to the caller when it does not resolve to a holding.
+ *
+ * On a connection pglock owns, which no other handle can reach yet, there is no gate to wait for:
+ * callers take the lock with `takeLock` and await it themselves, then hand its answer to
+ * {@link holdingOf} (one promise fewer per lock than a chain through here).
  */
-export function hold<Db>(
-  executor: LockExecutor<Db>,
-  spec: LockSpec,
-  wait: Wait,
-  ticket: GateTicket,
-  connection: Pinned<Db>,
-  take: Take,
-): Promise<Holding<Db> | undefined> {
-  // no other handle can reach a connection pglock owns yet: no gate to wait for, so no async step of its own
-  if (connection.owned) {
-    return takeLock(connection, spec, wait, take.framing, take.mark).then((granted) =>
-      granted === false ? undefined : held(executor, spec, ticket, connection, take, granted, undefined),
-    )
-  }
-  return holdShared(executor, spec, wait, ticket, connection, take)
-}
-
-async function holdShared<Db>(
+export async function holdShared<Db>(
   executor: LockExecutor<Db>,
   spec: LockSpec,
   wait: Wait,
@@ -114,13 +113,10 @@ export async function acquire<Db>(executor: LockExecutor<Db>, spec: LockSpec, wa
     ticket = entered instanceof Promise ? await entered : entered
     if (ticket === undefined) return undefined
     connection = new Pinned(await checkOut(executor, wait))
-    let holding: Holding<Db> | undefined
-    if (connection.owned) {
-      // the owned path of `hold`, awaited here rather than chained: one promise fewer per lock
-      const granted = await takeLock(connection, spec, wait, take.framing, take.mark)
-      const made = granted === false ? undefined : held(executor, spec, ticket, connection, take, granted, undefined)
-      holding = made instanceof Promise ? await made : made
-    } else holding = await holdShared(executor, spec, wait, ticket, connection, take)
+    const made = connection.owned
+      ? holdingOf(executor, spec, ticket, connection, take, await takeLock(connection, spec, wait, take.framing, take.mark))
+      : await holdShared(executor, spec, wait, ticket, connection, take)
+    const holding = made instanceof Promise ? await made : made
     if (holding !== undefined) return holding
   } catch (error) {
     await connection?.releaseQuietly(false)

@@ -37,6 +37,8 @@ export class Holding<Db> implements LossWatcher {
   #stopKeepAlive: (() => void) | undefined
   /** resolves the unlock in flight: a loss meanwhile answers it at once (the driver may never) */
   #unlocked: ((released: boolean | Promise<boolean>) => void) | undefined
+  /** resolves the commit or rollback in flight: a loss meanwhile rejects it at once with the loss */
+  #finished: ((outcome: undefined | Promise<void>) => void) | undefined
 
   constructor(connection: Pinned<Db>, spec: LockSpec, framing: Framing, granted: Granted, ticket: GateTicket, onConnection: GateTicket) {
     this.connection = connection
@@ -114,6 +116,7 @@ export class Holding<Db> implements LossWatcher {
     this.settle()
     this.lost.abort(error)
     this.#unlockDone(false)
+    if (this.#finished !== undefined) this.#finishDone(Promise.reject(this.lost.reason))
   }
 
   /** A transaction lock whose transaction is over: nothing was lost, the connection goes back. */
@@ -241,9 +244,11 @@ export class Holding<Db> implements LossWatcher {
   /**
    * Ends a transaction lock pglock framed: commit (or release the savepoint) or roll back. A
    * connection left in an unknown state by a failure here is closed if pglock owns it. Where the
-   * driver ends the transaction, there is nothing to send.
+   * driver ends the transaction, there is nothing to send. Once the lock is lost it rejects with
+   * the loss at once, without waiting for the driver's answer.
    */
   finish(commit: boolean): Promise<void> {
+    if (this.isLost) return Promise.reject(this.lost.reason)
     const { framing, connection } = this
     const sql =
       framing.kind === 'begin'
@@ -256,21 +261,36 @@ export class Holding<Db> implements LossWatcher {
             : rollbackToSavepointSql(framing.name)
           : undefined
     if (sql === undefined) return RELEASED
-    let sent: Promise<unknown>
-    try {
-      sent = connection.query(sql)
-    } catch (error) {
-      sent = Promise.reject(error)
-    }
-    return sent.then(noRows, async (error: unknown) => {
-      connection.failed(error)
-      await connection.release(true, error)
-      throw error
+    return new Promise<void>((resolve) => {
+      this.#finished = resolve
+      let sent: Promise<unknown>
+      try {
+        sent = connection.query(sql)
+      } catch (error) {
+        sent = Promise.reject(error)
+      }
+      sent.then(
+        () => this.#finishDone(undefined),
+        (error: unknown) => this.#finishDone(this.#finishFailed(error)),
+      )
     })
+  }
+
+  #finishDone(outcome: undefined | Promise<void>): void {
+    const resolve = this.#finished
+    this.#finished = undefined
+    if (resolve !== undefined) resolve(outcome)
+    else outcome?.catch(noop)
+  }
+
+  async #finishFailed(error: unknown): Promise<void> {
+    const { connection } = this
+    connection.failed(error)
+    await connection.release(true, error)
+    throw error
   }
 }
 
-const noRows = () => undefined
 const noop = () => undefined
 const NOT_RELEASED: Promise<boolean> = Promise.resolve(false)
 

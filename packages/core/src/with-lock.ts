@@ -1,6 +1,6 @@
-import { acquire, enter, explain, hold, type Take } from './acquire.js'
+import { acquire, enter, explain, holdingOf, holdShared, type Take } from './acquire.js'
 import { checkOut, checkoutDeadline } from './checkout.js'
-import { Pinned } from './connection.js'
+import { Pinned, RELEASED } from './connection.js'
 import { describeKey, LockLostError, type PgLockErrorDetails, UnsupportedError } from './errors.js'
 import type { LockExecutor } from './executor.js'
 import type { GateTicket } from './gate.js'
@@ -9,7 +9,7 @@ import { LazyAbort } from './lazy-abort.js'
 import { type LockRequest, resolveRequest } from './options.js'
 import { nextSavepoint } from './sql.js'
 import { isConnectionFailure } from './sqlstate.js'
-import { NotInTransaction, SESSION } from './take.js'
+import { NotInTransaction, SESSION, takeLock } from './take.js'
 import type { Lease, LockKey, WithLockOptions } from './types.js'
 import { interruptible, untilLost } from './wait.js'
 
@@ -68,10 +68,7 @@ export function runWithLock<Db, T>(
   } catch (error) {
     return Promise.reject(error)
   }
-  if (request.scope === 'session') return inSession(executor, request)
-  return inTransaction(executor, request).catch((error: unknown) => {
-    throw explain(error, request, request)
-  })
+  return request.scope === 'session' ? inSession(executor, request) : inTransaction(executor, request)
 }
 
 async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
@@ -114,22 +111,27 @@ function connectionFailed(details: PgLockErrorDetails, cause: unknown): LockLost
 }
 
 async function inTransaction<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
-  const entered = enter(executor, request, request)
-  const ticket = entered instanceof Promise ? await entered : entered
-  if (ticket === undefined) return NOT_ACQUIRED
-  const ending = executor.kind === 'pool' ? LEAVE_GATE : KEEP_GATE
   try {
-    if (executor.transaction !== undefined && (executor.kind === 'pool' || executor.inTransaction?.() === false)) {
-      return await inDriverTransaction(executor, request, executor.transaction, ticket, ending)
-    }
-    const connection = new Pinned(await checkOut(executor, request))
+    const entered = enter(executor, request, request)
+    const ticket = entered instanceof Promise ? await entered : entered
+    if (ticket === undefined) return NOT_ACQUIRED
+    const ending = executor.kind === 'pool' ? LEAVE_GATE : KEEP_GATE
     try {
-      return await inOpenOrNewTransaction(executor, request, ticket, connection, ending)
+      if (executor.transaction !== undefined && (executor.kind === 'pool' || executor.inTransaction?.() === false)) {
+        return await inDriverTransaction(executor, request, executor.transaction, ticket, ending)
+      }
+      const connection = new Pinned(await checkOut(executor, request))
+      try {
+        return await inOpenOrNewTransaction(executor, request, ticket, connection, ending)
+      } finally {
+        const releasing = connection.release(false)
+        if (releasing !== RELEASED) await releasing
+      }
     } finally {
-      await connection.release(false)
+      ticket.leave()
     }
-  } finally {
-    ticket.leave()
+  } catch (error) {
+    throw explain(error, request, request)
   }
 }
 
@@ -146,7 +148,7 @@ async function inDriverTransaction<Db, T>(
   ticket: GateTicket,
   base: Ending,
 ): Promise<Outcome<T>> {
-  const driver: DriverTransactionWatch = { abandoned: new LazyAbort(), stop: noop, lost: undefined }
+  const driver: DriverTransactionWatch = { abandoned: new LazyAbort(), stop: noop, lost: undefined, ran: false }
   const ending: Ending = { leaveGate: base.leaveGate, driver }
   let held: Promise<Outcome<T>> | undefined
   let started: (() => void) | undefined
@@ -194,7 +196,7 @@ async function inDriverTransaction<Db, T>(
   }
 }
 
-async function inOpenOrNewTransaction<Db, T>(
+function inOpenOrNewTransaction<Db, T>(
   executor: LockExecutor<Db>,
   request: Request<Db, T>,
   ticket: GateTicket,
@@ -202,12 +204,24 @@ async function inOpenOrNewTransaction<Db, T>(
   ending: Ending,
 ): Promise<Outcome<T>> {
   if (executor.kind === 'connection' && executor.inTransaction?.() !== false) {
-    try {
-      const take: Take = { framing: { kind: 'savepoint', name: nextSavepoint(), keepOpen: true } }
-      return await holdWhileRunning(executor, request, ticket, connection, take, ending)
-    } catch (error) {
-      if (!(error instanceof NotInTransaction)) throw error
-    }
+    return inOpenTransaction(executor, request, ticket, connection, ending)
+  }
+  return holdWhileRunning(executor, request, ticket, connection, BEGIN_TAKE, ending)
+}
+
+/** Under a savepoint of the caller's transaction, or in a new one when it turns out there is none. */
+async function inOpenTransaction<Db, T>(
+  executor: LockExecutor<Db>,
+  request: Request<Db, T>,
+  ticket: GateTicket,
+  connection: Pinned<Db>,
+  ending: Ending,
+): Promise<Outcome<T>> {
+  try {
+    const take: Take = { framing: { kind: 'savepoint', name: nextSavepoint(), keepOpen: true } }
+    return await holdWhileRunning(executor, request, ticket, connection, take, ending)
+  } catch (error) {
+    if (!(error instanceof NotInTransaction)) throw error
   }
   return holdWhileRunning(executor, request, ticket, connection, BEGIN_TAKE, ending)
 }
@@ -229,9 +243,25 @@ interface DriverTransactionWatch {
   stop: () => void
   /** Set once the lock is granted and `fn` is about to run: aborted when the lock is lost. */
   lost: LazyAbort | undefined
+  /** whether `fn` has run: a loss from then on also abandons the wait for the driver's commit */
+  ran: boolean
 }
 
-/** Takes the transaction lock on `connection`, runs `fn`, then ends the transaction (or savepoint). */
+/** Watches a lock in the driver's transaction: a loss once `fn` has run abandons the driver's commit too. */
+function watchInDriverTransaction(holding: Holding<unknown>, keepAliveMs: number | undefined, driver: DriverTransactionWatch): void {
+  holding.watch(keepAliveMs, (error) => {
+    holding.lose(error, true)
+    if (driver.ran) driver.abandoned.abort(error)
+  })
+  driver.stop = () => holding.stopWatching()
+  driver.lost = holding.lost
+}
+
+/**
+ * Takes the transaction lock on `connection`, runs `fn`, then ends the transaction (or savepoint).
+ * After a loss, a commit or rollback in flight is abandoned (the driver may never answer it), but
+ * `fn` itself is always awaited.
+ */
 async function holdWhileRunning<Db, T>(
   executor: LockExecutor<Db>,
   request: Request<Db, T>,
@@ -240,69 +270,58 @@ async function holdWhileRunning<Db, T>(
   take: Take,
   ending: Ending,
 ): Promise<Outcome<T>> {
+  const { driver } = ending
   let holding: Holding<Db> | undefined
   try {
-    holding = await hold(executor, request, request, ticket, connection, take)
+    const made = connection.owned
+      ? holdingOf(executor, request, ticket, connection, take, await takeLock(connection, request, request, take.framing, take.mark))
+      : await holdShared(executor, request, request, ticket, connection, take)
+    holding = made instanceof Promise ? await made : made
     if (holding === undefined) return NOT_ACQUIRED
-    return await runHolding(request, holding, ending)
+    if (driver === undefined) holding.watch(request.keepAliveMs)
+    else watchInDriverTransaction(holding, request.keepAliveMs, driver)
+    let value: T
+    try {
+      const out = request.fn(new LockLease(holding.db, holding))
+      value = isThenable(out) ? await out : out
+    } catch (error) {
+      if (driver !== undefined) driver.ran = true
+      if (ending.leaveGate) holding.ticket.leave()
+      const gone =
+        holding.isLost ||
+        (await holding.finish(false).then(
+          () => false,
+          (failure: unknown) => lostBy(request.details, (holding as Holding<Db>).lost, failure),
+        ))
+      if (driver === undefined) holding.stopWatching()
+      if (!gone) throw error
+      const failure = lostWhileRunning(holding.lost.reason, error)
+      driver?.abandoned.abort(failure)
+      throw failure
+    }
+    if (driver !== undefined) driver.ran = true
+    if (ending.leaveGate) holding.ticket.leave()
+    try {
+      if (holding.isLost) {
+        driver?.abandoned.abort(holding.lost.reason)
+        throw holding.lost.reason
+      }
+      await holding.finish(true)
+    } catch (error) {
+      if (lostBy(request.details, holding.lost, error)) throw holding.lost.reason
+      throw error
+    } finally {
+      if (driver === undefined) holding.stopWatching()
+    }
+    return value
   } finally {
-    if (ending.driver === undefined) holding?.settle()
+    if (driver === undefined) holding?.settle()
     else {
       // the driver ends its transaction, and the watch lasts until it has; the connection is done with
       holding?.onConnection.leave()
       void connection.releaseQuietly(false)
     }
   }
-}
-
-/**
- * Runs `fn` under a granted transaction lock, then ends the transaction. After a loss, a commit or
- * rollback in flight is abandoned (the driver may never answer it), but `fn` itself is always awaited.
- */
-async function runHolding<Db, T>(request: Request<Db, T>, holding: Holding<Db>, ending: Ending): Promise<Outcome<T>> {
-  const { driver } = ending
-  const { lost } = holding
-  let ran = false
-  holding.watch(request.keepAliveMs, (error) => {
-    holding.lose(error, true)
-    if (ran) driver?.abandoned.abort(error)
-  })
-  if (driver !== undefined) {
-    driver.stop = () => holding.stopWatching()
-    driver.lost = lost
-  }
-  let value: T
-  try {
-    const out = request.fn(new LockLease(holding.db, holding))
-    value = isThenable(out) ? await out : out
-  } catch (error) {
-    ran = true
-    if (ending.leaveGate) holding.ticket.leave()
-    const gone =
-      lost.aborted ||
-      (await untilLost(holding.finish(false), lost).then(
-        () => false,
-        (failure: unknown) => lostBy(request.details, lost, failure),
-      ))
-    if (driver === undefined) holding.stopWatching()
-    if (!gone) throw error
-    const failure = lostWhileRunning(lost.reason, error)
-    driver?.abandoned.abort(failure)
-    throw failure
-  }
-  ran = true
-  if (ending.leaveGate) holding.ticket.leave()
-  try {
-    if (lost.aborted) driver?.abandoned.abort(lost.reason)
-    lost.throwIfAborted()
-    await untilLost(holding.finish(true), lost)
-  } catch (error) {
-    if (lostBy(request.details, lost, error)) throw lost.reason
-    throw error
-  } finally {
-    if (driver === undefined) holding.stopWatching()
-  }
-  return value
 }
 
 /** Whether a failure of pglock's own `COMMIT` or `ROLLBACK` shows the lock lost; if so, reported as lost. */
