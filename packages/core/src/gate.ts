@@ -31,14 +31,15 @@ interface Waiter {
   readonly admit: (ticket: GateTicket) => void
 }
 
-interface Entry {
-  readonly token: string
-  exclusive: boolean
-  shared: number
+/** The gate of one lock id within one queue key: who is in, and who waits. */
+class Entry {
+  exclusive = false
+  shared = 0
   /** made on the first waiter: most entries never see one */
   queue: Waiter[] | undefined
   /** the rechecks of holders that may have ended unseen (see {@link GateTicket.recheckWith}) */
   checks: Set<Recheck> | undefined
+  constructor(public token: string) {}
 }
 
 /**
@@ -48,6 +49,11 @@ interface Entry {
 class Gates {
   single: Entry | undefined
   more: Map<string, Entry> | undefined
+  /**
+   * The last entry forgotten, reused for the next: it is empty (nobody in, nobody waiting), and a
+   * ticket that still points at it has left.
+   */
+  spare: Entry | undefined
 
   find(token: string): Entry | undefined {
     const { single } = this
@@ -57,7 +63,15 @@ class Gates {
   entryFor(token: string): Entry {
     const found = this.find(token)
     if (found !== undefined) return found
-    const entry: Entry = { token, exclusive: false, shared: 0, queue: undefined, checks: undefined }
+    const { spare } = this
+    let entry: Entry
+    if (spare === undefined) entry = new Entry(token)
+    else {
+      this.spare = undefined
+      entry = spare
+      entry.token = token
+      entry.checks = undefined
+    }
     if (this.single === undefined) this.single = entry
     else (this.more ??= new Map()).set(token, entry)
     return entry
@@ -65,7 +79,9 @@ class Gates {
 
   forget(entry: Entry): void {
     if (this.single === entry) this.single = undefined
-    else this.more?.delete(entry.token)
+    else if (this.more?.get(entry.token) === entry) this.more.delete(entry.token)
+    else return
+    this.spare = entry
   }
 }
 

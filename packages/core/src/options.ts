@@ -57,8 +57,9 @@ const NO_OPTIONS: LockOptions = Object.freeze({})
 
 /** Validates the lock's own options (not the key); returns them, `{}` for none. */
 function checkSpecOptions(key: LockKey, options: unknown): LockOptions {
+  if (options === undefined) return NO_OPTIONS
   checkObject(options, { key })
-  const checked = (options ?? NO_OPTIONS) as LockOptions
+  const checked = options as LockOptions
   const { scope, mode, keepAliveMs } = checked
   if (scope !== undefined && scope !== 'session' && scope !== 'transaction') {
     throw new InvalidArgumentError(`scope must be 'session' or 'transaction', got ${String(scope)}`, { key })
@@ -66,7 +67,7 @@ function checkSpecOptions(key: LockKey, options: unknown): LockOptions {
   if (mode !== undefined && mode !== 'exclusive' && mode !== 'shared') {
     throw new InvalidArgumentError(`mode must be 'exclusive' or 'shared', got ${String(mode)}`, { key })
   }
-  checkMs('keepAliveMs', keepAliveMs, { key }, 1)
+  if (keepAliveMs !== undefined) checkMs('keepAliveMs', keepAliveMs, { key }, 1)
   return checked
 }
 
@@ -125,12 +126,13 @@ export function resolveSpec(key: LockKey, options: unknown): LockSpec {
  */
 export function resolveWait(options: unknown, spec: Pick<LockSpec, 'details'>, noWait: boolean): Wait {
   if (options === undefined) return noWait ? NO_WAIT : WAIT
-  checkObject(options, spec.details)
+  if (!isObject(options)) checkObject(options, spec.details)
   const { timeoutMs: given, signal } = options as WithLockOptions
   if (signal !== undefined && !(signal instanceof AbortSignal)) {
     throw new InvalidArgumentError('signal must be an AbortSignal', spec.details)
   }
-  const timeoutMs = checkMs('timeoutMs', given, spec.details, 0)
+  // error details are made only for an error
+  const timeoutMs = given === undefined ? undefined : checkMs('timeoutMs', given, spec.details, 0)
   if (timeoutMs === undefined && signal === undefined) return noWait ? NO_WAIT : WAIT
   return { noWait, timeoutMs, signal, deadline: timeoutMs === undefined ? undefined : performance.now() + timeoutMs }
 }

@@ -131,6 +131,15 @@ export interface AcquirePlan {
   readonly mark?: string | undefined
 }
 
+/** The last `BEGIN` with a lock built: the next transaction usually locks the same id. */
+let lastBegin: { id: LockId; mode: LockMode; sql: string } | undefined
+
+/** `BEGIN` and the transaction lock, in one round trip: the usual transaction lock, nothing around it. */
+function beginWithLock(id: LockId, mode: LockMode): string {
+  if (lastBegin?.id !== id || lastBegin.mode !== mode) lastBegin = { id, mode, sql: `BEGIN; SELECT ${call('xact', id, mode)}` }
+  return lastBegin.sql
+}
+
 /**
  * The SQL text that takes a lock. One round trip however it is framed: `BEGIN`, a savepoint and
  * a `lock_timeout` all travel with the lock call itself. A session lock's last statement also
@@ -147,7 +156,7 @@ export function acquireSql(plan: AcquirePlan): string {
     plan.savepoint === undefined &&
     plan.mark === undefined
   ) {
-    return `BEGIN; SELECT ${call('xact', plan.id, plan.mode)}`
+    return beginWithLock(plan.id, plan.mode)
   }
   const fn: LockFunction = plan.noWait ? (transaction ? 'try_xact' : 'try') : transaction ? 'xact' : 'lock'
   const statement = `SELECT ${call(fn, plan.id, plan.mode)}${plan.noWait ? ' AS acquired' : ''}`
