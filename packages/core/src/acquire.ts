@@ -119,10 +119,29 @@ export async function acquire<Db>(executor: LockExecutor<Db>, spec: LockSpec, wa
     const holding = made instanceof Promise ? await made : made
     if (holding !== undefined) return holding
   } catch (error) {
-    await connection?.releaseQuietly(false)
-    ticket?.leave()
-    throw explain(error, spec, wait)
+    return giveUp(error, spec, wait, ticket, connection)
   }
+  return notTaken(ticket, connection)
+}
+
+/**
+ * @internal An acquire that failed: the connection and the place in the gate are given back, and
+ * a deadline that passed becomes the lock's timeout. Rejects with that error.
+ */
+export async function giveUp(
+  error: unknown,
+  spec: LockSpec,
+  wait: Wait,
+  ticket: GateTicket | undefined,
+  connection: Pinned<unknown> | undefined,
+): Promise<never> {
+  await connection?.releaseQuietly(false)
+  ticket?.leave()
+  throw explain(error, spec, wait)
+}
+
+/** @internal `noWait` found the lock taken: the connection and the place in the gate are given back. */
+export async function notTaken(ticket: GateTicket, connection: Pinned<unknown>): Promise<undefined> {
   await connection.release(false)
   ticket.leave()
   return undefined

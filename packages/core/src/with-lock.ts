@@ -1,4 +1,4 @@
-import { acquire, enter, explain, holdingOf, holdShared, type Take } from './acquire.js'
+import { enter, explain, giveUp, holdingOf, holdShared, notTaken, type Take } from './acquire.js'
 import { checkOut, checkoutDeadline } from './checkout.js'
 import { Pinned, RELEASED } from './connection.js'
 import { describeKey, LockLostError, type PgLockErrorDetails, UnsupportedError } from './errors.js'
@@ -78,8 +78,26 @@ async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db,
       request.details,
     )
   }
-  const holding = await acquire(executor, request, request, SESSION_TAKE)
-  if (holding === undefined) return NOT_ACQUIRED
+  // `acquire`, written out here: one async step fewer on every session lock
+  let ticket: GateTicket | undefined
+  let connection: Pinned<Db> | undefined
+  let holding: Holding<Db> | undefined
+  try {
+    const entered = enter(executor, request, request)
+    ticket = entered instanceof Promise ? await entered : entered
+    if (ticket === undefined) return NOT_ACQUIRED
+    connection = new Pinned(await checkOut(executor, request))
+    const made = connection.owned
+      ? holdingOf(executor, request, ticket, connection, SESSION_TAKE, await takeLock(connection, request, request, SESSION))
+      : await holdShared(executor, request, request, ticket, connection, SESSION_TAKE)
+    holding = made instanceof Promise ? await made : made
+  } catch (error) {
+    return giveUp(error, request, request, ticket, connection)
+  }
+  if (holding === undefined) {
+    await notTaken(ticket, connection)
+    return NOT_ACQUIRED
+  }
   holding.watch(request.keepAliveMs)
   let value: T
   try {
