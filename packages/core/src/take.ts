@@ -114,11 +114,7 @@ export function takeLock(
       : () => {
           cancelled = connection.cancel().catch(noop)
         }
-  signal?.addEventListener('abort', onAbort as () => void, { once: true })
-  const stopWaiting = () => {
-    connection.cancelOnLoss = false
-    if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort)
-  }
+  if (onAbort !== undefined) signal?.addEventListener('abort', onAbort, { once: true })
   let sent: Promise<readonly Row[]>
   try {
     sent = connection.send(lockStatement(connection, spec, framing, noWait, noWait ? undefined : left, mark))
@@ -130,17 +126,23 @@ export function takeLock(
   // `then` rather than `await`: the granted path, nearly every lock, makes no promise of its own
   return sent.then<Granted | false, Granted | false>(
     (rows) => {
-      stopWaiting()
+      stopWaiting(connection, signal, onAbort)
       if (!signal?.aborted && (!noWait || rows[0]?.acquired === true)) return rows[0] ?? NO_ROW
       return notGranted(connection, spec, wait, framing, rows, undefined, cancelled)
     },
     (error: unknown) => {
       // while still waiting, so that a connection failure also cancels the wait on the server
       connection.failed(error)
-      stopWaiting()
+      stopWaiting(connection, signal, onAbort)
       return notGranted(connection, spec, wait, framing, undefined, error, cancelled)
     },
   )
+}
+
+/** The lock statement answered or failed: a loss or an abort no longer cancels it. */
+function stopWaiting(connection: Pinned<unknown>, signal: AbortSignal | undefined, onAbort: (() => void) | undefined): void {
+  connection.cancelOnLoss = false
+  if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort)
 }
 
 /** The statement that takes the lock: the bare session call prepared where the driver prepares, else SQL text. */

@@ -128,7 +128,16 @@ function connectionFailed(details: PgLockErrorDetails, cause: unknown): LockLost
   )
 }
 
-async function inTransaction<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
+function inTransaction<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
+  // the usual case, a pool where pglock sends BEGIN itself: one async step from gate to commit
+  if (executor.kind === 'pool' && executor.transaction === undefined) {
+    return holdWhileRunning(executor, request, undefined, undefined, BEGIN_TAKE, LEAVE_GATE)
+  }
+  return inGivenTransaction(executor, request)
+}
+
+/** A transaction the driver opens, the caller's own (under a savepoint), or a new one on the caller's connection. */
+async function inGivenTransaction<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
   try {
     const entered = enter(executor, request, request)
     const ticket = entered instanceof Promise ? await entered : entered
@@ -278,19 +287,28 @@ function watchInDriverTransaction(holding: Holding<unknown>, keepAliveMs: number
 /**
  * Takes the transaction lock on `connection`, runs `fn`, then ends the transaction (or savepoint).
  * After a loss, a commit or rollback in flight is abandoned (the driver may never answer it), but
- * `fn` itself is always awaited.
+ * `fn` itself is always awaited. Without `given` and `pinned`, it enters the gate and checks a
+ * connection out itself, and gives both back.
  */
 async function holdWhileRunning<Db, T>(
   executor: LockExecutor<Db>,
   request: Request<Db, T>,
-  ticket: GateTicket,
-  connection: Pinned<Db>,
+  given: GateTicket | undefined,
+  pinned: Pinned<Db> | undefined,
   take: Take,
   ending: Ending,
 ): Promise<Outcome<T>> {
   const { driver } = ending
+  let ticket = given
+  let connection = pinned
   let holding: Holding<Db> | undefined
   try {
+    if (ticket === undefined) {
+      const entered = enter(executor, request, request)
+      ticket = entered instanceof Promise ? await entered : entered
+      if (ticket === undefined) return NOT_ACQUIRED
+    }
+    connection ??= new Pinned(await checkOut(executor, request))
     const made = connection.owned
       ? holdingOf(executor, request, ticket, connection, take, await takeLock(connection, request, request, take.framing, take.mark))
       : await holdShared(executor, request, request, ticket, connection, take)
@@ -332,13 +350,20 @@ async function holdWhileRunning<Db, T>(
       if (driver === undefined) holding.stopWatching()
     }
     return value
+  } catch (error) {
+    throw given === undefined ? explain(error, request, request) : error
   } finally {
     if (driver === undefined) holding?.settle()
     else {
       // the driver ends its transaction, and the watch lasts until it has; the connection is done with
       holding?.onConnection.leave()
-      void connection.releaseQuietly(false)
+      void connection?.releaseQuietly(false)
     }
+    if (pinned === undefined && connection !== undefined) {
+      const releasing = connection.release(false)
+      if (releasing !== RELEASED) await releasing
+    }
+    if (given === undefined) ticket?.leave()
   }
 }
 
