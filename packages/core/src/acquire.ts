@@ -1,7 +1,7 @@
 import { checkOut } from './checkout.js'
 import { Pinned } from './connection.js'
 import type { LockExecutor } from './executor.js'
-import { claimConnectionGate, enterConnectionGate, enterGate, enterGateNow, type GateTicket } from './gate.js'
+import { claimConnectionGate, enterConnectionGate, enterConnectionGateNow, enterGate, enterGateNow, type GateTicket } from './gate.js'
 import { Holding } from './holding.js'
 import { type LockSpec, timedOut, type Wait } from './options.js'
 import { type Framing, type Granted, keepSavepoint, takeLock } from './take.js'
@@ -58,7 +58,9 @@ export async function holdShared<Db>(
   connection: Pinned<Db>,
   take: Take,
 ): Promise<Holding<Db> | undefined> {
-  const onConnection = await enterConnectionGate(connection, executor.queueKey, spec.token, wait)
+  const onConnection =
+    enterConnectionGateNow(connection, executor.queueKey, spec.token) ??
+    (await enterConnectionGate(connection, executor.queueKey, spec.token, wait))
   if (onConnection === undefined) return undefined
   try {
     const granted = await takeLock(connection, spec, wait, take.framing, take.mark)
@@ -66,7 +68,8 @@ export async function holdShared<Db>(
       onConnection.leave()
       return undefined
     }
-    return await held(executor, spec, ticket, connection, take, granted, onConnection)
+    const holding = held(executor, spec, ticket, connection, take, granted, onConnection)
+    return holding instanceof Promise ? await holding : holding
   } catch (error) {
     onConnection.leave()
     throw error

@@ -230,6 +230,20 @@ export function enterConnectionGate(
 }
 
 /**
+ * @internal {@link enterConnectionGate} without a promise when the gate is free now (or there is
+ * none): the usual case. `undefined` when it is taken, and {@link enterConnectionGate} waits.
+ */
+export function enterConnectionGateNow(
+  connection: { readonly connectionKey: object | undefined },
+  queueKey: object,
+  token: string,
+): GateTicket | undefined {
+  const own = connection.connectionKey
+  if (own === undefined || own === queueKey) return NO_TICKET
+  return tryEnter(own, entryFor(own, token), true)
+}
+
+/**
  * @internal Claims the gate of a connection pglock owns, once its lock is granted: no other handle
  * can reach that connection before `lease.db` is handed out, so this never waits, and it runs
  * without a promise on every pooled lock. {@link NO_TICKET} when there is no such gate (or, which

@@ -129,27 +129,27 @@ function connectionFailed(details: PgLockErrorDetails, cause: unknown): LockLost
 }
 
 function inTransaction<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
-  // the usual case, a pool where pglock sends BEGIN itself: one async step from gate to commit
-  if (executor.kind === 'pool' && executor.transaction === undefined) {
-    return holdWhileRunning(executor, request, undefined, undefined, BEGIN_TAKE, LEAVE_GATE)
+  // on a pool, one async step from gate to commit, whether pglock sends BEGIN or the driver does
+  if (executor.kind === 'pool') {
+    if (executor.transaction === undefined) return holdWhileRunning(executor, request, undefined, undefined, BEGIN_TAKE, LEAVE_GATE)
+    return inDriverTransaction(executor, request, executor.transaction, undefined, true)
   }
   return inGivenTransaction(executor, request)
 }
 
-/** A transaction the driver opens, the caller's own (under a savepoint), or a new one on the caller's connection. */
+/** On the caller's connection: its own transaction (under a savepoint), one its driver opens, or a new one. */
 async function inGivenTransaction<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
   try {
     const entered = enter(executor, request, request)
     const ticket = entered instanceof Promise ? await entered : entered
     if (ticket === undefined) return NOT_ACQUIRED
-    const ending = executor.kind === 'pool' ? LEAVE_GATE : KEEP_GATE
     try {
-      if (executor.transaction !== undefined && (executor.kind === 'pool' || executor.inTransaction?.() === false)) {
-        return await inDriverTransaction(executor, request, executor.transaction, ticket, ending)
+      if (executor.transaction !== undefined && executor.inTransaction?.() === false) {
+        return await inDriverTransaction(executor, request, executor.transaction, ticket, false)
       }
       const connection = new Pinned(await checkOut(executor, request))
       try {
-        return await inOpenOrNewTransaction(executor, request, ticket, connection, ending)
+        return await inOpenOrNewTransaction(executor, request, ticket, connection, KEEP_GATE)
       } finally {
         const releasing = connection.release(false)
         if (releasing !== RELEASED) await releasing
@@ -172,19 +172,26 @@ async function inDriverTransaction<Db, T>(
   executor: LockExecutor<Db>,
   request: Request<Db, T>,
   transaction: NonNullable<LockExecutor<Db>['transaction']>,
-  ticket: GateTicket,
-  base: Ending,
+  given: GateTicket | undefined,
+  leaveGate: boolean,
 ): Promise<Outcome<T>> {
-  const driver: DriverTransactionWatch = { abandoned: new LazyAbort(), stop: noop, lost: undefined, ran: false }
-  const ending: Ending = { leaveGate: base.leaveGate, driver }
+  const driver: DriverTransactionWatch = { abandoned: new LazyAbort(), holding: undefined, ran: false }
+  const ending: Ending = { leaveGate, driver }
+  let ticket = given
   let held: Promise<Outcome<T>> | undefined
   let started: (() => void) | undefined
   let tooLate: { reason: unknown } | undefined
   try {
+    if (ticket === undefined) {
+      const entered = enter(executor, request, request)
+      ticket = entered instanceof Promise ? await entered : entered
+      if (ticket === undefined) return NOT_ACQUIRED
+    }
+    const onGate = ticket
     const ended = transaction((raw) => {
       if (tooLate !== undefined) return Promise.reject(tooLate.reason)
       started?.()
-      held = holdWhileRunning(executor, request, ticket, new Pinned(raw), DRIVER_TAKE, ending)
+      held = holdWhileRunning(executor, request, onGate, new Pinned(raw), DRIVER_TAKE, ending)
       return held
     })
     const deadline = checkoutDeadline(request)
@@ -202,25 +209,38 @@ async function inDriverTransaction<Db, T>(
     }
     return await untilLost(ended, driver.abandoned)
   } catch (error) {
-    if (held === undefined) throw error
-    const failure = await held.then(
-      () => undefined,
-      (reason: unknown) => ({ reason }),
-    )
-    const { lost } = driver
-    if (lost === undefined || (failure !== undefined && failure.reason instanceof LockLostError)) {
-      throw failure === undefined ? error : failure.reason
-    }
-    const loss = lost.aborted
-      ? lost.reason
-      : error !== failure?.reason && isConnectionFailure(error)
-        ? connectionFailed(request.details, error)
-        : undefined
-    if (loss === undefined) throw failure === undefined ? error : failure.reason
-    throw failure === undefined ? loss : lostWhileRunning(loss, failure.reason)
+    throw explain(held === undefined ? error : await driverFailure(request, driver, held, error), request, request)
   } finally {
-    driver.stop()
+    driver.holding?.stopWatching()
+    if (given === undefined) ticket?.leave()
   }
+}
+
+/**
+ * What a failed driver's transaction rejects with: the lock's and `fn`'s failure wins over the
+ * driver's, and the driver failing for its connection once `fn` has run means the lock was lost.
+ */
+async function driverFailure<Db, T>(
+  request: Request<Db, T>,
+  driver: DriverTransactionWatch,
+  held: Promise<Outcome<T>>,
+  error: unknown,
+): Promise<unknown> {
+  const failure = await held.then(
+    () => undefined,
+    (reason: unknown) => ({ reason }),
+  )
+  const { holding } = driver
+  if (holding === undefined || (failure !== undefined && failure.reason instanceof LockLostError)) {
+    return failure === undefined ? error : failure.reason
+  }
+  const loss = holding.isLost
+    ? holding.lost.reason
+    : error !== failure?.reason && isConnectionFailure(error)
+      ? connectionFailed(request.details, error)
+      : undefined
+  if (loss === undefined) return failure === undefined ? error : failure.reason
+  return failure === undefined ? loss : lostWhileRunning(loss, failure.reason)
 }
 
 function inOpenOrNewTransaction<Db, T>(
@@ -230,7 +250,7 @@ function inOpenOrNewTransaction<Db, T>(
   connection: Pinned<Db>,
   ending: Ending,
 ): Promise<Outcome<T>> {
-  if (executor.kind === 'connection' && executor.inTransaction?.() !== false) {
+  if (executor.inTransaction?.() !== false) {
     return inOpenTransaction(executor, request, ticket, connection, ending)
   }
   return holdWhileRunning(executor, request, ticket, connection, BEGIN_TAKE, ending)
@@ -267,9 +287,8 @@ const KEEP_GATE: Ending = { leaveGate: false }
 
 interface DriverTransactionWatch {
   readonly abandoned: LazyAbort
-  stop: () => void
-  /** Set once the lock is granted and `fn` is about to run: aborted when the lock is lost. */
-  lost: LazyAbort | undefined
+  /** Set once the lock is granted and `fn` is about to run: watched until the driver's transaction ends. */
+  holding: Holding<unknown> | undefined
   /** whether `fn` has run: a loss from then on also abandons the wait for the driver's commit */
   ran: boolean
 }
@@ -280,8 +299,7 @@ function watchInDriverTransaction(holding: Holding<unknown>, keepAliveMs: number
     holding.lose(error, true)
     if (driver.ran) driver.abandoned.abort(error)
   })
-  driver.stop = () => holding.stopWatching()
-  driver.lost = holding.lost
+  driver.holding = holding
 }
 
 /**
@@ -357,7 +375,8 @@ async function holdWhileRunning<Db, T>(
     else {
       // the driver ends its transaction, and the watch lasts until it has; the connection is done with
       holding?.onConnection.leave()
-      void connection?.releaseQuietly(false)
+      const releasing = connection?.release(false)
+      if (releasing !== undefined && releasing !== RELEASED) releasing.catch(noop)
     }
     if (pinned === undefined && connection !== undefined) {
       const releasing = connection.release(false)
