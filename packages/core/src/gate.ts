@@ -39,7 +39,11 @@ class Entry {
   queue: Waiter[] | undefined
   /** the rechecks of holders that may have ended unseen (see {@link GateTicket.recheckWith}) */
   checks: Set<Recheck> | undefined
-  constructor(public token: string) {}
+  constructor(
+    /** the gates of its queue key, which forget it once it is empty */
+    readonly gates: Gates,
+    public token: string,
+  ) {}
 }
 
 /**
@@ -65,7 +69,7 @@ class Gates {
     if (found !== undefined) return found
     const { spare } = this
     let entry: Entry
-    if (spare === undefined) entry = new Entry(token)
+    if (spare === undefined) entry = new Entry(this, token)
     else {
       this.spare = undefined
       entry = spare
@@ -109,7 +113,6 @@ class Ticket implements GateTicket {
   #left = false
   #check: Recheck | undefined
   constructor(
-    readonly scope: object,
     readonly entry: Entry,
     readonly exclusive: boolean,
   ) {
@@ -124,7 +127,7 @@ class Ticket implements GateTicket {
     if (this.#check !== undefined) entry.checks?.delete(this.#check)
     if (this.exclusive) entry.exclusive = false
     else entry.shared -= 1
-    admitWaiting(this.scope, entry)
+    admitWaiting(entry)
   }
 
   recheckWith(recheck: Recheck): void {
@@ -142,21 +145,19 @@ function recheckHolders(entry: Entry, via: Parameters<Recheck>[0]): Promise<unkn
 }
 
 /** A place in the gate if it is free now and nobody queues for it; else `undefined`. */
-function tryEnter(scope: object, entry: Entry, exclusive: boolean): GateTicket | undefined {
-  return (entry.queue === undefined || entry.queue.length === 0) && compatible(entry, exclusive)
-    ? new Ticket(scope, entry, exclusive)
-    : undefined
+function tryEnter(entry: Entry, exclusive: boolean): GateTicket | undefined {
+  return (entry.queue === undefined || entry.queue.length === 0) && compatible(entry, exclusive) ? new Ticket(entry, exclusive) : undefined
 }
 
-function admitWaiting(scope: object, entry: Entry): void {
+function admitWaiting(entry: Entry): void {
   const { queue } = entry
   while (queue !== undefined && queue.length > 0) {
     const next = queue[0] as Waiter
     if (!compatible(entry, next.exclusive)) return
     queue.shift()
-    next.admit(new Ticket(scope, entry, next.exclusive))
+    next.admit(new Ticket(entry, next.exclusive))
   }
-  if (!entry.exclusive && entry.shared === 0) gates.get(scope)?.forget(entry)
+  if (!entry.exclusive && entry.shared === 0) entry.gates.forget(entry)
 }
 
 /**
@@ -164,7 +165,7 @@ function admitWaiting(scope: object, entry: Entry): void {
  * it, without a promise: the usual case. Else `undefined`, and {@link enterGate} waits.
  */
 export function enterGateNow(scope: object, token: string, exclusive: boolean): GateTicket | undefined {
-  return tryEnter(scope, entryFor(scope, token), exclusive)
+  return tryEnter(entryFor(scope, token), exclusive)
 }
 
 /**
@@ -175,20 +176,20 @@ export function enterGateNow(scope: object, token: string, exclusive: boolean): 
  */
 export function enterGate(scope: object, token: string, exclusive: boolean, wait: GateWait): Promise<GateTicket | undefined> {
   const entry = entryFor(scope, token)
-  const free = tryEnter(scope, entry, exclusive)
+  const free = tryEnter(entry, exclusive)
   if (free !== undefined) return Promise.resolve(free)
   if (wait.noWait) {
     if (entry.checks === undefined || entry.checks.size === 0) return Promise.resolve(undefined)
     return interruptible(recheckHolders(entry, wait.via), { ...wait, abandon: () => undefined }).then(() => {
       const now = entryFor(scope, token)
-      return tryEnter(scope, now, exclusive)
+      return tryEnter(now, exclusive)
     })
   }
   if (entry.checks !== undefined && entry.checks.size > 0) void recheckHolders(entry, wait.via)
-  return queue(scope, entry, exclusive, wait)
+  return queue(entry, exclusive, wait)
 }
 
-function queue(scope: object, entry: Entry, exclusive: boolean, wait: GateWait): Promise<GateTicket> {
+function queue(entry: Entry, exclusive: boolean, wait: GateWait): Promise<GateTicket> {
   let waiter: Waiter | undefined
   const admitted = new Promise<GateTicket>((admit) => {
     waiter = { exclusive, admit }
@@ -203,7 +204,7 @@ function queue(scope: object, entry: Entry, exclusive: boolean, wait: GateWait):
     const index = entry.queue?.indexOf(waiter as Waiter) ?? -1
     if (index !== -1) {
       entry.queue?.splice(index, 1)
-      admitWaiting(scope, entry)
+      admitWaiting(entry)
     }
     throw reason
   })
@@ -240,7 +241,7 @@ export function enterConnectionGateNow(
 ): GateTicket | undefined {
   const own = connection.connectionKey
   if (own === undefined || own === queueKey) return NO_TICKET
-  return tryEnter(own, entryFor(own, token), true)
+  return tryEnter(entryFor(own, token), true)
 }
 
 /**
@@ -256,5 +257,5 @@ export function claimConnectionGate(
 ): GateTicket {
   const own = connection.connectionKey
   if (own === undefined || own === queueKey) return NO_TICKET
-  return tryEnter(own, entryFor(own, token), true) ?? NO_TICKET
+  return tryEnter(entryFor(own, token), true) ?? NO_TICKET
 }
