@@ -4,6 +4,11 @@ import { isConnectionFailure } from './sqlstate.js'
 
 type Listener = (cause: unknown) => void
 
+/** @internal What watches a held lock's connection, without a closure of its own (see {@link Pinned.watch}). */
+export interface LossWatcher {
+  connectionLost(cause: unknown): void
+}
+
 /**
  * @internal Every connection the core pins, wrapped once so that adapters need not keep the same
  * bookkeeping: the loss is heard once and remembered (a listener that comes later is told at
@@ -20,6 +25,9 @@ export class Pinned<Db> {
   /** Usually one listener at a time (the lock statement's, then the watch's), so a `Set` only from the second on. */
   #listener: Listener | undefined
   #more: Set<Listener> | undefined
+  #watcher: LossWatcher | undefined
+  /** Set while a lock statement waits: a loss then also cancels the wait on the server (see `takeLock`). */
+  cancelOnLoss = false
 
   constructor(raw: LockConnection<Db>) {
     this.#raw = raw
@@ -79,12 +87,29 @@ export class Pinned<Db> {
     if (this.#lost) return
     this.#lost = true
     this.#cause = cause
+    if (this.cancelOnLoss) {
+      this.cancelOnLoss = false
+      void this.cancel().catch(noop)
+    }
     const listener = this.#listener
     const more = this.#more
+    const watcher = this.#watcher
     this.#listener = undefined
     this.#more = undefined
+    this.#watcher = undefined
     listener?.(cause)
     if (more !== undefined) for (const other of more) other(cause)
+    watcher?.connectionLost(cause)
+  }
+
+  /** {@link onLost} for the one held lock on the connection, told at once if the connection was lost. */
+  watch(watcher: LossWatcher): void {
+    if (this.#lost) watcher.connectionLost(this.#cause)
+    else this.#watcher = watcher
+  }
+
+  unwatch(watcher: LossWatcher): void {
+    if (this.#watcher === watcher) this.#watcher = undefined
   }
 
   /** Calls `listener` once when the connection is lost (at once if it was); returns a function that stops listening. */
@@ -115,6 +140,8 @@ export class Pinned<Db> {
     this.#released = true
     this.#listener = undefined
     this.#more = undefined
+    this.#watcher = undefined
+    this.cancelOnLoss = false
     if (!this.#lost) this.#unsubscribe?.()
     const gone = destroy || this.#lost
     try {

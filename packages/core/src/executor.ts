@@ -102,10 +102,12 @@ export interface LockConnection<Db> {
 
   /**
    * Calls `listener` when the connection fails or ends while pinned (a socket error, the server
-   * terminating the backend); returns a function that stops listening. The core subscribes once
-   * per checkout and remembers the loss, and stays subscribed after one, so an adapter need not
-   * track it. Adapters must keep the driver from treating such an error as unhandled while the
-   * core listens.
+   * terminating the backend); returns a function that stops listening. The core subscribes exactly
+   * once per pinned connection, as soon as `connect()` resolves, and fans the loss out itself to
+   * everything that watches the lock (the lock statement, the watch, a keep-alive); it remembers
+   * the loss and stays subscribed after one. So an adapter keeps no listener bookkeeping of its
+   * own (no set of listeners, no loss flag): forwarding to the driver's event is enough. Adapters
+   * must keep the driver from treating such an error as unhandled while the core listens.
    */
   onLost(listener: (cause: unknown) => void): () => void
 

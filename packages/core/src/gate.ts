@@ -31,28 +31,77 @@ interface Waiter {
   readonly admit: (ticket: GateTicket) => void
 }
 
-interface Entry {
-  exclusive: boolean
-  shared: number
-  readonly queue: Waiter[]
+/** The gate of one lock id within one queue key: who is in, and who waits. */
+class Entry {
+  exclusive = false
+  shared = 0
+  /** made on the first waiter: most entries never see one */
+  queue: Waiter[] | undefined
   /** the rechecks of holders that may have ended unseen (see {@link GateTicket.recheckWith}) */
   checks: Set<Recheck> | undefined
+  constructor(
+    /** the gates of its queue key, which forget it once it is empty */
+    readonly gates: Gates,
+    public token: string,
+  ) {}
 }
 
-const gates = new WeakMap<object, Map<string, Entry>>()
+/**
+ * The gates of one queue key. Most keys (a pooled connection, most pools) have one lock in memory
+ * at a time, so the first entry sits in `single` and a `Map` is made only from the second on.
+ */
+class Gates {
+  single: Entry | undefined
+  more: Map<string, Entry> | undefined
+  /**
+   * The last entry forgotten, reused for the next: it is empty (nobody in, nobody waiting), and a
+   * ticket that still points at it has left.
+   */
+  spare: Entry | undefined
+
+  find(token: string): Entry | undefined {
+    const { single } = this
+    return single !== undefined && single.token === token ? single : this.more?.get(token)
+  }
+
+  entryFor(token: string): Entry {
+    const found = this.find(token)
+    if (found !== undefined) return found
+    const { spare } = this
+    let entry: Entry
+    if (spare === undefined) entry = new Entry(this, token)
+    else {
+      this.spare = undefined
+      entry = spare
+      entry.token = token
+      entry.checks = undefined
+    }
+    if (this.single === undefined) this.single = entry
+    else (this.more ??= new Map()).set(token, entry)
+    return entry
+  }
+
+  forget(entry: Entry): void {
+    if (this.single === entry) this.single = undefined
+    else if (this.more?.get(entry.token) === entry) this.more.delete(entry.token)
+    else return
+    this.spare = entry
+  }
+}
+
+const gates = new WeakMap<object, Gates>()
+
+function gatesOf(scope: object): Gates {
+  let found = gates.get(scope)
+  if (found === undefined) {
+    found = new Gates()
+    gates.set(scope, found)
+  }
+  return found
+}
 
 function entryFor(scope: object, token: string): Entry {
-  let byToken = gates.get(scope)
-  if (byToken === undefined) {
-    byToken = new Map()
-    gates.set(scope, byToken)
-  }
-  let entry = byToken.get(token)
-  if (entry === undefined) {
-    entry = { exclusive: false, shared: 0, queue: [], checks: undefined }
-    byToken.set(token, entry)
-  }
-  return entry
+  return gatesOf(scope).entryFor(token)
 }
 
 function compatible(entry: Entry, exclusive: boolean): boolean {
@@ -64,8 +113,6 @@ class Ticket implements GateTicket {
   #left = false
   #check: Recheck | undefined
   constructor(
-    readonly scope: object,
-    readonly token: string,
     readonly entry: Entry,
     readonly exclusive: boolean,
   ) {
@@ -80,7 +127,7 @@ class Ticket implements GateTicket {
     if (this.#check !== undefined) entry.checks?.delete(this.#check)
     if (this.exclusive) entry.exclusive = false
     else entry.shared -= 1
-    admitWaiting(this.scope, this.token, entry)
+    admitWaiting(entry)
   }
 
   recheckWith(recheck: Recheck): void {
@@ -91,10 +138,6 @@ class Ticket implements GateTicket {
   }
 }
 
-function ticketFor(scope: object, token: string, entry: Entry, exclusive: boolean): GateTicket {
-  return new Ticket(scope, token, entry, exclusive)
-}
-
 /** Runs the rechecks of the gate's holders; a failed one counts as "still held". */
 function recheckHolders(entry: Entry, via: Parameters<Recheck>[0]): Promise<unknown> {
   const checks = [...(entry.checks ?? [])]
@@ -102,18 +145,19 @@ function recheckHolders(entry: Entry, via: Parameters<Recheck>[0]): Promise<unkn
 }
 
 /** A place in the gate if it is free now and nobody queues for it; else `undefined`. */
-function tryEnter(scope: object, token: string, entry: Entry, exclusive: boolean): GateTicket | undefined {
-  return entry.queue.length === 0 && compatible(entry, exclusive) ? ticketFor(scope, token, entry, exclusive) : undefined
+function tryEnter(entry: Entry, exclusive: boolean): GateTicket | undefined {
+  return (entry.queue === undefined || entry.queue.length === 0) && compatible(entry, exclusive) ? new Ticket(entry, exclusive) : undefined
 }
 
-function admitWaiting(scope: object, token: string, entry: Entry): void {
-  while (entry.queue.length > 0) {
-    const next = entry.queue[0] as Waiter
+function admitWaiting(entry: Entry): void {
+  const { queue } = entry
+  while (queue !== undefined && queue.length > 0) {
+    const next = queue[0] as Waiter
     if (!compatible(entry, next.exclusive)) return
-    entry.queue.shift()
-    next.admit(ticketFor(scope, token, entry, next.exclusive))
+    queue.shift()
+    next.admit(new Ticket(entry, next.exclusive))
   }
-  if (!entry.exclusive && entry.shared === 0) gates.get(scope)?.delete(token)
+  if (!entry.exclusive && entry.shared === 0) entry.gates.forget(entry)
 }
 
 /**
@@ -121,7 +165,7 @@ function admitWaiting(scope: object, token: string, entry: Entry): void {
  * it, without a promise: the usual case. Else `undefined`, and {@link enterGate} waits.
  */
 export function enterGateNow(scope: object, token: string, exclusive: boolean): GateTicket | undefined {
-  return tryEnter(scope, token, entryFor(scope, token), exclusive)
+  return tryEnter(entryFor(scope, token), exclusive)
 }
 
 /**
@@ -132,23 +176,24 @@ export function enterGateNow(scope: object, token: string, exclusive: boolean): 
  */
 export function enterGate(scope: object, token: string, exclusive: boolean, wait: GateWait): Promise<GateTicket | undefined> {
   const entry = entryFor(scope, token)
-  const free = tryEnter(scope, token, entry, exclusive)
+  const free = tryEnter(entry, exclusive)
   if (free !== undefined) return Promise.resolve(free)
   if (wait.noWait) {
     if (entry.checks === undefined || entry.checks.size === 0) return Promise.resolve(undefined)
     return interruptible(recheckHolders(entry, wait.via), { ...wait, abandon: () => undefined }).then(() => {
       const now = entryFor(scope, token)
-      return tryEnter(scope, token, now, exclusive)
+      return tryEnter(now, exclusive)
     })
   }
   if (entry.checks !== undefined && entry.checks.size > 0) void recheckHolders(entry, wait.via)
-  return queue(scope, token, entry, exclusive, wait)
+  return queue(entry, exclusive, wait)
 }
 
-function queue(scope: object, token: string, entry: Entry, exclusive: boolean, wait: GateWait): Promise<GateTicket> {
+function queue(entry: Entry, exclusive: boolean, wait: GateWait): Promise<GateTicket> {
   let waiter: Waiter | undefined
   const admitted = new Promise<GateTicket>((admit) => {
     waiter = { exclusive, admit }
+    entry.queue ??= []
     entry.queue.push(waiter)
   })
   return interruptible(admitted, {
@@ -156,10 +201,10 @@ function queue(scope: object, token: string, entry: Entry, exclusive: boolean, w
     deadline: wait.deadline,
     abandon: (ticket) => ticket.leave(),
   }).catch((reason: unknown) => {
-    const index = entry.queue.indexOf(waiter as Waiter)
+    const index = entry.queue?.indexOf(waiter as Waiter) ?? -1
     if (index !== -1) {
-      entry.queue.splice(index, 1)
-      admitWaiting(scope, token, entry)
+      entry.queue?.splice(index, 1)
+      admitWaiting(entry)
     }
     throw reason
   })
@@ -186,6 +231,20 @@ export function enterConnectionGate(
 }
 
 /**
+ * @internal {@link enterConnectionGate} without a promise when the gate is free now (or there is
+ * none): the usual case. `undefined` when it is taken, and {@link enterConnectionGate} waits.
+ */
+export function enterConnectionGateNow(
+  connection: { readonly connectionKey: object | undefined },
+  queueKey: object,
+  token: string,
+): GateTicket | undefined {
+  const own = connection.connectionKey
+  if (own === undefined || own === queueKey) return NO_TICKET
+  return tryEnter(entryFor(own, token), true)
+}
+
+/**
  * @internal Claims the gate of a connection pglock owns, once its lock is granted: no other handle
  * can reach that connection before `lease.db` is handed out, so this never waits, and it runs
  * without a promise on every pooled lock. {@link NO_TICKET} when there is no such gate (or, which
@@ -198,5 +257,5 @@ export function claimConnectionGate(
 ): GateTicket {
   const own = connection.connectionKey
   if (own === undefined || own === queueKey) return NO_TICKET
-  return tryEnter(own, token, entryFor(own, token), true) ?? NO_TICKET
+  return tryEnter(entryFor(own, token), true) ?? NO_TICKET
 }

@@ -93,18 +93,20 @@ export function runInDriverTransaction<Tx, Db, T>(
     const stop = connection.onLost(() => {
       lost = true
     })
-    return new Promise<T>((resolve, reject) => {
-      body(connection).then(
-        (value) => {
-          stop()
-          if (!lost) resolve(value)
-        },
-        (error: unknown) => {
-          stop()
-          if (!lost) reject(error)
-        },
-      )
-    })
+    // after a loss the callback's promise adopts one that never settles
+    return body(connection).then(
+      (value) => {
+        stop()
+        return lost ? new Promise<T>(noop) : value
+      },
+      (error: unknown) => {
+        stop()
+        if (lost) return new Promise<T>(noop)
+        throw error
+      },
+    )
   })
   return Promise.resolve(ended) as Promise<T>
 }
+
+const noop = () => undefined

@@ -1,4 +1,4 @@
-import { type Pinned, RELEASED } from './connection.js'
+import { type LossWatcher, type Pinned, RELEASED } from './connection.js'
 import { describeKey, LockLostError, ReleaseFailedError, UnsupportedError } from './errors.js'
 import type { PreparedStatement, Row } from './executor.js'
 import type { GateTicket } from './gate.js'
@@ -8,14 +8,14 @@ import { pidOf, preparedUnlock, rollbackToSavepointSql, unlockSql } from './sql.
 import { isConnectionFailure, QUERY_CANCELED, sqlState } from './sqlstate.js'
 import type { Framing, Granted } from './take.js'
 import { type TransactionHold, untie } from './tx-marks.js'
-import { untilLost } from './wait.js'
-import { sessionMovedReason, watchConnection } from './watch.js'
+import { connectionLostError, sessionMovedReason, watchConnection } from './watch.js'
 
 /**
  * @internal A granted lock, as the acquire pipeline hands it over: the connection that holds it,
- * the places it occupies in memory, and how it ends. `Lock` and `withLock` only decide when.
+ * the places it occupies in memory, and how it ends. `Lock` and `withLock` only decide when. It
+ * watches its own connection (see {@link watch}), so a lock costs no closures for that.
  */
-export class Holding<Db> {
+export class Holding<Db> implements LossWatcher {
   readonly connection: Pinned<Db>
   readonly spec: LockSpec
   readonly framing: Framing
@@ -26,22 +26,40 @@ export class Holding<Db> {
   readonly ticket: GateTicket
   /** the place in the gate of the connection itself, where other handles on it queue */
   readonly onConnection: GateTicket
-  /** aborted with `LockLostError` once the lock is lost */
-  readonly lost = new LazyAbort()
   /** for a lock in a caller's transaction: that transaction, which ends the lock unseen */
   transaction: TransactionHold | undefined
   /** whether the lock is over for pglock (unlocked, ended with its transaction, or lost) */
   settled = false
-  #stopWatching: (() => void) | undefined
+  #lost: LazyAbort | undefined
+  /** what a loss does once watched: {@link lose} when unset */
+  #onLost: ((error: LockLostError) => void) | undefined
+  #watching = false
+  #stopKeepAlive: (() => void) | undefined
+  /** resolves the unlock in flight: a loss meanwhile answers it at once (the driver may never) */
+  #unlocked: ((released: boolean | Promise<boolean>) => void) | undefined
+  /** resolves the commit or rollback in flight: a loss meanwhile rejects it at once with the loss */
+  #finished: ((outcome: undefined | Promise<void>) => void) | undefined
 
   constructor(connection: Pinned<Db>, spec: LockSpec, framing: Framing, granted: Granted, ticket: GateTicket, onConnection: GateTicket) {
     this.connection = connection
     this.spec = spec
     this.framing = framing
-    this.pid = granted.pid
-    this.mark = granted.mark
+    this.pid = pidOf(granted)
+    const mark = granted.tx
+    this.mark = typeof mark === 'string' ? mark : undefined
     this.ticket = ticket
     this.onConnection = onConnection
+  }
+
+  /** Aborted with `LockLostError` once the lock is lost; made when first asked for. */
+  get lost(): LazyAbort {
+    this.#lost ??= new LazyAbort()
+    return this.#lost
+  }
+
+  /** Whether the lock was lost, without making {@link lost}. */
+  get isLost(): boolean {
+    return this.#lost?.aborted === true
   }
 
   /** `lease.db`: the driver's transaction handle where pglock sent `BEGIN` itself, else the connection's handle. */
@@ -49,13 +67,36 @@ export class Holding<Db> {
     return this.framing.kind === 'begin' ? this.connection.transactionDb() : this.connection.db
   }
 
-  /** Watches the connection until the lock ends; `onLost` decides what a loss does (usually {@link lose}). */
-  watch(keepAliveMs: number | undefined, onLost: (error: LockLostError) => void): void {
-    this.#stopWatching = watchConnection(this.connection, keepAliveMs, onLost, this.spec.details, this.pid)
+  /** Watches the connection until the lock ends; `onLost` decides what a loss does (by default, {@link lose}). */
+  watch(keepAliveMs: number | undefined, onLost?: (error: LockLostError) => void): void {
+    this.#onLost = onLost
+    if (keepAliveMs !== undefined) {
+      this.#stopKeepAlive = watchConnection(this.connection, keepAliveMs, (error) => this.#heard(error), this.spec.details, this.pid)
+      return
+    }
+    this.#watching = true
+    this.connection.watch(this)
+  }
+
+  /** @internal Called by the connection, once, when it is lost while watched. */
+  connectionLost(cause: unknown): void {
+    if (!this.#watching) return
+    this.#watching = false
+    this.#heard(connectionLostError(cause, this.spec.details))
+  }
+
+  #heard(error: LockLostError): void {
+    const onLost = this.#onLost
+    if (onLost === undefined) this.lose(error, true)
+    else onLost(error)
   }
 
   stopWatching(): void {
-    this.#stopWatching?.()
+    if (this.#watching) {
+      this.#watching = false
+      this.connection.unwatch(this)
+    }
+    this.#stopKeepAlive?.()
   }
 
   /** Lets go of everything in memory: the watch, the transaction tie, the gates. */
@@ -74,6 +115,8 @@ export class Holding<Db> {
     void this.connection.releaseQuietly(destroy, error)
     this.settle()
     this.lost.abort(error)
+    this.#unlockDone(false)
+    if (this.#finished !== undefined) this.#finishDone(Promise.reject(this.lost.reason))
   }
 
   /** A transaction lock whose transaction is over: nothing was lost, the connection goes back. */
@@ -85,37 +128,69 @@ export class Holding<Db> {
 
   /**
    * Releases a session lock: `true` when Postgres confirmed the unlock, `false` when the lock was
-   * lost first (or meanwhile). An owned connection goes back to its pool only after a confirmed
-   * unlock, else it is closed. On a pool the next waiter in memory is let in as the unlock is sent.
+   * lost first (or meanwhile: then at once, without waiting for the driver's answer). An owned
+   * connection goes back to its pool only after a confirmed unlock, else it is closed. On a pool
+   * the next waiter in memory is let in as the unlock is sent.
    *
    * @throws `ReleaseFailedError` when the unlock failed on a connection the caller owns.
    */
-  async unlock(): Promise<boolean> {
+  unlock(): Promise<boolean> {
+    if (this.settled) return NOT_RELEASED
+    if (this.connection.owned) this.ticket.leave()
+    return new Promise<boolean>((resolve) => {
+      this.#unlocked = resolve
+      this.#sendUnlock(true)
+    })
+  }
+
+  #sendUnlock(first: boolean): void {
+    let sent: Promise<readonly Row[]>
+    try {
+      sent = this.connection.send(this.#unlockStatement())
+    } catch (error) {
+      sent = Promise.reject(error)
+    }
+    sent.then(
+      (rows) => this.#unlockDone(this.#unlockAnswered(rows)),
+      (error: unknown) => {
+        // a cancel meant for the lock wait may land on the unlock: it is sent once more
+        if (first && sqlState(error) === QUERY_CANCELED && !this.settled) this.#sendUnlock(false)
+        else this.#unlockDone(this.#unlockFailed(error))
+      },
+    )
+  }
+
+  #unlockDone(released: boolean | Promise<boolean>): void {
+    const resolve = this.#unlocked
+    this.#unlocked = undefined
+    if (resolve !== undefined) resolve(released)
+    else if (released instanceof Promise) released.catch(noop)
+  }
+
+  /** What the unlock's answer means: released, lost, or (rarely) a failure of its own. */
+  #unlockAnswered(rows: readonly Row[]): boolean | Promise<boolean> {
     if (this.settled) return false
-    const { connection, spec } = this
-    if (connection.owned) this.ticket.leave()
     let released: boolean
     try {
-      released = this.#answer(await untilLost(connection.send(this.#unlockStatement()), this.lost))
-    } catch (first) {
-      // a cancel meant for the lock wait may land on the unlock: it is sent once more
-      try {
-        if (sqlState(first) !== QUERY_CANCELED || this.settled) throw first
-        released = this.#answer(await untilLost(connection.send(this.#unlockStatement()), this.lost))
-      } catch (error) {
-        return this.#unlockFailed(error)
-      }
+      released = this.#answer(rows)
+    } catch (error) {
+      return this.#unlockFailed(error)
     }
-    if (this.settled) return false
     this.stopWatching()
     if (!released) {
+      const { spec } = this
       this.lose(new LockLostError(`lock ${describeKey(spec.key)} was no longer held when released`, spec.details), false)
       return false
     }
-    const releasing = connection.release(false)
-    if (releasing !== RELEASED) await releasing
-    this.settle()
-    return true
+    const releasing = this.connection.release(false)
+    if (releasing === RELEASED) {
+      this.settle()
+      return true
+    }
+    return releasing.then(() => {
+      this.settle()
+      return true
+    })
   }
 
   async #unlockFailed(error: unknown): Promise<boolean> {
@@ -169,9 +244,11 @@ export class Holding<Db> {
   /**
    * Ends a transaction lock pglock framed: commit (or release the savepoint) or roll back. A
    * connection left in an unknown state by a failure here is closed if pglock owns it. Where the
-   * driver ends the transaction, there is nothing to send.
+   * driver ends the transaction, there is nothing to send. Once the lock is lost it rejects with
+   * the loss at once, without waiting for the driver's answer.
    */
   finish(commit: boolean): Promise<void> {
+    if (this.isLost) return Promise.reject(this.lost.reason)
     const { framing, connection } = this
     const sql =
       framing.kind === 'begin'
@@ -184,21 +261,38 @@ export class Holding<Db> {
             : rollbackToSavepointSql(framing.name)
           : undefined
     if (sql === undefined) return RELEASED
-    let sent: Promise<unknown>
-    try {
-      sent = connection.query(sql)
-    } catch (error) {
-      sent = Promise.reject(error)
-    }
-    return sent.then(noRows, async (error: unknown) => {
-      connection.failed(error)
-      await connection.release(true, error)
-      throw error
+    return new Promise<void>((resolve) => {
+      this.#finished = resolve
+      let sent: Promise<unknown>
+      try {
+        sent = connection.query(sql)
+      } catch (error) {
+        sent = Promise.reject(error)
+      }
+      sent.then(
+        () => this.#finishDone(undefined),
+        (error: unknown) => this.#finishDone(this.#finishFailed(error)),
+      )
     })
+  }
+
+  #finishDone(outcome: undefined | Promise<void>): void {
+    const resolve = this.#finished
+    this.#finished = undefined
+    if (resolve !== undefined) resolve(outcome)
+    else outcome?.catch(noop)
+  }
+
+  async #finishFailed(error: unknown): Promise<void> {
+    const { connection } = this
+    connection.failed(error)
+    await connection.release(true, error)
+    throw error
   }
 }
 
-const noRows = () => undefined
+const noop = () => undefined
+const NOT_RELEASED: Promise<boolean> = Promise.resolve(false)
 
 /** Thrown by the unlock when it ran on another backend than the one holding the lock. */
 class SessionMoved extends Error {

@@ -208,7 +208,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
 
   async #take(options: AcquireOptions | undefined, noWait: boolean): Promise<boolean> {
     const spec = this.#spec
-    const wait = resolveWait(options, spec.details, noWait)
+    const wait = resolveWait(options, spec, noWait)
     if (this.#acquiring || (this.#holding !== undefined && !this.#holding.settled)) throw new AlreadyHeldError(spec.details)
     wait.signal?.throwIfAborted()
     this.#holding = undefined

@@ -1,7 +1,7 @@
 import { InvalidArgumentError, LockTimeoutError, type PgLockErrorDetails } from './errors.js'
 import { type LockId, lockIdToken, resolveLockId } from './keys.js'
 import { primeValues } from './sql.js'
-import type { LockKey, LockMode, LockOptions, LockScope, WithLockOptions } from './types.js'
+import type { KeyHash, LockKey, LockMode, LockOptions, LockScope, WithLockOptions } from './types.js'
 
 const MAX_TIMEOUT_MS = 2_147_483_647
 
@@ -53,36 +53,86 @@ function checkMs(name: string, value: unknown, details: PgLockErrorDetails, min:
   return value
 }
 
-/** @internal Validates a key and the options of `createLock`/`withLock`, before any SQL. */
-export function resolveSpec(key: LockKey, options: unknown): LockSpec {
+const NO_OPTIONS: LockOptions = Object.freeze({})
+
+/** Validates the lock's own options (not the key); returns them, `{}` for none. */
+function checkSpecOptions(key: LockKey, options: unknown): LockOptions {
+  if (options === undefined) return NO_OPTIONS
   checkObject(options, { key })
-  const { scope = 'session', mode = 'exclusive', keepAliveMs, keyHash } = (options ?? {}) as LockOptions
-  if (scope !== 'session' && scope !== 'transaction') {
+  const checked = options as LockOptions
+  const { scope, mode, keepAliveMs } = checked
+  if (scope !== undefined && scope !== 'session' && scope !== 'transaction') {
     throw new InvalidArgumentError(`scope must be 'session' or 'transaction', got ${String(scope)}`, { key })
   }
-  if (mode !== 'exclusive' && mode !== 'shared') {
+  if (mode !== undefined && mode !== 'exclusive' && mode !== 'shared') {
     throw new InvalidArgumentError(`mode must be 'exclusive' or 'shared', got ${String(mode)}`, { key })
   }
-  const checkedKeepAlive = checkMs('keepAliveMs', keepAliveMs, { key }, 1)
+  if (keepAliveMs !== undefined) checkMs('keepAliveMs', keepAliveMs, { key }, 1)
+  return checked
+}
+
+/** A key resolved to its lock id, and the id's token for the in-memory gates. */
+interface ResolvedKey {
+  readonly key: LockKey
+  readonly keyHash: KeyHash | undefined
+  readonly id: LockId
+  readonly token: string
+}
+
+/**
+ * The last key resolved: a process usually locks the same key again, and a string key costs a
+ * SHA-1 each time. Not for pairs (a fresh array each time) nor a `keyHash` function (it may change its mind).
+ */
+let lastKey: ResolvedKey | undefined
+
+function resolveKey(key: LockKey, keyHash: KeyHash | undefined): ResolvedKey {
+  const last = lastKey
+  if (last !== undefined && last.key === key && last.keyHash === keyHash) return last
   const id = resolveLockId(key, keyHash === undefined ? undefined : { keyHash })
   // a number key is its own decimal text, which the lock statements send too
   const token = typeof key === 'number' ? String(key) : lockIdToken(id)
   if (typeof key === 'number') primeValues(id, token)
-  return { key, id, token, scope, mode, keepAliveMs: checkedKeepAlive, details: { key, mode, scope } }
+  const resolved: ResolvedKey = { key, keyHash, id: id.kind === 'int64' ? Object.freeze(id) : id, token }
+  if (!Array.isArray(key) && typeof keyHash !== 'function') lastKey = resolved
+  return resolved
+}
+
+/** A lock's spec; its error details are made only when an error needs them. */
+class Spec implements LockSpec {
+  constructor(
+    readonly key: LockKey,
+    readonly id: LockId,
+    readonly token: string,
+    readonly scope: LockScope,
+    readonly mode: LockMode,
+    readonly keepAliveMs: number | undefined,
+  ) {}
+
+  get details(): PgLockErrorDetails {
+    return { key: this.key, mode: this.mode, scope: this.scope }
+  }
+}
+
+/** @internal Validates a key and the options of `createLock`/`withLock`, before any SQL. */
+export function resolveSpec(key: LockKey, options: unknown): LockSpec {
+  const { scope = 'session', mode = 'exclusive', keepAliveMs, keyHash } = checkSpecOptions(key, options)
+  const { id, token } = resolveKey(key, keyHash)
+  return new Spec(key, id, token, scope, mode, keepAliveMs)
 }
 
 /**
  * @internal Validates the options of one wait, before any SQL, and starts its clock: `timeoutMs`
  * bounds the whole acquire from here, the wait for a pooled connection included.
  */
-export function resolveWait(options: unknown, details: PgLockErrorDetails, noWait: boolean): Wait {
+export function resolveWait(options: unknown, spec: Pick<LockSpec, 'details'>, noWait: boolean): Wait {
   if (options === undefined) return noWait ? NO_WAIT : WAIT
-  checkObject(options, details)
+  if (!isObject(options)) checkObject(options, spec.details)
   const { timeoutMs: given, signal } = options as WithLockOptions
   if (signal !== undefined && !(signal instanceof AbortSignal)) {
-    throw new InvalidArgumentError('signal must be an AbortSignal', details)
+    throw new InvalidArgumentError('signal must be an AbortSignal', spec.details)
   }
-  const timeoutMs = checkMs('timeoutMs', given, details, 0)
+  // error details are made only for an error
+  const timeoutMs = given === undefined ? undefined : checkMs('timeoutMs', given, spec.details, 0)
   if (timeoutMs === undefined && signal === undefined) return noWait ? NO_WAIT : WAIT
   return { noWait, timeoutMs, signal, deadline: timeoutMs === undefined ? undefined : performance.now() + timeoutMs }
 }
@@ -90,27 +140,43 @@ export function resolveWait(options: unknown, details: PgLockErrorDetails, noWai
 const WAIT: Wait = { noWait: false, timeoutMs: undefined, signal: undefined, deadline: undefined }
 const NO_WAIT: Wait = { noWait: true, timeoutMs: undefined, signal: undefined, deadline: undefined }
 
+/** One `withLock` call: its spec, its wait and its function in one object. */
+class Request<F> extends Spec implements LockRequest<F> {
+  noWait: boolean
+  timeoutMs: number | undefined = undefined
+  signal: AbortSignal | undefined = undefined
+  deadline: number | undefined = undefined
+
+  constructor(
+    key: LockKey,
+    id: LockId,
+    token: string,
+    scope: LockScope,
+    mode: LockMode,
+    keepAliveMs: number | undefined,
+    noWait: boolean,
+    readonly fn: F,
+  ) {
+    super(key, id, token, scope, mode, keepAliveMs)
+    this.noWait = noWait
+  }
+}
+
 /** @internal Validates everything a `withLock` call was given, before any SQL. */
 export function resolveRequest<F>(key: LockKey, fn: F, options: unknown, noWait: boolean): LockRequest<F> {
-  const spec = resolveSpec(key, options)
-  const wait = resolveWait(options, spec.details, noWait)
+  const { scope = 'session', mode = 'exclusive', keepAliveMs, keyHash } = checkSpecOptions(key, options)
+  const { id, token } = resolveKey(key, keyHash)
+  const request = new Request(key, id, token, scope, mode, keepAliveMs, noWait, fn)
+  if (options !== undefined) {
+    const wait = resolveWait(options, request, noWait)
+    request.timeoutMs = wait.timeoutMs
+    request.signal = wait.signal
+    request.deadline = wait.deadline
+  }
   if (typeof fn !== 'function') {
-    throw new InvalidArgumentError(`fn must be a function, got ${fn === null ? 'null' : typeof fn}`, spec.details)
+    throw new InvalidArgumentError(`fn must be a function, got ${fn === null ? 'null' : typeof fn}`, request.details)
   }
-  return {
-    key: spec.key,
-    id: spec.id,
-    token: spec.token,
-    scope: spec.scope,
-    mode: spec.mode,
-    keepAliveMs: spec.keepAliveMs,
-    details: spec.details,
-    noWait: wait.noWait,
-    timeoutMs: wait.timeoutMs,
-    signal: wait.signal,
-    deadline: wait.deadline,
-    fn,
-  }
+  return request
 }
 
 /** @internal The one place a timeout becomes the error users see. */

@@ -69,21 +69,25 @@ function valuesOf(id: LockId): readonly string[] {
   return lastValues
 }
 
+/** The statement last built for each prepared function: a lock's next cycle usually asks the same again. */
+const lastCall = {} as Record<PreparedFunction, { id: LockId; mode: LockMode; pid: number | undefined; statement: PreparedStatement }>
+
 function preparedCall(fn: PreparedFunction, id: LockId, mode: LockMode, pid?: number): PreparedStatement {
+  const last = lastCall[fn]
+  if (last !== undefined && last.id === id && last.mode === mode && last.pid === pid) return last.statement
   const { name, text } = PREPARED[fn][mode][id.kind]
   const values = valuesOf(id)
-  if (fn !== 'unlock') return { name, text, values }
-  return { name, text, values: [...values, pid !== undefined && Number.isSafeInteger(pid) ? String(pid) : null] }
+  const statement: PreparedStatement =
+    fn === 'unlock'
+      ? { name, text, values: [...values, pid !== undefined && Number.isSafeInteger(pid) ? String(pid) : null] }
+      : { name, text, values }
+  lastCall[fn] = { id, mode, pid, statement }
+  return statement
 }
 
-/**
- * The statement that takes a session lock, as a prepared statement, when the plan is the bare
- * call (no `lock_timeout`, savepoint or `BEGIN` around it); else `undefined`.
- */
-export function preparedAcquire(plan: AcquirePlan): PreparedStatement | undefined {
-  if (plan.scope !== 'session' || plan.begin || plan.savepoint !== undefined) return undefined
-  if (plan.noWait) return preparedCall('try', plan.id, plan.mode)
-  return plan.timeoutMs === undefined ? preparedCall('lock', plan.id, plan.mode) : undefined
+/** The bare statement that takes a session lock (`noWait`: the try form), as a prepared statement. */
+export function preparedLock(id: LockId, mode: LockMode, noWait: boolean): PreparedStatement {
+  return preparedCall(noWait ? 'try' : 'lock', id, mode)
 }
 
 /** {@link unlockSql} as a prepared statement. */
@@ -127,6 +131,15 @@ export interface AcquirePlan {
   readonly mark?: string | undefined
 }
 
+/** The last `BEGIN` with a lock built: the next transaction usually locks the same id. */
+let lastBegin: { id: LockId; mode: LockMode; sql: string } | undefined
+
+/** `BEGIN` and the transaction lock, in one round trip: the usual transaction lock, nothing around it. */
+function beginWithLock(id: LockId, mode: LockMode): string {
+  if (lastBegin?.id !== id || lastBegin.mode !== mode) lastBegin = { id, mode, sql: `BEGIN; SELECT ${call('xact', id, mode)}` }
+  return lastBegin.sql
+}
+
 /**
  * The SQL text that takes a lock. One round trip however it is framed: `BEGIN`, a savepoint and
  * a `lock_timeout` all travel with the lock call itself. A session lock's last statement also
@@ -143,7 +156,7 @@ export function acquireSql(plan: AcquirePlan): string {
     plan.savepoint === undefined &&
     plan.mark === undefined
   ) {
-    return `BEGIN; SELECT ${call('xact', plan.id, plan.mode)}`
+    return beginWithLock(plan.id, plan.mode)
   }
   const fn: LockFunction = plan.noWait ? (transaction ? 'try_xact' : 'try') : transaction ? 'xact' : 'lock'
   const statement = `SELECT ${call(fn, plan.id, plan.mode)}${plan.noWait ? ' AS acquired' : ''}`

@@ -1,8 +1,8 @@
 import type { Pinned } from './connection.js'
 import { ReleaseFailedError } from './errors.js'
-import type { Row } from './executor.js'
+import type { PreparedStatement, Row } from './executor.js'
 import { type LockSpec, timedOut, type Wait } from './options.js'
-import { type AcquirePlan, acquireSql, pidOf, preparedAcquire, rollbackToSavepointSql, unlockIfHeldSql } from './sql.js'
+import { acquireSql, preparedLock, rollbackToSavepointSql, unlockIfHeldSql } from './sql.js'
 import { IN_FAILED_SQL_TRANSACTION, LOCK_NOT_AVAILABLE, NO_ACTIVE_SQL_TRANSACTION, QUERY_CANCELED, sqlState } from './sqlstate.js'
 import { DeadlineExceeded, remainingMs } from './wait.js'
 
@@ -28,19 +28,13 @@ export type Framing =
 export const SESSION: Framing = { kind: 'session' }
 
 /**
- * A granted lock: `pid` is the backend holding it, when the lock statement said (session locks
- * do); `mark` the transaction it lives in, when asked for (see `tx-marks.ts`).
+ * The first row a granted lock statement answered: `pid` is the backend holding the lock, when the
+ * statement said (session locks do); `tx` the mark of the transaction it lives in, when asked for
+ * (see `tx-marks.ts`).
  */
-export interface Granted {
-  readonly pid: number | undefined
-  readonly mark: string | undefined
-}
+export type Granted = Row
 
-function granted(row: Row | undefined): Granted {
-  const mark = row?.tx
-  return { pid: pidOf(row), mark: typeof mark === 'string' ? mark : undefined }
-}
-
+const NO_ROW: Row = Object.freeze({})
 /** Runs `sql` again while a late cancel request keeps hitting it; a cancel is delivered once. */
 async function queryPastCancel(connection: Pinned<unknown>, sql: string): Promise<readonly Row[]> {
   for (let round = 1; ; round += 1) {
@@ -111,54 +105,68 @@ export function takeLock(
 ): Promise<Granted | false> {
   const left = remainingMs(wait.deadline)
   const noWait = wait.noWait || (left !== undefined && left < 1)
-  const plan: AcquirePlan = {
-    id: spec.id,
-    mode: spec.mode,
-    scope: framing.kind === 'session' ? 'session' : 'transaction',
-    noWait,
-    timeoutMs: noWait ? undefined : left,
-    begin: framing.kind === 'begin',
-    savepoint: framing.kind === 'savepoint' ? { name: framing.name, keepOpen: framing.keepOpen } : undefined,
-    mark,
-  }
   const { signal } = wait
   if (signal?.aborted) return Promise.reject(signal.reason)
-  let waiting = true
-  const stopListening = connection.onLost(() => {
-    if (waiting) void connection.cancel().catch(noop)
-  })
   let cancelled: Promise<void> | undefined
-  const onAbort = () => {
-    cancelled = connection.cancel().catch(noop)
-  }
-  signal?.addEventListener('abort', onAbort, { once: true })
-  const stopWaiting = () => {
-    waiting = false
-    signal?.removeEventListener('abort', onAbort)
-  }
+  const onAbort =
+    signal === undefined
+      ? undefined
+      : () => {
+          cancelled = connection.cancel().catch(noop)
+        }
+  if (onAbort !== undefined) signal?.addEventListener('abort', onAbort, { once: true })
   let sent: Promise<readonly Row[]>
   try {
-    sent = connection.send((connection.prepares ? preparedAcquire(plan) : undefined) ?? acquireSql(plan))
+    sent = connection.send(lockStatement(connection, spec, framing, noWait, noWait ? undefined : left, mark))
+    // while the statement waits, a lost connection also cancels the wait on the server
+    connection.cancelOnLoss = true
   } catch (error) {
     sent = Promise.reject(error)
   }
   // `then` rather than `await`: the granted path, nearly every lock, makes no promise of its own
   return sent.then<Granted | false, Granted | false>(
     (rows) => {
-      stopWaiting()
-      if (!signal?.aborted && (!noWait || rows[0]?.acquired === true)) {
-        stopListening()
-        return granted(rows[0])
-      }
-      return notGranted(connection, spec, wait, framing, rows, undefined, cancelled).finally(stopListening)
+      stopWaiting(connection, signal, onAbort)
+      if (!signal?.aborted && (!noWait || rows[0]?.acquired === true)) return rows[0] ?? NO_ROW
+      return notGranted(connection, spec, wait, framing, rows, undefined, cancelled)
     },
     (error: unknown) => {
       // while still waiting, so that a connection failure also cancels the wait on the server
       connection.failed(error)
-      stopWaiting()
-      return notGranted(connection, spec, wait, framing, undefined, error, cancelled).finally(stopListening)
+      stopWaiting(connection, signal, onAbort)
+      return notGranted(connection, spec, wait, framing, undefined, error, cancelled)
     },
   )
+}
+
+/** The lock statement answered or failed: a loss or an abort no longer cancels it. */
+function stopWaiting(connection: Pinned<unknown>, signal: AbortSignal | undefined, onAbort: (() => void) | undefined): void {
+  connection.cancelOnLoss = false
+  if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort)
+}
+
+/** The statement that takes the lock: the bare session call prepared where the driver prepares, else SQL text. */
+function lockStatement(
+  connection: Pinned<unknown>,
+  spec: LockSpec,
+  framing: Framing,
+  noWait: boolean,
+  timeoutMs: number | undefined,
+  mark: string | undefined,
+): string | PreparedStatement {
+  if (framing.kind === 'session' && connection.prepares && (noWait || timeoutMs === undefined)) {
+    return preparedLock(spec.id, spec.mode, noWait)
+  }
+  return acquireSql({
+    id: spec.id,
+    mode: spec.mode,
+    scope: framing.kind === 'session' ? 'session' : 'transaction',
+    noWait,
+    timeoutMs,
+    begin: framing.kind === 'begin',
+    savepoint: framing.kind === 'savepoint' ? { name: framing.name, keepOpen: framing.keepOpen } : undefined,
+    mark,
+  })
 }
 
 /** The lock statement answered "not granted", or failed, or was aborted: undo what it may have left, then say why. */

@@ -17,6 +17,8 @@ export interface TransactionHold {
 
 /** The transaction locks taken on each physical connection and not yet seen to end. */
 const holds = new WeakMap<object, Set<TransactionHold>>()
+/** How many there are in all: most processes never take one, and then a checkout looks nothing up. */
+let tied = 0
 
 const MARK_PREFIX = Math.random().toString(36).slice(2, 10)
 let marks = 0
@@ -44,7 +46,7 @@ const CURRENT_MARK_SQL = `SELECT COALESCE(current_setting('pglock.tx', true), ''
  * pool lends a connection only once the transaction that used it is over.
  */
 export function endTransactionLocks(physical: object | undefined): void {
-  const open = physical === undefined ? undefined : holds.get(physical)
+  const open = physical === undefined || tied === 0 ? undefined : holds.get(physical)
   if (open !== undefined) for (const hold of [...open]) hold.end()
 }
 
@@ -72,6 +74,7 @@ export function tieToTransaction(tie: Tie): TransactionHold {
   for (const other of [...open]) if (other.mark !== tie.mark) other.end()
   const hold: TransactionHold = { mark: tie.mark, connection: tie.physical, end: () => void tie.end() }
   open.add(hold)
+  tied += 1
   let checking: Promise<void> | undefined
   const recheck: Recheck = (via) => (checking ??= stillOpen(tie, via ?? tie.connection).finally(() => (checking = undefined)))
   for (const ticket of tie.tickets) ticket.recheckWith(recheck)
@@ -80,7 +83,7 @@ export function tieToTransaction(tie: Tie): TransactionHold {
 
 /** @internal Forgets a transaction lock that ended. */
 export function untie(hold: TransactionHold): void {
-  holds.get(hold.connection)?.delete(hold)
+  if (holds.get(hold.connection)?.delete(hold) === true) tied -= 1
 }
 
 /** Ends the handle if the transaction its lock was taken in is over; asks through `via`, on the same connection. */

@@ -56,10 +56,11 @@ export function interruptible<T>(
 }
 
 /**
- * @internal Waits for `promise`, a statement or step on a held lock's connection, until the lock is
- * reported lost (`lost` aborts): then rejects with the loss, and whatever `promise` does later is
- * ignored. A driver may never settle a statement sent as its connection died (postgres.js 3.4 after
- * a socket error), and once the loss is known there is nothing left to wait for.
+ * @internal Waits for `promise`, a step on a held lock's connection (the driver's own transaction),
+ * until `lost` aborts: then rejects with the loss, and whatever `promise` does later is ignored. A
+ * driver may never settle a transaction whose connection died (postgres.js 3.4 after a socket
+ * error), and once the loss is known there is nothing left to wait for. The listener stays on
+ * `lost` until it is dropped, so `lost` should live no longer than the wait (one per call).
  */
 export function untilLost<T>(promise: Promise<T>, lost: LazyAbort): Promise<T> {
   if (lost.aborted) {
@@ -67,16 +68,7 @@ export function untilLost<T>(promise: Promise<T>, lost: LazyAbort): Promise<T> {
     return Promise.reject(lost.reason)
   }
   return new Promise<T>((resolve, reject) => {
-    const stop = lost.onAbort(reject)
-    promise.then(
-      (value) => {
-        stop()
-        resolve(value)
-      },
-      (error: unknown) => {
-        stop()
-        reject(error)
-      },
-    )
+    lost.onAbort(reject)
+    promise.then(resolve, reject)
   })
 }

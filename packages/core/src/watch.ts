@@ -19,7 +19,7 @@ export function watchConnection(
     const unsubscribe = connection.onLost((cause) => {
       if (stopped) return
       stopped = true
-      onLost(failed(cause, details))
+      onLost(connectionLostError(cause, details))
     })
     return () => {
       stopped = true
@@ -29,7 +29,8 @@ export function watchConnection(
   return keepAlive(connection, keepAliveMs, onLost, details, pid)
 }
 
-function failed(cause: unknown, details: PgLockErrorDetails): LockLostError {
+/** @internal The loss of a held lock whose connection failed or ended. */
+export function connectionLostError(cause: unknown, details: PgLockErrorDetails): LockLostError {
   return new LockLostError(`lock was lost: the connection holding it failed (${String((cause as Error)?.message ?? cause)})`, {
     ...details,
     cause,
@@ -51,7 +52,7 @@ function keepAlive(
     onLost(error)
   }
   const lostBecause = (cause: unknown, why: string) => lost(new LockLostError(`lock was lost: ${why}`, { ...details, cause }))
-  const unsubscribe = connection.onLost((cause) => lost(failed(cause, details)))
+  const unsubscribe = connection.onLost((cause) => lost(connectionLostError(cause, details)))
   const probe = () => {
     if (stopped) return
     const overdue = setTimeout(() => lostBecause(undefined, `the connection did not answer a probe within ${keepAliveMs} ms`), keepAliveMs)

@@ -1,6 +1,6 @@
-import { acquire, enter, explain, hold, type Take } from './acquire.js'
+import { enter, explain, giveUp, holdingOf, holdShared, notTaken, type Take } from './acquire.js'
 import { checkOut, checkoutDeadline } from './checkout.js'
-import { Pinned } from './connection.js'
+import { Pinned, RELEASED } from './connection.js'
 import { describeKey, LockLostError, type PgLockErrorDetails, UnsupportedError } from './errors.js'
 import type { LockExecutor } from './executor.js'
 import type { GateTicket } from './gate.js'
@@ -9,7 +9,7 @@ import { LazyAbort } from './lazy-abort.js'
 import { type LockRequest, resolveRequest } from './options.js'
 import { nextSavepoint } from './sql.js'
 import { isConnectionFailure } from './sqlstate.js'
-import { NotInTransaction, SESSION } from './take.js'
+import { NotInTransaction, SESSION, takeLock } from './take.js'
 import type { Lease, LockKey, WithLockOptions } from './types.js'
 import { interruptible, untilLost } from './wait.js'
 
@@ -19,15 +19,15 @@ import { interruptible, untilLost } from './wait.js'
  */
 class LockLease<Db> implements Lease<Db> {
   readonly db: Db
-  readonly #lost: LazyAbort
+  readonly #holding: Holding<Db>
 
-  constructor(db: Db, lost: LazyAbort) {
+  constructor(db: Db, holding: Holding<Db>) {
     this.db = db
-    this.#lost = lost
+    this.#holding = holding
   }
 
   get signal(): AbortSignal {
-    return this.#lost.signal
+    return this.#holding.lost.signal
   }
 }
 
@@ -68,10 +68,7 @@ export function runWithLock<Db, T>(
   } catch (error) {
     return Promise.reject(error)
   }
-  if (request.scope === 'session') return inSession(executor, request)
-  return inTransaction(executor, request).catch((error: unknown) => {
-    throw explain(error, request, request)
-  })
+  return request.scope === 'session' ? inSession(executor, request) : inTransaction(executor, request)
 }
 
 async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
@@ -81,19 +78,36 @@ async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db,
       request.details,
     )
   }
-  const holding = await acquire(executor, request, request, SESSION_TAKE)
-  if (holding === undefined) return NOT_ACQUIRED
-  holding.watch(request.keepAliveMs, (error) => holding.lose(error, true))
-  const { lost } = holding
+  // `acquire`, written out here: one async step fewer on every session lock
+  let ticket: GateTicket | undefined
+  let connection: Pinned<Db> | undefined
+  let holding: Holding<Db> | undefined
+  try {
+    const entered = enter(executor, request, request)
+    ticket = entered instanceof Promise ? await entered : entered
+    if (ticket === undefined) return NOT_ACQUIRED
+    connection = new Pinned(await checkOut(executor, request))
+    const made = connection.owned
+      ? holdingOf(executor, request, ticket, connection, SESSION_TAKE, await takeLock(connection, request, request, SESSION))
+      : await holdShared(executor, request, request, ticket, connection, SESSION_TAKE)
+    holding = made instanceof Promise ? await made : made
+  } catch (error) {
+    return giveUp(error, request, request, ticket, connection)
+  }
+  if (holding === undefined) {
+    await notTaken(ticket, connection)
+    return NOT_ACQUIRED
+  }
+  holding.watch(request.keepAliveMs)
   let value: T
   try {
-    const out = request.fn(new LockLease(holding.connection.db, lost))
+    const out = request.fn(new LockLease(holding.connection.db, holding))
     value = isThenable(out) ? await out : out
   } catch (error) {
     await holding.unlock().catch(noop)
-    throw lost.aborted ? lostWhileRunning(lost.reason, error) : error
+    throw holding.isLost ? lostWhileRunning(holding.lost.reason, error) : error
   }
-  if (!(await holding.unlock())) lost.throwIfAborted()
+  if (!(await holding.unlock())) holding.lost.throwIfAborted()
   return value
 }
 
@@ -114,23 +128,37 @@ function connectionFailed(details: PgLockErrorDetails, cause: unknown): LockLost
   )
 }
 
-async function inTransaction<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
-  const entered = enter(executor, request, request)
-  const ticket = entered instanceof Promise ? await entered : entered
-  if (ticket === undefined) return NOT_ACQUIRED
-  const ending = executor.kind === 'pool' ? LEAVE_GATE : KEEP_GATE
+function inTransaction<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
+  // on a pool, one async step from gate to commit, whether pglock sends BEGIN or the driver does
+  if (executor.kind === 'pool') {
+    if (executor.transaction === undefined) return holdWhileRunning(executor, request, undefined, undefined, BEGIN_TAKE, LEAVE_GATE)
+    return inDriverTransaction(executor, request, executor.transaction, undefined, true)
+  }
+  return inGivenTransaction(executor, request)
+}
+
+/** On the caller's connection: its own transaction (under a savepoint), one its driver opens, or a new one. */
+async function inGivenTransaction<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
   try {
-    if (executor.transaction !== undefined && (executor.kind === 'pool' || executor.inTransaction?.() === false)) {
-      return await inDriverTransaction(executor, request, executor.transaction, ticket, ending)
-    }
-    const connection = new Pinned(await checkOut(executor, request))
+    const entered = enter(executor, request, request)
+    const ticket = entered instanceof Promise ? await entered : entered
+    if (ticket === undefined) return NOT_ACQUIRED
     try {
-      return await inOpenOrNewTransaction(executor, request, ticket, connection, ending)
+      if (executor.transaction !== undefined && executor.inTransaction?.() === false) {
+        return await inDriverTransaction(executor, request, executor.transaction, ticket, false)
+      }
+      const connection = new Pinned(await checkOut(executor, request))
+      try {
+        return await inOpenOrNewTransaction(executor, request, ticket, connection, KEEP_GATE)
+      } finally {
+        const releasing = connection.release(false)
+        if (releasing !== RELEASED) await releasing
+      }
     } finally {
-      await connection.release(false)
+      ticket.leave()
     }
-  } finally {
-    ticket.leave()
+  } catch (error) {
+    throw explain(error, request, request)
   }
 }
 
@@ -144,19 +172,26 @@ async function inDriverTransaction<Db, T>(
   executor: LockExecutor<Db>,
   request: Request<Db, T>,
   transaction: NonNullable<LockExecutor<Db>['transaction']>,
-  ticket: GateTicket,
-  base: Ending,
+  given: GateTicket | undefined,
+  leaveGate: boolean,
 ): Promise<Outcome<T>> {
-  const driver: DriverTransactionWatch = { abandoned: new LazyAbort(), stop: noop, lost: undefined }
-  const ending: Ending = { leaveGate: base.leaveGate, driver }
+  const driver: DriverTransactionWatch = { abandoned: new LazyAbort(), holding: undefined, ran: false }
+  const ending: Ending = { leaveGate, driver }
+  let ticket = given
   let held: Promise<Outcome<T>> | undefined
   let started: (() => void) | undefined
   let tooLate: { reason: unknown } | undefined
   try {
+    if (ticket === undefined) {
+      const entered = enter(executor, request, request)
+      ticket = entered instanceof Promise ? await entered : entered
+      if (ticket === undefined) return NOT_ACQUIRED
+    }
+    const onGate = ticket
     const ended = transaction((raw) => {
       if (tooLate !== undefined) return Promise.reject(tooLate.reason)
       started?.()
-      held = holdWhileRunning(executor, request, ticket, new Pinned(raw), DRIVER_TAKE, ending)
+      held = holdWhileRunning(executor, request, onGate, new Pinned(raw), DRIVER_TAKE, ending)
       return held
     })
     const deadline = checkoutDeadline(request)
@@ -174,41 +209,66 @@ async function inDriverTransaction<Db, T>(
     }
     return await untilLost(ended, driver.abandoned)
   } catch (error) {
-    if (held === undefined) throw error
-    const failure = await held.then(
-      () => undefined,
-      (reason: unknown) => ({ reason }),
-    )
-    const { lost } = driver
-    if (lost === undefined || (failure !== undefined && failure.reason instanceof LockLostError)) {
-      throw failure === undefined ? error : failure.reason
-    }
-    const loss = lost.aborted
-      ? lost.reason
-      : error !== failure?.reason && isConnectionFailure(error)
-        ? connectionFailed(request.details, error)
-        : undefined
-    if (loss === undefined) throw failure === undefined ? error : failure.reason
-    throw failure === undefined ? loss : lostWhileRunning(loss, failure.reason)
+    throw explain(held === undefined ? error : await driverFailure(request, driver, held, error), request, request)
   } finally {
-    driver.stop()
+    driver.holding?.stopWatching()
+    if (given === undefined) ticket?.leave()
   }
 }
 
-async function inOpenOrNewTransaction<Db, T>(
+/**
+ * What a failed driver's transaction rejects with: the lock's and `fn`'s failure wins over the
+ * driver's, and the driver failing for its connection once `fn` has run means the lock was lost.
+ */
+async function driverFailure<Db, T>(
+  request: Request<Db, T>,
+  driver: DriverTransactionWatch,
+  held: Promise<Outcome<T>>,
+  error: unknown,
+): Promise<unknown> {
+  const failure = await held.then(
+    () => undefined,
+    (reason: unknown) => ({ reason }),
+  )
+  const { holding } = driver
+  if (holding === undefined || (failure !== undefined && failure.reason instanceof LockLostError)) {
+    return failure === undefined ? error : failure.reason
+  }
+  const loss = holding.isLost
+    ? holding.lost.reason
+    : error !== failure?.reason && isConnectionFailure(error)
+      ? connectionFailed(request.details, error)
+      : undefined
+  if (loss === undefined) return failure === undefined ? error : failure.reason
+  return failure === undefined ? loss : lostWhileRunning(loss, failure.reason)
+}
+
+function inOpenOrNewTransaction<Db, T>(
   executor: LockExecutor<Db>,
   request: Request<Db, T>,
   ticket: GateTicket,
   connection: Pinned<Db>,
   ending: Ending,
 ): Promise<Outcome<T>> {
-  if (executor.kind === 'connection' && executor.inTransaction?.() !== false) {
-    try {
-      const take: Take = { framing: { kind: 'savepoint', name: nextSavepoint(), keepOpen: true } }
-      return await holdWhileRunning(executor, request, ticket, connection, take, ending)
-    } catch (error) {
-      if (!(error instanceof NotInTransaction)) throw error
-    }
+  if (executor.inTransaction?.() !== false) {
+    return inOpenTransaction(executor, request, ticket, connection, ending)
+  }
+  return holdWhileRunning(executor, request, ticket, connection, BEGIN_TAKE, ending)
+}
+
+/** Under a savepoint of the caller's transaction, or in a new one when it turns out there is none. */
+async function inOpenTransaction<Db, T>(
+  executor: LockExecutor<Db>,
+  request: Request<Db, T>,
+  ticket: GateTicket,
+  connection: Pinned<Db>,
+  ending: Ending,
+): Promise<Outcome<T>> {
+  try {
+    const take: Take = { framing: { kind: 'savepoint', name: nextSavepoint(), keepOpen: true } }
+    return await holdWhileRunning(executor, request, ticket, connection, take, ending)
+  } catch (error) {
+    if (!(error instanceof NotInTransaction)) throw error
   }
   return holdWhileRunning(executor, request, ticket, connection, BEGIN_TAKE, ending)
 }
@@ -227,83 +287,103 @@ const KEEP_GATE: Ending = { leaveGate: false }
 
 interface DriverTransactionWatch {
   readonly abandoned: LazyAbort
-  stop: () => void
-  /** Set once the lock is granted and `fn` is about to run: aborted when the lock is lost. */
-  lost: LazyAbort | undefined
+  /** Set once the lock is granted and `fn` is about to run: watched until the driver's transaction ends. */
+  holding: Holding<unknown> | undefined
+  /** whether `fn` has run: a loss from then on also abandons the wait for the driver's commit */
+  ran: boolean
 }
 
-/** Takes the transaction lock on `connection`, runs `fn`, then ends the transaction (or savepoint). */
-async function holdWhileRunning<Db, T>(
-  executor: LockExecutor<Db>,
-  request: Request<Db, T>,
-  ticket: GateTicket,
-  connection: Pinned<Db>,
-  take: Take,
-  ending: Ending,
-): Promise<Outcome<T>> {
-  let holding: Holding<Db> | undefined
-  try {
-    holding = await hold(executor, request, request, ticket, connection, take)
-    if (holding === undefined) return NOT_ACQUIRED
-    return await runHolding(request, holding, ending)
-  } finally {
-    if (ending.driver === undefined) holding?.settle()
-    else {
-      // the driver ends its transaction, and the watch lasts until it has; the connection is done with
-      holding?.onConnection.leave()
-      void connection.releaseQuietly(false)
-    }
-  }
+/** Watches a lock in the driver's transaction: a loss once `fn` has run abandons the driver's commit too. */
+function watchInDriverTransaction(holding: Holding<unknown>, keepAliveMs: number | undefined, driver: DriverTransactionWatch): void {
+  holding.watch(keepAliveMs, (error) => {
+    holding.lose(error, true)
+    if (driver.ran) driver.abandoned.abort(error)
+  })
+  driver.holding = holding
 }
 
 /**
- * Runs `fn` under a granted transaction lock, then ends the transaction. After a loss, a commit or
- * rollback in flight is abandoned (the driver may never answer it), but `fn` itself is always awaited.
+ * Takes the transaction lock on `connection`, runs `fn`, then ends the transaction (or savepoint).
+ * After a loss, a commit or rollback in flight is abandoned (the driver may never answer it), but
+ * `fn` itself is always awaited. Without `given` and `pinned`, it enters the gate and checks a
+ * connection out itself, and gives both back.
  */
-async function runHolding<Db, T>(request: Request<Db, T>, holding: Holding<Db>, ending: Ending): Promise<Outcome<T>> {
+async function holdWhileRunning<Db, T>(
+  executor: LockExecutor<Db>,
+  request: Request<Db, T>,
+  given: GateTicket | undefined,
+  pinned: Pinned<Db> | undefined,
+  take: Take,
+  ending: Ending,
+): Promise<Outcome<T>> {
   const { driver } = ending
-  const { lost } = holding
-  let ran = false
-  holding.watch(request.keepAliveMs, (error) => {
-    holding.lose(error, true)
-    if (ran) driver?.abandoned.abort(error)
-  })
-  if (driver !== undefined) {
-    driver.stop = () => holding.stopWatching()
-    driver.lost = lost
-  }
-  let value: T
+  let ticket = given
+  let connection = pinned
+  let holding: Holding<Db> | undefined
   try {
-    const out = request.fn(new LockLease(holding.db, lost))
-    value = isThenable(out) ? await out : out
-  } catch (error) {
-    ran = true
+    if (ticket === undefined) {
+      const entered = enter(executor, request, request)
+      ticket = entered instanceof Promise ? await entered : entered
+      if (ticket === undefined) return NOT_ACQUIRED
+    }
+    connection ??= new Pinned(await checkOut(executor, request))
+    const made = connection.owned
+      ? holdingOf(executor, request, ticket, connection, take, await takeLock(connection, request, request, take.framing, take.mark))
+      : await holdShared(executor, request, request, ticket, connection, take)
+    holding = made instanceof Promise ? await made : made
+    if (holding === undefined) return NOT_ACQUIRED
+    if (driver === undefined) holding.watch(request.keepAliveMs)
+    else watchInDriverTransaction(holding, request.keepAliveMs, driver)
+    let value: T
+    try {
+      const out = request.fn(new LockLease(holding.db, holding))
+      value = isThenable(out) ? await out : out
+    } catch (error) {
+      if (driver !== undefined) driver.ran = true
+      if (ending.leaveGate) holding.ticket.leave()
+      const gone =
+        holding.isLost ||
+        (await holding.finish(false).then(
+          () => false,
+          (failure: unknown) => lostBy(request.details, (holding as Holding<Db>).lost, failure),
+        ))
+      if (driver === undefined) holding.stopWatching()
+      if (!gone) throw error
+      const failure = lostWhileRunning(holding.lost.reason, error)
+      driver?.abandoned.abort(failure)
+      throw failure
+    }
+    if (driver !== undefined) driver.ran = true
     if (ending.leaveGate) holding.ticket.leave()
-    const gone =
-      lost.aborted ||
-      (await untilLost(holding.finish(false), lost).then(
-        () => false,
-        (failure: unknown) => lostBy(request.details, lost, failure),
-      ))
-    if (driver === undefined) holding.stopWatching()
-    if (!gone) throw error
-    const failure = lostWhileRunning(lost.reason, error)
-    driver?.abandoned.abort(failure)
-    throw failure
-  }
-  ran = true
-  if (ending.leaveGate) holding.ticket.leave()
-  try {
-    if (lost.aborted) driver?.abandoned.abort(lost.reason)
-    lost.throwIfAborted()
-    await untilLost(holding.finish(true), lost)
+    try {
+      if (holding.isLost) {
+        driver?.abandoned.abort(holding.lost.reason)
+        throw holding.lost.reason
+      }
+      await holding.finish(true)
+    } catch (error) {
+      if (lostBy(request.details, holding.lost, error)) throw holding.lost.reason
+      throw error
+    } finally {
+      if (driver === undefined) holding.stopWatching()
+    }
+    return value
   } catch (error) {
-    if (lostBy(request.details, lost, error)) throw lost.reason
-    throw error
+    throw given === undefined ? explain(error, request, request) : error
   } finally {
-    if (driver === undefined) holding.stopWatching()
+    if (driver === undefined) holding?.settle()
+    else {
+      // the driver ends its transaction, and the watch lasts until it has; the connection is done with
+      holding?.onConnection.leave()
+      const releasing = connection?.release(false)
+      if (releasing !== undefined && releasing !== RELEASED) releasing.catch(noop)
+    }
+    if (pinned === undefined && connection !== undefined) {
+      const releasing = connection.release(false)
+      if (releasing !== RELEASED) await releasing
+    }
+    if (given === undefined) ticket?.leave()
   }
-  return value
 }
 
 /** Whether a failure of pglock's own `COMMIT` or `ROLLBACK` shows the lock lost; if so, reported as lost. */
