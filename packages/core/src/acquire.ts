@@ -28,8 +28,8 @@ export interface Take {
   readonly keepSavepoint?: boolean | undefined
 }
 
-/** @internal The lock statement's answer on an owned connection, made a {@link Holding} (see {@link holdShared}). */
-export function holdingOf<Db>(
+/** The lock statement's answer on an owned connection, made a {@link Holding}. */
+function holdingOf<Db>(
   executor: LockExecutor<Db>,
   spec: LockSpec,
   ticket: GateTicket,
@@ -40,17 +40,8 @@ export function holdingOf<Db>(
   return answer === false ? undefined : held(executor, spec, ticket, connection, take, answer, undefined)
 }
 
-/**
- * @internal The last steps of every acquire, on a pinned connection: the connection's own gate,
- * the lock statement (undone if it fails), then the connection's gate claimed. Resolves to the
- * {@link Holding}, or `undefined` when `noWait` found the lock taken. Leaves the connection and
- * `ticket` to the caller when it does not resolve to a holding.
- *
- * On a connection pglock owns, which no other handle can reach yet, there is no gate to wait for:
- * callers take the lock with `takeLock` and await it themselves, then hand its answer to
- * {@link holdingOf} (one promise fewer per lock than a chain through here).
- */
-export async function holdShared<Db>(
+/** {@link hold} on a connection other handles may reach: its gate first (see `LockConnection.connectionKey`). */
+async function holdShared<Db>(
   executor: LockExecutor<Db>,
   spec: LockSpec,
   wait: Wait,
@@ -104,8 +95,27 @@ function held<Db>(
 }
 
 /**
- * @internal The acquire pipeline on a pinned connection: gate, check-out, connection gate, lock
- * (undone if it fails), claim. Resolves to the {@link Holding}, not yet watched, or `undefined`
+ * @internal The last steps of every acquire, on a pinned connection: the connection's gate, the
+ * lock statement (undone if it fails), the claim. Resolves to the {@link Holding}, or `undefined`
+ * when `noWait` found the lock taken; the connection and `ticket` stay the caller's either way.
+ */
+export function hold<Db>(
+  executor: LockExecutor<Db>,
+  spec: LockSpec,
+  wait: Wait,
+  ticket: GateTicket,
+  connection: Pinned<Db>,
+  take: Take,
+): Promise<Holding<Db> | undefined> {
+  if (!connection.owned) return holdShared(executor, spec, wait, ticket, connection, take)
+  return takeLock(connection, spec, wait, take.framing, take.mark).then((answer) =>
+    holdingOf(executor, spec, ticket, connection, take, answer),
+  )
+}
+
+/**
+ * @internal The acquire pipeline, the one that `Lock` and `withLock` in both scopes run: gate,
+ * check-out, then {@link hold}. Resolves to the {@link Holding}, not yet watched, or `undefined`
  * when `noWait` found the lock taken; whatever it does not hand over is given back.
  */
 export async function acquire<Db>(executor: LockExecutor<Db>, spec: LockSpec, wait: Wait, take: Take): Promise<Holding<Db> | undefined> {
@@ -116,10 +126,7 @@ export async function acquire<Db>(executor: LockExecutor<Db>, spec: LockSpec, wa
     ticket = entered instanceof Promise ? await entered : entered
     if (ticket === undefined) return undefined
     connection = new Pinned(await checkOut(executor, wait))
-    const made = connection.owned
-      ? holdingOf(executor, spec, ticket, connection, take, await takeLock(connection, spec, wait, take.framing, take.mark))
-      : await holdShared(executor, spec, wait, ticket, connection, take)
-    const holding = made instanceof Promise ? await made : made
+    const holding = await hold(executor, spec, wait, ticket, connection, take)
     if (holding !== undefined) return holding
   } catch (error) {
     return giveUp(error, spec, wait, ticket, connection)
@@ -128,10 +135,10 @@ export async function acquire<Db>(executor: LockExecutor<Db>, spec: LockSpec, wa
 }
 
 /**
- * @internal An acquire that failed: the connection and the place in the gate are given back, and
+ * An acquire that failed: the connection and the place in the gate are given back, and
  * a deadline that passed becomes the lock's timeout. Rejects with that error.
  */
-export async function giveUp(
+async function giveUp(
   error: unknown,
   spec: LockSpec,
   wait: Wait,
@@ -143,8 +150,8 @@ export async function giveUp(
   throw explain(error, spec, wait)
 }
 
-/** @internal `noWait` found the lock taken: the connection and the place in the gate are given back. */
-export async function notTaken(ticket: GateTicket, connection: Pinned<unknown>): Promise<undefined> {
+/** `noWait` found the lock taken: the connection and the place in the gate are given back. */
+async function notTaken(ticket: GateTicket, connection: Pinned<unknown>): Promise<undefined> {
   await connection.release(false)
   ticket.leave()
   return undefined

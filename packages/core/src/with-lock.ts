@@ -1,4 +1,4 @@
-import { enter, explain, giveUp, holdingOf, holdShared, notTaken, type Take } from './acquire.js'
+import { acquire, enter, explain, hold, type Take } from './acquire.js'
 import { checkOut, checkoutDeadline } from './checkout.js'
 import { Pinned, RELEASED } from './connection.js'
 import { describeKey, LockLostError, type PgLockErrorDetails, UnsupportedError } from './errors.js'
@@ -9,7 +9,7 @@ import { LazyAbort } from './lazy-abort.js'
 import { type LockRequest, resolveRequest } from './options.js'
 import { nextSavepoint } from './sql.js'
 import { isConnectionFailure } from './sqlstate.js'
-import { NotInTransaction, SESSION, takeLock } from './take.js'
+import { NotInTransaction, SESSION } from './take.js'
 import type { Lease, LockKey, WithLockOptions } from './types.js'
 import { interruptible, untilLost } from './wait.js'
 
@@ -78,26 +78,8 @@ async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db,
       request.details,
     )
   }
-  // `acquire`, written out here: one async step fewer on every session lock
-  let ticket: GateTicket | undefined
-  let connection: Pinned<Db> | undefined
-  let holding: Holding<Db> | undefined
-  try {
-    const entered = enter(executor, request, request)
-    ticket = entered instanceof Promise ? await entered : entered
-    if (ticket === undefined) return NOT_ACQUIRED
-    connection = new Pinned(await checkOut(executor, request))
-    const made = connection.owned
-      ? holdingOf(executor, request, ticket, connection, SESSION_TAKE, await takeLock(connection, request, request, SESSION))
-      : await holdShared(executor, request, request, ticket, connection, SESSION_TAKE)
-    holding = made instanceof Promise ? await made : made
-  } catch (error) {
-    return giveUp(error, request, request, ticket, connection)
-  }
-  if (holding === undefined) {
-    await notTaken(ticket, connection)
-    return NOT_ACQUIRED
-  }
+  const holding = await acquire(executor, request, request, SESSION_TAKE)
+  if (holding === undefined) return NOT_ACQUIRED
   holding.watch(request.keepAliveMs)
   let value: T
   try {
@@ -317,20 +299,12 @@ async function holdWhileRunning<Db, T>(
   ending: Ending,
 ): Promise<Outcome<T>> {
   const { driver } = ending
-  let ticket = given
-  let connection = pinned
   let holding: Holding<Db> | undefined
   try {
-    if (ticket === undefined) {
-      const entered = enter(executor, request, request)
-      ticket = entered instanceof Promise ? await entered : entered
-      if (ticket === undefined) return NOT_ACQUIRED
-    }
-    connection ??= new Pinned(await checkOut(executor, request))
-    const made = connection.owned
-      ? holdingOf(executor, request, ticket, connection, take, await takeLock(connection, request, request, take.framing, take.mark))
-      : await holdShared(executor, request, request, ticket, connection, take)
-    holding = made instanceof Promise ? await made : made
+    holding =
+      given === undefined || pinned === undefined
+        ? await acquire(executor, request, request, take)
+        : await hold(executor, request, request, given, pinned, take)
     if (holding === undefined) return NOT_ACQUIRED
     if (driver === undefined) holding.watch(request.keepAliveMs)
     else watchInDriverTransaction(holding, request.keepAliveMs, driver)
@@ -375,14 +349,15 @@ async function holdWhileRunning<Db, T>(
     else {
       // the driver ends its transaction, and the watch lasts until it has; the connection is done with
       holding?.onConnection.leave()
-      const releasing = connection?.release(false)
+      const releasing = pinned?.release(false)
       if (releasing !== undefined && releasing !== RELEASED) releasing.catch(noop)
     }
-    if (pinned === undefined && connection !== undefined) {
-      const releasing = connection.release(false)
+    // what `acquire` checked out and entered is given back here; a caller's connection and place stay its own
+    if (pinned === undefined && holding !== undefined) {
+      const releasing = holding.connection.release(false)
       if (releasing !== RELEASED) await releasing
+      holding.ticket.leave()
     }
-    if (given === undefined) ticket?.leave()
   }
 }
 
