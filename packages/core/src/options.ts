@@ -55,10 +55,24 @@ function checkMs(name: string, value: unknown, details: PgLockErrorDetails, min:
 
 const NO_OPTIONS: LockOptions = Object.freeze({})
 
+/** The options each call takes: a misspelt one (`timeout` for `timeoutMs`) fails rather than being ignored. */
+const LOCK_OPTIONS: ReadonlySet<string> = new Set(['scope', 'mode', 'keyHash', 'keepAliveMs'])
+const ACQUIRE_OPTIONS: ReadonlySet<string> = new Set(['timeoutMs', 'signal'])
+const WITH_LOCK_OPTIONS: ReadonlySet<string> = new Set([...LOCK_OPTIONS, ...ACQUIRE_OPTIONS])
+
+function checkNames(options: object, known: ReadonlySet<string>, details: PgLockErrorDetails): void {
+  for (const name in options) {
+    if (!known.has(name) && Object.hasOwn(options, name)) {
+      throw new InvalidArgumentError(`unknown option ${JSON.stringify(name)}: expected one of ${[...known].join(', ')}`, details)
+    }
+  }
+}
+
 /** Validates the lock's own options (not the key); returns them, `{}` for none. */
-function checkSpecOptions(key: LockKey, options: unknown): LockOptions {
+function checkSpecOptions(key: LockKey, options: unknown, known: ReadonlySet<string>): LockOptions {
   if (options === undefined) return NO_OPTIONS
   checkObject(options, { key })
+  checkNames(options as object, known, { key })
   const checked = options as LockOptions
   const { scope, mode, keepAliveMs } = checked
   if (scope !== undefined && scope !== 'session' && scope !== 'transaction') {
@@ -115,7 +129,7 @@ class Spec implements LockSpec {
 
 /** @internal Validates a key and the options of `createLock`/`withLock`, before any SQL. */
 export function resolveSpec(key: LockKey, options: unknown): LockSpec {
-  const { scope = 'session', mode = 'exclusive', keepAliveMs, keyHash } = checkSpecOptions(key, options)
+  const { scope = 'session', mode = 'exclusive', keepAliveMs, keyHash } = checkSpecOptions(key, options, LOCK_OPTIONS)
   const { id, token } = resolveKey(key, keyHash)
   return new Spec(key, id, token, scope, mode, keepAliveMs)
 }
@@ -124,9 +138,10 @@ export function resolveSpec(key: LockKey, options: unknown): LockSpec {
  * @internal Validates the options of one wait, before any SQL, and starts its clock: `timeoutMs`
  * bounds the whole acquire from here, the wait for a pooled connection included.
  */
-export function resolveWait(options: unknown, spec: Pick<LockSpec, 'details'>, noWait: boolean): Wait {
+export function resolveWait(options: unknown, spec: Pick<LockSpec, 'details'>, noWait: boolean, known = ACQUIRE_OPTIONS): Wait {
   if (options === undefined) return noWait ? NO_WAIT : WAIT
   if (!isObject(options)) checkObject(options, spec.details)
+  if (known !== WITH_LOCK_OPTIONS) checkNames(options as object, known, spec.details)
   const { timeoutMs: given, signal } = options as WithLockOptions
   if (signal !== undefined && !(signal instanceof AbortSignal)) {
     throw new InvalidArgumentError('signal must be an AbortSignal', spec.details)
@@ -164,11 +179,12 @@ class Request<F> extends Spec implements LockRequest<F> {
 
 /** @internal Validates everything a `withLock` call was given, before any SQL. */
 export function resolveRequest<F>(key: LockKey, fn: F, options: unknown, noWait: boolean): LockRequest<F> {
-  const { scope = 'session', mode = 'exclusive', keepAliveMs, keyHash } = checkSpecOptions(key, options)
+  const { scope = 'session', mode = 'exclusive', keepAliveMs, keyHash } = checkSpecOptions(key, options, WITH_LOCK_OPTIONS)
   const { id, token } = resolveKey(key, keyHash)
   const request = new Request(key, id, token, scope, mode, keepAliveMs, noWait, fn)
   if (options !== undefined) {
-    const wait = resolveWait(options, request, noWait)
+    // its names were checked with the lock's own
+    const wait = resolveWait(options, request, noWait, WITH_LOCK_OPTIONS)
     request.timeoutMs = wait.timeoutMs
     request.signal = wait.signal
     request.deadline = wait.deadline

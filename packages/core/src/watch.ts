@@ -1,5 +1,5 @@
 import type { Pinned } from './connection.js'
-import { LockLostError, type PgLockErrorDetails } from './errors.js'
+import { describeKey, LockLostError, type PgLockErrorDetails } from './errors.js'
 import { PROBE_SQL, pidOf } from './sql.js'
 
 /**
@@ -31,10 +31,13 @@ export function watchConnection(
 
 /** @internal The loss of a held lock whose connection failed or ended. */
 export function connectionLostError(cause: unknown, details: PgLockErrorDetails): LockLostError {
-  return new LockLostError(`lock was lost: the connection holding it failed (${String((cause as Error)?.message ?? cause)})`, {
-    ...details,
-    cause,
-  })
+  return new LockLostError(
+    `lock ${describeKey(details.key)} was lost: the connection holding it failed (${String((cause as Error)?.message ?? cause)})`,
+    {
+      ...details,
+      cause,
+    },
+  )
 }
 
 function keepAlive(
@@ -51,7 +54,8 @@ function keepAlive(
     stop()
     onLost(error)
   }
-  const lostBecause = (cause: unknown, why: string) => lost(new LockLostError(`lock was lost: ${why}`, { ...details, cause }))
+  const lostBecause = (cause: unknown, why: string) =>
+    lost(new LockLostError(`lock ${describeKey(details.key)} was lost: ${why}`, { ...details, cause }))
   const unsubscribe = connection.onLost((cause) => lost(connectionLostError(cause, details)))
   const probe = () => {
     if (stopped) return

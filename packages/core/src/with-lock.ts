@@ -1,7 +1,7 @@
 import { acquire, enter, explain, hold, type Take } from './acquire.js'
 import { checkOut, checkoutDeadline } from './checkout.js'
 import { Pinned, RELEASED } from './connection.js'
-import { describeKey, LockLostError, type PgLockErrorDetails, UnsupportedError } from './errors.js'
+import { LockLostError, type PgLockErrorDetails, UnsupportedError } from './errors.js'
 import type { LockExecutor } from './executor.js'
 import type { GateTicket } from './gate.js'
 import type { Holding } from './holding.js'
@@ -12,6 +12,7 @@ import { isConnectionFailure } from './sqlstate.js'
 import { NotInTransaction, SESSION } from './take.js'
 import type { Lease, LockKey, WithLockOptions } from './types.js'
 import { interruptible, untilLost } from './wait.js'
+import { connectionLostError } from './watch.js'
 
 /**
  * The lease `withLock` hands to `fn`. `signal` is a getter on the prototype, so that its
@@ -100,14 +101,6 @@ async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db,
 function lostWhileRunning(loss: unknown, error: unknown): unknown {
   if (error === loss || !(loss instanceof LockLostError)) return loss
   return new LockLostError(loss.message, { key: loss.key, mode: loss.mode, scope: loss.scope, cause: error })
-}
-
-/** The loss of a transaction lock whose connection failed under pglock's own `COMMIT`, `ROLLBACK`, or the driver's. */
-function connectionFailed(details: PgLockErrorDetails, cause: unknown): LockLostError {
-  return new LockLostError(
-    `lock ${describeKey(details.key)} was lost: the connection holding it failed (${String((cause as Error)?.message ?? cause)})`,
-    { ...details, cause },
-  )
 }
 
 function inTransaction<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
@@ -219,7 +212,7 @@ async function driverFailure<Db, T>(
   const loss = holding.isLost
     ? holding.lost.reason
     : error !== failure?.reason && isConnectionFailure(error)
-      ? connectionFailed(request.details, error)
+      ? connectionLostError(error, request.details)
       : undefined
   if (loss === undefined) return failure === undefined ? error : failure.reason
   return failure === undefined ? loss : lostWhileRunning(loss, failure.reason)
@@ -363,6 +356,6 @@ async function holdWhileRunning<Db, T>(
 
 /** Whether a failure of pglock's own `COMMIT` or `ROLLBACK` shows the lock lost; if so, reported as lost. */
 function lostBy(details: PgLockErrorDetails, lost: LazyAbort, failure: unknown): boolean {
-  if (!lost.aborted && isConnectionFailure(failure)) lost.abort(connectionFailed(details, failure))
+  if (!lost.aborted && isConnectionFailure(failure)) lost.abort(connectionLostError(failure, details))
   return lost.aborted
 }

@@ -31,6 +31,14 @@ describe('option resolution and validation', () => {
     ['tryAcquire options that are not an object', (s) => createLock(s.pool(), 'k').tryAcquire(7 as never), 'INVALID_ARGUMENT'],
     ['an unknown key hash', (s) => withLock(s.pool(), 'k', fn, { keyHash: 'md5' as never }), 'INVALID_KEY'],
     ['transaction scope on createLock of a pool', async (s) => createLock(s.pool(), 'k', { scope: 'transaction' }), 'UNSUPPORTED'],
+    ['a misspelt withLock option', (s) => withLock(s.pool(), 'k', fn, { timeout: 100 } as never), 'INVALID_ARGUMENT'],
+    [
+      'a misspelt option in transaction scope',
+      (s) => tryWithLock(s.pool(), 'k', fn, { scope: 'transaction', sigal: 1 } as never),
+      'INVALID_ARGUMENT',
+    ],
+    ['an acquire option given to createLock', async (s) => createLock(s.pool(), 'k', { timeoutMs: 100 } as never), 'INVALID_ARGUMENT'],
+    ['a lock option given to acquire', (s) => createLock(s.pool(), 'k').acquire({ mode: 'shared' } as never), 'INVALID_ARGUMENT'],
   ]
 
   for (const [what, call, code] of cases) {
@@ -40,6 +48,13 @@ describe('option resolution and validation', () => {
       expect(server.roundTrips()).toBe(0)
     })
   }
+
+  it('names the unknown option and the ones it takes', async () => {
+    const server = new MemoryPostgres()
+    await expect(withLock(server.pool(), 'k', fn, { timeout: 100 } as never)).rejects.toThrow(
+      'unknown option "timeout": expected one of scope, mode, keyHash, keepAliveMs, timeoutMs, signal',
+    )
+  })
 
   it('rejects an already aborted signal with its reason before any SQL', async () => {
     const server = new MemoryPostgres()
