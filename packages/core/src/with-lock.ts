@@ -212,7 +212,8 @@ async function driverFailure<Db, T>(
   const loss = holding.isLost
     ? holding.lost.reason
     : error !== failure?.reason && isConnectionFailure(error)
-      ? connectionLostError(error, request.details)
+      ? // fn's own connection error says more than what the driver made of it (Kysely's can be a TypeError)
+        connectionLostError(failure !== undefined && isConnectionFailure(failure.reason) ? failure.reason : error, request.details)
       : undefined
   if (loss === undefined) return failure === undefined ? error : failure.reason
   return failure === undefined ? loss : lostWhileRunning(loss, failure.reason)
