@@ -4,12 +4,36 @@ import { brokenHandles, isTransactionSql } from './handles.js'
 import { PinLoss } from './pin-loss.js'
 import { type ConnectionName, nameOf, onConnectionClose, startNaming } from './pool-events.js'
 import type { PostgresJsConnection } from './postgres-js-executor.js'
-import { backendKeyOf, type DriverQuery, destroyV4Connection, keepErrorsOwn } from './privates.js'
+import {
+  backendKeyOf,
+  type DriverQuery,
+  destroyV4Connection,
+  keepErrorsOwn,
+  leasedConnectionOf,
+  type V4Lease,
+  type V4LeasedConnection,
+} from './privates.js'
 
 type Query = DriverQuery & PromiseLike<readonly unknown[]>
+type Handle = ReservedSql<any> | TransactionSql<any>
 
 /** The connection each handle pglock was given runs on (a transaction and its savepoints share one). */
-const handleNames = new WeakMap<ReservedSql<any> | TransactionSql<any>, ConnectionName>()
+const handleConnections = new WeakMap<Handle, V4LeasedConnection>()
+/** The same, named through the `diagnostics_channel`s where statements do not carry their connection. */
+const handleNames = new WeakMap<Handle, ConnectionName>()
+
+/**
+ * Whether this postgres.js's statements carry their leased connection; until one has settled,
+ * the channels name connections too. A statement without it turns the channels back on.
+ */
+let leasesReadable: boolean | undefined
+
+function readLease(query: Query, settled: boolean): V4LeasedConnection | undefined {
+  const connection = leasedConnectionOf(query)
+  if (connection !== undefined) leasesReadable = true
+  else if (settled) leasesReadable = false
+  return connection
+}
 
 /** A host and port (a directory host is a Unix socket's) to send a CancelRequest to. */
 export interface Endpoint {
@@ -47,38 +71,99 @@ function forgetScope(name: ConnectionName): void {
   scopes.delete(`${name.id}@${name.host}:${name.port}`)
 }
 
-/** Names a handle's connection with a traced empty statement: one round trip, once per handle. */
-export async function nameHandleV4(handle: ReservedSql<any> | TransactionSql<any>): Promise<void> {
-  if (handleNames.has(handle) || brokenHandles.has(handle)) return
-  const stop = startNaming()
+/** One scope object per connection read from a statement; it goes with the connection. */
+const connectionScopes = new WeakMap<V4LeasedConnection, object>()
+
+function scopeOfConnection(connection: V4LeasedConnection): object {
+  let scope = connectionScopes.get(connection)
+  if (scope === undefined) connectionScopes.set(connection, (scope = { connection: connection.id }))
+  return scope
+}
+
+/** Names a handle's connection with an empty statement: one round trip, once per handle. */
+export async function nameHandleV4(handle: Handle): Promise<void> {
+  if (handleConnections.has(handle) || handleNames.has(handle) || brokenHandles.has(handle)) return
+  const stop = leasesReadable === true ? undefined : startNaming()
   try {
     const query = handle.unsafe(';') as unknown as Query
     if (isTransactionSql(handle)) keepErrorsOwn(query)
-    const name = nameOf(await query.then(undefined, (error: unknown) => error))
+    const outcome = await query.then(undefined, (error: unknown) => error)
+    const connection = readLease(query, outcome === undefined || Array.isArray(outcome))
+    if (connection !== undefined) return void handleConnections.set(handle, connection)
+    const name = nameOf(outcome)
     if (name !== undefined) handleNames.set(handle, name)
+    // a driver whose statements lost their connection since: name it once more, through the channels
+    else if (stop === undefined && leasesReadable === false) await nameHandleV4(handle)
   } finally {
-    stop()
+    stop?.()
   }
+}
+
+/** A connection's loss, as a lease's pin hears it. */
+interface LeaseListener {
+  leaseClosed(cause: unknown): void
+}
+
+/** Who hears a handle's lease close: one reaction on `lease.closed` however many locks the handle takes. */
+class LeaseWatch {
+  readonly #listeners = new Set<LeaseListener>()
+  #closed = false
+  #cause: unknown
+
+  constructor(lease: V4Lease) {
+    lease.closed.then(undefined, (cause: unknown) => this.#close(cause))
+  }
+
+  add(listener: LeaseListener): void {
+    if (this.#closed) listener.leaseClosed(this.#cause)
+    else this.#listeners.add(listener)
+  }
+
+  delete(listener: LeaseListener): void {
+    this.#listeners.delete(listener)
+  }
+
+  #close(cause: unknown): void {
+    this.#closed = true
+    this.#cause = cause
+    for (const listener of [...this.#listeners]) listener.leaseClosed(cause)
+    this.#listeners.clear()
+  }
+}
+
+const leaseWatches = new WeakMap<V4Lease, LeaseWatch>()
+
+function leaseWatchOf(lease: V4Lease): LeaseWatch {
+  let watch = leaseWatches.get(lease)
+  if (watch === undefined) leaseWatches.set(lease, (watch = new LeaseWatch(lease)))
+  return watch
 }
 
 const noop = (): void => undefined
 
-/** `pinPostgresJs` for 4.x, on its public `diagnostics_channel`s; a class, as one is built per lock. */
-class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
+/**
+ * `pinPostgresJs` for 4.x; a class, as one is built per lock. It learns its connection from its
+ * first statement's private `connection`, and hears it close through the lease's `closed`; the
+ * `diagnostics_channel`s only where statements lack that shape.
+ */
+class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListener {
   readonly db: Db
   readonly owned: boolean
-  readonly #handle: ReservedSql<any> | TransactionSql<any>
+  readonly #handle: Handle
   readonly #transaction: TransactionSql<any> | undefined
   readonly #giveBack: boolean
   readonly #endpoint: Endpoint | undefined
+  #connection: V4LeasedConnection | undefined
   #name: ConnectionName | undefined
+  #scope: object | undefined
+  #watching = false
   #unwatch: (() => void) | undefined
   #running: Query | undefined
   #last: Query | undefined
   #released = false
   #closed = false
 
-  constructor(handle: ReservedSql<any> | TransactionSql<any>, db: Db, owned: boolean, giveBack: boolean, endpoint: Endpoint | undefined) {
+  constructor(handle: Handle, db: Db, owned: boolean, giveBack: boolean, endpoint: Endpoint | undefined) {
     super()
     this.db = db
     this.owned = owned
@@ -86,13 +171,18 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
     this.#transaction = isTransactionSql(handle) ? handle : undefined
     this.#giveBack = giveBack
     this.#endpoint = endpoint
-    this.#name = handleNames.get(handle)
+    // pglock's own handles are new for each lock: nothing is known of them yet
+    if (owned) return
+    this.#connection = handleConnections.get(handle)
+    if (this.#connection === undefined) this.#name = handleNames.get(handle)
     if (brokenHandles.has(handle)) this.report(brokenHandles.get(handle))
     this.#watch()
   }
 
   get connectionKey(): object | undefined {
     if (this.#transaction === undefined) return this.#handle
+    if (this.#scope !== undefined) return this.#scope
+    if (this.#connection !== undefined) return (this.#scope = scopeOfConnection(this.#connection))
     return this.#name === undefined ? undefined : scopeOf(this.#name)
   }
 
@@ -105,8 +195,7 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
     const query = this.#running
     if (query === undefined) return
     const backend = backendKeyOf(query)
-    const name = this.#name
-    const at = name?.host != null && name.port !== null ? { host: name.host, port: name.port } : this.#endpoint
+    const at = this.#cancelEndpoint()
     if (backend !== null && at !== undefined) return sendCancelRequest(at.host, at.port, backend)
     if (!this.lost) await Promise.resolve(query.cancel()).catch(noop)
   }
@@ -119,19 +208,26 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
     if (this.#giveBack) (this.#handle as ReservedSql<any>).release()
   }
 
+  /** The lease's connection closed: a method, so that a handle's `LeaseWatch` holds no closure per lock. */
+  leaseClosed(cause: unknown): void {
+    if (this.#released) return
+    this.#closed = true
+    this.#fail(cause)
+  }
+
   protected async send(sql: string, values: readonly (string | null)[], prepared: boolean): Promise<readonly Row[]> {
     if (this.lost) throw this.cause
     const query = this.#handle.unsafe(sql, values as string[], prepared ? PREPARED : AS_TEXT) as unknown as Query
     if (this.#transaction !== undefined) keepErrorsOwn(query)
-    const stopNaming = this.#unwatch === undefined ? startNaming() : undefined
+    const stopNaming = this.#watching || leasesReadable === true ? undefined : startNaming()
     this.#running = query
     this.#last = query
     try {
       const result = await query
-      this.#learn(result)
+      this.#learn(query, result, true)
       return lastRows(result)
     } catch (error) {
-      this.#learn(error)
+      this.#learn(query, error, false)
       if (isConnectionFailure(error)) this.#fail(error)
       throw error
     } finally {
@@ -141,15 +237,40 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
     }
   }
 
+  #cancelEndpoint(): Endpoint | undefined {
+    const connection = this.#connection
+    if (connection !== undefined) {
+      const { host, port } = connection
+      return typeof host === 'string' && typeof port === 'number' ? { host, port } : this.#endpoint
+    }
+    const name = this.#name
+    return name?.host != null && name.port !== null ? { host: name.host, port: name.port } : this.#endpoint
+  }
+
   #fail(cause: unknown): void {
     if (!this.owned && !this.lost) brokenHandles.set(this.#handle, cause)
+    handleConnections.delete(this.#handle)
     handleNames.delete(this.#handle)
     this.report(cause)
   }
 
   #watch(): void {
+    if (this.#watching || this.#released || this.lost) return
+    const connection = this.#connection
+    if (connection !== undefined) {
+      this.#watching = true
+      // an owned handle's lease ends with this lock, and the reaction with it
+      if (this.owned) connection.lease.closed.then(undefined, (cause: unknown) => this.leaseClosed(cause))
+      else {
+        const watch = leaseWatchOf(connection.lease)
+        this.#unwatch = () => watch.delete(this)
+        watch.add(this)
+      }
+      return
+    }
     const name = this.#name
-    if (name === undefined || this.#unwatch !== undefined || this.#released || this.lost) return
+    if (name === undefined) return
+    this.#watching = true
     this.#unwatch = onConnectionClose(name, (cause) => {
       this.#closed = true
       forgetScope(name)
@@ -157,8 +278,13 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
     })
   }
 
-  #learn(outcome: unknown): void {
-    if (this.#name !== undefined) return
+  #learn(query: Query, outcome: unknown, settled: boolean): void {
+    if (this.#connection !== undefined || this.#name !== undefined) return
+    this.#connection = readLease(query, settled)
+    if (this.#connection !== undefined) {
+      if (!this.owned) handleConnections.set(this.#handle, this.#connection)
+      return
+    }
     this.#name = nameOf(outcome)
     if (this.#name !== undefined && !this.owned) handleNames.set(this.#handle, this.#name)
   }

@@ -207,6 +207,33 @@ interface V4Connection {
   destroy(error?: unknown): void
 }
 
+/** A 4.x lease (a `ReservedSql`'s or `TransactionSql`'s hold on a connection): `closed` rejects when its connection closes. */
+export interface V4Lease {
+  readonly closed: Promise<never>
+}
+
+/** A 4.x pool connection as a statement sent on a lease carries it: named by `id`, `host` and `port`. */
+export interface V4LeasedConnection extends V4Connection {
+  readonly id: number
+  readonly host: unknown
+  readonly port: unknown
+  /** The error it closed with, or `null` while open. */
+  readonly closed: unknown
+  readonly lease: V4Lease
+}
+
+/**
+ * The leased connection a settled 4.x statement ran on, read without the `diagnostics_channel`s
+ * (which, while subscribed, trace every query of the application); `undefined` when its shape differs.
+ */
+export function leasedConnectionOf(query: DriverQuery): V4LeasedConnection | undefined {
+  const connection = (query as { connection?: unknown }).connection as Partial<V4LeasedConnection> | null | undefined
+  if (typeof connection !== 'object' || connection === null) return undefined
+  if (typeof connection.id !== 'number' || typeof connection.destroy !== 'function' || !('closed' in connection)) return undefined
+  const lease = connection.lease as Partial<V4Lease> | null | undefined
+  return typeof lease === 'object' && lease !== null && lease.closed instanceof Promise ? (connection as V4LeasedConnection) : undefined
+}
+
 /** Closes a 4.x statement's connection: `release()` would pool a session still holding a lock. */
 export function destroyV4Connection(query: DriverQuery): void {
   const connection = (query as { connection?: unknown }).connection
