@@ -23,16 +23,16 @@ function call(fn: LockFunction, id: LockId, mode: LockMode): string {
   return `${FUNCTION_NAMES[fn]}${mode === 'shared' ? '_shared' : ''}(${literal(id)})`
 }
 
-type PreparedFunction = 'lock' | 'try' | 'unlock'
+type PreparedFunction = 'lock' | 'try' | 'xact' | 'try_xact' | 'unlock'
 
 /**
  * Name and text of every prepared lock call, by function, mode and id kind: built once. Like
- * their text forms, each answers `pid`, and the unlock unlocks only on the backend given as its
- * last parameter (or anywhere, when that is null).
+ * their text forms, each session call answers `pid`, and the unlock unlocks only on the backend
+ * given as its last parameter (or anywhere, when that is null).
  */
 type Prepared = { readonly name: string; readonly text: string }
 const PREPARED = {} as Record<PreparedFunction, Record<LockMode, Record<LockId['kind'], Prepared>>>
-for (const fn of ['lock', 'try', 'unlock'] as const) {
+for (const fn of ['lock', 'try', 'xact', 'try_xact', 'unlock'] as const) {
   PREPARED[fn] = {} as Record<LockMode, Record<LockId['kind'], Prepared>>
   for (const mode of ['exclusive', 'shared'] as const) {
     PREPARED[fn][mode] = {} as Record<LockId['kind'], Prepared>
@@ -45,8 +45,9 @@ for (const fn of ['lock', 'try', 'unlock'] as const) {
       const answer =
         fn === 'unlock'
           ? `CASE WHEN ${pid} IS NULL OR pg_backend_pid() = ${pid} THEN ${call} END AS released`
-          : `${call}${fn === 'try' ? ' AS acquired' : ''}`
-      PREPARED[fn][mode][kind] = { name: `pglock_${name}_${kind}`, text: `SELECT ${answer}, pg_backend_pid() AS pid` }
+          : `${call}${fn === 'try' || fn === 'try_xact' ? ' AS acquired' : ''}`
+      const pidColumn = fn === 'xact' || fn === 'try_xact' ? '' : ', pg_backend_pid() AS pid'
+      PREPARED[fn][mode][kind] = { name: `pglock_${name}_${kind}`, text: `SELECT ${answer}${pidColumn}` }
     }
   }
 }
@@ -85,9 +86,9 @@ function preparedCall(fn: PreparedFunction, id: LockId, mode: LockMode, pid?: nu
   return statement
 }
 
-/** The bare statement that takes a session lock (`noWait`: the try form), as a prepared statement. */
-export function preparedLock(id: LockId, mode: LockMode, noWait: boolean): PreparedStatement {
-  return preparedCall(noWait ? 'try' : 'lock', id, mode)
+/** The bare statement that takes a session or transaction lock (`noWait`: the try form), as a prepared statement. */
+export function preparedLock(id: LockId, mode: LockMode, noWait: boolean, transaction: boolean): PreparedStatement {
+  return preparedCall(transaction ? (noWait ? 'try_xact' : 'xact') : noWait ? 'try' : 'lock', id, mode)
 }
 
 /** {@link unlockSql} as a prepared statement. */

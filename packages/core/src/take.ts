@@ -145,7 +145,10 @@ function stopWaiting(connection: Pinned<unknown>, signal: AbortSignal | undefine
   if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort)
 }
 
-/** The statement that takes the lock: the bare session call prepared where the driver prepares, else SQL text. */
+/**
+ * The statement that takes the lock: the bare call, prepared where the driver prepares, in session
+ * scope or in a transaction the driver opened; else SQL text.
+ */
 function lockStatement(
   connection: Pinned<unknown>,
   spec: LockSpec,
@@ -154,8 +157,9 @@ function lockStatement(
   timeoutMs: number | undefined,
   mark: string | undefined,
 ): string | PreparedStatement {
-  if (framing.kind === 'session' && connection.prepares && (noWait || timeoutMs === undefined)) {
-    return preparedLock(spec.id, spec.mode, noWait)
+  const bare = framing.kind === 'session' || (framing.kind === 'driver-transaction' && mark === undefined)
+  if (bare && connection.prepares && (noWait || timeoutMs === undefined)) {
+    return preparedLock(spec.id, spec.mode, noWait, framing.kind !== 'session')
   }
   return acquireSql({
     id: spec.id,

@@ -306,7 +306,7 @@ class V3Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
   }
 }
 
-/** A pin that runs the bare session lock calls as named prepared statements. */
+/** A pin that runs the bare lock calls as named prepared statements. */
 class PreparedV3Pin<Db> extends V3Pin<Db> {
   execute(statement: PreparedStatement): Promise<readonly Row[]> {
     return this.executeStatement(statement)
@@ -326,7 +326,7 @@ const noop = (): void => undefined
  * handle pglock does not own is lost from the start if its connection failed before.
  *
  * @param options - `release`: give an owned `ReservedSql` back; `pool`: the `Sql` it came from;
- * `prepare`: send the session lock calls as named prepared statements.
+ * `prepare`: send the bare lock calls as named prepared statements (on 4.x, in transactions too).
  * @example
  * ```ts
  * const reserved = await sql.reserve()
@@ -336,7 +336,7 @@ const noop = (): void => undefined
 export function pinPostgresJs<Db>(handle: ReservedSql<any> | TransactionSql<any>, db: Db, options: PinOptions): PostgresJsConnection<Db> {
   const { owned, release = false, pool, prepare = false } = options
   if (generationOf(handle, pool) === 4) {
-    return pinV4(handle, db, owned, release, prepare && !isTransactionSql(handle), pool === undefined ? undefined : endpointOf(pool))
+    return pinV4(handle, db, owned, release, prepare, pool === undefined ? undefined : endpointOf(pool))
   }
   return prepare && !isTransactionSql(handle)
     ? new PreparedV3Pin(handle, db, owned, release, pool)
@@ -391,8 +391,13 @@ const poolTransactionOptions = new WeakMap<object, PinOptions>()
 
 function transactionOptionsOf(pool: object): PinOptions {
   let options = poolTransactionOptions.get(pool)
-  if (options === undefined) poolTransactionOptions.set(pool, (options = { owned: true, pool }))
+  if (options === undefined) poolTransactionOptions.set(pool, (options = { owned: true, pool, prepare: prepares(pool) }))
   return options
+}
+
+/** Prepared statements are postgres.js's default; `prepare: false` is for transaction-pooling proxies. */
+function prepares(pool: object): boolean {
+  return (pool as { options?: { prepare?: unknown } }).options?.prepare !== false
 }
 
 /** A postgres.js handle is a function: anything else reads as its kind, a function as what it is not. */
@@ -459,8 +464,7 @@ function poolExecutor(sql: Sql<any>): LockExecutor<unknown> {
   if (typeof sql.reserve !== 'function' || typeof sql.begin !== 'function') {
     throw notAHandle(sql)
   }
-  // prepared statements are postgres.js's default; `prepare: false` is for transaction-pooling proxies
-  const prepare = (sql as { options?: { prepare?: unknown } }).options?.prepare !== false
+  const prepare = prepares(sql)
   const begin = sql.begin as (callback: (transaction: TransactionSql<any>) => Promise<unknown>) => Promise<unknown>
   const reservedOptions: PinOptions = { owned: true, release: true, pool: sql, prepare }
   const transactionOptions = transactionOptionsOf(sql)
