@@ -215,26 +215,36 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListen
     this.#fail(cause)
   }
 
-  protected async send(sql: string, values: readonly (string | null)[], prepared: boolean): Promise<readonly Row[]> {
-    if (this.lost) throw this.cause
+  /** A `then` chain rather than `async`: awaiting a postgres.js query (a Promise subclass) costs an extra job. */
+  protected send(sql: string, values: readonly (string | null)[], prepared: boolean): Promise<readonly Row[]> {
+    if (this.lost) return Promise.reject(this.cause)
     const query = this.#handle.unsafe(sql, values as string[], prepared ? PREPARED : AS_TEXT) as unknown as Query
     if (this.#transaction !== undefined) keepErrorsOwn(query)
     const stopNaming = this.#watching || leasesReadable === true ? undefined : startNaming()
     this.#running = query
     this.#last = query
-    try {
-      const result = await query
-      this.#learn(query, result, true)
-      return lastRows(result)
-    } catch (error) {
-      this.#learn(query, error, false)
-      if (isConnectionFailure(error)) this.#fail(error)
-      throw error
-    } finally {
-      this.#watch()
-      stopNaming?.()
-      if (this.#running === query) this.#running = undefined
-    }
+    // `then` answers a plain Promise (its species), which `Promise.resolve` hands back as is
+    return Promise.resolve(
+      query.then(
+        (result) => {
+          this.#learn(query, result, true)
+          this.#settled(query, stopNaming)
+          return lastRows(result)
+        },
+        (error: unknown) => {
+          this.#learn(query, error, false)
+          if (isConnectionFailure(error)) this.#fail(error)
+          this.#settled(query, stopNaming)
+          throw error
+        },
+      ),
+    )
+  }
+
+  #settled(query: Query, stopNaming: (() => void) | undefined): void {
+    this.#watch()
+    stopNaming?.()
+    if (this.#running === query) this.#running = undefined
   }
 
   #cancelEndpoint(): Endpoint | undefined {
@@ -290,7 +300,7 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListen
   }
 }
 
-/** A pin that runs the bare session lock calls as named prepared statements. */
+/** A pin that runs the bare lock calls as named prepared statements. */
 class PreparedV4Pin<Db> extends V4Pin<Db> {
   execute({ text, values }: PreparedStatement): Promise<readonly Row[]> {
     return this.send(text, values, true)
