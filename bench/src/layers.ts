@@ -5,8 +5,8 @@
  * difference between two neighbours is what that layer costs. A layer whose adapter no longer
  * exports what it drives (a reshaped public surface) is left out.
  */
-import * as pglockPg from '@pglock/pg'
-import * as pglockPostgresJs from '@pglock/postgres-js'
+import * as pglockPg from '@pglock/pg/adapter'
+import * as pglockPostgresJs from '@pglock/postgres-js/adapter'
 import type postgres from 'postgres'
 import type { BenchTarget, Contender, CriticalSection, OpenContender, Queryable } from './contender.js'
 import { openPgPool, openPostgresJs } from './contenders.js'
