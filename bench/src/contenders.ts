@@ -322,6 +322,72 @@ function rawKysely(openPool: (target: BenchTarget) => Promise<OpenPool<Kysely<an
   }
 }
 
+const RAW_DRIZZLE_PG_SESSION = 'raw drizzle/pg session'
+const RAW_DRIZZLE_PG_TRANSACTION = 'raw drizzle/pg transaction'
+const RAW_DRIZZLE_POSTGRES_JS_TRANSACTION = 'raw drizzle/postgres.js transaction'
+
+type DrizzleDb = { execute(query: ReturnType<typeof drizzleSql.raw>): PromiseLike<unknown> }
+
+/** A session lock written by hand in Drizzle: a database on the pinned client, as `drizzle()` makes one. */
+async function drizzleSessionCycle(pinned: DrizzleDb, key: number, section: CriticalSection): Promise<void> {
+  await pinned.execute(drizzleSql`SELECT pg_advisory_lock(${key})`)
+  try {
+    await section(drizzleQueryable(pinned))
+  } finally {
+    await pinned.execute(drizzleSql`SELECT pg_advisory_unlock(${key})`)
+  }
+}
+
+/** Drizzle's own transaction (`BEGIN`, lock, `COMMIT`: 3 round trips), the floor of the Drizzle rows in transaction scope. */
+async function drizzleTransactionCycle(
+  db: { transaction(body: (tx: DrizzleDb) => Promise<void>): Promise<void> },
+  key: number,
+  section: CriticalSection,
+): Promise<void> {
+  await db.transaction(async (tx) => {
+    await tx.execute(drizzleSql`SELECT pg_advisory_xact_lock(${key})`)
+    await section(drizzleQueryable(tx))
+  })
+}
+
+/** Hand-written Drizzle over a node-postgres pool: `drizzle({ client })` on a checked-out client, or `db.transaction()`. */
+function rawDrizzleNodePg(scope: 'session' | 'transaction') {
+  return async (target: BenchTarget): Promise<OpenContender> => {
+    const pool = openPgPool(target)
+    const db = drizzleNodePg({ client: pool })
+    return {
+      async cycle(key, section) {
+        if (scope === 'transaction') return drizzleTransactionCycle(db as never, key, section)
+        const client = await pool.connect()
+        try {
+          await drizzleSessionCycle(drizzleNodePg({ client }), key, section)
+        } finally {
+          client.release()
+        }
+      },
+      poolQuery: (text) => db.execute(drizzleSql.raw(text)),
+      connections: () => pool.totalCount,
+      close: () => pool.end(),
+    }
+  }
+}
+
+/**
+ * Drizzle's own transaction over a postgres.js `Sql`. There is no session floor in Drizzle on
+ * postgres.js 4: `drizzle({ client })` refuses a `ReservedSql` (it has no `options`), so the
+ * drizzle/postgres.js session row is compared with raw postgres.js.
+ */
+async function openRawDrizzlePostgresJs(target: BenchTarget): Promise<OpenContender> {
+  const { sql, connections } = openPostgresJs(target)
+  const db = drizzlePostgresJs({ client: sql })
+  return {
+    cycle: (key, section) => drizzleTransactionCycle(db as never, key, section),
+    poolQuery: (text) => db.execute(drizzleSql.raw(text)),
+    connections,
+    close: () => sql.end({ timeout: 5 }),
+  }
+}
+
 /** Every hand-written lock deadlocks under pool pressure (see raw pg session); once is enough to show it. */
 const HAND_WRITTEN_DEADLOCKS = 'a hand-written lock, as raw pg session: fn waits for a pool the waiters hold, and it deadlocks the same way'
 
@@ -509,6 +575,33 @@ export const CONTENDERS: readonly Contender[] = [
     cycleDescription: 'the same transaction by hand on PostgresJSDialect (kysely-postgres-js)',
     open: rawKysely(openKyselyPostgresJsPool, rawKyselyTransactionCycle),
   },
+  {
+    name: RAW_DRIZZLE_PG_SESSION,
+    role: 'floor',
+    noPoolPressure: HAND_WRITTEN_DEADLOCKS,
+    scope: 'session',
+    floor: RAW_PG_SESSION,
+    cycleDescription: 'pool.connect(); drizzle({ client }).execute(sql`SELECT pg_advisory_lock(key)`); fn; unlock; client.release()',
+    open: rawDrizzleNodePg('session'),
+  },
+  {
+    name: RAW_DRIZZLE_PG_TRANSACTION,
+    role: 'floor',
+    noPoolPressure: HAND_WRITTEN_DEADLOCKS,
+    scope: 'transaction',
+    floor: RAW_PG_TRANSACTION,
+    cycleDescription: 'db.transaction(async (tx) => { tx.execute(sql`SELECT pg_advisory_xact_lock(key)`); fn }), node-postgres',
+    open: rawDrizzleNodePg('transaction'),
+  },
+  {
+    name: RAW_DRIZZLE_POSTGRES_JS_TRANSACTION,
+    role: 'floor',
+    noPoolPressure: HAND_WRITTEN_DEADLOCKS,
+    scope: 'transaction',
+    floor: RAW_POSTGRES_JS_TRANSACTION,
+    cycleDescription: 'the same transaction by hand in db.transaction() over postgres.js',
+    open: openRawDrizzlePostgresJs,
+  },
   ...pglockContenders({
     name: 'pg',
     lib: pglockPg,
@@ -531,8 +624,8 @@ export const CONTENDERS: readonly Contender[] = [
     lib: pglockDrizzle,
     openPool: openDrizzleNodePgPool,
     leaseQueryable: drizzleQueryable,
-    sessionFloor: RAW_PG_SESSION,
-    transactionFloor: RAW_PG_TRANSACTION,
+    sessionFloor: RAW_DRIZZLE_PG_SESSION,
+    transactionFloor: RAW_DRIZZLE_PG_TRANSACTION,
     sendsBegin: true,
   }),
   ...pglockContenders({
@@ -542,7 +635,7 @@ export const CONTENDERS: readonly Contender[] = [
     openPool: openDrizzlePostgresJsPool,
     leaseQueryable: drizzleQueryable,
     sessionFloor: RAW_POSTGRES_JS_SESSION,
-    transactionFloor: RAW_POSTGRES_JS_TRANSACTION,
+    transactionFloor: RAW_DRIZZLE_POSTGRES_JS_TRANSACTION,
   }),
   ...pglockContenders({
     name: 'kysely/pg',
