@@ -11,7 +11,7 @@ import {
 import type { ReservedSql, Sql, TransactionSql } from 'postgres'
 import { brokenHandles, isTransactionSql } from './handles.js'
 import { PinLoss } from './pin-loss.js'
-import { endpointOf, nameHandleV4, pinV4 } from './pin-v4.js'
+import { type Endpoint, endpointOf, nameHandleV4, pinV4 } from './pin-v4.js'
 import {
   asV3Connection,
   type BackendKey,
@@ -183,6 +183,8 @@ export interface PinOptions {
   readonly release?: boolean | undefined
   readonly pool?: object | undefined
   readonly prepare?: boolean | undefined
+  /** Where to send a CancelRequest on 4.x, read once per pool from `pool`'s options. */
+  readonly endpoint?: Endpoint | undefined
 }
 
 /** One per lock, so a class: an object literal with getters costs far more to build. */
@@ -336,7 +338,7 @@ const noop = (): void => undefined
 export function pinPostgresJs<Db>(handle: ReservedSql<any> | TransactionSql<any>, db: Db, options: PinOptions): PostgresJsConnection<Db> {
   const { owned, release = false, pool, prepare = false } = options
   if (generationOf(handle, pool) === 4) {
-    return pinV4(handle, db, owned, release, prepare, pool === undefined ? undefined : endpointOf(pool))
+    return pinV4(handle, db, owned, release, prepare, pool === undefined ? undefined : (options.endpoint ?? endpointOf(pool)))
   }
   return prepare && !isTransactionSql(handle)
     ? new PreparedV3Pin(handle, db, owned, release, pool)
@@ -348,17 +350,17 @@ export function pinPostgresJs<Db>(handle: ReservedSql<any> | TransactionSql<any>
  * callback never settles: 3.4 fails `sql.begin()` by itself and would throw from a timer on a
  * `ROLLBACK` into the closed connection. The pin still knows the loss, so nothing listens for it here.
  */
-async function settleUnlessLost<Db, T>(
+function settleUnlessLost<Db, T>(
   connection: PostgresJsConnection<Db>,
   body: (connection: LockConnection<Db>) => Promise<T>,
 ): Promise<T> {
-  try {
-    const value = await body(connection)
-    if (!connection.lost) return value
-  } catch (error) {
-    if (!connection.lost) throw error
-  }
-  return new Promise<T>(noop)
+  return body(connection).then(
+    (value) => (connection.lost ? new Promise<T>(noop) : value),
+    (error: unknown) => {
+      if (!connection.lost) throw error
+      return new Promise<T>(noop)
+    },
+  )
 }
 
 /**
@@ -391,7 +393,9 @@ const poolTransactionOptions = new WeakMap<object, PinOptions>()
 
 function transactionOptionsOf(pool: object): PinOptions {
   let options = poolTransactionOptions.get(pool)
-  if (options === undefined) poolTransactionOptions.set(pool, (options = { owned: true, pool, prepare: prepares(pool) }))
+  if (options === undefined) {
+    poolTransactionOptions.set(pool, (options = { owned: true, pool, prepare: prepares(pool), endpoint: endpointOf(pool) }))
+  }
   return options
 }
 
@@ -466,21 +470,22 @@ function poolExecutor(sql: Sql<any>): LockExecutor<unknown> {
   }
   const prepare = prepares(sql)
   const begin = sql.begin as (callback: (transaction: TransactionSql<any>) => Promise<unknown>) => Promise<unknown>
-  const reservedOptions: PinOptions = { owned: true, release: true, pool: sql, prepare }
+  const reservedOptions: PinOptions = { owned: true, release: true, pool: sql, prepare, endpoint: endpointOf(sql) }
   const transactionOptions = transactionOptionsOf(sql)
+  const pin = (reserved: ReservedSql<any>): LockConnection<unknown> => {
+    try {
+      return pinPostgresJs(reserved, reserved, reservedOptions)
+    } catch (error) {
+      reserved.release()
+      throw error
+    }
+  }
   return {
     kind: 'pool',
     queueKey: sql,
-    async connect() {
+    connect() {
       const closing = untilClosed(sql)
-      if (closing !== undefined) await closing
-      const reserved = await sql.reserve()
-      try {
-        return pinPostgresJs(reserved, reserved, reservedOptions)
-      } catch (error) {
-        reserved.release()
-        throw error
-      }
+      return closing === undefined ? sql.reserve().then(pin) : closing.then(() => sql.reserve()).then(pin)
     },
     transaction: <T>(body: (connection: LockConnection<unknown>) => Promise<T>) =>
       begin.call(sql, (transaction) => settleUnlessLost(pinPostgresJs(transaction, transaction, transactionOptions), body)) as Promise<T>,
