@@ -96,19 +96,9 @@ export class Instrumentation {
   private readonly onRunStart = guard('run start', (message: RunTrace) => this.startHold(message))
   private readonly onRunError = guard('run error', (message: RunTrace) => this.endHold(message))
   private readonly onRunAsyncEnd = guard('run asyncEnd', (message: RunTrace) => this.endHold(message))
-  private readonly onReleaseError = guard('release error', (message: ReleaseTrace) => this.recordRelease(message))
   private readonly onReleaseAsyncEnd = guard('release asyncEnd', (message: ReleaseTrace) => this.recordRelease(message))
   private readonly onLost = guard('lost', (message: LostMessage) => this.recordLoss(message))
 
-  private readonly activateAttempt = (message: object): Context => {
-    const active = context.active()
-    try {
-      return trace.setSpan(active, this.startAttempt(message as AcquireTrace).span)
-    } catch (error) {
-      report('acquire start', error)
-      return active
-    }
-  }
   private readonly activateHold = (message: object): Context => {
     const active = context.active()
     try {
@@ -136,7 +126,6 @@ export class Instrumentation {
     this.run.start.subscribe(this.onRunStart)
     this.run.error.subscribe(this.onRunError)
     this.run.asyncEnd.subscribe(this.onRunAsyncEnd)
-    this.release.error.subscribe(this.onReleaseError)
     this.release.asyncEnd.subscribe(this.onReleaseAsyncEnd)
     diagnosticsChannel.subscribe(LOST_CHANNEL, this.onLost)
     this.bindContextStorage()
@@ -151,16 +140,15 @@ export class Instrumentation {
     this.run.start.unsubscribe(this.onRunStart)
     this.run.error.unsubscribe(this.onRunError)
     this.run.asyncEnd.unsubscribe(this.onRunAsyncEnd)
-    this.release.error.unsubscribe(this.onReleaseError)
     this.release.asyncEnd.unsubscribe(this.onReleaseAsyncEnd)
     diagnosticsChannel.unsubscribe(LOST_CHANNEL, this.onLost)
     this.unbindContextStorage()
   }
 
   /**
-   * Makes the acquire and hold spans the active context, through OpenTelemetry's own storage,
-   * for as long as the core runs the traced call. Checked again at each acquire, so a context
-   * manager registered after `instrumentPglock()` is picked up from the next lock on.
+   * Makes the hold span the active context inside `fn`, through OpenTelemetry's own storage.
+   * Checked again at each acquire, so a context manager registered after `instrumentPglock()` is
+   * picked up from the next lock on.
    */
   private bindContextStorage(): void {
     const storage = contextStorage()
@@ -168,13 +156,11 @@ export class Instrumentation {
     this.unbindContextStorage()
     if (storage === undefined) return
     this.storage = storage
-    this.acquire.start.bindStore(storage, this.activateAttempt)
     this.run.start.bindStore(storage, this.activateHold)
   }
 
   private unbindContextStorage(): void {
     if (this.storage === undefined) return
-    this.acquire.start.unbindStore(this.storage)
     this.run.start.unbindStore(this.storage)
     this.storage = undefined
   }
@@ -230,6 +216,7 @@ export class Instrumentation {
     span.end()
   }
 
+  /** At `asyncEnd` only, which follows `error` too: a failed release is recorded once. */
   private recordRelease(message: ReleaseTrace): void {
     if (message.heldMs === undefined) return
     const failed = message.error !== undefined

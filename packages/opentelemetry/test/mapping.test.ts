@@ -119,6 +119,13 @@ describe('opentelemetry mapping: hold', () => {
       ['released', expect.objectContaining({ count: 1, sum: 1.5 })],
       ['lost', expect.objectContaining({ count: 1, sum: 0.25 })],
     ])
+    await publishRelease(lock, 40, Object.assign(new Error('unlock failed'), { code: 'RELEASE_FAILED' })).catch(() => undefined)
+    const failed = (await telemetry.metric('pglock.lock.hold.duration'))?.dataPoints.filter(
+      (point) => point.attributes['pglock.adapter'] === 'hold-test' && point.attributes['pglock.lock.end'] === 'failed',
+    )
+    expect(failed?.map((point) => [point.attributes['error.type'], point.value])).toEqual([
+      ['RELEASE_FAILED', expect.objectContaining({ count: 1, sum: 0.04 })],
+    ])
     const losses = await telemetry.metric('pglock.lock.losses')
     expect(losses?.dataPoints.find((point) => point.attributes['pglock.adapter'] === 'hold-test')?.value).toBe(1)
   })
