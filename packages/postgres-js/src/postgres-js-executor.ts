@@ -427,6 +427,7 @@ function executorFor(db: unknown): LockExecutor<unknown> {
     const reserved = db as ReservedSql<any>
     return {
       kind: 'connection',
+      adapter: 'postgres-js',
       queueKey: db,
       async connect() {
         if (generationOf(reserved) === 4) await nameHandleV4(reserved)
@@ -438,6 +439,7 @@ function executorFor(db: unknown): LockExecutor<unknown> {
     const transaction = db as TransactionSql<any>
     return {
       kind: 'connection',
+      adapter: 'postgres-js',
       queueKey: db,
       async connect() {
         await (generationOf(transaction) === 4 ? nameHandleV4(transaction) : learnConnection(transaction))
@@ -466,6 +468,7 @@ function poolExecutor(sql: Sql<any>): LockExecutor<unknown> {
   const transactionOptions = transactionOptionsOf(sql)
   return {
     kind: 'pool',
+    adapter: 'postgres-js',
     queueKey: sql,
     async connect() {
       const closing = untilClosed(sql)
