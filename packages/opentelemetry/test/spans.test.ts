@@ -28,7 +28,7 @@ afterEach(async () => {
   await telemetry.shutdown()
 })
 
-const lockIdOf = (key: string) => String(resolveLockId(key))
+const lockIdOf = (key: string) => String(resolveLockId(key).value)
 const named = (name: string) => telemetry.spans().filter((span) => span.name === name)
 const only = (name: string): ReadableSpan => {
   const spans = named(name)
