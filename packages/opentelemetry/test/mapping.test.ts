@@ -1,4 +1,5 @@
-import { SpanStatusCode, trace } from '@opentelemetry/api'
+import { context, SpanStatusCode, trace } from '@opentelemetry/api'
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks'
 import { InvalidArgumentError } from '@pglock/core'
 import { instrumentPglock, type PglockInstrumentation } from '@pglock/opentelemetry'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
@@ -93,6 +94,17 @@ describe('opentelemetry mapping: hold', () => {
     const inside = await telemetry.inSpan('caller', () => publishRun(lock, async () => trace.getActiveSpan()?.spanContext().spanId))
     const [hold] = spansNamed('pglock.hold', '401')
     expect(hold?.spanContext().spanId).toBe(inside)
+  })
+
+  it('picks up a context manager registered after instrumentPglock, from the next lock on', async () => {
+    context.disable()
+    instrument()
+    context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable())
+    const lock = fakeLock({ lockId: 403n })
+    await publishAcquire(lock, 'acquired')
+    const inside = await publishRun(lock, async () => trace.getActiveSpan()?.spanContext().spanId)
+    expect(inside).toBeDefined()
+    expect(spansNamed('pglock.hold', '403')[0]?.spanContext().spanId).toBe(inside)
   })
 
   it('fails the hold span when fn throws', async () => {
