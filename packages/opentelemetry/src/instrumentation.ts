@@ -165,16 +165,12 @@ export class Instrumentation {
     this.storage = undefined
   }
 
-  private startAttempt(message: AcquireTrace): Attempt {
-    const known = this.attempts.get(message)
-    if (known) return known
+  private startAttempt(message: AcquireTrace): void {
     const attributes = this.lockAttributes(message)
     attributes[ATTR_OPERATION] = message.operation
     if (message.timeoutMs !== undefined) attributes[ATTR_TIMEOUT_MS] = message.timeoutMs
     const span = this.tracer.startSpan(SPAN_ACQUIRE, { kind: SpanKind.INTERNAL, attributes }, context.active())
-    const attempt = { span, started: performance.now() }
-    this.attempts.set(message, attempt)
-    return attempt
+    this.attempts.set(message, { span, started: performance.now() })
   }
 
   private settleAttempt(message: AcquireTrace): void {
@@ -198,6 +194,7 @@ export class Instrumentation {
     else if (outcome === 'busy') instruments.busy.add(1, attributes)
   }
 
+  /** Called twice per run when the context is bound: by the store's transform, then at `start`. */
   private startHold(message: RunTrace): Span {
     const known = this.holds.get(message)
     if (known) return known
