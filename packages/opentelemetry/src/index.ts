@@ -2,7 +2,14 @@ import type { MeterProvider, TracerProvider } from '@opentelemetry/api'
 import { InvalidArgumentError } from '@pglock/core'
 import { type CaptureKey, Instrumentation } from './instrumentation.js'
 
-/** Options of {@link instrumentPglock}. */
+/**
+ * Options of {@link instrumentPglock}.
+ *
+ * @example
+ * ```ts
+ * instrumentPglock({ tracerProvider, meterProvider, captureKey: (key) => key.split(':')[0] })
+ * ```
+ */
 export interface InstrumentPglockOptions {
   /**
    * Where spans go.
@@ -30,7 +37,15 @@ export interface InstrumentPglockOptions {
   readonly captureKey?: boolean | ((key: string) => string | undefined) | undefined
 }
 
-/** A running instrumentation, as {@link instrumentPglock} returns it. */
+/**
+ * A running instrumentation, as {@link instrumentPglock} returns it.
+ *
+ * @example
+ * ```ts
+ * const instrumentation = instrumentPglock()
+ * process.on('SIGTERM', () => instrumentation.disable())
+ * ```
+ */
 export interface PglockInstrumentation {
   /**
    * Unsubscribes from pglock's channels: no span or metric point is made after it. Spans of
