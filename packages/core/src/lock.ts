@@ -7,7 +7,7 @@ import { LazyAbort } from './lazy-abort.js'
 import { type LockSpec, resolveSpec, resolveWait, type Wait } from './options.js'
 import { nextSavepoint } from './sql.js'
 import { NotInTransaction, SESSION } from './take.js'
-import { LockTrace, releaseTraced, traceOf, tracing } from './tracing.js'
+import { LockTrace, tracing } from './tracing.js'
 import { nextMark, tieToTransaction } from './tx-marks.js'
 import type { AcquireOptions, LockKey, LockMode, LockOptions, LockScope } from './types.js'
 
@@ -67,6 +67,8 @@ export class Lock<Db = unknown> implements AsyncDisposable {
   #releasing = false
   /** the lock this handle holds, or held until it was lost (its `db` then stays readable until release) */
   #holding: Holding<Db> | undefined
+  /** the trace of that lock, when acquired while something listened on pglock's channels */
+  #trace: LockTrace | undefined
   #abort = new LazyAbort()
 
   /** @internal Use your adapter's `createLock`. */
@@ -191,7 +193,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     }
     this.#releasing = true
     try {
-      const trace = releaseTraced() ? traceOf(holding as Holding<unknown>) : undefined
+      const trace = this.#trace
       const released = await (trace === undefined ? holding.unlock() : trace.unlock(holding as Holding<unknown>))
       if (!holding.lost.aborted) this.#holding = undefined
       return released
@@ -251,6 +253,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
       return false
     }
     this.#holding = holding
+    this.#trace = trace
     this.#abort = holding.lost
     const held = holding
     held.watch(spec.keepAliveMs, (error) => {

@@ -169,11 +169,11 @@ export interface LostMessage extends LockTraceBase {
 }
 
 interface Base {
-  key: LockKey
-  lockId: bigint | readonly [number, number]
-  mode: LockMode
-  scope: LockScope
-  adapter: string
+  readonly key: LockKey
+  readonly lockId: bigint | readonly [number, number]
+  readonly mode: LockMode
+  readonly scope: LockScope
+  readonly adapter: string
   pid: number | undefined
 }
 
@@ -204,19 +204,6 @@ function subscribed(traced: TracingChannel<unknown, object>): boolean {
  */
 export function tracing(): boolean {
   return subscribed(acquireChannel) || subscribed(runChannel) || subscribed(releaseChannel) || lostChannel.hasSubscribers
-}
-
-/** @internal Whether a `lock.release()` is traced: only for a lock acquired while traced (see {@link traceOf}). */
-export function releaseTraced(): boolean {
-  return subscribed(releaseChannel)
-}
-
-/** The trace of each lock `Lock` acquired while traced, for its `release()`: `withLock` keeps its own. */
-const traces = new WeakMap<Holding<unknown>, LockTrace>()
-
-/** @internal The trace of a lock `Lock` acquired while traced. */
-export function traceOf(holding: Holding<unknown>): LockTrace | undefined {
-  return traces.get(holding)
 }
 
 /** Publishes the end of an async trace as `TracingChannel.tracePromise` does. */
@@ -250,7 +237,20 @@ export class LockTrace {
       adapter: executor.adapter ?? 'unknown',
       pid: undefined,
     }
-    this.#acquire = { ...this.#base, operation, timeoutMs: wait.timeoutMs, outcome: undefined, waitedMs: undefined }
+    const { key, lockId, mode, scope, adapter } = this.#base
+    // literals, not spreads: a spread with more properties is a slow path in V8
+    this.#acquire = {
+      key,
+      lockId,
+      mode,
+      scope,
+      adapter,
+      pid: undefined,
+      operation,
+      timeoutMs: wait.timeoutMs,
+      outcome: undefined,
+      waitedMs: undefined,
+    }
     this.#wait = wait
     this.#startedAt = performance.now()
   }
@@ -270,11 +270,11 @@ export class LockTrace {
   /** The lock is granted: the attempt settles as acquired, and the lock's loss is watched. */
   granted(holding: Holding<unknown>): void {
     if (this.#acquire.outcome !== undefined) return
-    this.#grantedAt = performance.now()
+    const now = performance.now()
+    this.#grantedAt = now
     this.#base.pid = holding.pid
     this.#acquire.pid = holding.pid
-    this.#settleAcquire('acquired', true)
-    traces.set(holding, this)
+    this.#settleAcquire('acquired', true, false, undefined, now)
     holding.lost.onAbort((reason) => this.lost(reason))
   }
 
@@ -292,10 +292,10 @@ export class LockTrace {
     this.#settleAcquire(outcome, false, true, error)
   }
 
-  #settleAcquire(outcome: AcquireOutcome, acquired: boolean, failed = false, error?: unknown): void {
+  #settleAcquire(outcome: AcquireOutcome, acquired: boolean, failed = false, error?: unknown, now = performance.now()): void {
     const context = this.#acquire
     context.outcome = outcome
-    context.waitedMs = performance.now() - this.#startedAt
+    context.waitedMs = now - this.#startedAt
     if (failed) context.error = error
     else context.result = acquired
     settle(acquireChannel, context, failed)
@@ -305,12 +305,14 @@ export class LockTrace {
   run<L, T>(fn: (lease: L) => T | PromiseLike<T>, lease: L, holding: Holding<unknown>): T | PromiseLike<T> {
     this.granted(holding)
     if (!subscribed(runChannel)) return fn(lease)
-    const context: RunTraceContext = { ...this.#base }
+    const { key, lockId, mode, scope, adapter, pid } = this.#base
+    const context: RunTraceContext = { key, lockId, mode, scope, adapter, pid }
     return runChannel.tracePromise(fn as (lease: L) => Promise<T>, context, undefined, lease)
   }
 
   #releaseContext(): ReleaseContext {
-    return { ...this.#base, heldMs: undefined, released: undefined }
+    const { key, lockId, mode, scope, adapter, pid } = this.#base
+    return { key, lockId, mode, scope, adapter, pid, heldMs: undefined, released: undefined }
   }
 
   #heldMs(): number | undefined {
@@ -394,7 +396,17 @@ export class LockTrace {
     if (this.#lostPublished || this.#grantedAt === undefined) return
     this.#lostPublished = true
     if (!lostChannel.hasSubscribers) return
-    const message: LostMessage = { ...this.#base, heldMs: performance.now() - this.#grantedAt, error: reason as LockLostError }
+    const { key, lockId, mode, scope, adapter, pid } = this.#base
+    const message: LostMessage = {
+      key,
+      lockId,
+      mode,
+      scope,
+      adapter,
+      pid,
+      heldMs: performance.now() - this.#grantedAt,
+      error: reason as LockLostError,
+    }
     lostChannel.publish(message)
   }
 }
