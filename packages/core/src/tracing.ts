@@ -24,7 +24,9 @@ export interface LockTraceBase {
   readonly key: LockKey
   /** The lock id Postgres sees: an int64, or the int32 pair of the two-key form. */
   readonly lockId: bigint | readonly [number, number]
+  /** The lock's mode, as `createLock` or `withLock` was given it. */
   readonly mode: LockMode
+  /** The lock's scope, as `createLock` or `withLock` was given it. */
   readonly scope: LockScope
   /**
    * The adapter that took the lock: `'pg'`, `'postgres-js'`, `'drizzle/node-postgres'`,
@@ -69,6 +71,7 @@ export type AcquireOperation = 'withLock' | 'tryWithLock' | 'acquire' | 'tryAcqu
  * ```
  */
 export interface AcquireTraceContext extends LockTraceBase {
+  /** The call that makes the attempt. */
   readonly operation: AcquireOperation
   /** The `timeoutMs` the call was given. */
   readonly timeoutMs: number | undefined

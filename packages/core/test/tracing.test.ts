@@ -212,10 +212,10 @@ describe('tracing channels', () => {
     const server = new MemoryPostgres()
     const caller = new AsyncLocalStorage<string>()
     const seen: (string | undefined)[] = []
-    const acquire = tracingChannel('pglock:acquire')
-    const onStart = { start: () => seen.push(caller.getStore()) }
-    acquire.subscribe(onStart)
-    unsubscribers.push(() => acquire.unsubscribe(onStart))
+    const { start } = tracingChannel('pglock:acquire')
+    const onStart = () => void seen.push(caller.getStore())
+    start.subscribe(onStart)
+    unsubscribers.push(() => void start.unsubscribe(onStart))
     const inFn = new AsyncLocalStorage<unknown>()
     const run = tracingChannel('pglock:run')
     run.start.bindStore(inFn, (context) => (context as { key: unknown }).key)

@@ -270,10 +270,10 @@ export function describeTracing(adapter: AdapterUnderTest): void {
         const k = key('trace-context')
         const caller = new AsyncLocalStorage<string>()
         const atStart: (string | undefined)[] = []
-        const acquire = tracingChannel<unknown, { key: LockKey }>('pglock:acquire')
-        const onStart = { start: (context: { key: LockKey }) => void (context.key === k && atStart.push(caller.getStore())) }
-        acquire.subscribe(onStart)
-        onTestFinished(() => acquire.unsubscribe(onStart))
+        const start = tracingChannel('pglock:acquire').start
+        const onStart = (context: unknown) => void ((context as { key: LockKey }).key === k && atStart.push(caller.getStore()))
+        start.subscribe(onStart)
+        onTestFinished(() => void start.unsubscribe(onStart))
         const inFn = new AsyncLocalStorage<LockKey>()
         const run = tracingChannel<unknown, { key: LockKey }>('pglock:run')
         run.start.bindStore(inFn, (context) => context.key)
