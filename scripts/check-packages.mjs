@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { checkTypes } from './check-types.mjs'
-import { installPacked, packPackages, publicPackages, root, run } from './pack.mjs'
+import { installPacked, notAdapters, packPackages, publicPackages, root, run } from './pack.mjs'
 
 const dirs = process.argv.slice(2).length > 0 ? process.argv.slice(2).map((dir) => resolve(dir)) : publicPackages()
 const work = mkdtempSync(join(tmpdir(), 'pglock-pack-'))
@@ -36,8 +36,7 @@ try {
 
   for (const { manifest } of packed) {
     const name = manifest.name
-    const adapter = name !== '@pglock/core'
-    const names = ['PgLockError', 'LockTimeoutError', 'resolveLockId', ...(adapter ? ['withLock', 'tryWithLock', 'createLock'] : ['Lock'])]
+    const names = notAdapters.get(name) ?? ['PgLockError', 'LockTimeoutError', 'resolveLockId', 'withLock', 'tryWithLock', 'createLock']
     const probe = `const m = MODULE; for (const n of ${JSON.stringify(names)}) { if (!(n in m)) throw new Error('${name} lacks ' + n) }`
     step(`${name}: require()`, () => run('node', ['-e', probe.replace('MODULE', `require('${name}')`)], { cwd: app }))
     step(`${name}: import`, () =>

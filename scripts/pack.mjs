@@ -24,6 +24,15 @@ export function publicPackages() {
     })
 }
 
+/**
+ * The published packages that are not driver adapters: they take no `db`, so they neither export
+ * `withLock` nor re-export the core's errors, and each names what it exports instead.
+ */
+export const notAdapters = new Map([
+  ['@pglock/core', ['PgLockError', 'LockTimeoutError', 'resolveLockId', 'Lock']],
+  ['@pglock/opentelemetry', ['instrumentPglock']],
+])
+
 /** Runs `pnpm pack` in each directory, writing the tarballs to `destination`. */
 export function packPackages(dirs, destination) {
   return dirs.map((dir) => {

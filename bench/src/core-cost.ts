@@ -3,9 +3,15 @@
  * over an in-memory connection whose statements resolve at once, next to the same cycle written
  * by hand over that connection. What is left between the two is the core's own CPU per cycle,
  * free of the network and of the noise of a shared machine.
- * `pnpm --filter @pglock/bench core-cost [--cycles N] [--rounds N] [--profile] [--promises] [--core DIR] [--workspace]`.
+ *
+ * Then it runs again in a child process with `--subscriber`: a subscriber that does nothing listens
+ * on pglock's tracing channels for that whole process, and the core's rows are "with a subscriber":
+ * what tracing itself costs. A process of its own, so that the first table is what a process that
+ * never subscribes gets (subscribing changes the channels' objects, which the JIT then sees too).
+ * `pnpm --filter @pglock/bench core-cost [--cycles N] [--rounds N] [--profile] [--promises] [--core DIR] [--workspace] [--subscriber | --no-subscriber]`.
  */
 import { createHook } from 'node:async_hooks'
+import { spawnSync } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { Session } from 'node:inspector/promises'
 import { loadavg } from 'node:os'
@@ -17,6 +23,7 @@ import { place, summarize } from './profile-summary.js'
 import { formatNumber, formatSpread, table } from './report.js'
 import { rotation } from './scenarios.js'
 import { type Spread, spread } from './stats.js'
+import { subscribeToPglock } from './subscriber.js'
 
 const RESULTS_DIR = fileURLToPath(new URL('../../bench-results/', import.meta.url))
 
@@ -103,8 +110,13 @@ const { values: flags } = parseArgs({
     top: { type: 'string' },
     core: { type: 'string' },
     workspace: { type: 'boolean' },
+    subscriber: { type: 'boolean' },
+    'no-subscriber': { type: 'boolean' },
   },
 })
+if (flags.subscriber) subscribeToPglock()
+/** The core's rows are named for whether a subscriber listens. */
+const traced = flags.subscriber ? ', with a subscriber' : ''
 /** `--core DIR` measures another checkout's built core (a worktree's packages/core), not this one's. */
 const { withLock } = (await loadBindExecutor(flags.core))(() => executor)
 
@@ -127,7 +139,7 @@ const CYCLES: Record<string, () => Promise<unknown>> = {
       connection.release()
     }
   },
-  'core withLock, session': () => withLock(pool, 7, section),
+  [`core withLock, session${traced}`]: () => withLock(pool, 7, section),
   'by hand, transaction (BEGIN with the lock)': async () => {
     const connection = await pool.connect()
     try {
@@ -138,7 +150,7 @@ const CYCLES: Record<string, () => Promise<unknown>> = {
       connection.release()
     }
   },
-  'core withLock, transaction': () => withLock(pool, 7, section, { scope: 'transaction' }),
+  [`core withLock, transaction${traced}`]: () => withLock(pool, 7, section, { scope: 'transaction' }),
 }
 
 async function loop(cycle: () => Promise<unknown>, cycles: number): Promise<void> {
@@ -238,6 +250,7 @@ async function main(): Promise<void> {
       .join(' ')})`,
   )
   console.log(flags.core === undefined ? benchPackages().description : `core: the build in ${flags.core}`)
+  if (flags.subscriber) console.log("with a subscriber that does nothing on pglock's tracing channels, for this whole process")
   console.log(table([['cycle', 'CPU/cycle median [min–max]', 'above its by-hand form', 'heap B/cycle', 'promises/cycle'], ...rows]))
   if (values.promises) {
     for (const name of names) {
@@ -273,3 +286,15 @@ async function main(): Promise<void> {
 }
 
 await main()
+if (!flags.subscriber && !flags['no-subscriber']) {
+  // the same, with a subscriber, in a process of its own (see the top of this file)
+  console.log()
+  const child = spawnSync(
+    process.execPath,
+    [...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2), '--subscriber'],
+    {
+      stdio: 'inherit',
+    },
+  )
+  if (child.status !== 0) process.exitCode = child.status ?? 1
+}

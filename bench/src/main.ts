@@ -35,6 +35,7 @@ import {
   type Slice,
   skipReason,
 } from './scenarios.js'
+import { SUBSCRIBER_ENV, subscribeIfAsked } from './subscriber.js'
 import { judgeSpeed, judgeTargets } from './targets.js'
 
 const RESULTS_DIR = fileURLToPath(new URL('../../bench-results/', import.meta.url))
@@ -54,7 +55,9 @@ pnpm bench --memory [options]   10^6 lock cycles, heap sampled after forced GC
   --cycles N             memory mode: cycles to run (default 1000000)
   --sample-every N       memory mode: cycles between heap samples (default cycles/100)
   --memory-workers N     memory mode: concurrent workers (default 4)
-  --workspace            load the workspace-linked @pglock/* dist, not the packed tarballs`
+  --workspace            load the workspace-linked @pglock/* dist, not the packed tarballs
+  --subscriber           a subscriber that does nothing listens on pglock's tracing channels for the
+                         whole run (child processes too): compare with a run without to see what tracing costs`
 
 function positiveInteger(name: string, text: string | undefined, fallback: number): number {
   if (text === undefined) return fallback
@@ -80,6 +83,7 @@ function parseFlags() {
       'sample-every': { type: 'string' },
       'memory-workers': { type: 'string' },
       workspace: { type: 'boolean' },
+      subscriber: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   })
@@ -88,6 +92,7 @@ function parseFlags() {
     return name as ScenarioName
   })
   const cycles = positiveInteger('cycles', values.cycles, 1_000_000)
+  if (values.subscriber === true) process.env[SUBSCRIBER_ENV] = '1'
   return {
     help: values.help === true,
     memory: values.memory === true,
@@ -120,6 +125,10 @@ function machine(database: BenchDatabase) {
     loadAverage: os.loadavg().map((load) => Number(load.toFixed(2))),
     packages: benchPackages().description,
     drivers: driverVersions(),
+    tracing:
+      process.env[SUBSCRIBER_ENV] === '1'
+        ? "tracing: a subscriber that does nothing listens on pglock's channels (--subscriber)"
+        : "tracing: no subscriber on pglock's channels (--subscriber to add one)",
   }
 }
 
@@ -145,7 +154,7 @@ async function runBench(flags: Flags, database: BenchDatabase): Promise<void> {
   console.log(
     `pglock bench: ${about.cpu}, ${about.memory}, ${about.os}, Node ${about.node}, Postgres ${about.postgres} (${about.database})`,
   )
-  console.log(`${about.packages}\n${about.drivers}`)
+  console.log(`${about.packages}\n${about.drivers}\n${about.tracing}`)
   console.log(
     [
       `${flags.repeats} repeats of ${flags.durationMs} ms per contender and scenario, interleaved across contenders:`,
@@ -250,7 +259,7 @@ async function runBench(flags: Flags, database: BenchDatabase): Promise<void> {
 async function runMemoryMode(flags: Flags, database: BenchDatabase): Promise<void> {
   const about = machine(database)
   console.log(`pglock bench --memory: ${about.cpu}, Node ${about.node}, Postgres ${about.postgres} (${about.database})`)
-  console.log(`${about.packages}\n${about.drivers}`)
+  console.log(`${about.packages}\n${about.drivers}\n${about.tracing}`)
   const result = await runMemory(
     { url: database.url, cycles: flags.cycles, workers: flags.memoryWorkers, keys: 1_000, sampleEvery: flags.sampleEvery },
     (sample) =>
@@ -279,6 +288,7 @@ function writeResults(kind: string, json: unknown): string {
 
 async function main(): Promise<void> {
   const flags = parseFlags()
+  subscribeIfAsked()
   if (flags.help) {
     console.log(USAGE)
     return

@@ -1,6 +1,7 @@
 import type { CriticalSection } from './contender.js'
 import { CONTENDERS } from './contenders.js'
 import { PRESSURE_ENV, type PressureJob, type PressureMessage } from './pool-pressure.js'
+import { subscribeIfAsked } from './subscriber.js'
 
 const PROGRESS_INTERVAL_MS = 100
 
@@ -9,6 +10,7 @@ function report(message: PressureMessage): void {
 }
 
 async function main(): Promise<void> {
+  subscribeIfAsked()
   const job = JSON.parse(process.env[PRESSURE_ENV] ?? 'null') as PressureJob | null
   if (job === null) throw new Error(`${PRESSURE_ENV} is not set: this file is run by the bench, not by hand`)
   const contender = CONTENDERS.find((candidate) => candidate.name === job.contender)

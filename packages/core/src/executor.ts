@@ -145,6 +145,14 @@ export interface LockExecutor<Db> {
   readonly kind: 'pool' | 'connection'
 
   /**
+   * Optional. The adapter's name, as pglock's tracing channels report it (`adapter` in every
+   * context of `pglock:acquire`, `pglock:run`, `pglock:release` and `pglock:lost`): `'pg'`,
+   * `'postgres-js'`, `'drizzle/node-postgres'`, `'drizzle/postgres-js'`, `'kysely'`, or your
+   * package's name. Left out, they report `'unknown'`.
+   */
+  readonly adapter?: string | undefined
+
+  /**
    * An object identifying the pool or the connection. Handles whose executors share a queue
    * key and a lock id are queued in memory: on a connection Postgres would let a second
    * handle re-enter the lock, and on a pool at most one exclusive waiter per key occupies a

@@ -13,6 +13,15 @@ export {
 export { type LockId, pgLocksRow, postgresLock01, resolveLockId, sha1Int64 } from './keys.js'
 export { type HeldLock, Lock } from './lock.js'
 export type {
+  AcquireOperation,
+  AcquireOutcome,
+  AcquireTraceContext,
+  LockTraceBase,
+  LostMessage,
+  ReleaseTraceContext,
+  RunTraceContext,
+} from './tracing.js'
+export type {
   AcquireOptions,
   KeyHash,
   Lease,

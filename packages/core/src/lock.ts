@@ -4,9 +4,10 @@ import type { LockExecutor } from './executor.js'
 import type { Holding } from './holding.js'
 import type { LockId } from './keys.js'
 import { LazyAbort } from './lazy-abort.js'
-import { type LockSpec, resolveSpec, resolveWait } from './options.js'
+import { type LockSpec, resolveSpec, resolveWait, type Wait } from './options.js'
 import { nextSavepoint } from './sql.js'
 import { NotInTransaction, SESSION } from './take.js'
+import { LockTrace, tracing } from './tracing.js'
 import { nextMark, tieToTransaction } from './tx-marks.js'
 import type { AcquireOptions, LockKey, LockMode, LockOptions, LockScope } from './types.js'
 
@@ -66,6 +67,8 @@ export class Lock<Db = unknown> implements AsyncDisposable {
   #releasing = false
   /** the lock this handle holds, or held until it was lost (its `db` then stays readable until release) */
   #holding: Holding<Db> | undefined
+  /** the trace of that lock, when acquired while something listened on pglock's channels */
+  #trace: LockTrace | undefined
   #abort = new LazyAbort()
 
   /** @internal Use your adapter's `createLock`. */
@@ -190,7 +193,8 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     }
     this.#releasing = true
     try {
-      const released = await holding.unlock()
+      const trace = this.#trace
+      const released = await (trace === undefined ? holding.unlock() : trace.unlock(holding as Holding<unknown>))
       if (!holding.lost.aborted) this.#holding = undefined
       return released
     } catch (error) {
@@ -206,32 +210,50 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     await this.release()
   }
 
-  async #take(options: AcquireOptions | undefined, noWait: boolean): Promise<boolean> {
+  /** Validates one acquire, then makes it: traced, from here in the caller's context, when something listens. */
+  #take(options: AcquireOptions | undefined, noWait: boolean): Promise<boolean> {
     const spec = this.#spec
     const wait = resolveWait(options, spec, noWait)
     if (this.#acquiring || (this.#holding !== undefined && !this.#holding.settled)) throw new AlreadyHeldError(spec.details)
-    wait.signal?.throwIfAborted()
-    this.#holding = undefined
-    const transaction = this.scope === 'transaction'
-    if (transaction && this.#executor.inTransaction?.() === false) throw notInTransaction(new NotInTransaction(), spec.details)
-    const take: Take = transaction
-      ? {
-          framing: { kind: 'savepoint', name: nextSavepoint(), keepOpen: wait.signal !== undefined },
-          mark: nextMark(),
-          keepSavepoint: wait.signal !== undefined,
-        }
-      : { framing: SESSION }
-    this.#acquiring = true
+    if (!tracing()) return this.#attempt(wait, undefined)
+    const trace = LockTrace.start(spec, wait, this.#executor, noWait ? 'tryAcquire' : 'acquire')
+    const attempt = this.#attempt(wait, trace)
+    trace.returned()
+    return attempt
+  }
+
+  async #attempt(wait: Wait, trace: LockTrace | undefined): Promise<boolean> {
+    const spec = this.#spec
     let holding: Holding<Db> | undefined
     try {
-      holding = await acquire(this.#executor, spec, wait, take)
+      wait.signal?.throwIfAborted()
+      this.#holding = undefined
+      const transaction = this.scope === 'transaction'
+      if (transaction && this.#executor.inTransaction?.() === false) throw new NotInTransaction()
+      const take: Take = transaction
+        ? {
+            framing: { kind: 'savepoint', name: nextSavepoint(), keepOpen: wait.signal !== undefined },
+            mark: nextMark(),
+            keepSavepoint: wait.signal !== undefined,
+          }
+        : { framing: SESSION }
+      this.#acquiring = true
+      try {
+        holding = await acquire(this.#executor, spec, wait, take)
+      } finally {
+        this.#acquiring = false
+      }
     } catch (error) {
-      throw error instanceof NotInTransaction ? notInTransaction(error, spec.details) : error
-    } finally {
-      this.#acquiring = false
+      const failure = error instanceof NotInTransaction ? notInTransaction(error, spec.details) : error
+      trace?.failed(failure)
+      throw failure
     }
-    if (holding === undefined) return false
+    if (holding === undefined) {
+      trace?.busy()
+      return false
+    }
     this.#holding = holding
+    this.#trace = trace
     this.#abort = holding.lost
     const held = holding
     held.watch(spec.keepAliveMs, (error) => {
@@ -250,6 +272,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
         end: () => held.endQuietly(),
       })
     }
+    trace?.granted(held as Holding<unknown>)
     return true
   }
 }

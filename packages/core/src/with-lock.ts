@@ -10,6 +10,7 @@ import { type LockRequest, resolveRequest } from './options.js'
 import { nextSavepoint } from './sql.js'
 import { isConnectionFailure } from './sqlstate.js'
 import { NotInTransaction, SESSION } from './take.js'
+import { LockTrace, tracing } from './tracing.js'
 import type { Lease, LockKey, WithLockOptions } from './types.js'
 import { interruptible, untilLost } from './wait.js'
 import { connectionLostError } from './watch.js'
@@ -35,7 +36,8 @@ class LockLease<Db> implements Lease<Db> {
 /** @internal The function a user passes to `withLock`. */
 export type LeaseFn<Db, T> = (lease: Lease<Db>) => T | PromiseLike<T>
 
-type Request<Db, T> = LockRequest<LeaseFn<Db, T>>
+/** A call's request; `trace` is set only on a traced call, so that an untraced one keeps its shape and size. */
+type Request<Db, T> = LockRequest<LeaseFn<Db, T>> & { trace?: LockTrace }
 
 /** @internal What the non-blocking form resolves to when the lock was taken; the blocking form never does. */
 export const NOT_ACQUIRED: unique symbol = Symbol('pglock.notAcquired')
@@ -62,6 +64,7 @@ export function runWithLock<Db, T>(
   options: WithLockOptions | undefined,
   noWait: boolean,
 ): Promise<Outcome<T>> {
+  if (tracing()) return traced(executor, key, fn, options, noWait)
   let request: Request<Db, T>
   try {
     request = resolveRequest(key, fn, options, noWait)
@@ -70,6 +73,63 @@ export function runWithLock<Db, T>(
     return Promise.reject(error)
   }
   return request.scope === 'session' ? inSession(executor, request) : inTransaction(executor, request)
+}
+
+/**
+ * {@link runWithLock} while something listens on a pglock channel: the acquire is traced from here,
+ * in the caller's context, to the grant (where `fn` starts) or to the call's failure or `busy`.
+ */
+function traced<Db, T>(
+  executor: LockExecutor<Db>,
+  key: LockKey,
+  fn: LeaseFn<Db, T>,
+  options: WithLockOptions | undefined,
+  noWait: boolean,
+): Promise<Outcome<T>> {
+  let request: Request<Db, T>
+  try {
+    request = resolveRequest(key, fn, options, noWait)
+  } catch (error) {
+    return Promise.reject(error)
+  }
+  const trace = LockTrace.start(request, request, executor, noWait ? 'tryWithLock' : 'withLock')
+  request.trace = trace
+  let running: Promise<Outcome<T>>
+  try {
+    request.signal?.throwIfAborted()
+    running = request.scope === 'session' ? inSession(executor, request) : inTransaction(executor, request)
+  } catch (error) {
+    running = Promise.reject(error)
+  }
+  trace.returned()
+  return running.then(
+    (outcome) => {
+      if (outcome === NOT_ACQUIRED) trace.busy()
+      return outcome
+    },
+    (error: unknown) => {
+      trace.failed(error)
+      throw error
+    },
+  )
+}
+
+/** Runs `fn` on the granted lock: through the trace when the call is traced. */
+function runFn<Db, T>(request: Request<Db, T>, lease: LockLease<Db>, holding: Holding<Db>): T | PromiseLike<T> {
+  const { trace } = request
+  return trace === undefined ? request.fn(lease) : trace.run(request.fn, lease, holding as Holding<unknown>)
+}
+
+/** Unlocks a session lock: through the trace when the call is traced. */
+function unlock<Db, T>(request: Request<Db, T>, holding: Holding<Db>): Promise<boolean> {
+  const { trace } = request
+  return trace === undefined ? holding.unlock() : trace.unlock(holding as Holding<unknown>)
+}
+
+/** Ends a transaction lock pglock framed: through the trace when the call is traced. */
+function finish<Db, T>(request: Request<Db, T>, holding: Holding<Db>, commit: boolean): Promise<void> {
+  const { trace } = request
+  return trace === undefined ? holding.finish(commit) : trace.finish(holding as Holding<unknown>, commit)
 }
 
 async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db, T>): Promise<Outcome<T>> {
@@ -84,13 +144,13 @@ async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db,
   holding.watch(request.keepAliveMs)
   let value: T
   try {
-    const out = request.fn(new LockLease(holding.connection.db, holding))
+    const out = runFn(request, new LockLease(holding.connection.db, holding), holding)
     value = isThenable(out) ? await out : out
   } catch (error) {
-    await holding.unlock().catch(noop)
+    await unlock(request, holding).catch(noop)
     throw holding.isLost ? lostWhileRunning(holding.lost.reason, error) : error
   }
-  if (!(await holding.unlock())) holding.lost.throwIfAborted()
+  if (!(await unlock(request, holding))) holding.lost.throwIfAborted()
   return value
 }
 
@@ -182,9 +242,13 @@ async function inDriverTransaction<Db, T>(
         }
       }
     }
-    return await untilLost(ended, driver.abandoned)
+    const outcome = await untilLost(ended, driver.abandoned)
+    request.trace?.driverEnded(false)
+    return outcome
   } catch (error) {
-    throw explain(held === undefined ? error : await driverFailure(request, driver, held, error), request, request)
+    const failure = explain(held === undefined ? error : await driverFailure(request, driver, held, error), request, request)
+    request.trace?.driverEnded(true, failure)
+    throw failure
   } finally {
     driver.holding?.stopWatching()
     if (given === undefined) ticket?.leave()
@@ -304,14 +368,14 @@ async function holdWhileRunning<Db, T>(
     else watchInDriverTransaction(holding, request.keepAliveMs, driver)
     let value: T
     try {
-      const out = request.fn(new LockLease(holding.db, holding))
+      const out = runFn(request, new LockLease(holding.db, holding), holding)
       value = isThenable(out) ? await out : out
     } catch (error) {
       if (driver !== undefined) driver.ran = true
       if (ending.leaveGate) holding.ticket.leave()
       const gone =
         holding.isLost ||
-        (await holding.finish(false).then(
+        (await finish(request, holding, false).then(
           () => false,
           (failure: unknown) => lostBy(request.details, (holding as Holding<Db>).lost, failure),
         ))
@@ -328,7 +392,7 @@ async function holdWhileRunning<Db, T>(
         driver?.abandoned.abort(holding.lost.reason)
         throw holding.lost.reason
       }
-      await holding.finish(true)
+      await finish(request, holding, true)
     } catch (error) {
       if (lostBy(request.details, holding.lost, error)) throw holding.lost.reason
       throw error

@@ -92,6 +92,8 @@ export interface DriverEntry {
 
 /** How one of Drizzle's Postgres drivers maps onto a pglock driver adapter. */
 export interface DrizzleDriver extends DriverEntry {
+  /** The adapter's name in pglock's tracing channels (`LockExecutor.adapter`). */
+  readonly adapter: string
   /** The pglock executor of the client under a database or `tx`, if it is one of this driver's. */
   clientExecutor(client: unknown): LockExecutor<unknown> | undefined
   /**
@@ -190,7 +192,13 @@ function transactionExecutor(driver: DrizzleDriver, tx: DrizzleShape): LockExecu
   const connect = inner?.connect
   if (inner === undefined || connect === undefined) throw unsupportedClient(driver, client)
   const attach = (connection: LockConnection<unknown>) => rebind(connection, tx)
-  return { kind: 'connection', queueKey: inner.queueKey, connect: () => connect().then(attach), inTransaction: () => true }
+  return {
+    kind: 'connection',
+    adapter: driver.adapter,
+    queueKey: inner.queueKey,
+    connect: () => connect().then(attach),
+    inTransaction: () => true,
+  }
 }
 
 /**
@@ -253,8 +261,8 @@ function databaseExecutor(driver: DrizzleDriver, db: DrizzleShape): LockExecutor
     const connect = (): Promise<LockConnection<unknown>> =>
       classes === undefined ? classesOf().then(() => pin().then(attach)) : pin().then(attach)
     return transaction === undefined
-      ? { kind: 'pool', queueKey: inner.queueKey, connect }
-      : { kind: 'pool', queueKey: inner.queueKey, connect, transaction }
+      ? { kind: 'pool', adapter: driver.adapter, queueKey: inner.queueKey, connect }
+      : { kind: 'pool', adapter: driver.adapter, queueKey: inner.queueKey, connect, transaction }
   }
   const inTransaction = inner.inTransaction?.bind(inner)
   let transactionDb: (() => object) | undefined
@@ -269,6 +277,7 @@ function databaseExecutor(driver: DrizzleDriver, db: DrizzleShape): LockExecutor
     classes === undefined ? classesOf().then(() => pin().then(attach)) : pin().then(attach)
   return {
     kind: 'connection',
+    adapter: driver.adapter,
     queueKey: inner.queueKey,
     connect,
     ...(transaction === undefined ? {} : { transaction }),

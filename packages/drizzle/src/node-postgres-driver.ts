@@ -8,6 +8,7 @@ import { type DriverEntry, type DrizzleDriver, executorIf } from './drizzle-exec
 export function nodePgDriver(entry: DriverEntry): DrizzleDriver {
   return {
     ...entry,
+    adapter: 'drizzle/node-postgres',
     clientExecutor: (client) => (typeof client === 'object' && client !== null ? executorIf(pgExecutor, client) : undefined),
   }
 }

@@ -10,6 +10,7 @@ import { transactionClientOf } from './drizzle-privates.js'
 export function postgresJsDriver(entry: DriverEntry): DrizzleDriver {
   return {
     ...entry,
+    adapter: 'drizzle/postgres-js',
     clientExecutor: (client) => (typeof client === 'function' ? executorIf(postgresJsExecutor, client) : undefined),
     runInTransaction: (db, body) =>
       runInPostgresJsTransaction(

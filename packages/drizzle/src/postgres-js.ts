@@ -6,7 +6,10 @@ import { postgresJsDriver } from './postgres-js-driver.js'
 
 // The user's API only: the executor behind it stays inside the package.
 export {
+  type AcquireOperation,
   type AcquireOptions,
+  type AcquireOutcome,
+  type AcquireTraceContext,
   AlreadyHeldError,
   type HeldLock,
   InvalidArgumentError,
@@ -21,11 +24,15 @@ export {
   type LockOptions,
   type LockScope,
   LockTimeoutError,
+  type LockTraceBase,
+  type LostMessage,
   PgLockError,
   type PgLockErrorCode,
   type PgLockErrorDetails,
   pgLocksRow,
   ReleaseFailedError,
+  type ReleaseTraceContext,
+  type RunTraceContext,
   resolveLockId,
   type TryWithLockResult,
   UnsupportedError,

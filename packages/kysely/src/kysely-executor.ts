@@ -640,6 +640,7 @@ const pools = new WeakMap<Kysely<any>, KyselyPool>()
 /** A `Kysely` instance: session locks pin one of its connections, transaction scope runs in `db.transaction()`. */
 class KyselyPool implements LockExecutor<Kysely<any>> {
   readonly kind = 'pool'
+  readonly adapter = 'kysely'
   readonly queueKey: object
   readonly #db: Kysely<any>
 
@@ -670,6 +671,7 @@ function executorFor(db: Kysely<any>): LockExecutor<Kysely<any>> {
   if (db.isTransaction || instance !== undefined) {
     return {
       kind: 'connection',
+      adapter: 'kysely',
       queueKey: db,
       connect: async () => {
         const connections = connectionsOf(db)

@@ -4,7 +4,10 @@ import { type PgHandle, type PgLeaseDb, pgExecutor } from './pg-executor.js'
 
 // The user's API only: the executor behind it is on the `@pglock/pg/adapter` subpath.
 export {
+  type AcquireOperation,
   type AcquireOptions,
+  type AcquireOutcome,
+  type AcquireTraceContext,
   AlreadyHeldError,
   type HeldLock,
   InvalidArgumentError,
@@ -19,11 +22,15 @@ export {
   type LockOptions,
   type LockScope,
   LockTimeoutError,
+  type LockTraceBase,
+  type LostMessage,
   PgLockError,
   type PgLockErrorCode,
   type PgLockErrorDetails,
   pgLocksRow,
   ReleaseFailedError,
+  type ReleaseTraceContext,
+  type RunTraceContext,
   resolveLockId,
   type TryWithLockResult,
   UnsupportedError,

@@ -286,7 +286,7 @@ export function pgExecutor<H extends PgHandle>(db: H): LockExecutor<PgLeaseDb<H>
 }
 
 function describe(db: object): LockExecutor<unknown> {
-  if (isPool(db)) return { kind: 'pool', queueKey: db, connect: () => checkOut(db) }
+  if (isPool(db)) return { kind: 'pool', adapter: 'pg', queueKey: db, connect: () => checkOut(db) }
   if (isClient(db)) {
     if (neverConnected(db)) {
       throw new InvalidArgumentError(
@@ -295,6 +295,7 @@ function describe(db: object): LockExecutor<unknown> {
     }
     return {
       kind: 'connection',
+      adapter: 'pg',
       queueKey: db,
       connect: async () => pin(db, false),
       inTransaction() {

@@ -3,7 +3,10 @@ import { type PostgresJsHandle, type PostgresJsLeaseDb, postgresJsExecutor } fro
 
 // The user's API only: the executor behind it is on the `@pglock/postgres-js/adapter` subpath.
 export {
+  type AcquireOperation,
   type AcquireOptions,
+  type AcquireOutcome,
+  type AcquireTraceContext,
   AlreadyHeldError,
   type HeldLock,
   InvalidArgumentError,
@@ -18,11 +21,15 @@ export {
   type LockOptions,
   type LockScope,
   LockTimeoutError,
+  type LockTraceBase,
+  type LostMessage,
   PgLockError,
   type PgLockErrorCode,
   type PgLockErrorDetails,
   pgLocksRow,
   ReleaseFailedError,
+  type ReleaseTraceContext,
+  type RunTraceContext,
   resolveLockId,
   type TryWithLockResult,
   UnsupportedError,

@@ -436,6 +436,7 @@ function executorFor(db: unknown): LockExecutor<unknown> {
     const reserved = db as ReservedSql<any>
     return {
       kind: 'connection',
+      adapter: 'postgres-js',
       queueKey: db,
       async connect() {
         if (generationOf(reserved) === 4) await nameHandleV4(reserved)
@@ -447,6 +448,7 @@ function executorFor(db: unknown): LockExecutor<unknown> {
     const transaction = db as TransactionSql<any>
     return {
       kind: 'connection',
+      adapter: 'postgres-js',
       queueKey: db,
       async connect() {
         await (generationOf(transaction) === 4 ? nameHandleV4(transaction) : learnConnection(transaction))
@@ -482,6 +484,7 @@ function poolExecutor(sql: Sql<any>): LockExecutor<unknown> {
   }
   return {
     kind: 'pool',
+    adapter: 'postgres-js',
     queueKey: sql,
     connect() {
       const closing = untilClosed(sql)

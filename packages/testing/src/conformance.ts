@@ -9,6 +9,7 @@ import { describeOneConnection } from './conformance/one-connection.ts'
 import { describePoolWait } from './conformance/pool-wait.ts'
 import { describeRoundTrips } from './conformance/round-trips.ts'
 import { describeTimeouts } from './conformance/timeouts.ts'
+import { describeTracing } from './conformance/tracing.ts'
 import { describeTransactionScope } from './conformance/transaction-scope.ts'
 
 /**
@@ -36,4 +37,5 @@ export function describeConformance(adapter: AdapterUnderTest): void {
   describeKeys(adapter)
   describeRoundTrips(adapter)
   describeLoad(adapter)
+  describeTracing(adapter)
 }

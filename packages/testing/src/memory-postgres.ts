@@ -440,6 +440,7 @@ export function memoryExecutor(db: MemoryHandle): LockExecutor<MemoryClient> {
     const client = db instanceof MemoryAlias ? db.client : db
     return {
       kind: 'connection',
+      adapter: 'memory',
       queueKey: db,
       connect: async () => lockConnection(client, false, undefined),
       inTransaction: () => (client.tellsTransaction ? client.inTransaction : undefined),
@@ -453,7 +454,7 @@ function poolExecutor(pool: MemoryPool): LockExecutor<MemoryClient> {
     const backend = await pool._checkOut()
     return lockConnection(backend.client as MemoryClient, true, pool)
   }
-  const executor: LockExecutor<MemoryClient> = { kind: 'pool', queueKey: pool, connect: checkOut }
+  const executor: LockExecutor<MemoryClient> = { kind: 'pool', adapter: 'memory', queueKey: pool, connect: checkOut }
   if (!pool.driverTransactions) return executor
   return {
     ...executor,

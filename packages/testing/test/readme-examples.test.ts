@@ -19,7 +19,7 @@ import { type ReadmeBlock, readmeBlocks } from '../src/readme-blocks.ts'
 const SETUP_TIMEOUT_MS = 600_000
 const BLOCK_TIMEOUT_MS = 60_000
 /** Packages the examples import besides the packed packages and their peers. */
-const EXTRA_PACKAGES = ['kysely-postgres-js@3']
+const EXTRA_PACKAGES = ['kysely-postgres-js@3', '@opentelemetry/sdk-trace-node@2', '@opentelemetry/sdk-metrics@2']
 
 const here = join(root, 'packages/testing/readme')
 const readmes = [
