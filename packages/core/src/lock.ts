@@ -67,7 +67,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
   #releasing = false
   /** the lock this handle holds, or held until it was lost (its `db` then stays readable until release) */
   #holding: Holding<Db> | undefined
-  /** the trace of that lock, when acquired while something listened on pglock's channels */
+  /** the trace of the last acquire and its lock, made when something listened on pglock's channels */
   #trace: LockTrace | undefined
   #abort = new LazyAbort()
 
@@ -215,14 +215,19 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     const spec = this.#spec
     const wait = resolveWait(options, spec, noWait)
     if (this.#acquiring || (this.#holding !== undefined && !this.#holding.settled)) throw new AlreadyHeldError(spec.details)
-    if (!tracing()) return this.#attempt(wait, undefined)
+    if (!tracing()) {
+      this.#trace = undefined
+      return this.#attempt(wait)
+    }
     const trace = LockTrace.start(spec, wait, this.#executor, noWait ? 'tryAcquire' : 'acquire')
-    const attempt = this.#attempt(wait, trace)
+    this.#trace = trace
+    const attempt = this.#attempt(wait)
     trace.returned()
     return attempt
   }
 
-  async #attempt(wait: Wait, trace: LockTrace | undefined): Promise<boolean> {
+  /** The acquire {@link #take} validated; `#trace` is its trace, read where used (no local kept across its awaits). */
+  async #attempt(wait: Wait): Promise<boolean> {
     const spec = this.#spec
     let holding: Holding<Db> | undefined
     try {
@@ -245,15 +250,14 @@ export class Lock<Db = unknown> implements AsyncDisposable {
       }
     } catch (error) {
       const failure = error instanceof NotInTransaction ? notInTransaction(error, spec.details) : error
-      trace?.failed(failure)
+      this.#trace?.failed(failure)
       throw failure
     }
     if (holding === undefined) {
-      trace?.busy()
+      this.#trace?.busy()
       return false
     }
     this.#holding = holding
-    this.#trace = trace
     this.#abort = holding.lost
     const held = holding
     held.watch(spec.keepAliveMs, (error) => {
@@ -272,7 +276,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
         end: () => held.endQuietly(),
       })
     }
-    trace?.granted(held as Holding<unknown>)
+    this.#trace?.granted(held as Holding<unknown>)
     return true
   }
 }

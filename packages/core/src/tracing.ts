@@ -209,6 +209,12 @@ export function tracing(): boolean {
   return subscribed(acquireChannel) || subscribed(runChannel) || subscribed(releaseChannel) || lostChannel.hasSubscribers
 }
 
+/** `fn(lease)` as a native promise: `tracePromise` of early Node 20 releases accepts nothing else. */
+function promiseOf<L, T>(fn: (lease: L) => T | PromiseLike<T>, lease: L): Promise<T> {
+  const out = fn(lease)
+  return out instanceof Promise ? out : Promise.resolve(out)
+}
+
 /** Publishes the end of an async trace as `TracingChannel.tracePromise` does. */
 function settle<C extends { result?: unknown; error?: unknown }>(traced: TracingChannel<unknown, C>, context: C, failed: boolean): void {
   if (failed) traced.error.publish(context)
@@ -310,7 +316,7 @@ export class LockTrace {
     if (!subscribed(runChannel)) return fn(lease)
     const { key, lockId, mode, scope, adapter, pid } = this.#base
     const context: RunTraceContext = { key, lockId, mode, scope, adapter, pid }
-    return runChannel.tracePromise(fn as (lease: L) => Promise<T>, context, undefined, lease)
+    return runChannel.tracePromise(promiseOf<L, T>, context, undefined, fn, lease)
   }
 
   #releaseContext(): ReleaseContext {
