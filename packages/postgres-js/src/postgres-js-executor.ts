@@ -350,10 +350,7 @@ export function pinPostgresJs<Db>(handle: ReservedSql<any> | TransactionSql<any>
  * callback never settles: 3.4 fails `sql.begin()` by itself and would throw from a timer on a
  * `ROLLBACK` into the closed connection. The pin still knows the loss, so nothing listens for it here.
  */
-function settleUnlessLost<Db, T>(
-  connection: PostgresJsConnection<Db>,
-  body: (connection: LockConnection<Db>) => Promise<T>,
-): Promise<T> {
+function settleUnlessLost<Db, T>(connection: PostgresJsConnection<Db>, body: (connection: LockConnection<Db>) => Promise<T>): Promise<T> {
   return body(connection).then(
     (value) => (connection.lost ? new Promise<T>(noop) : value),
     (error: unknown) => {
