@@ -1,10 +1,11 @@
 import type { LockExecutor } from './executor.js'
+import { type ListHoldersOptions, type LockHolder, listHolders } from './holders.js'
 import { Lock } from './lock.js'
 import type { LockKey, LockOptions, LockScope, NoOptions, ScopeOf, TryWithLockResult, WithLockOptions } from './types.js'
 import { type LeaseFn, NOT_ACQUIRED, runWithLock } from './with-lock.js'
 
 /**
- * The three functions every adapter exports, bound to one driver. Adapters re-export them with
+ * The functions every adapter exports, bound to one driver. Adapters re-export them with
  * types that name the driver's own handles.
  */
 export interface BoundLockFunctions<Handle, Db> {
@@ -14,10 +15,12 @@ export interface BoundLockFunctions<Handle, Db> {
   withLock<T>(db: Handle, key: LockKey, fn: LeaseFn<Db, T>, options?: WithLockOptions): Promise<T>
   /** Like `withLock`, but does not wait: `{ acquired: false }` when the lock is taken. */
   tryWithLock<T>(db: Handle, key: LockKey, fn: LeaseFn<Db, T>, options?: WithLockOptions): Promise<TryWithLockResult<T>>
+  /** The backends holding or waiting for advisory locks of the current database, in one statement. */
+  listHolders(db: Handle, options?: ListHoldersOptions): Promise<LockHolder[]>
 }
 
 /**
- * Builds an adapter's `createLock`, `withLock` and `tryWithLock` from one function that
+ * Builds an adapter's `createLock`, `withLock`, `tryWithLock` and `listHolders` from one function that
  * describes a driver handle as a {@link LockExecutor}. `toExecutor` should throw
  * `InvalidArgumentError` for a value that is not a handle of its driver; it runs before any SQL.
  *
@@ -25,10 +28,11 @@ export interface BoundLockFunctions<Handle, Db> {
  * ```ts
  * import { bindExecutor, type LockExecutor } from '@pglock/core/adapter'
  *
- * const { createLock, withLock, tryWithLock } = bindExecutor((db: MyPool): LockExecutor<MyConn> => ({
+ * const { createLock, withLock, tryWithLock, listHolders } = bindExecutor((db: MyPool): LockExecutor<MyConn> => ({
  *   kind: 'pool',
  *   queueKey: db,
  *   connect: async () => toLockConnection(await db.checkout()),
+ *   query: async (sql) => (await db.query(sql)).rows,
  * }))
  * ```
  */
@@ -49,6 +53,7 @@ export function bindExecutor<Handle, Db>(toExecutor: (db: Handle) => LockExecuto
       const value = await runWithLock(toExecutor(db), key, fn, options, true)
       return value === NOT_ACQUIRED ? NOT_TAKEN : { acquired: true, value }
     },
+    listHolders: async (db, options) => listHolders(toExecutor(db), options),
   }
 }
 
@@ -112,6 +117,8 @@ export interface ScopedLockFunctions<Handle, F extends LeaseDbOf> {
     fn: LeaseFn<LeaseDb<F, H, ScopeOf<O>>, T>,
     options?: O,
   ): Promise<TryWithLockResult<T>>
+  /** The backends holding or waiting for advisory locks of the current database, in one statement. */
+  listHolders(db: Handle, options?: ListHoldersOptions): Promise<LockHolder[]>
 }
 
 /**

@@ -185,4 +185,14 @@ export interface LockExecutor<Db> {
    * in one round trip. `runInDriverTransaction` writes it from the driver's `begin`.
    */
   transaction?<T>(body: (connection: LockConnection<Db>) => Promise<T>): Promise<T>
+
+  /**
+   * Optional. Runs one read-only statement that pglock wrote itself (as for
+   * {@link LockConnection.query}: no parameters, ids as validated integer literals) on whichever
+   * connection the handle picks, in one round trip, and resolves to its rows; `listHolders`
+   * uses it. A pool runs it on any connection it lends; a connection or transaction runs it there,
+   * after pglock's own statements already queued on it. Without it, `listHolders` fails with
+   * `UNSUPPORTED`.
+   */
+  query?(sql: string): Promise<readonly Row[]>
 }

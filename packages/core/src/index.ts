@@ -10,6 +10,7 @@ export {
   ReleaseFailedError,
   UnsupportedError,
 } from './errors.js'
+export type { ListHoldersOptions, LockHolder } from './holders.js'
 export { type LockId, pgLocksRow, postgresLock01, resolveLockId, sha1Int64 } from './keys.js'
 export { type HeldLock, Lock } from './lock.js'
 export type {

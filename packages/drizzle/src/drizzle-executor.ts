@@ -198,7 +198,14 @@ function transactionExecutor(driver: DrizzleDriver, tx: DrizzleShape): LockExecu
     queueKey: inner.queueKey,
     connect: () => connect().then(attach),
     inTransaction: () => true,
+    ...queryOf(inner),
   }
+}
+
+/** The client's own `query`: a statement of pglock's reads the same through Drizzle's handle. */
+function queryOf(inner: LockExecutor<unknown>): Pick<LockExecutor<unknown>, 'query'> {
+  const query = inner.query?.bind(inner)
+  return query === undefined ? {} : { query }
 }
 
 /**
@@ -261,8 +268,8 @@ function databaseExecutor(driver: DrizzleDriver, db: DrizzleShape): LockExecutor
     const connect = (): Promise<LockConnection<unknown>> =>
       classes === undefined ? classesOf().then(() => pin().then(attach)) : pin().then(attach)
     return transaction === undefined
-      ? { kind: 'pool', adapter: driver.adapter, queueKey: inner.queueKey, connect }
-      : { kind: 'pool', adapter: driver.adapter, queueKey: inner.queueKey, connect, transaction }
+      ? { kind: 'pool', adapter: driver.adapter, queueKey: inner.queueKey, connect, ...queryOf(inner) }
+      : { kind: 'pool', adapter: driver.adapter, queueKey: inner.queueKey, connect, transaction, ...queryOf(inner) }
   }
   const inTransaction = inner.inTransaction?.bind(inner)
   let transactionDb: (() => object) | undefined
@@ -282,6 +289,7 @@ function databaseExecutor(driver: DrizzleDriver, db: DrizzleShape): LockExecutor
     connect,
     ...(transaction === undefined ? {} : { transaction }),
     ...(inTransaction === undefined ? {} : { inTransaction }),
+    ...queryOf(inner),
   } as LockExecutor<unknown>
 }
 

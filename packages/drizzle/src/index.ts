@@ -15,7 +15,9 @@ export {
   InvalidKeyError,
   type KeyHash,
   type Lease,
+  type ListHoldersOptions,
   Lock,
+  type LockHolder,
   type LockId,
   type LockKey,
   LockLostError,
@@ -152,3 +154,23 @@ export const withLock = bound.withLock
  * ```
  */
 export const tryWithLock = bound.tryWithLock
+
+/**
+ * Lists the backends holding or waiting for advisory locks in the current database, from
+ * `pg_locks` and `pg_stat_activity`, in one read-only statement on any handle this entry takes.
+ * Pass `keys` to list only their locks and name each row's key (string keys are matched under
+ * every hash of `keyHash`). A role sees every lock, but of other roles' backends only the pid and
+ * `applicationName` (`pg_stat_activity` hides the rest unless it has `pg_read_all_stats`).
+ *
+ * @throws `InvalidKeyError` for a key or `keyHash` that cannot name a lock, `InvalidArgumentError`
+ * for other malformed options; both before any SQL.
+ * @example
+ * ```ts
+ * import { listHolders } from '@pglock/drizzle'
+ *
+ * for (const holder of await listHolders(db, { keys: ['invoice:42'], keyHash: ['sha1-int64', 'postgres-lock-0.1'] })) {
+ *   console.log(holder.pid, holder.granted ? 'holds' : `waits since ${holder.waitingSince?.toISOString()}`, holder.applicationName)
+ * }
+ * ```
+ */
+export const listHolders = bound.listHolders

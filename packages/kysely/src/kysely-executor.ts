@@ -647,6 +647,7 @@ class KyselyPool implements LockExecutor<Kysely<any>> {
   constructor(db: Kysely<any>) {
     this.#db = db
     this.queueKey = instanceScope(db)
+    this.query = runThrough(db) as (sql: string) => Promise<readonly Row[]>
   }
 
   /** Where a dialect may be refused, every checkout shows its connection before any statement. */
@@ -656,6 +657,8 @@ class KyselyPool implements LockExecutor<Kysely<any>> {
 
   // properties, not methods: the core may call them detached
   readonly connect = (): Promise<LockConnection<Kysely<any>>> => pin(this.#db, this.#known())
+
+  readonly query: (sql: string) => Promise<readonly Row[]>
 
   readonly transaction = <T>(body: (connection: LockConnection<Kysely<any>>) => Promise<T>): Promise<T> => {
     if (!mayRefuse()) return runInTransaction(this.#db, this.#known(), body)
@@ -678,6 +681,7 @@ function executorFor(db: Kysely<any>): LockExecutor<Kysely<any>> {
         return new KyselyConnection(db, connections, await connections(itself), instance, undefined, false)
       },
       inTransaction: () => (db.isTransaction ? true : undefined),
+      query: runThrough(db) as (sql: string) => Promise<readonly Row[]>,
     }
   }
   const pool = new KyselyPool(db)

@@ -1,4 +1,4 @@
-import type { Lease, Lock, LockKey, LockOptions, TryWithLockResult, WithLockOptions } from '@pglock/core'
+import type { Lease, ListHoldersOptions, Lock, LockHolder, LockKey, LockOptions, TryWithLockResult, WithLockOptions } from '@pglock/core'
 import { bindExecutor } from '@pglock/core/adapter'
 import { type PgHandle, type PgLeaseDb, pgExecutor } from './pg-executor.js'
 
@@ -14,7 +14,9 @@ export {
   InvalidKeyError,
   type KeyHash,
   type Lease,
+  type ListHoldersOptions,
   Lock,
+  type LockHolder,
   type LockId,
   type LockKey,
   LockLostError,
@@ -112,4 +114,29 @@ export function tryWithLock<H extends PgHandle, T>(
   options?: WithLockOptions,
 ): Promise<TryWithLockResult<T>> {
   return bound.tryWithLock(db, key, fn as (lease: Lease<unknown>) => T, options)
+}
+
+/**
+ * Lists the backends holding or waiting for advisory locks in the current database, from
+ * `pg_locks` and `pg_stat_activity`, in one read-only statement on any handle this entry takes.
+ * Pass `keys` to list only their locks and name each row's key (string keys are matched under
+ * every hash of `keyHash`). A role sees every lock, but of other roles' backends only the pid and
+ * `applicationName` (`pg_stat_activity` hides the rest unless it has `pg_read_all_stats`).
+ *
+ * @throws `InvalidKeyError` for a key or `keyHash` that cannot name a lock, `InvalidArgumentError`
+ * for other malformed options; both before any SQL.
+ * @example
+ * ```ts
+ * import pg from 'pg'
+ * import { listHolders } from '@pglock/pg'
+ *
+ * const pool = new pg.Pool()
+ *
+ * for (const holder of await listHolders(pool, { keys: ['invoice:42'], keyHash: ['sha1-int64', 'postgres-lock-0.1'] })) {
+ *   console.log(holder.pid, holder.granted ? 'holds' : `waits since ${holder.waitingSince?.toISOString()}`, holder.applicationName)
+ * }
+ * ```
+ */
+export function listHolders(db: PgHandle, options?: ListHoldersOptions): Promise<LockHolder[]> {
+  return bound.listHolders(db, options)
 }

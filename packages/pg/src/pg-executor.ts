@@ -286,7 +286,9 @@ export function pgExecutor<H extends PgHandle>(db: H): LockExecutor<PgLeaseDb<H>
 }
 
 function describe(db: object): LockExecutor<unknown> {
-  if (isPool(db)) return { kind: 'pool', adapter: 'pg', queueKey: db, connect: () => checkOut(db) }
+  if (isPool(db)) {
+    return { kind: 'pool', adapter: 'pg', queueKey: db, connect: () => checkOut(db), query: async (sql) => lastRows(await db.query(sql)) }
+  }
   if (isClient(db)) {
     if (neverConnected(db)) {
       throw new InvalidArgumentError(
@@ -298,6 +300,7 @@ function describe(db: object): LockExecutor<unknown> {
       adapter: 'pg',
       queueKey: db,
       connect: async () => pin(db, false),
+      query: (sql) => laneOf(db).query(sql),
       inTransaction() {
         const status = db.getTransactionStatus?.()
         return status === 'T' || status === 'E' ? true : status === 'I' ? false : undefined

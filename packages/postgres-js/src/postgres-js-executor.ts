@@ -427,6 +427,12 @@ export function postgresJsExecutor<H extends PostgresJsHandle>(db: H): LockExecu
   return executorFor(db) as LockExecutor<PostgresJsLeaseDb<H>>
 }
 
+/** One statement through any handle: a `Sql` runs it on a connection of its pool. */
+const queryThrough =
+  (handle: Sql<any> | ReservedSql<any> | TransactionSql<any>) =>
+  async (sql: string): Promise<readonly Row[]> =>
+    lastRows(await handle.unsafe(sql))
+
 function executorFor(db: unknown): LockExecutor<unknown> {
   if (!isQueryFunction(db)) throw notAHandle(db)
   if (typeof (db as { release?: unknown }).release === 'function') {
@@ -435,6 +441,7 @@ function executorFor(db: unknown): LockExecutor<unknown> {
       kind: 'connection',
       adapter: 'postgres-js',
       queueKey: db,
+      query: queryThrough(reserved),
       async connect() {
         if (generationOf(reserved) === 4) await nameHandleV4(reserved)
         return pinPostgresJs(reserved, reserved, NOT_OWNED)
@@ -447,6 +454,7 @@ function executorFor(db: unknown): LockExecutor<unknown> {
       kind: 'connection',
       adapter: 'postgres-js',
       queueKey: db,
+      query: queryThrough(transaction),
       async connect() {
         await (generationOf(transaction) === 4 ? nameHandleV4(transaction) : learnConnection(transaction))
         return pinPostgresJs(transaction, transaction, NOT_OWNED)
@@ -483,6 +491,7 @@ function poolExecutor(sql: Sql<any>): LockExecutor<unknown> {
     kind: 'pool',
     adapter: 'postgres-js',
     queueKey: sql,
+    query: queryThrough(sql),
     connect() {
       const closing = untilClosed(sql)
       return closing === undefined ? sql.reserve().then(pin) : closing.then(() => sql.reserve()).then(pin)
