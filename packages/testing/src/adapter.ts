@@ -1,4 +1,4 @@
-import type { Lease, Lock, LockKey, LockOptions, TryWithLockResult, WithLockOptions } from '@pglock/core'
+import type { Lease, ListHoldersOptions, Lock, LockHolder, LockKey, LockOptions, TryWithLockResult, WithLockOptions } from '@pglock/core'
 
 /** A driver handle the suite opened, and how to close it. */
 export interface Opened<H> {
@@ -31,6 +31,7 @@ export interface LockFunctions {
     fn: (lease: Lease<any>) => T | PromiseLike<T>,
     options?: WithLockOptions,
   ): Promise<TryWithLockResult<T>>
+  listHolders(db: any, options?: ListHoldersOptions): Promise<LockHolder[]>
 }
 
 /**

@@ -2,6 +2,7 @@ import type { AdapterUnderTest } from './adapter.ts'
 import { describeAbort } from './conformance/abort.ts'
 import { describeExclusion } from './conformance/exclusion.ts'
 import { describeHandles } from './conformance/handles.ts'
+import { describeHolders } from './conformance/holders.ts'
 import { describeKeys } from './conformance/keys.ts'
 import { describeLoad } from './conformance/load.ts'
 import { describeLoss } from './conformance/loss.ts'
@@ -34,6 +35,7 @@ export function describeConformance(adapter: AdapterUnderTest): void {
   describeLoss(adapter)
   describeOneConnection(adapter)
   describeHandles(adapter)
+  describeHolders(adapter)
   describeKeys(adapter)
   describeRoundTrips(adapter)
   describeLoad(adapter)
