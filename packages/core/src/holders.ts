@@ -3,7 +3,14 @@ import type { LockExecutor, Row } from './executor.js'
 import { type LockId, lockIdToken, pgLocksRow, resolveLockId } from './keys.js'
 import type { KeyHash, LockKey, LockMode } from './types.js'
 
-/** Which advisory locks {@link LockHolder}s are listed for. */
+/**
+ * Which advisory locks `listHolders` lists.
+ *
+ * @example
+ * ```ts
+ * await listHolders(pool, { keys: ['invoice:42', [7, 1001], 42n], keyHash: ['sha1-int64', 'postgres-lock-0.1'] })
+ * ```
+ */
 export interface ListHoldersOptions {
   /**
    * List only the locks of these keys, and name each row's key. A string key is matched under
@@ -28,12 +35,21 @@ export interface ListHoldersOptions {
  * always there. `pg_stat_activity` shows a role without `pg_read_all_stats` only
  * `applicationName` of other roles' backends: their `clientAddress`, `backendStart`,
  * `transactionStart` and `state` read `undefined`.
+ *
+ * @example
+ * ```ts
+ * const [holder, ...waiters] = await listHolders(pool, { keys: ['invoice:42'] })
+ * // holder: { lockId: -2254116582631872048n, key: 'invoice:42', mode: 'exclusive', granted: true,
+ * //   waitingSince: undefined, pid: 4711, applicationName: 'billing', clientAddress: '10.0.0.7',
+ * //   backendStart: Date, transactionStart: undefined, state: 'idle' }
+ * ```
  */
 export interface LockHolder {
   /** The lock id: a bigint for the int64 form (every string and integer key), the two int32 of a pair key. */
   readonly lockId: bigint | readonly [number, number]
   /** The first of the `keys` you passed whose id is this lock's, or `undefined` when you passed none. */
   readonly key: LockKey | undefined
+  /** `'shared'` for `ShareLock` in `pg_locks`, `'exclusive'` for `ExclusiveLock`. */
   readonly mode: LockMode
   /** `true` for a holder, `false` for a backend waiting for the lock. */
   readonly granted: boolean
@@ -44,9 +60,11 @@ export interface LockHolder {
   readonly waitingSince: Date | undefined
   /** The backend's process id, as `pg_backend_pid()` there reports it; `0` for a prepared transaction, as in `pg_blocking_pids()`. */
   readonly pid: number
+  /** The backend's `application_name` (`''` when the client set none). */
   readonly applicationName: string | undefined
   /** The client's IP address; `undefined` over a Unix socket, or where the role may not see it. */
   readonly clientAddress: string | undefined
+  /** When the backend's connection was opened. */
   readonly backendStart: Date | undefined
   /** When the backend's current transaction began; `undefined` outside one. */
   readonly transactionStart: Date | undefined
