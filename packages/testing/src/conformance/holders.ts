@@ -220,6 +220,24 @@ export function describeHolders(adapter: AdapterUnderTest): void {
         )
       })
 
+      it('reads ids back at the ends of their ranges', async () => {
+        const pool = await open()
+        const offset = randomBytes(2).readUInt16BE(0)
+        const edges: LockKey[] = [
+          -(2n ** 63n) + BigInt(offset),
+          2n ** 63n - 1n - BigInt(offset),
+          [-(2 ** 31) + offset, 2 ** 31 - 1 - offset],
+        ]
+        await holding(
+          edges.map((k) => lib.createLock(pool.db, k).acquire()),
+          async () => {
+            const rows = await lib.listHolders(pool.db, { keys: edges })
+            expect(rows.map((row) => row.lockId)).toEqual(expect.arrayContaining(edges))
+            expect(rows).toHaveLength(3)
+          },
+        )
+      })
+
       it('tells shared holders from an exclusive waiter', async () => {
         const pool = await open()
         const k = key('shared')
