@@ -88,7 +88,7 @@ Example:
 
 Lists the sessions that hold or await an advisory lock in the current database, from pg_locks and
 pg_stat_activity in one query. A role that is neither a superuser nor a member of pg_read_all_stats
-sees the other roles' sessions without their application, client or timings.
+sees other roles' sessions without their client address, timings or state.
 
 Options:
   -k, --key KEY        only this lock (a string key, hashed by --key-hash); repeatable

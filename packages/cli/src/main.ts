@@ -3,6 +3,7 @@ import manifest from '../package.json' with { type: 'json' }
 import { EXIT, ExitError, usage } from './exit-codes.js'
 import { hashLines } from './hash.js'
 import { HELP } from './help.js'
+import { holdersText } from './holders.js'
 import { parse, parseDuration, parseKeyHash } from './options.js'
 import { runLocked } from './run.js'
 
@@ -121,11 +122,12 @@ function hash(argv: string[]): number {
 async function holders(argv: string[]): Promise<number> {
   const { values } = parse('holders', argv, {
     key: { type: 'string', short: 'k', multiple: true },
-    'key-hash': { type: 'string' },
+    'key-hash': { type: 'string', multiple: true },
     json: { type: 'boolean' },
     url: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   })
   if (values.help) return print(HELP.holders)
-  throw new ExitError(EXIT.software, 'holders: not built yet')
+  const keyHash = (values['key-hash'] ?? ['sha1-int64']).map((each) => parseKeyHash('holders', each))
+  return print(await holdersText({ keys: values.key, keyHash, url: values.url, json: values.json ?? false }))
 }
