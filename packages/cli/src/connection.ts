@@ -8,18 +8,19 @@ const APPLICATION_NAME_BYTES = 63
  * A connected `pg.Client` for `url` (`--url`), else `DATABASE_URL`, else what node-postgres
  * reads from the libpq variables (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, ...).
  * `applicationName` shows in `pg_stat_activity` unless `PGAPPNAME` or the URL names one.
- * A failure to connect is an `ExitError` with code 69.
+ * `timeoutMs` bounds the connection attempt. A failure to connect is an `ExitError` with code 69.
  *
  * @example
  * ```ts
  * const client = await connect(values.url, 'pglock run nightly')
  * ```
  */
-export async function connect(url: string | undefined, applicationName: string): Promise<pg.Client> {
+export async function connect(url: string | undefined, applicationName: string, timeoutMs?: number): Promise<pg.Client> {
   const connectionString = url ?? (process.env.DATABASE_URL || undefined)
   const client = new pg.Client({
     ...(connectionString === undefined ? {} : { connectionString }),
     application_name: process.env.PGAPPNAME ?? truncate(applicationName),
+    ...(timeoutMs === undefined ? {} : { connectionTimeoutMillis: Math.max(1, timeoutMs) }),
   })
   // a connection that fails after its last use must not crash the process; losses are heard through the lock
   client.on('error', () => undefined)

@@ -26,7 +26,8 @@ export async function main(argv: string[]): Promise<number> {
     return await dispatch(argv)
   } catch (error) {
     if (error instanceof ExitError) {
-      console.error(`pglock: ${error.message}`)
+      // an empty message is a failure --quiet asked not to explain
+      if (error.message) console.error(`pglock: ${error.message}`)
       if (error.code === EXIT.usage) console.error(`Try 'pglock${error.command ? ` ${error.command}` : ''} --help'.`)
       return error.code
     }

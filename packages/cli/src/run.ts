@@ -7,6 +7,12 @@ import { EXIT, ExitError } from './exit-codes.js'
 /** Signals `pglock run` passes on to its command; any of them ending pglock would orphan the command, unlocked. */
 const FORWARDED = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const
 
+/**
+ * How long pglock waits to release the lock and close its connection after the command exits.
+ * Past that it exits anyway: the server frees a session's locks when its connection closes.
+ */
+const CLEANUP_MS = 5_000
+
 /** What `pglock run` was asked to do. */
 export interface RunOptions {
   readonly key: string
@@ -45,15 +51,18 @@ export async function runLocked(options: RunOptions): Promise<number> {
     else stopped.abort(new ExitError(128 + constants.signals[signal], `${signal} received while waiting for the lock`))
   }
   for (const signal of FORWARDED) process.on(signal, onSignal)
+  // --timeout bounds the whole wait, the connection's included
+  const deadline = options.timeoutMs === undefined ? undefined : performance.now() + options.timeoutMs
   try {
-    const client = await abortable(connect(options.url, `pglock run ${options.key}`), stopped.signal)
+    const client = await abortable(connect(options.url, `pglock run ${options.key}`, options.timeoutMs), stopped.signal)
     try {
       const lock = createLock(client, options.key, {
         mode: options.shared ? 'shared' : 'exclusive',
         keyHash: options.keyHash,
         keepAliveMs: options.keepAliveMs,
       })
-      if (!(await take(lock, options, stopped.signal))) {
+      const remainingMs = deadline === undefined ? undefined : Math.max(0, Math.round(deadline - performance.now()))
+      if (!(await take(lock, options, remainingMs, stopped.signal))) {
         if (!options.quiet) console.error(`pglock: lock '${options.key}' is held by another session`)
         return EXIT.busy
       }
@@ -75,13 +84,13 @@ export async function runLocked(options: RunOptions): Promise<number> {
       } finally {
         clearTimeout(killer)
         lock.signal.removeEventListener('abort', onLost)
-        if (!lost) await release(lock, options.key)
+        if (!lost) await bounded(release(lock, options.key), CLEANUP_MS)
       }
       if (lost) return EXIT.lost
       if (typeof outcome === 'number') return outcome
       return 128 + constants.signals[outcome]
     } finally {
-      await disconnect(client)
+      await bounded(disconnect(client), CLEANUP_MS)
     }
   } finally {
     for (const signal of FORWARDED) process.removeListener(signal, onSignal)
@@ -96,14 +105,20 @@ async function release(lock: ReturnType<typeof createLock>, key: string): Promis
   }
 }
 
-async function take(lock: ReturnType<typeof createLock>, options: RunOptions, signal: AbortSignal): Promise<boolean> {
+async function take(
+  lock: ReturnType<typeof createLock>,
+  options: RunOptions,
+  timeoutMs: number | undefined,
+  signal: AbortSignal,
+): Promise<boolean> {
   try {
     if (options.try) return await lock.tryAcquire({ signal })
-    await lock.acquire({ timeoutMs: options.timeoutMs, signal })
+    await lock.acquire({ timeoutMs, signal })
     return true
   } catch (error) {
     if (error instanceof ExitError) throw error
     if (error instanceof LockTimeoutError) {
+      if (options.quiet) throw new ExitError(EXIT.timeout, '')
       throw new ExitError(EXIT.timeout, `timed out after ${formatDuration(options.timeoutMs ?? 0)} waiting for the lock '${options.key}'`)
     }
     throw new ExitError(EXIT.unavailable, `could not take the lock '${options.key}': ${describeError(error)}`)
@@ -112,6 +127,16 @@ async function take(lock: ReturnType<typeof createLock>, options: RunOptions, si
 
 function formatDuration(ms: number): string {
   return ms % 1_000 === 0 && ms > 0 ? `${ms / 1_000}s` : `${ms}ms`
+}
+
+/** Waits for `promise` at most `ms`: once the command has run, a connection that hangs must not hold pglock's exit. */
+async function bounded(promise: Promise<void>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    await Promise.race([promise, new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))])
+  } finally {
+    clearTimeout(timer)
+  }
 }
 
 /** Rejects with `signal.reason` when it aborts first. */

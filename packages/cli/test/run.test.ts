@@ -76,6 +76,17 @@ describe('pglock run: when the lock is not free', () => {
     }
   })
 
+  it('says nothing with --quiet, and the exit code still tells busy from timed out', async () => {
+    const key = uniqueKey('quiet')
+    await db().query('SELECT pg_advisory_lock($1::bigint)', [lockId(key)])
+    try {
+      expect(await pglock(['run', '--try', '--quiet', key, '--', 'true'])).toMatchObject({ code: 75, stdout: '', stderr: '' })
+      expect(await pglock(['run', '-q', '-t', '200ms', key, '--', 'true'])).toMatchObject({ code: 124, stdout: '', stderr: '' })
+    } finally {
+      await db().query('SELECT pg_advisory_unlock($1::bigint)', [lockId(key)])
+    }
+  })
+
   it('runs the command as soon as the holder releases, within --timeout', async () => {
     const key = uniqueKey('handover')
     await db().query('SELECT pg_advisory_lock($1::bigint)', [lockId(key)])
