@@ -72,7 +72,7 @@ export async function runLocked(options: RunOptions): Promise<number> {
       child = started
       const onLost = () => {
         lost = true
-        console.error(`pglock: lost the lock '${options.key}' (${describeError(lock.signal.reason)}); terminating the command`)
+        console.error(`pglock: ${describeError(lock.signal.reason)}; terminating the command`)
         started.kill('SIGTERM')
         killer = setTimeout(() => started.kill('SIGKILL'), options.killAfterMs)
       }

@@ -155,7 +155,7 @@ describe('pglock run: a lost lock', () => {
     await db().query('SELECT pg_terminate_backend($1)', [holder?.pid])
     const result = await running.done
     expect(result.code).toBe(74)
-    expect(result.stderr).toMatch(new RegExp(`^pglock: lost the lock '${key}' \\(.*\\); terminating the command\\n$`))
+    expect(result.stderr).toMatch(new RegExp(`^pglock: lock "${key}" was lost: .*; terminating the command\\n$`))
     expect(readLines(log)).toEqual(['ready', 'TERM'])
   })
 
