@@ -34,7 +34,8 @@ Runs COMMAND while a session of its own holds the advisory lock KEY, then releas
 Every process that locks KEY on the same database, through pglock in any language, waits.
 
 Options:
-  -t, --timeout DURATION     give up after waiting DURATION (exit 124); default: wait as long as it takes
+  -t, --timeout DURATION     give up after waiting DURATION (exit 124); default: wait as long as
+                             it takes
   -n, --try                  do not wait: exit 75 at once when another session holds KEY
   -s, --shared               shared mode: excludes only exclusive holders, not other shared ones
       --keep-alive DURATION  while COMMAND runs, probe the connection this often, so that one that
@@ -92,7 +93,8 @@ sees other roles' sessions without their client address, timings or state.
 
 Options:
   -k, --key KEY        only this lock (a string key, hashed by --key-hash); repeatable
-      --key-hash HASH  sha1-int64 (default) or postgres-lock-0.1
+      --key-hash HASH  sha1-int64 (default) or postgres-lock-0.1; give both to match a key
+                       under either
       --json           a JSON array instead of a table (ids and times as strings)
       --url URL        the database to look at
   -h, --help           show this help
