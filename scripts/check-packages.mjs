@@ -34,7 +34,16 @@ try {
     installed = true
   })
 
-  for (const { manifest } of packed) {
+  // a command, not a module: run it as `npx <name>` resolves it, from the installed tarball
+  const binOnly = (manifest) => manifest.bin !== undefined && manifest.exports?.['.'] === undefined
+  for (const { manifest } of packed.filter((p) => binOnly(p.manifest))) {
+    step(`${manifest.name}: npx ${manifest.name} --version`, () => {
+      const printed = run('npx', ['--no-install', manifest.name, '--version'], { cwd: app }).trim()
+      if (printed !== manifest.version) throw new Error(`printed ${JSON.stringify(printed)}, expected ${manifest.version}`)
+    })
+  }
+
+  for (const { manifest } of packed.filter((p) => !binOnly(p.manifest))) {
     const name = manifest.name
     const names = notAdapters.get(name) ?? ['PgLockError', 'LockTimeoutError', 'resolveLockId', 'withLock', 'tryWithLock', 'createLock']
     const probe = `const m = MODULE; for (const n of ${JSON.stringify(names)}) { if (!(n in m)) throw new Error('${name} lacks ' + n) }`
