@@ -44,6 +44,7 @@ interface Manifest {
   readonly name: string
   readonly version: string
   readonly dependencies?: Readonly<Record<string, string>>
+  readonly exports?: Readonly<Record<string, unknown>>
 }
 
 function git(args: readonly string[]): string {
@@ -133,7 +134,10 @@ let chosen: BenchPackages | undefined
  */
 export function benchPackages(argv: readonly string[] = process.argv): BenchPackages {
   if (chosen !== undefined) return chosen
-  const dirs = publicPackages()
+  // the libraries the bench can load; a command-only package (`@pglock/cli`) is nothing to import
+  const dirs = publicPackages().filter(
+    (dir) => (JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as Manifest).exports?.['.'] !== undefined,
+  )
   const names = dirs.map((dir) => (JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as Manifest).name)
   const inherited = process.env[PACKAGES_ENV]
   if (argv.includes(WORKSPACE_FLAG) || inherited === 'workspace') {
