@@ -79,6 +79,7 @@ export function resolveLockId(key: unknown, options: { readonly keyHash?: KeyHas
     return { kind: 'int64', value: key }
   }
   if (typeof key === 'number') {
+    if (!Number.isInteger(key)) throw new InvalidKeyError(`key ${key} is not an integer`, { key })
     if (!Number.isSafeInteger(key)) {
       throw new InvalidKeyError(`key ${key} is not a safe integer; pass a bigint for ids beyond 2^53`, { key })
     }

@@ -82,7 +82,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
     this.#executor = executor
     if (spec.scope === 'transaction' && executor.kind === 'pool') {
       throw new UnsupportedError(
-        `transaction scope needs a transaction: use withLock(db, key, fn, { scope: 'transaction' }), which opens one, or pass createLock a client or transaction that is inside one`,
+        `transaction scope needs a transaction: use withLock(db, key, fn, { scope: 'transaction' }), which opens one, or pass createLock a handle already inside a transaction (the transaction itself, or the connection that opened it)`,
         spec.details,
       )
     }

@@ -48,6 +48,12 @@ describe('integer keys', () => {
     }
   })
 
+  it('says what is wrong with a number that cannot be a key', () => {
+    expect(() => resolveLockId(1.5)).toThrow('key 1.5 is not an integer')
+    expect(() => resolveLockId(Number.NaN)).toThrow('key NaN is not an integer')
+    expect(() => resolveLockId(2 ** 60)).toThrow(/not a safe integer; pass a bigint/)
+  })
+
   it('places ids in pg_locks columns as Postgres does', () => {
     expect(pgLocksRow(resolveLockId(1))).toEqual({ classid: 0, objid: 1, objsubid: 1 })
     expect(pgLocksRow(resolveLockId(-1))).toEqual({ classid: 4294967295, objid: 4294967295, objsubid: 1 })
