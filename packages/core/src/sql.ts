@@ -27,8 +27,8 @@ type PreparedFunction = 'lock' | 'try' | 'xact' | 'try_xact' | 'unlock'
 
 /**
  * Name and text of every prepared lock call, by function, mode and id kind: built once. Like
- * their text forms, each session call answers `pid`, and the unlock unlocks only on the backend
- * given as its last parameter (or anywhere, when that is null).
+ * their text forms, each answers `pid`, and the unlock unlocks only on the backend given as its
+ * last parameter (or anywhere, when that is null).
  */
 type Prepared = { readonly name: string; readonly text: string }
 const PREPARED = {} as Record<PreparedFunction, Record<LockMode, Record<LockId['kind'], Prepared>>>
@@ -46,8 +46,7 @@ for (const fn of ['lock', 'try', 'xact', 'try_xact', 'unlock'] as const) {
         fn === 'unlock'
           ? `CASE WHEN ${pid} IS NULL OR pg_backend_pid() = ${pid} THEN ${call} END AS released`
           : `${call}${fn === 'try' || fn === 'try_xact' ? ' AS acquired' : ''}`
-      const pidColumn = fn === 'xact' || fn === 'try_xact' ? '' : ', pg_backend_pid() AS pid'
-      PREPARED[fn][mode][kind] = { name: `pglock_${name}_${kind}`, text: `SELECT ${answer}${pidColumn}` }
+      PREPARED[fn][mode][kind] = { name: `pglock_${name}_${kind}`, text: `SELECT ${answer}, pg_backend_pid() AS pid` }
     }
   }
 }
@@ -137,14 +136,16 @@ let lastBegin: { id: LockId; mode: LockMode; sql: string } | undefined
 
 /** `BEGIN` and the transaction lock, in one round trip: the usual transaction lock, nothing around it. */
 function beginWithLock(id: LockId, mode: LockMode): string {
-  if (lastBegin?.id !== id || lastBegin.mode !== mode) lastBegin = { id, mode, sql: `BEGIN; SELECT ${call('xact', id, mode)}` }
+  if (lastBegin?.id !== id || lastBegin.mode !== mode)
+    lastBegin = { id, mode, sql: `BEGIN; SELECT ${call('xact', id, mode)}, pg_backend_pid() AS pid` }
   return lastBegin.sql
 }
 
 /**
  * The SQL text that takes a lock. One round trip however it is framed: `BEGIN`, a savepoint and
- * a `lock_timeout` all travel with the lock call itself. A session lock's last statement also
- * answers `pid`, the backend that took it, so that later statements can check they run there.
+ * a `lock_timeout` all travel with the lock call itself. Its last statement also answers `pid`
+ * (unless it is a `RELEASE SAVEPOINT`), the backend that took the lock, so that later statements
+ * can check they run there and traces can name it.
  */
 export function acquireSql(plan: AcquirePlan): string {
   const transaction = plan.scope === 'transaction'
@@ -171,11 +172,12 @@ export function acquireSql(plan: AcquirePlan): string {
     }
   }
   if (plan.begin) parts.unshift('BEGIN')
-  if (!transaction) parts[parts.length - 1] += ', pg_backend_pid() AS pid'
-  else if (plan.mark !== undefined) {
+  if (transaction && plan.mark !== undefined) {
     if (plan.noWait) parts[parts.length - 1] += `, ${markSql(plan.mark)} AS tx`
     else parts.push(`SELECT ${markSql(plan.mark)} AS tx`)
   }
+  // the backend, when the last statement can say it (not after RELEASE SAVEPOINT)
+  if (parts[parts.length - 1]?.startsWith('SELECT ')) parts[parts.length - 1] += ', pg_backend_pid() AS pid'
   return parts.join('; ')
 }
 

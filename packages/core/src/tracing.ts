@@ -35,9 +35,10 @@ export interface LockTraceBase {
    */
   readonly adapter: string
   /**
-   * The backend pid of the lock's connection, once known: the session lock statement answers it,
-   * so it is set for a granted session lock and equals `pg_locks.pid`. `undefined` in transaction
-   * scope (pglock asks nothing more of the server to learn it) and before a grant.
+   * The backend pid of the lock's connection, once known: the lock statement answers it, so it is
+   * set for a granted lock and equals `pg_locks.pid`. `undefined` before a grant, and where the
+   * statement cannot answer it (a timed lock under a savepoint in your own transaction, or a
+   * driver that drops the rows of a text of several statements).
    */
   readonly pid: number | undefined
 }
