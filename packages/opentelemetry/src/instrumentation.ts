@@ -7,10 +7,12 @@ import {
   context,
   diag,
   type Histogram,
+  type Link,
   type Meter,
   type MeterProvider,
   metrics,
   type Span,
+  type SpanContext,
   SpanKind,
   SpanStatusCode,
   type Tracer,
@@ -64,6 +66,12 @@ interface Attempt {
   readonly started: number
 }
 
+/** The acquire span of a `withLock` or `tryWithLock` that was just granted, for its hold span to link to. */
+interface Granted {
+  readonly message: AcquireTrace
+  readonly span: SpanContext
+}
+
 interface Instruments {
   readonly provider: MeterProvider
   readonly waitDuration: Histogram
@@ -82,6 +90,7 @@ export class Instrumentation {
   private readonly release = diagnosticsChannel.tracingChannel<Context, object>(RELEASE_CHANNEL)
   private readonly attempts = new WeakMap<object, Attempt>()
   private readonly holds = new WeakMap<object, Span>()
+  private granted: Granted | undefined
   private readonly tracer: Tracer
   private instruments: Instruments | undefined
   private storage: AsyncLocalStorage<Context> | undefined
@@ -143,6 +152,7 @@ export class Instrumentation {
     this.release.asyncEnd.unsubscribe(this.onReleaseAsyncEnd)
     diagnosticsChannel.unsubscribe(LOST_CHANNEL, this.onLost)
     this.unbindContextStorage()
+    this.granted = undefined
   }
 
   /**
@@ -174,6 +184,7 @@ export class Instrumentation {
   }
 
   private settleAttempt(message: AcquireTrace): void {
+    this.granted = undefined
     const attempt = this.attempts.get(message)
     if (attempt === undefined) return
     this.attempts.delete(message)
@@ -183,6 +194,9 @@ export class Instrumentation {
     if (message.pid !== undefined) span.setAttribute(ATTR_BACKEND_PID, message.pid)
     if (outcome === 'timeout' || outcome === 'error') failSpan(span, message.error)
     span.end()
+    if (outcome === 'acquired' && (message.operation === 'withLock' || message.operation === 'tryWithLock')) {
+      this.granted = { message, span: span.spanContext() }
+    }
 
     const waitedMs = message.waitedMs ?? performance.now() - attempt.started
     const instruments = this.metricInstruments()
@@ -200,9 +214,24 @@ export class Instrumentation {
     if (known) return known
     const attributes = this.lockAttributes(message)
     if (message.pid !== undefined) attributes[ATTR_BACKEND_PID] = message.pid
-    const span = this.tracer.startSpan(SPAN_HOLD, { kind: SpanKind.INTERNAL, attributes }, context.active())
+    const links = this.acquireLink(message)
+    const span = this.tracer.startSpan(SPAN_HOLD, { kind: SpanKind.INTERNAL, attributes, links }, context.active())
     this.holds.set(message, span)
     return span
+  }
+
+  /**
+   * A link to the acquire span of the same `withLock` call, which may be in another trace (with no
+   * active span, each is a root). The run's context shares no object with the acquire's, but the
+   * core settles the acquire and starts the run in one synchronous step, so the run that starts
+   * is the call whose acquire settled last; the lock's fields must match too.
+   */
+  private acquireLink(message: RunTrace): Link[] {
+    const granted = this.granted
+    this.granted = undefined
+    // a fresh array each time: the SDK's Span.addLink pushes onto the one it was given
+    if (granted === undefined || !sameLock(granted.message, message)) return []
+    return [{ context: granted.span }]
   }
 
   private endHold(message: RunTrace): void {
@@ -296,6 +325,10 @@ function createInstruments(provider: MeterProvider): Instruments {
       unit: '{attempt}',
     }),
   }
+}
+
+function sameLock(a: LockTraceBase, b: LockTraceBase): boolean {
+  return a.lockId === b.lockId && a.key === b.key && a.mode === b.mode && a.scope === b.scope && a.adapter === b.adapter && a.pid === b.pid
 }
 
 function failSpan(span: Span, error: unknown): void {

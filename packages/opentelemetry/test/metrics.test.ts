@@ -122,6 +122,29 @@ describe('opentelemetry metrics', () => {
     expect(histogram(holds[0])?.sum).toBeGreaterThanOrEqual(0.04)
   })
 
+  it('records the hold of a transaction lock pglock ends, and none for one your own transaction ends', async () => {
+    await withLock(pool, `${prefix}:tx:pool`, () => sleep(30), { scope: 'transaction' })
+    const client = await pool.connect()
+    try {
+      await client.query('BEGIN')
+      await createLock(client, `${prefix}:tx:acquire`, { scope: 'transaction' }).acquire()
+      await withLock(client, `${prefix}:tx:inside`, () => sleep(30), { scope: 'transaction' })
+      await client.query('COMMIT')
+      // a savepoint pglock rolls back ends the lock inside your transaction
+      await client.query('BEGIN')
+      await expect(
+        withLock(client, `${prefix}:tx:rolled-back`, () => Promise.reject(new RangeError('no')), { scope: 'transaction' }),
+      ).rejects.toThrow('no')
+      await client.query('COMMIT')
+    } finally {
+      client.release()
+    }
+    const holds = await points('pglock.lock.hold.duration', { 'pglock.lock.scope': 'transaction' })
+    expect(holds.map((point) => [point.attributes['pglock.lock.end'], histogram(point)?.count])).toEqual([['released', 2]])
+    const waits = await points('pglock.lock.wait.duration', { 'pglock.lock.scope': 'transaction' })
+    expect(waits.reduce((count, point) => count + (histogram(point)?.count ?? 0), 0)).toBe(4)
+  })
+
   it('puts what a captureKey function returns into metrics, and no lock id', async () => {
     instrumentation = instrumentPglock({ meterProvider: telemetry.meterProvider, captureKey: (key) => key.split(':').at(-2) })
     await withLock(pool, `${prefix}:invoice:1`, () => undefined)

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { type DiagLogger, DiagLogLevel, diag, SpanStatusCode, trace } from '@opentelemetry/api'
 import type { ReadableSpan } from '@opentelemetry/sdk-trace-base'
 import { instrumentPglock, type PglockInstrumentation } from '@pglock/opentelemetry'
@@ -74,6 +75,27 @@ describe('opentelemetry spans: withLock', () => {
     })
     expect(hold.attributes).toMatchObject({ 'pglock.lock.id': lockIdOf(key), 'pglock.backend.pid': pid })
     expect([acquire.status.code, hold.status.code]).toEqual([SpanStatusCode.UNSET, SpanStatusCode.UNSET])
+  })
+
+  it('links each hold span to the acquire span of its own call, across traces when no span is active', async () => {
+    const keys = [`${prefix}:link:a`, `${prefix}:link:b`, `${prefix}:link:c`]
+    const held = await createLock(pool, `${prefix}:link:other`).acquire()
+    try {
+      await Promise.all([
+        withLock(pool, keys[0]!, () => sleep(20)),
+        withLock(pool, keys[1]!, () => sleep(5), { scope: 'transaction' }),
+        tryWithLock(pool, keys[2]!, () => sleep(10)),
+      ])
+    } finally {
+      await held.release()
+    }
+    expect(named('pglock.hold')).toHaveLength(3)
+    for (const key of keys) {
+      const [acquire] = named('pglock.acquire').filter((span) => span.attributes['pglock.lock.id'] === lockIdOf(key))
+      const [hold] = named('pglock.hold').filter((span) => span.attributes['pglock.lock.id'] === lockIdOf(key))
+      expect(acquire!.spanContext().traceId).not.toBe(hold!.spanContext().traceId)
+      expect(hold!.links.map((link) => link.context)).toEqual([acquire!.spanContext()])
+    }
   })
 
   it('makes the hold span the active span inside fn, so a query span there is its child', async () => {
