@@ -21,7 +21,7 @@ Commands:
   hash KEY...                             print the lock id Postgres sees for KEY
 
 Options:
-  -h, --help     show this help; 'pglock <command> --help' for a command's
+  -h, --help     show this help; "pglock <command> --help" for a command's
   -V, --version  print pglock's version
 
 ${CONNECTION}
