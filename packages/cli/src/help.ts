@@ -79,8 +79,8 @@ and Python postgresql-lock, pass to pg_advisory_lock(bigint). Needs no database.
 Options:
       --key-hash HASH  sha1-int64 (default, as Python postgresql-lock >= 0.1.6) or
                        postgres-lock-0.1 (the ids of Python postgres-lock 0.1.x)
-      --json           one JSON object per KEY, with the pg_locks columns (classid, objid,
-                       objsubid) where the lock shows
+      --json           a JSON array of an object per KEY, with the pg_locks columns (classid,
+                       objid, objsubid) where the lock shows
   -h, --help           show this help
 
 Example:

@@ -1,7 +1,7 @@
 import { InvalidKeyError } from '@pglock/pg'
 import manifest from '../package.json' with { type: 'json' }
 import { EXIT, ExitError, quote, usage } from './exit-codes.js'
-import { hashLines } from './hash.js'
+import { hashText } from './hash.js'
 import { HELP } from './help.js'
 import { holdersText } from './holders.js'
 import { parse, parseDuration, parseKeyHash } from './options.js'
@@ -114,7 +114,7 @@ function hash(argv: string[]): number {
   if (values.help) return print(HELP.hash)
   if (positionals.length === 0) throw usage('hash', 'missing KEY')
   try {
-    return print(hashLines(positionals, parseKeyHash('hash', values['key-hash']), values.json ?? false).join('\n'))
+    return print(hashText(positionals, parseKeyHash('hash', values['key-hash']), values.json ?? false))
   } catch (error) {
     if (error instanceof InvalidKeyError) throw usage('hash', error.message)
     throw error

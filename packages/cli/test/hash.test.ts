@@ -21,16 +21,21 @@ describe('pglock hash', () => {
     expect(result.stdout.split('\n')).toEqual(['-464685171814670893', '-2721964255587120371', '-5518327800291478426', ''])
   })
 
-  it('prints the pg_locks columns of the id with --json', async () => {
-    const result = await pglock(['hash', '--json', 'shared-identifier'])
-    expect(JSON.parse(result.stdout)).toEqual({
-      key: 'shared-identifier',
-      keyHash: 'sha1-int64',
-      lockId: '-464685171814670893',
-      classid: 4186774348,
-      objid: 1503157715,
-      objsubid: 1,
-    })
+  it('prints one JSON array, as holders --json does, with the pg_locks columns of each id', async () => {
+    const result = await pglock(['hash', '--json', 'shared-identifier', 'ключ'])
+    expect(result).toMatchObject({ code: 0, stderr: '' })
+    expect(JSON.parse(result.stdout)).toEqual([
+      {
+        key: 'shared-identifier',
+        keyHash: 'sha1-int64',
+        lockId: '-464685171814670893',
+        classid: 4186774348,
+        objid: 1503157715,
+        objsubid: 1,
+      },
+      expect.objectContaining({ key: 'ключ', lockId: '-5518327800291478426', objsubid: 1 }),
+    ])
+    expect(JSON.parse((await pglock(['hash', '--json', 'shared-identifier'])).stdout)).toHaveLength(1)
   })
 })
 
