@@ -8,7 +8,8 @@ const APPLICATION_NAME_BYTES = 63
  * A connected `pg.Client` for `url` (`--url`), else `DATABASE_URL`, else what node-postgres
  * reads from the libpq variables (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, ...).
  * `applicationName` shows in `pg_stat_activity` unless `PGAPPNAME` or the URL names one.
- * `timeoutMs` bounds the connection attempt. A failure to connect is an `ExitError` with code 69.
+ * `timeoutMs` bounds the connection attempt: running out is an `ExitError` with code 124, any
+ * other failure to connect one with code 69.
  *
  * @example
  * ```ts
@@ -17,17 +18,24 @@ const APPLICATION_NAME_BYTES = 63
  */
 export async function connect(url: string | undefined, applicationName: string, timeoutMs?: number): Promise<pg.Client> {
   const connectionString = url ?? (process.env.DATABASE_URL || undefined)
+  const limitMs = timeoutMs === undefined ? undefined : Math.max(1, timeoutMs)
   const client = new pg.Client({
     ...(connectionString === undefined ? {} : { connectionString }),
     application_name: process.env.PGAPPNAME ?? truncate(applicationName),
-    ...(timeoutMs === undefined ? {} : { connectionTimeoutMillis: Math.max(1, timeoutMs) }),
+    ...(limitMs === undefined ? {} : { connectionTimeoutMillis: limitMs }),
   })
   // a connection that fails after its last use must not crash the process; losses are heard through the lock
   client.on('error', () => undefined)
+  // set before node-postgres' own timer of the same length, so it has fired when that one fails the connect
+  let timedOut = false
+  const timer = limitMs === undefined ? undefined : setTimeout(() => (timedOut = true), limitMs)
   try {
     await client.connect()
   } catch (error) {
+    if (timedOut) throw new ExitError(EXIT.timeout, `timed out after ${formatDuration(limitMs ?? 0)} while connecting to Postgres`)
     throw new ExitError(EXIT.unavailable, `cannot connect to Postgres: ${describeError(error)}`)
+  } finally {
+    clearTimeout(timer)
   }
   return client
 }
@@ -74,4 +82,16 @@ function truncate(name: string): string {
     .subarray(0, APPLICATION_NAME_BYTES)
     .toString('utf8')
     .replace(/\uFFFD+$/, '')
+}
+
+/**
+ * A duration as `--timeout` takes it: whole seconds as `30s`, anything else in milliseconds.
+ *
+ * @example
+ * ```ts
+ * formatDuration(2_000) // '2s'
+ * ```
+ */
+export function formatDuration(ms: number): string {
+  return ms % 1_000 === 0 && ms > 0 ? `${ms / 1_000}s` : `${ms}ms`
 }

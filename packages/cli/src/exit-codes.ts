@@ -60,3 +60,16 @@ export class ExitError extends Error {
 export function usage(command: string | undefined, message: string): ExitError {
   return new ExitError(EXIT.usage, message, command ?? '')
 }
+
+/**
+ * A key, option or value named in a message, in double quotes as the library's errors quote keys
+ * (control characters escaped, so that a message stays on one line).
+ *
+ * @example
+ * ```ts
+ * quote('nightly') // '"nightly"'
+ * ```
+ */
+export function quote(text: string): string {
+  return JSON.stringify(text)
+}

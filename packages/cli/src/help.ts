@@ -21,7 +21,7 @@ Commands:
   hash KEY...                             print the lock id Postgres sees for KEY
 
 Options:
-  -h, --help     show this help; 'pglock <command> --help' for a command's
+  -h, --help     show this help; "pglock <command> --help" for a command's
   -V, --version  print pglock's version
 
 ${CONNECTION}
@@ -34,8 +34,9 @@ Runs COMMAND while a session of its own holds the advisory lock KEY, then releas
 Every process that locks KEY on the same database, through pglock in any language, waits.
 
 Options:
-  -t, --timeout DURATION     give up after waiting DURATION (exit 124); default: wait as long as
-                             it takes
+  -t, --timeout DURATION     give up after waiting DURATION, connecting included (exit 124);
+                             0 tries the lock once, however long connecting takes; default: wait
+                             as long as it takes
   -n, --try                  do not wait: exit 75 at once when another session holds KEY
   -s, --shared               shared mode: excludes only exclusive holders, not other shared ones
       --keep-alive DURATION  while COMMAND runs, probe the connection this often, so that one that
@@ -60,7 +61,8 @@ Exit status:
   69   cannot connect to Postgres, or it refused the lock statement
   74   the lock was lost while COMMAND ran
   75   --try: another session holds KEY
-  124  --timeout elapsed before the lock was granted
+  124  --timeout elapsed before the lock was granted, or while connecting; with --timeout 0: KEY
+       was busy
   126  COMMAND cannot be run
   127  COMMAND not found
 
@@ -77,8 +79,8 @@ and Python postgresql-lock, pass to pg_advisory_lock(bigint). Needs no database.
 Options:
       --key-hash HASH  sha1-int64 (default, as Python postgresql-lock >= 0.1.6) or
                        postgres-lock-0.1 (the ids of Python postgres-lock 0.1.x)
-      --json           one JSON object per KEY, with the pg_locks columns (classid, objid,
-                       objsubid) where the lock shows
+      --json           a JSON array of an object per KEY, with the pg_locks columns (classid,
+                       objid, objsubid) where the lock shows
   -h, --help           show this help
 
 Example:

@@ -1,6 +1,6 @@
 import { type KeyHash, type LockHolder, listHolders } from '@pglock/pg'
 import { connect, describeError, disconnect } from './connection.js'
-import { EXIT, ExitError } from './exit-codes.js'
+import { EXIT, ExitError, quote } from './exit-codes.js'
 
 /** What `pglock holders` was asked to list. */
 export interface HoldersOptions {
@@ -28,7 +28,9 @@ export async function holdersText(options: HoldersOptions): Promise<string> {
     } catch (error) {
       throw new ExitError(EXIT.unavailable, `cannot list the lock holders: ${describeError(error)}`)
     }
-    return options.json ? JSON.stringify(holders.map(toJson), null, 2) : table(holders, options.keys !== undefined)
+    if (options.json) return JSON.stringify(holders.map(toJson), null, 2)
+    if (holders.length === 0) return none(options.keys)
+    return table(holders, options.keys !== undefined)
   } finally {
     await disconnect(client)
   }
@@ -52,8 +54,13 @@ function toJson(holder: LockHolder): Record<string, unknown> {
 
 const CONTROL = /\p{Cc}/gu
 
+/** Says that nothing was found, and for which keys: another lock's holders may well exist. */
+function none(keys: readonly string[] | undefined): string {
+  if (keys === undefined) return 'no advisory locks are held or awaited'
+  return `no advisory lock is held or awaited for ${keys.map(quote).join(', ')}`
+}
+
 function table(holders: readonly LockHolder[], withKeys: boolean): string {
-  if (holders.length === 0) return 'no advisory locks are held or awaited'
   const now = Date.now()
   const header = ['LOCK ID', ...(withKeys ? ['KEY'] : []), 'MODE', 'STATUS', 'PID', 'APPLICATION', 'CLIENT', 'STATE', 'BACKEND START']
   const rows = holders.map((h) => [

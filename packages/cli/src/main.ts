@@ -1,7 +1,7 @@
 import { InvalidKeyError } from '@pglock/pg'
 import manifest from '../package.json' with { type: 'json' }
-import { EXIT, ExitError, usage } from './exit-codes.js'
-import { hashLines } from './hash.js'
+import { EXIT, ExitError, quote, usage } from './exit-codes.js'
+import { hashText } from './hash.js'
 import { HELP } from './help.js'
 import { holdersText } from './holders.js'
 import { parse, parseDuration, parseKeyHash } from './options.js'
@@ -28,7 +28,7 @@ export async function main(argv: string[]): Promise<number> {
     if (error instanceof ExitError) {
       // an empty message is a failure --quiet asked not to explain
       if (error.message) console.error(`pglock: ${error.message}`)
-      if (error.code === EXIT.usage) console.error(`Try 'pglock${error.command ? ` ${error.command}` : ''} --help'.`)
+      if (error.code === EXIT.usage) console.error(`Try ${quote(`pglock${error.command ? ` ${error.command}` : ''} --help`)}.`)
       return error.code
     }
     console.error(`pglock: internal error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`)
@@ -48,10 +48,10 @@ async function dispatch(argv: string[]): Promise<number> {
     const [topic] = rest
     if (topic === undefined) return print(HELP[''])
     if (isCommand(topic)) return print(HELP[topic])
-    throw usage(undefined, `no such command: '${topic}'`)
+    throw usage(undefined, `no such command: ${quote(topic)}`)
   }
-  if (first.startsWith('-')) throw usage(undefined, `unknown option '${first}': options follow the command`)
-  if (!isCommand(first)) throw usage(undefined, `no such command: '${first}'`)
+  if (first.startsWith('-')) throw usage(undefined, `unknown option ${quote(first)}: options follow the command`)
+  if (!isCommand(first)) throw usage(undefined, `no such command: ${quote(first)}`)
   if (first === 'run') return run(rest)
   if (first === 'hash') return hash(rest)
   return holders(rest)
@@ -79,7 +79,8 @@ async function run(argv: string[]): Promise<number> {
   if (values.help) return print(HELP.run)
   const [key, ...extra] = positionals
   if (key === undefined) throw usage('run', 'missing KEY')
-  if (extra.length > 0) throw usage('run', `unexpected '${extra[0]}': put the command after '--', as in: pglock run KEY -- COMMAND`)
+  if (extra.length > 0)
+    throw usage('run', `unexpected ${quote(extra[0] ?? '')}: put the command after "--", as in: pglock run KEY -- COMMAND`)
   const [command, ...args] = split === -1 ? [] : argv.slice(split + 1)
   if (command === undefined) throw usage('run', 'missing command: pglock run KEY [options] -- COMMAND [ARGS...]')
   if (values.try && values.timeout !== undefined) throw usage('run', '--try and --timeout exclude each other: --try never waits')
@@ -113,7 +114,7 @@ function hash(argv: string[]): number {
   if (values.help) return print(HELP.hash)
   if (positionals.length === 0) throw usage('hash', 'missing KEY')
   try {
-    return print(hashLines(positionals, parseKeyHash('hash', values['key-hash']), values.json ?? false).join('\n'))
+    return print(hashText(positionals, parseKeyHash('hash', values['key-hash']), values.json ?? false))
   } catch (error) {
     if (error instanceof InvalidKeyError) throw usage('hash', error.message)
     throw error

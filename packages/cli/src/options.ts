@@ -1,6 +1,6 @@
 import { type ParseArgsConfig, parseArgs } from 'node:util'
 import type { KeyHash } from '@pglock/pg'
-import { usage } from './exit-codes.js'
+import { quote, usage } from './exit-codes.js'
 
 type Options = NonNullable<ParseArgsConfig['options']>
 
@@ -25,10 +25,15 @@ function describeParseError(error: unknown): string {
   const code = (error as { code?: string } | null)?.code
   // node's own wording goes on to explain `--` at length; the first sentence is what a Unix tool says
   if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION')
-    return message.replace(/\. To specify a positional argument.*$/s, '').replace(/^Unknown/, 'unknown')
-  if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') return message.replace(/^Option/, 'option')
-  if (code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') return message.replace(/^Unexpected/, 'unexpected')
+    return doubleQuoted(message.replace(/\. To specify a positional argument.*$/s, '').replace(/^Unknown/, 'unknown'))
+  if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') return doubleQuoted(message.replace(/^Option/, 'option'))
+  if (code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') return doubleQuoted(message.replace(/^Unexpected/, 'unexpected'))
   return message
+}
+
+/** node quotes option names in single quotes; pglock's messages quote in double quotes, as the library's errors do. */
+function doubleQuoted(message: string): string {
+  return message.replace(/'([^']*)'/g, (_, inner: string) => quote(inner))
 }
 
 const UNITS: Readonly<Record<string, number>> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 }
@@ -47,7 +52,7 @@ export function parseDuration(command: string, option: string, text: string): nu
   const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim())
   const ms = match ? Math.round(Number(match[1]) * (UNITS[match[2] ?? 'ms'] ?? Number.NaN)) : Number.NaN
   if (!Number.isSafeInteger(ms) || ms > 2 ** 31 - 1) {
-    throw usage(command, `${option} takes a duration such as 500ms, 30s, 2m or a number of milliseconds, got '${text}'`)
+    throw usage(command, `${option} takes a duration such as 500ms, 30s, 2m or a number of milliseconds, got ${quote(text)}`)
   }
   return ms
 }
@@ -63,5 +68,5 @@ export function parseDuration(command: string, option: string, text: string): nu
 export function parseKeyHash(command: string, text: string | undefined): KeyHash {
   if (text === undefined || text === 'sha1-int64') return 'sha1-int64'
   if (text === 'postgres-lock-0.1') return 'postgres-lock-0.1'
-  throw usage(command, `--key-hash must be sha1-int64 or postgres-lock-0.1, got '${text}'`)
+  throw usage(command, `--key-hash must be sha1-int64 or postgres-lock-0.1, got ${quote(text)}`)
 }

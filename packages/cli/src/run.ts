@@ -1,8 +1,8 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { constants } from 'node:os'
 import { createLock, type KeyHash, LockTimeoutError } from '@pglock/pg'
-import { connect, describeError, disconnect } from './connection.js'
-import { EXIT, ExitError } from './exit-codes.js'
+import { connect, describeError, disconnect, formatDuration } from './connection.js'
+import { EXIT, ExitError, quote } from './exit-codes.js'
 
 /** Signals `pglock run` passes on to its command; any of them ending pglock would orphan the command, unlocked. */
 const FORWARDED = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const
@@ -51,10 +51,12 @@ export async function runLocked(options: RunOptions): Promise<number> {
     else stopped.abort(new ExitError(128 + constants.signals[signal], `${signal} received while waiting for the lock`))
   }
   for (const signal of FORWARDED) process.on(signal, onSignal)
-  // --timeout bounds the whole wait, the connection's included
+  // --timeout bounds the whole wait, the connection's included, except that 0 (as the library's
+  // `timeoutMs: 0`) means one try of the lock, however long the connection takes
+  const connectMs = options.timeoutMs === 0 ? undefined : options.timeoutMs
   const deadline = options.timeoutMs === undefined ? undefined : performance.now() + options.timeoutMs
   try {
-    const client = await abortable(connect(options.url, `pglock run ${options.key}`, options.timeoutMs), stopped.signal)
+    const client = await abortable(connect(options.url, `pglock run ${options.key}`, connectMs), stopped.signal)
     try {
       const lock = createLock(client, options.key, {
         mode: options.shared ? 'shared' : 'exclusive',
@@ -63,7 +65,7 @@ export async function runLocked(options: RunOptions): Promise<number> {
       })
       const remainingMs = deadline === undefined ? undefined : Math.max(0, Math.round(deadline - performance.now()))
       if (!(await take(lock, options, remainingMs, stopped.signal))) {
-        if (!options.quiet) console.error(`pglock: lock '${options.key}' is held by another session`)
+        if (!options.quiet) console.error(`pglock: ${busy(options.key)}`)
         return EXIT.busy
       }
       let lost = false
@@ -101,7 +103,7 @@ async function release(lock: ReturnType<typeof createLock>, key: string): Promis
   try {
     await lock.release()
   } catch (error) {
-    console.error(`pglock: could not release the lock '${key}': ${describeError(error)}`)
+    console.error(`pglock: could not release the lock ${quote(key)}: ${describeError(error)}`)
   }
 }
 
@@ -119,14 +121,18 @@ async function take(
     if (error instanceof ExitError) throw error
     if (error instanceof LockTimeoutError) {
       if (options.quiet) throw new ExitError(EXIT.timeout, '')
-      throw new ExitError(EXIT.timeout, `timed out after ${formatDuration(options.timeoutMs ?? 0)} waiting for the lock '${options.key}'`)
+      if (options.timeoutMs === 0) throw new ExitError(EXIT.timeout, `${busy(options.key)} (--timeout 0 tries once)`)
+      throw new ExitError(
+        EXIT.timeout,
+        `timed out after ${formatDuration(options.timeoutMs ?? 0)} waiting for the lock ${quote(options.key)}`,
+      )
     }
-    throw new ExitError(EXIT.unavailable, `could not take the lock '${options.key}': ${describeError(error)}`)
+    throw new ExitError(EXIT.unavailable, `could not take the lock ${quote(options.key)}: ${describeError(error)}`)
   }
 }
 
-function formatDuration(ms: number): string {
-  return ms % 1_000 === 0 && ms > 0 ? `${ms / 1_000}s` : `${ms}ms`
+function busy(key: string): string {
+  return `lock ${quote(key)} is held by another session`
 }
 
 /** Waits for `promise` at most `ms`: once the command has run, a connection that hangs must not hold pglock's exit. */

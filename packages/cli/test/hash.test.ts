@@ -21,43 +21,51 @@ describe('pglock hash', () => {
     expect(result.stdout.split('\n')).toEqual(['-464685171814670893', '-2721964255587120371', '-5518327800291478426', ''])
   })
 
-  it('prints the pg_locks columns of the id with --json', async () => {
-    const result = await pglock(['hash', '--json', 'shared-identifier'])
-    expect(JSON.parse(result.stdout)).toEqual({
-      key: 'shared-identifier',
-      keyHash: 'sha1-int64',
-      lockId: '-464685171814670893',
-      classid: 4186774348,
-      objid: 1503157715,
-      objsubid: 1,
-    })
+  it('prints one JSON array, as holders --json does, with the pg_locks columns of each id', async () => {
+    const result = await pglock(['hash', '--json', 'shared-identifier', 'ключ'])
+    expect(result).toMatchObject({ code: 0, stderr: '' })
+    expect(JSON.parse(result.stdout)).toEqual([
+      {
+        key: 'shared-identifier',
+        keyHash: 'sha1-int64',
+        lockId: '-464685171814670893',
+        classid: 4186774348,
+        objid: 1503157715,
+        objsubid: 1,
+      },
+      expect.objectContaining({ key: 'ключ', lockId: '-5518327800291478426', objsubid: 1 }),
+    ])
+    expect(JSON.parse((await pglock(['hash', '--json', 'shared-identifier'])).stdout)).toHaveLength(1)
   })
 })
 
 describe('pglock: usage', () => {
   it.each([
-    [['hash'], "pglock: missing KEY\nTry 'pglock hash --help'.\n"],
+    [['hash'], 'pglock: missing KEY\nTry "pglock hash --help".\n'],
     [
       ['hash', '--key-hash', 'md5', 'k'],
-      "pglock: --key-hash must be sha1-int64 or postgres-lock-0.1, got 'md5'\nTry 'pglock hash --help'.\n",
+      'pglock: --key-hash must be sha1-int64 or postgres-lock-0.1, got "md5"\nTry "pglock hash --help".\n',
     ],
-    [['run', '--frob', 'k', '--', 'true'], "pglock: unknown option '--frob'\nTry 'pglock run --help'.\n"],
-    [['run', '--', 'true'], "pglock: missing KEY\nTry 'pglock run --help'.\n"],
-    [['run', 'k'], "pglock: missing command: pglock run KEY [options] -- COMMAND [ARGS...]\nTry 'pglock run --help'.\n"],
+    [['hash', '--jsn', 'k'], 'pglock: unknown option "--jsn"\nTry "pglock hash --help".\n'],
+    [['run', '--frob', 'k', '--', 'true'], 'pglock: unknown option "--frob"\nTry "pglock run --help".\n'],
+    [['run', '--timeout'], 'pglock: option "-t, --timeout <value>" argument missing\nTry "pglock run --help".\n'],
+    [['run', '--', 'true'], 'pglock: missing KEY\nTry "pglock run --help".\n'],
+    [['run', 'k'], 'pglock: missing command: pglock run KEY [options] -- COMMAND [ARGS...]\nTry "pglock run --help".\n'],
     [
       ['run', 'k', 'true'],
-      "pglock: unexpected 'true': put the command after '--', as in: pglock run KEY -- COMMAND\nTry 'pglock run --help'.\n",
+      'pglock: unexpected "true": put the command after "--", as in: pglock run KEY -- COMMAND\nTry "pglock run --help".\n',
     ],
     [
       ['run', '--timeout', 'soon', 'k', '--', 'true'],
-      "pglock: --timeout takes a duration such as 500ms, 30s, 2m or a number of milliseconds, got 'soon'\nTry 'pglock run --help'.\n",
+      'pglock: --timeout takes a duration such as 500ms, 30s, 2m or a number of milliseconds, got "soon"\nTry "pglock run --help".\n',
     ],
-    [['run', '--keep-alive', '0', 'k', '--', 'true'], "pglock: --keep-alive must be longer than 0\nTry 'pglock run --help'.\n"],
+    [['run', '--keep-alive', '0', 'k', '--', 'true'], 'pglock: --keep-alive must be longer than 0\nTry "pglock run --help".\n'],
     [
       ['run', '--try', '--timeout', '1s', 'k', '--', 'true'],
-      "pglock: --try and --timeout exclude each other: --try never waits\nTry 'pglock run --help'.\n",
+      'pglock: --try and --timeout exclude each other: --try never waits\nTry "pglock run --help".\n',
     ],
-    [['lock', 'k'], "pglock: no such command: 'lock'\nTry 'pglock --help'.\n"],
+    [['lock', 'k'], 'pglock: no such command: "lock"\nTry "pglock --help".\n'],
+    [['--frob'], 'pglock: unknown option "--frob": options follow the command\nTry "pglock --help".\n'],
     [[], expect.stringContaining('Usage: pglock <command> [options]')],
   ])('pglock %j exits 2 and says why on stderr', async (args, stderr) => {
     expect(await pglock(args, { DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none' })).toMatchObject({ code: 2, stdout: '', stderr })

@@ -69,11 +69,21 @@ describe('pglock holders', () => {
     }
   })
 
-  it('says so when nobody holds or awaits the key', async () => {
-    expect(await pglock(['holders', '--key', uniqueKey('nobody')])).toMatchObject({
-      code: 0,
-      stdout: 'no advisory locks are held or awaited\n',
-    })
+  it('says that nobody holds or awaits the keys, while another advisory lock is held', async () => {
+    const [nobody, neither, other] = [uniqueKey('nobody'), uniqueKey('neither'), uniqueKey('other')]
+    await db().query('SELECT pg_advisory_lock($1::bigint)', [lockId(other)])
+    try {
+      expect(await pglock(['holders', '--key', nobody])).toMatchObject({
+        code: 0,
+        stdout: `no advisory lock is held or awaited for "${nobody}"\n`,
+      })
+      expect((await pglock(['holders', '-k', nobody, '-k', neither])).stdout).toBe(
+        `no advisory lock is held or awaited for "${nobody}", "${neither}"\n`,
+      )
+      expect((await pglock(['holders'])).stdout).toContain(lockId(other))
+    } finally {
+      await db().query('SELECT pg_advisory_unlock($1::bigint)', [lockId(other)])
+    }
   })
 
   it('exits 69 when Postgres cannot be reached', async () => {

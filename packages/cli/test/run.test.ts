@@ -1,3 +1,4 @@
+import { type AddressInfo, createServer, type Socket } from 'node:net'
 import { join } from 'node:path'
 import { describe, expect, inject, it } from 'vitest'
 import { advisoryRows, lockId, observer, pglock, readLines, scratch, start, uniqueKey, until } from './pglock.ts'
@@ -48,7 +49,7 @@ describe('pglock run: when the lock is not free', () => {
     try {
       const result = await pglock(['run', '--try', key, '--', 'sh', '-c', append(marker, 'ran')])
       expect(result.code).toBe(75)
-      expect(result.stderr).toBe(`pglock: lock '${key}' is held by another session\n`)
+      expect(result.stderr).toBe(`pglock: lock "${key}" is held by another session\n`)
       expect(readLines(marker)).toEqual([])
       // "at once": no wait for the lock, only a process start and a connection on a busy machine
       expect(result.ms).toBeLessThan(10_000)
@@ -64,7 +65,7 @@ describe('pglock run: when the lock is not free', () => {
     try {
       const result = await pglock(['run', '--timeout', '1s', key, '--', 'sh', '-c', append(marker, 'ran')])
       expect(result.code).toBe(124)
-      expect(result.stderr).toBe(`pglock: timed out after 1s waiting for the lock '${key}'\n`)
+      expect(result.stderr).toBe(`pglock: timed out after 1s waiting for the lock "${key}"\n`)
       expect(readLines(marker)).toEqual([])
       expect(result.ms).toBeGreaterThanOrEqual(1_000)
       expect(result.ms).toBeLessThan(15_000)
@@ -82,6 +83,22 @@ describe('pglock run: when the lock is not free', () => {
     try {
       expect(await pglock(['run', '--try', '--quiet', key, '--', 'true'])).toMatchObject({ code: 75, stdout: '', stderr: '' })
       expect(await pglock(['run', '-q', '-t', '200ms', key, '--', 'true'])).toMatchObject({ code: 124, stdout: '', stderr: '' })
+    } finally {
+      await db().query('SELECT pg_advisory_unlock($1::bigint)', [lockId(key)])
+    }
+  })
+
+  it("--timeout 0 tries once, as the library's timeoutMs: 0: runs the command when free, exits 124 when busy", async () => {
+    const key = uniqueKey('timeout-0')
+    const marker = join(dir(), 'ran')
+    // connecting takes longer than 0 (or 1) ms: the try is made once the connection is up
+    expect(await pglock(['run', '--timeout', '0', key, '--', 'sh', '-c', append(marker, 'ran')])).toMatchObject({ code: 0, stderr: '' })
+    expect(readLines(marker)).toEqual(['ran'])
+    await db().query('SELECT pg_advisory_lock($1::bigint)', [lockId(key)])
+    try {
+      const result = await pglock(['run', '--timeout', '0', key, '--', 'sh', '-c', append(marker, 'ran again')])
+      expect([result.code, result.stderr]).toEqual([124, `pglock: lock "${key}" is held by another session (--timeout 0 tries once)\n`])
+      expect(readLines(marker)).toEqual(['ran'])
     } finally {
       await db().query('SELECT pg_advisory_unlock($1::bigint)', [lockId(key)])
     }
@@ -204,6 +221,31 @@ describe('pglock run: the connection', () => {
     const result = await pglock(['run', '--url', 'postgres://nobody@127.0.0.1:1/none', uniqueKey('unreachable'), '--', 'true'])
     expect(result.code).toBe(69)
     expect(result.stderr).toMatch(/^pglock: cannot connect to Postgres: .*ECONNREFUSED/)
+  })
+
+  it('exits 124, not 69, when --timeout runs out while still connecting', async () => {
+    // a server that accepts the connection and never answers the startup message
+    const sockets = new Set<Socket>()
+    const silent = createServer((socket) => void sockets.add(socket))
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+    try {
+      const { port } = silent.address() as AddressInfo
+      const result = await pglock([
+        'run',
+        '--timeout',
+        '300ms',
+        '--url',
+        `postgres://nobody@127.0.0.1:${port}/none`,
+        uniqueKey('slow'),
+        '--',
+        'true',
+      ])
+      expect([result.code, result.stderr]).toEqual([124, 'pglock: timed out after 300ms while connecting to Postgres\n'])
+      expect(result.ms).toBeGreaterThanOrEqual(300)
+    } finally {
+      for (const socket of sockets) socket.destroy()
+      await new Promise((resolve) => silent.close(resolve))
+    }
   })
 
   it('prefers --url to DATABASE_URL', async () => {
