@@ -27,8 +27,8 @@ type PreparedFunction = 'lock' | 'try' | 'xact' | 'try_xact' | 'unlock'
 
 /**
  * Name and text of every prepared lock call, by function, mode and id kind: built once. Like
- * their text forms, each answers `pid`, and the unlock unlocks only on the backend given as its
- * last parameter (or anywhere, when that is null).
+ * their text forms, each session call answers `pid`, and the unlock unlocks only on the backend
+ * given as its last parameter (or anywhere, when that is null).
  */
 type Prepared = { readonly name: string; readonly text: string }
 const PREPARED = {} as Record<PreparedFunction, Record<LockMode, Record<LockId['kind'], Prepared>>>
@@ -46,7 +46,8 @@ for (const fn of ['lock', 'try', 'xact', 'try_xact', 'unlock'] as const) {
         fn === 'unlock'
           ? `CASE WHEN ${pid} IS NULL OR pg_backend_pid() = ${pid} THEN ${call} END AS released`
           : `${call}${fn === 'try' || fn === 'try_xact' ? ' AS acquired' : ''}`
-      PREPARED[fn][mode][kind] = { name: `pglock_${name}_${kind}`, text: `SELECT ${answer}, pg_backend_pid() AS pid` }
+      const pidColumn = fn === 'xact' || fn === 'try_xact' ? '' : ', pg_backend_pid() AS pid'
+      PREPARED[fn][mode][kind] = { name: `pglock_${name}_${kind}`, text: `SELECT ${answer}${pidColumn}` }
     }
   }
 }
@@ -124,6 +125,8 @@ export interface AcquirePlan {
    * that no transaction is open.
    */
   readonly savepoint?: { readonly name: string; readonly keepOpen: boolean } | undefined
+  /** Transaction scope: answer `pid` too (session scope always does), for a traced lock. */
+  readonly pid?: boolean | undefined
   /**
    * Transaction scope on a caller's transaction: answer in column `tx` the mark of the transaction
    * the lock was taken in, setting it to this fresh value if the transaction has none yet.
@@ -132,20 +135,21 @@ export interface AcquirePlan {
 }
 
 /** The last `BEGIN` with a lock built: the next transaction usually locks the same id. */
-let lastBegin: { id: LockId; mode: LockMode; sql: string } | undefined
+let lastBegin: { id: LockId; mode: LockMode; pid: boolean; sql: string } | undefined
 
 /** `BEGIN` and the transaction lock, in one round trip: the usual transaction lock, nothing around it. */
-function beginWithLock(id: LockId, mode: LockMode): string {
-  if (lastBegin?.id !== id || lastBegin.mode !== mode)
-    lastBegin = { id, mode, sql: `BEGIN; SELECT ${call('xact', id, mode)}, pg_backend_pid() AS pid` }
+function beginWithLock(id: LockId, mode: LockMode, pid: boolean): string {
+  if (lastBegin?.id !== id || lastBegin.mode !== mode || lastBegin.pid !== pid) {
+    lastBegin = { id, mode, pid, sql: `BEGIN; SELECT ${call('xact', id, mode)}${pid ? ', pg_backend_pid() AS pid' : ''}` }
+  }
   return lastBegin.sql
 }
 
 /**
  * The SQL text that takes a lock. One round trip however it is framed: `BEGIN`, a savepoint and
- * a `lock_timeout` all travel with the lock call itself. Its last statement also answers `pid`
- * (unless it is a `RELEASE SAVEPOINT`), the backend that took the lock, so that later statements
- * can check they run there and traces can name it.
+ * a `lock_timeout` all travel with the lock call itself. In session scope (and for a traced
+ * transaction lock) its last statement also answers `pid`, the backend that took the lock, unless
+ * it is a `RELEASE SAVEPOINT`: later statements check they run there, and traces name it.
  */
 export function acquireSql(plan: AcquirePlan): string {
   const transaction = plan.scope === 'transaction'
@@ -158,7 +162,7 @@ export function acquireSql(plan: AcquirePlan): string {
     plan.savepoint === undefined &&
     plan.mark === undefined
   ) {
-    return beginWithLock(plan.id, plan.mode)
+    return beginWithLock(plan.id, plan.mode, plan.pid === true)
   }
   const fn: LockFunction = plan.noWait ? (transaction ? 'try_xact' : 'try') : transaction ? 'xact' : 'lock'
   const statement = `SELECT ${call(fn, plan.id, plan.mode)}${plan.noWait ? ' AS acquired' : ''}`
@@ -177,7 +181,8 @@ export function acquireSql(plan: AcquirePlan): string {
     else parts.push(`SELECT ${markSql(plan.mark)} AS tx`)
   }
   // the backend, when the last statement can say it (not after RELEASE SAVEPOINT)
-  if (parts[parts.length - 1]?.startsWith('SELECT ')) parts[parts.length - 1] += ', pg_backend_pid() AS pid'
+  if ((!transaction || plan.pid === true) && parts[parts.length - 1]?.startsWith('SELECT '))
+    parts[parts.length - 1] += ', pg_backend_pid() AS pid'
   return parts.join('; ')
 }
 

@@ -4,6 +4,7 @@ import type { PreparedStatement, Row } from './executor.js'
 import { type LockSpec, timedOut, type Wait } from './options.js'
 import { acquireSql, preparedLock, rollbackToSavepointSql, unlockIfHeldSql } from './sql.js'
 import { IN_FAILED_SQL_TRANSACTION, LOCK_NOT_AVAILABLE, NO_ACTIVE_SQL_TRANSACTION, QUERY_CANCELED, sqlState } from './sqlstate.js'
+import { tracing } from './tracing.js'
 import { DeadlineExceeded, remainingMs } from './wait.js'
 
 /** @internal Raised when a savepoint shows that no transaction is open. */
@@ -157,10 +158,11 @@ function lockStatement(
   timeoutMs: number | undefined,
   mark: string | undefined,
 ): string | PreparedStatement {
-  const bare = framing.kind === 'session' || (framing.kind === 'driver-transaction' && mark === undefined)
-  if (bare && connection.prepares && (noWait || timeoutMs === undefined)) {
-    return preparedLock(spec.id, spec.mode, noWait, framing.kind !== 'session')
-  }
+  const session = framing.kind === 'session'
+  // a transaction lock answers its backend only for traces, which name it: one column less otherwise
+  const pid = !session && tracing()
+  const bare = session || (framing.kind === 'driver-transaction' && mark === undefined && !pid)
+  if (bare && connection.prepares && (noWait || timeoutMs === undefined)) return preparedLock(spec.id, spec.mode, noWait, !session)
   return acquireSql({
     id: spec.id,
     mode: spec.mode,
@@ -170,6 +172,7 @@ function lockStatement(
     begin: framing.kind === 'begin',
     savepoint: framing.kind === 'savepoint' ? { name: framing.name, keepOpen: framing.keepOpen } : undefined,
     mark,
+    pid,
   })
 }
 
