@@ -139,7 +139,10 @@ async function transcript(side: Side, k1: string, k2: string): Promise<unknown[]
     log.push(label, await outcome(side, side.query(session, text)), await side.locks())
   }
   const start = async (label: string, session: number, sql: string) => {
-    pending.set(session, side.query(session, sql))
+    const answer = side.query(session, sql)
+    // handled from the start: a cancel's error can arrive before `finish` reads it, and after a bounded `finish` gave up
+    answer.catch(() => undefined)
+    pending.set(session, answer)
     await side.waiting(session)
     log.push(label, 'waiting', await side.locks())
   }
