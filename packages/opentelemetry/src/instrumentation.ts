@@ -126,16 +126,23 @@ export class Instrumentation {
     this.tracer = (tracerProvider ?? trace.getTracerProvider()).getTracer(SCOPE_NAME, SCOPE_VERSION)
   }
 
+  /** The tracing channels this listens on, with their handlers: one list for `enable()` and `disable()`. */
+  private subscriptions(): [diagnosticsChannel.Channel<unknown, any>, (message: any) => void][] {
+    return [
+      [this.acquire.start, this.onAcquireStart],
+      [this.acquire.error, this.onAcquireError],
+      [this.acquire.asyncEnd, this.onAcquireAsyncEnd],
+      [this.run.start, this.onRunStart],
+      [this.run.error, this.onRunError],
+      [this.run.asyncEnd, this.onRunAsyncEnd],
+      [this.release.asyncEnd, this.onReleaseAsyncEnd],
+    ]
+  }
+
   enable(): void {
     if (this.subscribed) return
     this.subscribed = true
-    this.acquire.start.subscribe(this.onAcquireStart)
-    this.acquire.error.subscribe(this.onAcquireError)
-    this.acquire.asyncEnd.subscribe(this.onAcquireAsyncEnd)
-    this.run.start.subscribe(this.onRunStart)
-    this.run.error.subscribe(this.onRunError)
-    this.run.asyncEnd.subscribe(this.onRunAsyncEnd)
-    this.release.asyncEnd.subscribe(this.onReleaseAsyncEnd)
+    for (const [channel, handler] of this.subscriptions()) channel.subscribe(handler)
     diagnosticsChannel.subscribe(LOST_CHANNEL, this.onLost)
     this.bindContextStorage()
   }
@@ -143,13 +150,7 @@ export class Instrumentation {
   disable(): void {
     if (!this.subscribed) return
     this.subscribed = false
-    this.acquire.start.unsubscribe(this.onAcquireStart)
-    this.acquire.error.unsubscribe(this.onAcquireError)
-    this.acquire.asyncEnd.unsubscribe(this.onAcquireAsyncEnd)
-    this.run.start.unsubscribe(this.onRunStart)
-    this.run.error.unsubscribe(this.onRunError)
-    this.run.asyncEnd.unsubscribe(this.onRunAsyncEnd)
-    this.release.asyncEnd.unsubscribe(this.onReleaseAsyncEnd)
+    for (const [channel, handler] of this.subscriptions()) channel.unsubscribe(handler)
     diagnosticsChannel.unsubscribe(LOST_CHANNEL, this.onLost)
     this.unbindContextStorage()
     this.granted = undefined
