@@ -3,6 +3,7 @@ import { Pinned } from './connection.js'
 import type { LockExecutor } from './executor.js'
 import { claimConnectionGate, enterConnectionGate, enterConnectionGateNow, enterGate, enterGateNow, type GateTicket } from './gate.js'
 import { Holding } from './holding.js'
+import { multiplexers } from './multiplex-hook.js'
 import { type LockSpec, timedOut, type Wait } from './options.js'
 import { type Framing, type Granted, keepSavepoint, takeLock } from './take.js'
 import { endTransactionLocks } from './tx-marks.js'
@@ -119,6 +120,8 @@ export function hold<Db>(
  * when `noWait` found the lock taken; whatever it does not hand over is given back.
  */
 export async function acquire<Db>(executor: LockExecutor<Db>, spec: LockSpec, wait: Wait, take: Take): Promise<Holding<Db> | undefined> {
+  const multiplexed = multiplexers.get(executor)
+  if (multiplexed !== undefined) return (await multiplexed(spec, wait)) as Holding<Db> | undefined
   let ticket: GateTicket | undefined
   let connection: Pinned<Db> | undefined
   try {
@@ -135,10 +138,10 @@ export async function acquire<Db>(executor: LockExecutor<Db>, spec: LockSpec, wa
 }
 
 /**
- * An acquire that failed: the connection and the place in the gate are given back, and
+ * @internal An acquire that failed: the connection and the place in the gate are given back, and
  * a deadline that passed becomes the lock's timeout. Rejects with that error.
  */
-async function giveUp(
+export async function giveUp(
   error: unknown,
   spec: LockSpec,
   wait: Wait,

@@ -12,8 +12,18 @@ import type { LockKey, LockMode, LockScope } from './types.js'
  *   bare pool with `createLock`).
  * - `RELEASE_FAILED`: the unlock statement failed on a connection pglock may not close; the lock is
  *   still held and `release()` may be called again.
+ * - `LOCK_TABLE_FULL`: Postgres's shared lock table is full (`out of shared memory`, SQLSTATE
+ *   53200): raise `max_locks_per_transaction`, or hold fewer locks at once.
  */
-export type PgLockErrorCode = 'INVALID_KEY' | 'INVALID_ARGUMENT' | 'TIMEOUT' | 'LOST' | 'ALREADY_HELD' | 'UNSUPPORTED' | 'RELEASE_FAILED'
+export type PgLockErrorCode =
+  | 'INVALID_KEY'
+  | 'INVALID_ARGUMENT'
+  | 'TIMEOUT'
+  | 'LOST'
+  | 'ALREADY_HELD'
+  | 'UNSUPPORTED'
+  | 'RELEASE_FAILED'
+  | 'LOCK_TABLE_FULL'
 
 /** What an error knows about the lock it concerns; every field is optional. */
 export interface PgLockErrorDetails {
@@ -200,6 +210,35 @@ export class UnsupportedError extends PgLockError {
 export class ReleaseFailedError extends PgLockError {
   constructor(message: string, details: PgLockErrorDetails = {}) {
     super('RELEASE_FAILED', message, details)
+  }
+}
+
+/**
+ * Postgres refused the lock because its shared lock table is full (`out of shared memory`,
+ * SQLSTATE 53200). The table has `max_locks_per_transaction` × (`max_connections` +
+ * `max_prepared_transactions`) entries for the whole server, and every held advisory lock takes
+ * one. Nothing was taken, and the other locks on the same connection stay held. Raise
+ * `max_locks_per_transaction` (a restart is needed), or hold fewer locks at once. The driver's
+ * error is the `cause`.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await locks.createLock(`tenant:${id}`).acquire()
+ * } catch (error) {
+ *   if (error instanceof LockTableFullError) console.error('raise max_locks_per_transaction')
+ * }
+ * ```
+ */
+export class LockTableFullError extends PgLockError {
+  constructor(details: PgLockErrorDetails = {}) {
+    super(
+      'LOCK_TABLE_FULL',
+      `lock ${describeKey(details.key)} was refused: Postgres's lock table is full (out of shared memory). ` +
+        'Every advisory lock held on the server takes an entry of a table sized max_locks_per_transaction × (max_connections + max_prepared_transactions): ' +
+        'raise max_locks_per_transaction (and restart Postgres), or hold fewer locks at once',
+      details,
+    )
   }
 }
 

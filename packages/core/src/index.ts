@@ -3,6 +3,7 @@ export {
   InvalidArgumentError,
   InvalidKeyError,
   LockLostError,
+  LockTableFullError,
   LockTimeoutError,
   PgLockError,
   type PgLockErrorCode,
@@ -13,6 +14,14 @@ export {
 export type { ListHoldersOptions, LockHolder } from './holders.js'
 export { type LockId, pgLocksRow, postgresLock01, resolveLockId, sha1Int64 } from './keys.js'
 export { type HeldLock, Lock } from './lock.js'
+export type {
+  MultiplexedLease,
+  MultiplexedLock,
+  MultiplexedLockOptions,
+  MultiplexedLocks,
+  MultiplexedWithLockOptions,
+  MultiplexOptions,
+} from './multiplex.js'
 export type {
   AcquireOperation,
   AcquireOutcome,

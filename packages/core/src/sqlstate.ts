@@ -4,6 +4,8 @@ export const LOCK_NOT_AVAILABLE = '55P03'
 export const QUERY_CANCELED = '57014'
 /** The SQLSTATE of `SAVEPOINT` outside a transaction block. */
 export const NO_ACTIVE_SQL_TRANSACTION = '25P01'
+/** The SQLSTATE of `out of shared memory`: for a lock, Postgres's lock table is full. */
+export const OUT_OF_SHARED_MEMORY = '53200'
 /** The SQLSTATE of any statement sent inside a transaction that has already failed. */
 export const IN_FAILED_SQL_TRANSACTION = '25P02'
 

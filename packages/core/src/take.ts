@@ -1,9 +1,16 @@
 import type { Pinned } from './connection.js'
-import { ReleaseFailedError } from './errors.js'
+import { LockTableFullError, ReleaseFailedError } from './errors.js'
 import type { PreparedStatement, Row } from './executor.js'
 import { type LockSpec, timedOut, type Wait } from './options.js'
 import { acquireSql, preparedLock, rollbackToSavepointSql, unlockIfHeldSql } from './sql.js'
-import { IN_FAILED_SQL_TRANSACTION, LOCK_NOT_AVAILABLE, NO_ACTIVE_SQL_TRANSACTION, QUERY_CANCELED, sqlState } from './sqlstate.js'
+import {
+  IN_FAILED_SQL_TRANSACTION,
+  LOCK_NOT_AVAILABLE,
+  NO_ACTIVE_SQL_TRANSACTION,
+  OUT_OF_SHARED_MEMORY,
+  QUERY_CANCELED,
+  sqlState,
+} from './sqlstate.js'
 import { tracing } from './tracing.js'
 import { DeadlineExceeded, remainingMs } from './wait.js'
 
@@ -54,7 +61,13 @@ async function queryPastCancel(connection: Pinned<unknown>, sql: string): Promis
  * connection that was lost holds nothing: its session ends with it, so there is nothing to undo.
  */
 async function undo(connection: Pinned<unknown>, spec: LockSpec, framing: Framing, failure: unknown): Promise<void> {
-  if (framing.kind === 'driver-transaction' || sqlState(failure) === IN_FAILED_SQL_TRANSACTION) return
+  // a lock the lock table had no room for was never taken
+  if (
+    framing.kind === 'driver-transaction' ||
+    sqlState(failure) === IN_FAILED_SQL_TRANSACTION ||
+    sqlState(failure) === OUT_OF_SHARED_MEMORY
+  )
+    return
   if (connection.lost) {
     await connection.release(true, failure)
     return
@@ -85,6 +98,7 @@ function failureFor(error: unknown, spec: LockSpec, wait: Wait, framing: Framing
   if (wait.signal?.aborted) return wait.signal.reason
   if (framing.kind === 'savepoint' && sqlState(error) === NO_ACTIVE_SQL_TRANSACTION) return new NotInTransaction()
   if (sqlState(error) === LOCK_NOT_AVAILABLE || error instanceof DeadlineExceeded) return timedOut(spec, wait, error)
+  if (sqlState(error) === OUT_OF_SHARED_MEMORY) return new LockTableFullError({ ...spec.details, cause: error })
   return error
 }
 

@@ -33,6 +33,22 @@ class LockLease<Db> implements Lease<Db> {
   }
 }
 
+/**
+ * The lease of a multiplexed lock: the signal alone. Its connection carries other locks and is
+ * never handed to user code, so the lease has no `db` at all, not even an `undefined` one.
+ */
+class SignalLease {
+  readonly #holding: Holding<unknown>
+
+  constructor(holding: Holding<unknown>) {
+    this.#holding = holding
+  }
+
+  get signal(): AbortSignal {
+    return this.#holding.lost.signal
+  }
+}
+
 /** @internal The function a user passes to `withLock`. */
 export type LeaseFn<Db, T> = (lease: Lease<Db>) => T | PromiseLike<T>
 
@@ -144,7 +160,10 @@ async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db,
   holding.watch(request.keepAliveMs)
   let value: T
   try {
-    const out = runFn(request, new LockLease(holding.connection.db, holding), holding)
+    const { db } = holding.connection
+    // only a multiplexed lock's connection has no db (see `shared-connection.ts`)
+    const lease = db === undefined ? (new SignalLease(holding) as unknown as LockLease<Db>) : new LockLease(db, holding)
+    const out = runFn(request, lease, holding)
     value = isThenable(out) ? await out : out
   } catch (error) {
     await unlock(request, holding).catch(noop)

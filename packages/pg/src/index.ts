@@ -1,5 +1,17 @@
-import type { Lease, ListHoldersOptions, Lock, LockHolder, LockKey, LockOptions, TryWithLockResult, WithLockOptions } from '@pglock/core'
-import { bindExecutor } from '@pglock/core/adapter'
+import type {
+  Lease,
+  ListHoldersOptions,
+  Lock,
+  LockHolder,
+  LockKey,
+  LockOptions,
+  MultiplexedLocks,
+  MultiplexOptions,
+  TryWithLockResult,
+  WithLockOptions,
+} from '@pglock/core'
+import { bindExecutor, bindMultiplex } from '@pglock/core/adapter'
+import type { Pool } from 'pg'
 import { type PgHandle, type PgLeaseDb, pgExecutor } from './pg-executor.js'
 
 // The user's API only: the executor behind it is on the `@pglock/pg/adapter` subpath.
@@ -23,9 +35,16 @@ export {
   type LockMode,
   type LockOptions,
   type LockScope,
+  LockTableFullError,
   LockTimeoutError,
   type LockTraceBase,
   type LostMessage,
+  type MultiplexedLease,
+  type MultiplexedLock,
+  type MultiplexedLockOptions,
+  type MultiplexedLocks,
+  type MultiplexedWithLockOptions,
+  type MultiplexOptions,
   PgLockError,
   type PgLockErrorCode,
   type PgLockErrorDetails,
@@ -139,4 +158,42 @@ export function tryWithLock<H extends PgHandle, T>(
  */
 export function listHolders(db: PgHandle, options?: ListHoldersOptions): Promise<LockHolder[]> {
   return bound.listHolders(db, options)
+}
+
+const multiplexed = bindMultiplex(pgExecutor<PgHandle>)
+
+/**
+ * Session locks of a node-postgres `Pool`, many held on each connection: a thousand locks can sit
+ * on one pooled client instead of a thousand. Each lock is first tried without waiting on a
+ * client that already holds others; a lock that must wait waits on a client of its own, which then
+ * carries later locks too; a client goes back to the pool once it holds nothing. A release is one
+ * statement that never queues behind another lock's wait.
+ *
+ * What you give up: the lease and the handle have no `db`, since the client is shared by other
+ * locks (a `BEGIN` or a failed statement there would break them): query through the pool. Session
+ * scope only. Create one per pool and share it.
+ *
+ * @throws `UnsupportedError` for a `Client` or `PoolClient` (pass the pool), `InvalidArgumentError`
+ * for malformed options.
+ * @example
+ * ```ts
+ * import pg from 'pg'
+ * import { multiplex } from '@pglock/pg'
+ *
+ * const pool = new pg.Pool({ max: 10 })
+ * const locks = multiplex(pool, { keepAliveMs: 10_000 })
+ *
+ * // one leader per shard: 200 locks held on one or two connections
+ * for (let shard = 0; shard < 200; shard += 1) {
+ *   const lock = locks.createLock(`shard:${shard}`)
+ *   if (await lock.tryAcquire()) lock.signal.addEventListener('abort', () => stopLeading(shard))
+ * }
+ *
+ * await locks.withLock('invoice:42', async ({ signal }) => {
+ *   await pool.query('UPDATE invoices SET sent = true WHERE id = 42')
+ * })
+ * ```
+ */
+export function multiplex(pool: Pool, options?: MultiplexOptions): MultiplexedLocks {
+  return multiplexed(pool, options)
 }

@@ -1,4 +1,15 @@
-import type { Lease, ListHoldersOptions, Lock, LockHolder, LockKey, LockOptions, TryWithLockResult, WithLockOptions } from '@pglock/core'
+import type {
+  Lease,
+  ListHoldersOptions,
+  Lock,
+  LockHolder,
+  LockKey,
+  LockOptions,
+  MultiplexedLocks,
+  MultiplexOptions,
+  TryWithLockResult,
+  WithLockOptions,
+} from '@pglock/core'
 
 /** A driver handle the suite opened, and how to close it. */
 export interface Opened<H> {
@@ -32,6 +43,8 @@ export interface LockFunctions {
     options?: WithLockOptions,
   ): Promise<TryWithLockResult<T>>
   listHolders(db: any, options?: ListHoldersOptions): Promise<LockHolder[]>
+  /** Multiplexed session locks of a pool, where the adapter supports them (see `describeMultiplex`). */
+  multiplex?(db: any, options?: MultiplexOptions): MultiplexedLocks
 }
 
 /**
