@@ -1,3 +1,5 @@
+import type { MultiplexedLocks as Multiplexed, MultiplexOptions as MultiplexSettings } from '@pglock/core'
+import { bindMultiplex } from '@pglock/core/adapter'
 import { type AnyDrizzleHandle, bindDrizzle, type DrizzleClasses, type DrizzleShape, drizzleDescriber } from './drizzle-executor.js'
 import { transactionClientOf } from './drizzle-privates.js'
 import { nodePgDriver } from './node-postgres-driver.js'
@@ -24,9 +26,16 @@ export {
   type LockMode,
   type LockOptions,
   type LockScope,
+  LockTableFullError,
   LockTimeoutError,
   type LockTraceBase,
   type LostMessage,
+  type MultiplexedLease,
+  type MultiplexedLock,
+  type MultiplexedLockOptions,
+  type MultiplexedLocks,
+  type MultiplexedWithLockOptions,
+  type MultiplexOptions,
   PgLockError,
   type PgLockErrorCode,
   type PgLockErrorDetails,
@@ -91,7 +100,8 @@ function clientUnder(db: unknown): unknown {
 }
 
 // A postgres.js `Sql` is a function, node-postgres clients are objects.
-const bound = bindDrizzle<DrizzleHandle>((db) => (typeof clientUnder(db) === 'function' ? postgresJs : nodePg)(db))
+const describe = (db: unknown) => (typeof clientUnder(db) === 'function' ? postgresJs : nodePg)(db)
+const bound = bindDrizzle<DrizzleHandle>(describe)
 
 /**
  * Creates a handle on one advisory lock for a Drizzle database (over node-postgres or
@@ -174,3 +184,39 @@ export const tryWithLock = bound.tryWithLock
  * ```
  */
 export const listHolders = bound.listHolders
+
+const multiplexed = bindMultiplex(describe)
+
+/**
+ * Session locks of a Drizzle database (over node-postgres or postgres.js), many held on each connection: a thousand locks can sit on one pooled
+ * connection instead of a thousand. Each lock is first tried without waiting on a connection that
+ * already holds others; a lock that must wait waits on a connection of its own, which then carries
+ * later locks too; a connection goes back to the pool once it holds nothing. A release is one
+ * statement that never queues behind another lock's wait.
+ *
+ * What you give up: the lease and the handle have no `db`, since the connection is shared by
+ * other locks (a `BEGIN` or a failed statement there would break them): query through your usual
+ * handle. Session scope only. Create one per pool and share it.
+ *
+ * @throws `UnsupportedError` for a handle that is not a pool (a transaction, a reserved or single
+ * connection), `InvalidArgumentError` for malformed options.
+ * @example
+ * ```ts
+ * import { drizzle } from 'drizzle-orm/node-postgres'
+ * import { multiplex } from '@pglock/drizzle'
+ *
+ * const db = drizzle(process.env.DATABASE_URL)
+ * const locks = multiplex(db, { keepAliveMs: 10_000 })
+ *
+ * // one leader per shard: 200 locks held on one or two connections
+ * for (let shard = 0; shard < 200; shard += 1) {
+ *   const lock = locks.createLock(`shard:${shard}`)
+ *   if (await lock.tryAcquire()) lock.signal.addEventListener('abort', () => stopLeading(shard))
+ * }
+ *
+ * await locks.withLock('invoice:42', async ({ signal }) => sendInvoice(42, signal))
+ * ```
+ */
+export function multiplex(db: DrizzleHandle, options?: MultiplexSettings): Multiplexed {
+  return multiplexed(db, options)
+}

@@ -1,3 +1,5 @@
+import type { MultiplexedLocks as Multiplexed, MultiplexOptions as MultiplexSettings } from '@pglock/core'
+import { bindMultiplex } from '@pglock/core/adapter'
 import { is } from 'drizzle-orm'
 import { type PostgresJsDatabase, PostgresJsDatabase as PostgresJsDatabaseClass, PostgresJsTransaction } from 'drizzle-orm/postgres-js'
 import { bindDrizzle, type DrizzleTransactionOf, drizzleDescriber } from './drizzle-executor.js'
@@ -25,9 +27,16 @@ export {
   type LockMode,
   type LockOptions,
   type LockScope,
+  LockTableFullError,
   LockTimeoutError,
   type LockTraceBase,
   type LostMessage,
+  type MultiplexedLease,
+  type MultiplexedLock,
+  type MultiplexedLockOptions,
+  type MultiplexedLocks,
+  type MultiplexedWithLockOptions,
+  type MultiplexOptions,
   PgLockError,
   type PgLockErrorCode,
   type PgLockErrorDetails,
@@ -57,17 +66,16 @@ export type { DrizzleLeaseDb, DrizzleTransactionOf } from './drizzle-executor.js
  */
 export type DrizzleHandle = PostgresJsDatabase<any> | DrizzleTransactionOf<PostgresJsDatabase<any>>
 
-const bound = bindDrizzle<DrizzleHandle>(
-  drizzleDescriber(
-    postgresJsDriver({
-      entry: '@pglock/drizzle/postgres-js',
-      supports:
-        'Drizzle databases over postgres.js (drizzle-orm/postgres-js); use @pglock/drizzle/node-postgres for drizzle-orm/node-postgres',
-      owns: (db) => is(db, PostgresJsDatabaseClass) || is(db, PostgresJsTransaction),
-      classes: () => postgresJsClasses,
-    }),
-  ),
+const describe = drizzleDescriber(
+  postgresJsDriver({
+    entry: '@pglock/drizzle/postgres-js',
+    supports:
+      'Drizzle databases over postgres.js (drizzle-orm/postgres-js); use @pglock/drizzle/node-postgres for drizzle-orm/node-postgres',
+    owns: (db) => is(db, PostgresJsDatabaseClass) || is(db, PostgresJsTransaction),
+    classes: () => postgresJsClasses,
+  }),
 )
+const bound = bindDrizzle<DrizzleHandle>(describe)
 
 /**
  * Creates a handle on one advisory lock for a Drizzle postgres.js database or a `tx`. It sends no
@@ -149,3 +157,39 @@ export const tryWithLock = bound.tryWithLock
  * ```
  */
 export const listHolders = bound.listHolders
+
+const multiplexed = bindMultiplex(describe)
+
+/**
+ * Session locks of a Drizzle database over a postgres.js `Sql`, many held on each connection: a thousand locks can sit on one pooled
+ * connection instead of a thousand. Each lock is first tried without waiting on a connection that
+ * already holds others; a lock that must wait waits on a connection of its own, which then carries
+ * later locks too; a connection goes back to the pool once it holds nothing. A release is one
+ * statement that never queues behind another lock's wait.
+ *
+ * What you give up: the lease and the handle have no `db`, since the connection is shared by
+ * other locks (a `BEGIN` or a failed statement there would break them): query through your usual
+ * handle. Session scope only. Create one per pool and share it.
+ *
+ * @throws `UnsupportedError` for a handle that is not a pool (a transaction, a reserved or single
+ * connection), `InvalidArgumentError` for malformed options.
+ * @example
+ * ```ts
+ * import { drizzle } from 'drizzle-orm/postgres-js'
+ * import { multiplex } from '@pglock/drizzle/postgres-js'
+ *
+ * const db = drizzle(process.env.DATABASE_URL)
+ * const locks = multiplex(db, { keepAliveMs: 10_000 })
+ *
+ * // one leader per shard: 200 locks held on one or two connections
+ * for (let shard = 0; shard < 200; shard += 1) {
+ *   const lock = locks.createLock(`shard:${shard}`)
+ *   if (await lock.tryAcquire()) lock.signal.addEventListener('abort', () => stopLeading(shard))
+ * }
+ *
+ * await locks.withLock('invoice:42', async ({ signal }) => sendInvoice(42, signal))
+ * ```
+ */
+export function multiplex(db: PostgresJsDatabase<any>, options?: MultiplexSettings): Multiplexed {
+  return multiplexed(db, options)
+}

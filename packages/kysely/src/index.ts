@@ -1,4 +1,6 @@
-import { bindScopedExecutor, type LeaseDbOf } from '@pglock/core/adapter'
+import type { MultiplexedLocks as Multiplexed, MultiplexOptions as MultiplexSettings } from '@pglock/core'
+import { bindMultiplex, bindScopedExecutor, type LeaseDbOf } from '@pglock/core/adapter'
+import type { Kysely } from 'kysely'
 import { type KyselyHandle, type KyselyLeaseDb, kyselyExecutor } from './kysely-executor.js'
 
 // The user's API only: the executor behind it stays inside the package.
@@ -22,9 +24,16 @@ export {
   type LockMode,
   type LockOptions,
   type LockScope,
+  LockTableFullError,
   LockTimeoutError,
   type LockTraceBase,
   type LostMessage,
+  type MultiplexedLease,
+  type MultiplexedLock,
+  type MultiplexedLockOptions,
+  type MultiplexedLocks,
+  type MultiplexedWithLockOptions,
+  type MultiplexOptions,
   PgLockError,
   type PgLockErrorCode,
   type PgLockErrorDetails,
@@ -126,3 +135,40 @@ export const tryWithLock = bound.tryWithLock
  * ```
  */
 export const listHolders = bound.listHolders
+
+const multiplexed = bindMultiplex(kyselyExecutor)
+
+/**
+ * Session locks of a `Kysely` instance, many held on each connection: a thousand locks can sit on one pooled
+ * connection instead of a thousand. Each lock is first tried without waiting on a connection that
+ * already holds others; a lock that must wait waits on a connection of its own, which then carries
+ * later locks too; a connection goes back to the pool once it holds nothing. A release is one
+ * statement that never queues behind another lock's wait.
+ *
+ * What you give up: the lease and the handle have no `db`, since the connection is shared by
+ * other locks (a `BEGIN` or a failed statement there would break them): query through your usual
+ * handle. Session scope only. Create one per pool and share it.
+ *
+ * @throws `UnsupportedError` for a handle that is not a pool (a transaction, a reserved or single
+ * connection), `InvalidArgumentError` for malformed options.
+ * @example
+ * ```ts
+ * import { Kysely, PostgresDialect } from 'kysely'
+ * import pg from 'pg'
+ * import { multiplex } from '@pglock/kysely'
+ *
+ * const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: new pg.Pool({ max: 10 }) }) })
+ * const locks = multiplex(db, { keepAliveMs: 10_000 })
+ *
+ * // one leader per shard: 200 locks held on one or two connections
+ * for (let shard = 0; shard < 200; shard += 1) {
+ *   const lock = locks.createLock(`shard:${shard}`)
+ *   if (await lock.tryAcquire()) lock.signal.addEventListener('abort', () => stopLeading(shard))
+ * }
+ *
+ * await locks.withLock('invoice:42', async ({ signal }) => sendInvoice(42, signal))
+ * ```
+ */
+export function multiplex(db: Kysely<any>, options?: MultiplexSettings): Multiplexed {
+  return multiplexed(db, options)
+}

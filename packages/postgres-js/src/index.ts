@@ -1,4 +1,6 @@
-import { bindScopedExecutor, type LeaseDbOf } from '@pglock/core/adapter'
+import type { MultiplexedLocks as Multiplexed, MultiplexOptions as MultiplexSettings } from '@pglock/core'
+import { bindMultiplex, bindScopedExecutor, type LeaseDbOf } from '@pglock/core/adapter'
+import type { Sql } from 'postgres'
 import { type PostgresJsHandle, type PostgresJsLeaseDb, postgresJsExecutor } from './postgres-js-executor.js'
 
 // The user's API only: the executor behind it is on the `@pglock/postgres-js/adapter` subpath.
@@ -22,9 +24,16 @@ export {
   type LockMode,
   type LockOptions,
   type LockScope,
+  LockTableFullError,
   LockTimeoutError,
   type LockTraceBase,
   type LostMessage,
+  type MultiplexedLease,
+  type MultiplexedLock,
+  type MultiplexedLockOptions,
+  type MultiplexedLocks,
+  type MultiplexedWithLockOptions,
+  type MultiplexOptions,
   PgLockError,
   type PgLockErrorCode,
   type PgLockErrorDetails,
@@ -128,3 +137,39 @@ export const tryWithLock = bound.tryWithLock
  * ```
  */
 export const listHolders = bound.listHolders
+
+const multiplexed = bindMultiplex(postgresJsExecutor)
+
+/**
+ * Session locks of a postgres.js `Sql`, many held on each connection: a thousand locks can sit on one pooled
+ * connection instead of a thousand. Each lock is first tried without waiting on a connection that
+ * already holds others; a lock that must wait waits on a connection of its own, which then carries
+ * later locks too; a connection goes back to the pool once it holds nothing. A release is one
+ * statement that never queues behind another lock's wait.
+ *
+ * What you give up: the lease and the handle have no `db`, since the connection is shared by
+ * other locks (a `BEGIN` or a failed statement there would break them): query through your usual
+ * handle. Session scope only. Create one per pool and share it.
+ *
+ * @throws `UnsupportedError` for a handle that is not a pool (a transaction, a reserved or single
+ * connection), `InvalidArgumentError` for malformed options.
+ * @example
+ * ```ts
+ * import postgres from 'postgres'
+ * import { multiplex } from '@pglock/postgres-js'
+ *
+ * const db = postgres(process.env.DATABASE_URL, { max: 10 })
+ * const locks = multiplex(db, { keepAliveMs: 10_000 })
+ *
+ * // one leader per shard: 200 locks held on one or two connections
+ * for (let shard = 0; shard < 200; shard += 1) {
+ *   const lock = locks.createLock(`shard:${shard}`)
+ *   if (await lock.tryAcquire()) lock.signal.addEventListener('abort', () => stopLeading(shard))
+ * }
+ *
+ * await locks.withLock('invoice:42', async ({ signal }) => sendInvoice(42, signal))
+ * ```
+ */
+export function multiplex(db: Sql<any>, options?: MultiplexSettings): Multiplexed {
+  return multiplexed(db, options)
+}

@@ -1,0 +1,4 @@
+import { describeMultiplex } from '@pglock/testing'
+import adapter from './adapter.ts'
+
+describeMultiplex(adapter)
