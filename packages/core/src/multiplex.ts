@@ -52,6 +52,12 @@ export interface MultiplexedLockOptions {
    * @default 'sha1-int64'
    */
   readonly keyHash?: KeyHash | undefined
+  /**
+   * Take a fencing token with each acquire (see `LockOptions.fencing`): `lock.fencingToken`,
+   * `lease.fencingToken`.
+   * @default false
+   */
+  readonly fencing?: boolean | undefined
 }
 
 /** Options of a multiplexed `withLock` and `tryWithLock`: those of the lock plus those of the wait. */
@@ -65,6 +71,8 @@ export interface MultiplexedWithLockOptions extends MultiplexedLockOptions, Acqu
 export interface MultiplexedLease {
   /** Aborts with `LockLostError` if the lock is lost while your function runs (see `Lease.signal`). */
   readonly signal: AbortSignal
+  /** With `fencing: true`, the fencing token of this grant (see `Lease.fencingToken`); else `undefined`. */
+  readonly fencingToken: bigint | undefined
 }
 
 /**
@@ -91,8 +99,10 @@ export interface MultiplexedLock extends AsyncDisposable {
   readonly isHeld: boolean
   /** Aborts with `LockLostError` when the lock is lost while held. A fresh signal is made for each acquire. */
   readonly signal: AbortSignal
+  /** With `fencing: true`, the fencing token of the current grant, while held; else `undefined`. */
+  readonly fencingToken: bigint | undefined
   /** Takes the lock if it is free, without waiting; `false` when another holder has it. */
-  tryAcquire(options?: { readonly signal?: AbortSignal | undefined }): Promise<boolean>
+  tryAcquire(options?: Pick<AcquireOptions, 'signal' | 'fencing'>): Promise<boolean>
   /** Waits until the lock is granted (within `timeoutMs`, until `signal` aborts) and resolves to this handle. */
   acquire(options?: AcquireOptions): Promise<this>
   /** Releases the lock: one statement on its connection; `false` (no SQL) when not held. */
@@ -176,7 +186,7 @@ function refusal(key: LockKey, options: unknown): Error | undefined {
 
 /** A try without waiting, within the acquire's signal: what a shared connection may run. */
 function tryOnly(wait: Wait): Wait {
-  return { noWait: true, timeoutMs: wait.timeoutMs, signal: wait.signal, deadline: undefined }
+  return { noWait: true, timeoutMs: wait.timeoutMs, signal: wait.signal, deadline: undefined, fencing: wait.fencing }
 }
 
 const noop = () => undefined

@@ -45,6 +45,7 @@ export {
   type ReleaseTraceContext,
   type RunTraceContext,
   resolveLockId,
+  StandbyError,
   type TryWithLockResult,
   UnsupportedError,
   type WithLockOptions,

@@ -42,6 +42,7 @@ export {
   type ReleaseTraceContext,
   type RunTraceContext,
   resolveLockId,
+  StandbyError,
   type TryWithLockResult,
   UnsupportedError,
   type WithLockOptions,

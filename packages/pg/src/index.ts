@@ -53,6 +53,7 @@ export {
   type ReleaseTraceContext,
   type RunTraceContext,
   resolveLockId,
+  StandbyError,
   type TryWithLockResult,
   UnsupportedError,
   type WithLockOptions,

@@ -216,6 +216,21 @@ export function describeMultiplex(adapter: AdapterUnderTest): void {
       expect(await observer.locks(k)).toEqual([])
     })
 
+    it('answers fencing tokens that grow across holders, on shared connections too', async () => {
+      const pool = await open(4)
+      const locks = multiplex(pool.db)
+      const k = key('fencing')
+      const bystander = await locks.createLock(key('fencing-bystander')).acquire()
+      const first = await locks.withLock(k, ({ fencingToken }) => fencingToken, { fencing: true })
+      const lock = await locks.createLock(k, { fencing: true }).acquire()
+      const second = lock.fencingToken
+      await lock.release()
+      expect(typeof first).toBe('bigint')
+      expect(second as bigint).toBeGreaterThan(first as bigint)
+      expect(await locks.withLock(k, ({ fencingToken }) => fencingToken)).toBeUndefined()
+      await bystander.release()
+    })
+
     it('on a terminated shared connection, aborts exactly its 100 locks; the others stay held and the pool recovers', async () => {
       const pool = await open(10)
       const locks = multiplex(pool.db, { maxLocksPerConnection: 100 })
