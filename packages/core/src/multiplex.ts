@@ -8,7 +8,7 @@ import { Holding } from './holding.js'
 import type { LockId } from './keys.js'
 import { Lock } from './lock.js'
 import { multiplexers } from './multiplex-hook.js'
-import { type LockSpec, timedOut, type Wait } from './options.js'
+import { type LockSpec, resolveRequest, resolveSpec, timedOut, type Wait } from './options.js'
 import { SharedConnection as Shared, type SharedConnection, type SharedConnectionOwner, type Slot } from './shared-connection.js'
 import { pidOf } from './sql.js'
 import { SESSION, takeLock } from './take.js'
@@ -165,10 +165,20 @@ function checkOptions(options: unknown): { maxLocks: number; keepAliveMs: number
   return { maxLocks: maxLocksPerConnection ?? DEFAULT_MAX_LOCKS, keepAliveMs }
 }
 
-/** Refuses, before any SQL, what a multiplexed lock cannot do; `undefined` when the options are fine. */
-function refusal(key: LockKey, options: unknown): Error | undefined {
+/**
+ * Refuses, before any SQL, what a multiplexed lock cannot do; `undefined` when the options are
+ * fine. Malformed input is refused first as every lock refuses it (`validate` throws), so that a
+ * bad `fn` or option reads the same with or without multiplexing.
+ */
+function refusal(key: LockKey, options: unknown, validate: () => unknown): Error | undefined {
   if (typeof options !== 'object' || options === null) return undefined
   const { scope, keepAliveMs } = options as { scope?: unknown; keepAliveMs?: unknown }
+  if (scope !== 'transaction' && keepAliveMs === undefined) return undefined
+  try {
+    validate()
+  } catch (error) {
+    return error as Error
+  }
   if (scope === 'transaction') {
     return new UnsupportedError(
       "multiplexed locks are session locks: a transaction is one connection's business. Use your adapter's withLock(db, key, fn, { scope: 'transaction' }) instead",
@@ -216,9 +226,9 @@ class Multiplexer implements SharedConnectionOwner {
     this.#connections.delete(connection)
   }
 
-  /** A published connection that can take a lock of `token`, or a new one, opening, that others share until it is full. */
-  #pick(token: string): SharedConnection {
-    for (const connection of this.#connections) if (connection.accepts(token, this.#maxLocks)) return connection
+  /** A published connection that can take a lock of `token` (in mode `shared` or not), or a new one, opening, that others share until it is full. */
+  #pick(token: string, shared: boolean): SharedConnection {
+    for (const connection of this.#connections) if (connection.accepts(token, this.#maxLocks, shared)) return connection
     const executor = this.executor
     const opened = Shared.open(this, this.#keepAliveMs, () => (executor.connect as NonNullable<LockExecutor<unknown>['connect']>)())
     this.#connections.add(opened)
@@ -233,7 +243,7 @@ class Multiplexer implements SharedConnectionOwner {
       const entered = enter(this.executor, spec, wait)
       ticket = entered instanceof Promise ? await entered : entered
       if (ticket === undefined) return undefined
-      const shared = this.#pick(spec.token)
+      const shared = this.#pick(spec.token, spec.mode === 'shared')
       let slot = shared.attach(spec.token)
       connection = slot.pinned
       const ready = shared.ready
@@ -304,17 +314,17 @@ export function multiplexLocks(executor: LockExecutor<unknown>, options?: Multip
   multiplexers.set(own, (spec, wait) => multiplexer.acquire(spec, wait))
   return {
     createLock(key, lockOptions) {
-      const refused = refusal(key, lockOptions)
+      const refused = refusal(key, lockOptions, () => resolveSpec(key, lockOptions))
       if (refused !== undefined) throw refused
       return new Lock(own, key, lockOptions) as unknown as MultiplexedLock
     },
     withLock(key, fn, lockOptions) {
-      const refused = refusal(key, lockOptions)
+      const refused = refusal(key, lockOptions, () => resolveRequest(key, fn, lockOptions, false))
       if (refused !== undefined) return Promise.reject(refused)
       return runWithLock(own, key, fn, lockOptions, false) as Promise<never>
     },
     async tryWithLock(key, fn, lockOptions) {
-      const refused = refusal(key, lockOptions)
+      const refused = refusal(key, lockOptions, () => resolveRequest(key, fn, lockOptions, true))
       if (refused !== undefined) throw refused
       const value = await runWithLock(own, key, fn, lockOptions, true)
       return value === NOT_ACQUIRED ? NOT_TAKEN : { acquired: true, value }

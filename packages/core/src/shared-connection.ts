@@ -114,9 +114,14 @@ export class SharedConnection {
     return this.#published
   }
 
-  /** Whether the connection may take another lock of `token`: open, not full, not carrying it. */
-  accepts(token: string, max: number): boolean {
-    return !this.#lost && !this.#retired && this.slots < max && !this.#tokens.has(token)
+  /**
+   * Whether the connection may take another lock of `token`: open, not full, and not carrying it,
+   * unless both are shared. The pool's gate never lets an exclusive lock of an id in while another
+   * lock of it is held in the process, so a carried id is carried in one mode, and shared holds
+   * of one session stack in Postgres (each unlock ends one).
+   */
+  accepts(token: string, max: number, shared: boolean): boolean {
+    return !this.#lost && !this.#retired && this.slots < max && (shared || !this.#tokens.has(token))
   }
 
   /** A lock's own view of the connection (its `pinned`: wrapped by the core as every connection is). */

@@ -246,7 +246,9 @@ async function notGranted(
     throw timedOut(spec, wait)
   }
   await cancelled
-  await undo(connection, spec, framing, failure)
+  // a try that answered "not acquired" took nothing: nothing to undo, and on a connection that
+  // carries other holds of the same key (multiplexed shared locks), an undo would end one of theirs
+  if (rows?.[0]?.acquired !== false || framing.kind !== 'session') await undo(connection, spec, framing, failure)
   throw failureFor(failure, spec, wait, framing)
 }
 

@@ -54,6 +54,17 @@ export interface LockFunctions {
 export interface Capabilities {
   /** `createLock(pool, key)` in session scope pins a connection of the pool. */
   readonly sessionOnPool: boolean
+  /**
+   * Optional (true when left out). `lease.db` and `lock.db` are the driver's handle on the lock's
+   * own connection or transaction. False for multiplexed locks (`multiplex(pool)`), whose
+   * connection carries other locks and is never handed out: tests then query through the pool.
+   */
+  readonly leaseDb?: boolean
+  /**
+   * Optional (true when left out). Locks can be taken in transaction scope. False for multiplexed
+   * locks, which are session locks only.
+   */
+  readonly transactionScope?: boolean
   /** The adapter accepts one dedicated connection (a client, a reserved connection). */
   readonly singleConnection: boolean
   /** The adapter accepts a handle inside a transaction, for `createLock(tx, key, { scope: 'transaction' })`. */

@@ -34,7 +34,8 @@ try {
     await adapter.lib.withLock(
       pool.db,
       options.key,
-      ({ db, fencingToken }) => adapter.query(db, `INSERT INTO ${fenced} (worker, token) VALUES (${options.worker}, '${fencingToken}')`),
+      ({ db = pool.db, fencingToken }) =>
+        adapter.query(db, `INSERT INTO ${fenced} (worker, token) VALUES (${options.worker}, '${fencingToken}')`),
       { scope: options.scope, fencing: true },
     )
   }
@@ -43,7 +44,7 @@ try {
     await adapter.lib.withLock(
       pool.db,
       options.key,
-      async ({ db }) => {
+      async ({ db = pool.db }) => {
         const [entry] = await adapter.query(
           db,
           `INSERT INTO ${options.intervals} (worker, writer, started) VALUES (${options.worker}, ${writer}, clock_timestamp()) RETURNING id`,

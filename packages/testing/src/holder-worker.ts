@@ -56,7 +56,8 @@ async function run(options: HolderWorkerOptions): Promise<void> {
     await adapter.lib.withLock(
       pool.db,
       fromWire(first.key),
-      async ({ db }) => {
+      // a multiplexed lease has no db: the rest go on the pool's one connection all the same
+      async ({ db = pool.db }) => {
         const more = []
         for (const lock of rest) more.push(await adapter.lib.createLock(db, fromWire(lock.key), optionsOf(lock)).acquire())
         send({ held: true })

@@ -23,7 +23,14 @@ export { FaultProxy, type ProxiedConnection } from './fault-proxy.ts'
 export { describeFaults, FAULT_ROUNDS, FaultTally } from './faults.ts'
 export { describeLossPoints, LOSS_TRIALS } from './loss-points.ts'
 export { describeModel, MODEL_RUNS } from './model.ts'
-export { describeMultiplex, MULTIPLEX_CYCLES, MULTIPLEX_KEYS, MULTIPLEX_PROCESSES, MULTIPLEX_RACE_ROUNDS } from './multiplex.ts'
+export {
+  describeMultiplex,
+  MULTIPLEX_CYCLES,
+  MULTIPLEX_KEYS,
+  MULTIPLEX_PROCESSES,
+  MULTIPLEX_RACE_ROUNDS,
+  multiplexedAdapter,
+} from './multiplex.ts'
 export { type BackendRow, type LockRow, Observer } from './observer.ts'
 export { type PgBouncer, type PgBouncerOptions, startPgBouncer } from './pgbouncer.ts'
 export { CYCLES, describeProcesses, PROCESSES } from './processes.ts'

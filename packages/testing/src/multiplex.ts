@@ -173,12 +173,26 @@ export function describeMultiplex(adapter: AdapterUnderTest): void {
       await first.release()
       await waiting
       expect(second.isHeld).toBe(true)
-      // shared holders coexist, each on a connection of its own as Postgres would let one session re-enter
       await second.release()
+    })
+
+    it('stacks shared holders of one key on one connection, each release ending its own hold', async () => {
+      const pool = await open(4)
+      const rival = await open(2)
+      const locks = multiplex(pool.db)
+      const k = key('shared')
       const readers = await Promise.all([0, 1, 2].map(() => locks.createLock(k, { mode: 'shared' }).acquire()))
-      expect((await observer.locks(k)).filter((row) => row.granted && row.mode === 'ShareLock').length).toBe(3)
+      const rows = await observer.locks(k)
+      expect(rows.map(({ mode, granted }) => ({ mode, granted }))).toEqual([{ mode: 'ShareLock', granted: true }])
       expect(await locks.createLock(k).tryAcquire()).toBe(false)
-      await Promise.all(readers.map((reader) => reader.release()))
+      const writer = multiplex(rival.db).createLock(k)
+      expect(await writer.tryAcquire()).toBe(false)
+      expect(await readers[0]?.release()).toBe(true)
+      expect(await readers[1]?.release()).toBe(true)
+      expect(await writer.tryAcquire(), 'the last reader still holds').toBe(false)
+      expect(await readers[2]?.release()).toBe(true)
+      expect(await writer.tryAcquire()).toBe(true)
+      await writer.release()
       expect(await observer.locks(k)).toEqual([])
     })
 
@@ -398,4 +412,51 @@ export function describeMultiplex(adapter: AdapterUnderTest): void {
       }
     }, 300_000)
   })
+}
+
+/**
+ * The conformance suite's view of an adapter's multiplexed locks: `lib` calls `multiplex(pool)`
+ * (one manager per pool) and the capability flags turn off what a multiplexed lock does not
+ * offer: `lease.db`, transaction scope, and handles other than a pool. `module` must be the file
+ * whose default export is the returned object, for worker processes.
+ *
+ * @example
+ * ```ts
+ * import { multiplexedAdapter } from '@pglock/testing'
+ * import adapter from './adapter.ts'
+ *
+ * export default multiplexedAdapter(adapter, fileURLToPath(import.meta.url))
+ * ```
+ */
+export function multiplexedAdapter(adapter: AdapterUnderTest, module: string): AdapterUnderTest {
+  const multiplex = multiplexOf(adapter)
+  const managers = new WeakMap<object, MultiplexedLocks>()
+  const of = (db: unknown): MultiplexedLocks => {
+    let found = managers.get(db as object)
+    if (found === undefined) {
+      found = multiplex(db)
+      managers.set(db as object, found)
+    }
+    return found
+  }
+  return {
+    ...adapter,
+    name: `${adapter.name} multiplexed`,
+    module,
+    lib: {
+      createLock: (db, key, options) => of(db).createLock(key, options as never) as never,
+      withLock: (db, key, fn, options) => of(db).withLock(key, fn as never, options as never),
+      tryWithLock: (db, key, fn, options) => of(db).tryWithLock(key, fn as never, options as never),
+      listHolders: (db, options) => adapter.lib.listHolders(db, options),
+      multiplex,
+    },
+    caps: {
+      ...adapter.caps,
+      leaseDb: false,
+      transactionScope: false,
+      singleConnection: false,
+      transactionHandle: false,
+      savepointHandle: false,
+    },
+  }
 }

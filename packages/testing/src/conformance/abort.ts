@@ -1,7 +1,7 @@
 import { LockTimeoutError } from '@pglock/core'
 import { describe, expect, it } from 'vitest'
 import type { AdapterUnderTest } from '../adapter.ts'
-import { describeFeature, outcome, sleep } from './helpers.ts'
+import { describeFeature, outcome, scopesOf, sleep } from './helpers.ts'
 
 /**
  * `signal`: cancels the wait in Postgres, and never leaves a lock held when abort or timeout races the grant.
@@ -19,7 +19,7 @@ export function describeAbort(adapter: AdapterUnderTest): void {
   const { lib } = adapter
   describeFeature(adapter, ({ key, observer, open }) => {
     describe('abort', () => {
-      for (const scope of ['session', 'transaction'] as const) {
+      for (const scope of scopesOf(adapter.caps)) {
         it(`cancels the wait in Postgres, not just the promise (${scope} scope)`, async () => {
           const [a, b] = [await open(), await open()]
           const k = key(`abort-${scope}`)
@@ -42,7 +42,7 @@ export function describeAbort(adapter: AdapterUnderTest): void {
         await expect(lib.withLock(pool.db, key('pre-aborted'), () => 1, { signal: AbortSignal.abort(reason) })).rejects.toBe(reason)
       })
 
-      for (const scope of ['session', 'transaction'] as const) {
+      for (const scope of scopesOf(adapter.caps)) {
         it(`never leaves a lock held when abort or timeout races the grant (${scope} scope)`, async () => {
           const [a, b] = [await open(), await open()]
           const k = key(`race-${scope}`)

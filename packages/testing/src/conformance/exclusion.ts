@@ -79,7 +79,7 @@ export function describeExclusion(adapter: AdapterUnderTest): void {
         expect(await observer.locks(k)).toEqual([])
       })
 
-      it.skipIf(!caps.sessionOnPool)('holds the lock on the connection lease.db queries run on', async () => {
+      it.skipIf(!caps.sessionOnPool || caps.leaseDb === false)('holds the lock on the connection lease.db queries run on', async () => {
         const pool = await open()
         const k = key('db')
         const lock = await lib.createLock(pool.db, k).acquire()

@@ -3,7 +3,7 @@ import { describe, expect, it, onTestFinished } from 'vitest'
 import type { AdapterUnderTest } from '../adapter.ts'
 import { FaultProxy } from '../fault-proxy.ts'
 import { runWorker } from '../processes.ts'
-import { describeFeature } from './helpers.ts'
+import { describeFeature, scopesOf } from './helpers.ts'
 
 /** OS processes and cycles of each, all on one key, in the fencing test: as the issue asked, in every run. */
 const FENCED_PROCESSES = 8
@@ -31,7 +31,7 @@ export function describeFencing(adapter: AdapterUnderTest): void {
         const tokens: (bigint | undefined)[] = []
         tokens.push(await lib.withLock(pool.db, key('fence-a'), ({ fencingToken }) => fencingToken, { fencing: true }))
         tokens.push(
-          await lib.withLock(pool.db, key('fence-b'), ({ fencingToken }) => fencingToken, { fencing: true, scope: 'transaction' }),
+          await lib.withLock(pool.db, key('fence-b'), ({ fencingToken }) => fencingToken, { fencing: true, scope: scopesOf(caps).at(-1) }),
         )
         const tried = await lib.tryWithLock(pool.db, key('fence-a'), ({ fencingToken }) => fencingToken, { fencing: true })
         tokens.push(tried.acquired ? tried.value : undefined)
@@ -73,14 +73,14 @@ export function describeFencing(adapter: AdapterUnderTest): void {
         for (const fencing of [false, true]) {
           await lib.withLock(pool.db, k, () => undefined, { fencing })
           await lib.tryWithLock(pool.db, k, () => undefined, { fencing })
-          await lib.withLock(pool.db, k, () => undefined, { fencing, scope: 'transaction' })
+          await lib.withLock(pool.db, k, () => undefined, { fencing, scope: scopesOf(caps).at(-1) })
         }
         const counted = async (fencing: boolean) => {
           const before = proxy.roundTrips
           await lib.withLock(pool.db, k, () => undefined, { fencing })
           await lib.tryWithLock(pool.db, k, () => undefined, { fencing })
           await lib.withLock(pool.db, k, () => undefined, { fencing, timeoutMs: 1_000 })
-          await lib.withLock(pool.db, k, () => undefined, { fencing, scope: 'transaction' })
+          await lib.withLock(pool.db, k, () => undefined, { fencing, scope: scopesOf(caps).at(-1) })
           return proxy.roundTrips - before
         }
         expect(await counted(true)).toBe(await counted(false))
@@ -105,7 +105,7 @@ export function describeFencing(adapter: AdapterUnderTest): void {
         },
       )
 
-      for (const scope of ['session', 'transaction'] as const) {
+      for (const scope of scopesOf(adapter.caps)) {
         it(`${FENCED_PROCESSES} processes x ${FENCED_CYCLES} cycles on one key: tokens in commit order strictly increase (${scope} scope)`, async () => {
           const table = `pglock_fenced_${randomBytes(4).toString('hex')}`
           const k = key(`fence-processes-${scope}`)

@@ -24,37 +24,43 @@ export function describeHandles(adapter: AdapterUnderTest): void {
       const inSavepoint = <T>(tx: unknown, body: (savepoint: unknown) => Promise<T>) =>
         (adapter.inSavepoint as NonNullable<typeof adapter.inSavepoint>)(tx, body)
 
-      it.skipIf(!caps.sessionOnPool)('does not let a handle on lease.db take the session lock that lease holds', async () => {
-        const pool = await open()
-        const k = key('lease-session')
-        const outer = await lib.createLock(pool.db, k).acquire()
-        const inner = lib.createLock(outer.db, k)
-        expect(await inner.tryAcquire()).toBe(false)
-        await expect(inner.acquire({ timeoutMs: 100 })).rejects.toBeInstanceOf(LockTimeoutError)
-        expect(await lib.tryWithLock(outer.db, k, () => 'inner')).toEqual({ acquired: false })
-        expect(inner.isHeld).toBe(false)
-        expect(await observer.holders(k)).toEqual([await pid(outer.db)])
-        expect(await outer.release()).toBe(true)
-        expect(await observer.locks(k)).toEqual([])
-      })
+      it.skipIf(!caps.sessionOnPool || caps.leaseDb === false)(
+        'does not let a handle on lease.db take the session lock that lease holds',
+        async () => {
+          const pool = await open()
+          const k = key('lease-session')
+          const outer = await lib.createLock(pool.db, k).acquire()
+          const inner = lib.createLock(outer.db, k)
+          expect(await inner.tryAcquire()).toBe(false)
+          await expect(inner.acquire({ timeoutMs: 100 })).rejects.toBeInstanceOf(LockTimeoutError)
+          expect(await lib.tryWithLock(outer.db, k, () => 'inner')).toEqual({ acquired: false })
+          expect(inner.isHeld).toBe(false)
+          expect(await observer.holders(k)).toEqual([await pid(outer.db)])
+          expect(await outer.release()).toBe(true)
+          expect(await observer.locks(k)).toEqual([])
+        },
+      )
 
-      it('does not let a handle on lease.db take the transaction lock withLock holds', async () => {
-        const pool = await open()
-        const k = key('lease-transaction')
-        const seen = await lib.withLock(
-          pool.db,
-          k,
-          async ({ db }) => ({
-            tried: await lib.createLock(db, k, { scope: 'transaction' }).tryAcquire(),
-            nested: await lib.tryWithLock(db, k, () => 'inner', { scope: 'transaction' }),
-            holders: await observer.holders(k),
-            pid: await pid(db),
-          }),
-          { scope: 'transaction' },
-        )
-        expect(seen).toEqual({ tried: false, nested: { acquired: false }, holders: [seen.pid], pid: seen.pid })
-        expect(await observer.locks(k)).toEqual([])
-      })
+      it.skipIf(caps.leaseDb === false || caps.transactionScope === false)(
+        'does not let a handle on lease.db take the transaction lock withLock holds',
+        async () => {
+          const pool = await open()
+          const k = key('lease-transaction')
+          const seen = await lib.withLock(
+            pool.db,
+            k,
+            async ({ db }) => ({
+              tried: await lib.createLock(db, k, { scope: 'transaction' }).tryAcquire(),
+              nested: await lib.tryWithLock(db, k, () => 'inner', { scope: 'transaction' }),
+              holders: await observer.holders(k),
+              pid: await pid(db),
+            }),
+            { scope: 'transaction' },
+          )
+          expect(seen).toEqual({ tried: false, nested: { acquired: false }, holders: [seen.pid], pid: seen.pid })
+          expect(await observer.locks(k)).toEqual([])
+        },
+      )
 
       it.skipIf(!caps.savepointHandle)("does not let a savepoint's handle take the lock its transaction's handle holds", async () => {
         const pool = await open()

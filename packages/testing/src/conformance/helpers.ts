@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
+import type { LockKey, LockScope } from '@pglock/core'
 import { afterAll, describe, inject, onTestFinished } from 'vitest'
-import type { AdapterUnderTest, Opened } from '../adapter.ts'
+import type { AdapterUnderTest, Capabilities, Opened } from '../adapter.ts'
 import { Observer } from '../observer.ts'
 import type {} from '../provided-context.ts'
 
@@ -50,6 +51,19 @@ export async function outcome<T>(promise: Promise<T>): Promise<{ ok: true; value
   }
 }
 
+/**
+ * The scopes an adapter's locks take: both, or session scope alone where `caps.transactionScope`
+ * is false (multiplexed locks).
+ *
+ * @example
+ * ```ts
+ * for (const scope of scopesOf(adapter.caps)) it(`times out (${scope} scope)`, async () => {})
+ * ```
+ */
+export function scopesOf(caps: Capabilities): readonly LockScope[] {
+  return caps.transactionScope === false ? ['session'] : ['session', 'transaction']
+}
+
 /** What the tests of one conformance feature share: the database, an observer, fresh keys and checked handles. */
 export interface FeatureSuite {
   /** the test database URL */
@@ -61,6 +75,11 @@ export interface FeatureSuite {
   open(kind?: 'pool' | 'connection', max?: number, through?: string): Promise<Opened<any> & { applicationName: string }>
   /** The backend pid behind a handle, as Postgres reports it. */
   pid(db: unknown): Promise<number>
+  /**
+   * The backend holding a lock handle's lock: behind its `db`, or (a multiplexed lock, which has
+   * none) the one `pg_locks` shows holding its key.
+   */
+  lockPid(lock: { readonly db?: unknown; readonly key: LockKey }): Promise<number>
 }
 
 /**
@@ -118,6 +137,9 @@ export function describeFeature(adapter: AdapterUnderTest, body: (suite: Feature
 
     const pid = async (db: unknown): Promise<number> => Number((await adapter.query(db, 'SELECT pg_backend_pid() AS pid'))[0]?.pid)
 
-    body({ url, observer, key, open, pid })
+    const lockPid = async (lock: { readonly db?: unknown; readonly key: LockKey }): Promise<number> =>
+      lock.db === undefined ? Number((await observer.holders(lock.key))[0]) : pid(lock.db)
+
+    body({ url, observer, key, open, pid, lockPid })
   })
 }

@@ -6,7 +6,7 @@ import { describe, expect, it, onTestFinished } from 'vitest'
 import type { AdapterUnderTest } from '../adapter.ts'
 import { FaultProxy } from '../fault-proxy.ts'
 import type { HolderWorkerMessage, HolderWorkerOptions } from '../holder-worker.ts'
-import { describeFeature } from './helpers.ts'
+import { describeFeature, scopesOf } from './helpers.ts'
 
 const WORKER = fileURLToPath(new URL('../holder-worker.ts', import.meta.url))
 
@@ -93,7 +93,7 @@ const idOf = (key: LockKey, keyHash?: 'sha1-int64' | 'postgres-lock-0.1') =>
  */
 export function describeHolders(adapter: AdapterUnderTest): void {
   const { caps, lib } = adapter
-  describeFeature(adapter, ({ key, observer, open, pid, url }) => {
+  describeFeature(adapter, ({ key, lockPid, observer, open, pid, url }) => {
     describe('listHolders', () => {
       const serverNow = async (): Promise<Date> => (await observer.query<{ now: Date }>('SELECT clock_timestamp() AS now'))[0]?.now as Date
 
@@ -243,10 +243,12 @@ export function describeHolders(adapter: AdapterUnderTest): void {
         const k = key('shared')
         // from a pool of its own: a pool queues its own same-key waiters in memory, not in Postgres
         const elsewhere = await open()
+        // the readers on two pools: multiplexed shared holds of one pool stack in one session, one row
+        const readers = await open()
         let writer: Promise<{ release(): Promise<boolean> }> | undefined
         try {
           await holding(
-            [0, 1].map(() => lib.createLock(pool.db, k, { mode: 'shared' }).acquire()),
+            [pool, readers].map((each) => lib.createLock(each.db, k, { mode: 'shared' }).acquire()),
             async () => {
               writer = lib.createLock(elsewhere.db, k).acquire()
               await observer.until('the writer waits', async () => (await observer.waiters(k)).length === 1)
@@ -269,7 +271,7 @@ export function describeHolders(adapter: AdapterUnderTest): void {
         const k = key('all')
         const lock = lib.createLock(pool.db, k)
         await holding([lock.acquire()], async () => {
-          const mine = await pid(lock.db)
+          const mine = await lockPid(lock)
           for (const options of [undefined, {}, { keyHash: 'postgres-lock-0.1' as const }]) {
             const rows = await lib.listHolders(pool.db, options)
             expect(rows).toContainEqual(expect.objectContaining({ lockId: idOf(k), key: undefined, pid: mine, granted: true }))
@@ -327,7 +329,7 @@ export function describeHolders(adapter: AdapterUnderTest): void {
         /** Holds `k` on a pool of its own, so that whichever handle lists it sees another backend. */
         const heldElsewhere = async (k: string, body: (holder: number) => Promise<void>) => {
           const lock = lib.createLock((await open()).db, k)
-          await holding([lock.acquire()], async () => body(await pid(lock.db)))
+          await holding([lock.acquire()], async () => body(await lockPid(lock)))
         }
         const seen = async (db: unknown, k: string) =>
           (await lib.listHolders(db, { keys: [k] })).map(({ key, pid, granted }) => ({ key, pid, granted }))
@@ -369,20 +371,23 @@ export function describeHolders(adapter: AdapterUnderTest): void {
           })
         })
 
-        for (const scope of ['session', 'transaction'] as const) {
-          it.skipIf(scope === 'session' && !caps.sessionOnPool)(`lease.db in ${scope} scope, seeing the lock it holds`, async () => {
-            const pool = await open()
-            const k = key(`on-lease-${scope}`)
-            const [own, mine] = await lib.withLock(
-              pool.db,
-              k,
-              async ({ db }) => [(await lib.listHolders(db, { keys: [k] }))[0], await pid(db)],
-              {
-                scope,
-              },
-            )
-            expect(own).toMatchObject({ key: k, pid: mine, granted: true, state: 'active', transactionStart: expect.any(Date) })
-          })
+        for (const scope of scopesOf(adapter.caps)) {
+          it.skipIf((scope === 'session' && !caps.sessionOnPool) || caps.leaseDb === false)(
+            `lease.db in ${scope} scope, seeing the lock it holds`,
+            async () => {
+              const pool = await open()
+              const k = key(`on-lease-${scope}`)
+              const [own, mine] = await lib.withLock(
+                pool.db,
+                k,
+                async ({ db }) => [(await lib.listHolders(db, { keys: [k] }))[0], await pid(db)],
+                {
+                  scope,
+                },
+              )
+              expect(own).toMatchObject({ key: k, pid: mine, granted: true, state: 'active', transactionStart: expect.any(Date) })
+            },
+          )
         }
       })
 
@@ -411,7 +416,7 @@ export function describeHolders(adapter: AdapterUnderTest): void {
                     mode: 'exclusive',
                     granted: true,
                     waitingSince: undefined,
-                    pid: await pid(theirs.db),
+                    pid: await lockPid(theirs),
                     applicationName: pool.applicationName,
                     clientAddress: undefined,
                     backendStart: undefined,
@@ -420,7 +425,7 @@ export function describeHolders(adapter: AdapterUnderTest): void {
                   },
                   expect.objectContaining({
                     key: mine.key,
-                    pid: await pid(mine.db),
+                    pid: await lockPid(mine),
                     applicationName,
                     backendStart: expect.any(Date),
                     state: 'idle',

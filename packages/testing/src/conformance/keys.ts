@@ -18,7 +18,7 @@ import { describeFeature } from './helpers.ts'
  */
 export function describeKeys(adapter: AdapterUnderTest): void {
   const { lib } = adapter
-  describeFeature(adapter, ({ key, observer, open, pid }) => {
+  describeFeature(adapter, ({ key, observer, open }) => {
     describe('keys', () => {
       const invalid: [string, unknown][] = [
         ['NaN', Number.NaN],
@@ -73,9 +73,10 @@ export function describeKeys(adapter: AdapterUnderTest): void {
           const rows = await lib.withLock(
             pool.db,
             'shared-identifier',
-            async ({ db }) =>
+            () =>
               observer.query<{ classid: string; objid: string }>(
-                `SELECT classid::int8 AS classid, objid::int8 AS objid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND pid = ${await pid(db)}`,
+                `SELECT classid::int8 AS classid, objid::int8 AS objid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1
+                    AND pid IN (SELECT pid FROM pg_stat_activity WHERE application_name = '${pool.applicationName}')`,
               ),
             { keyHash },
           )

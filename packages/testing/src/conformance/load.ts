@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import type { AdapterUnderTest } from '../adapter.ts'
-import { describeFeature, sleep } from './helpers.ts'
+import { describeFeature, scopesOf, sleep } from './helpers.ts'
 
 /**
  * Pools under load: no leaked connection or lock, same-key waiters queued in memory, no starvation.
@@ -18,6 +18,7 @@ export function describeLoad(adapter: AdapterUnderTest): void {
   const { lib } = adapter
   describeFeature(adapter, ({ key, observer, open }) => {
     describe('pools under load', () => {
+      const scopes = scopesOf(adapter.caps)
       it('leaks no connection and no lock after many concurrent withLock cycles', async () => {
         const pool = await open('pool', 10)
         const keys = Array.from({ length: 5 }, (_, i) => key(`load-${i}`))
@@ -27,11 +28,11 @@ export function describeLoad(adapter: AdapterUnderTest): void {
             lib.withLock(
               pool.db,
               keys[i % keys.length] as string,
-              async ({ db }) => {
+              async ({ db = pool.db }) => {
                 await adapter.query(db, 'SELECT 1')
                 done += 1
               },
-              { scope: i % 3 === 0 ? 'transaction' : 'session', mode: i % 5 === 0 ? 'shared' : 'exclusive' },
+              { scope: i % 3 === 0 ? scopes.at(-1) : 'session', mode: i % 5 === 0 ? 'shared' : 'exclusive' },
             ),
           ),
         )
@@ -42,7 +43,7 @@ export function describeLoad(adapter: AdapterUnderTest): void {
         for (const k of keys) expect(await observer.locks(k)).toEqual([])
       }, 60_000)
 
-      for (const scope of ['session', 'transaction'] as const) {
+      for (const scope of scopesOf(adapter.caps)) {
         it(`queues same-key waiters of a pool in memory, so none waits in Postgres while one holds (${scope} scope)`, async () => {
           const pool = await open('pool', 10)
           const k = key(`in-memory-${scope}`)
@@ -68,7 +69,7 @@ export function describeLoad(adapter: AdapterUnderTest): void {
         let done = 0
         await Promise.all(
           Array.from({ length: 200 }, () =>
-            lib.withLock(pool.db, k, async ({ db }) => {
+            lib.withLock(pool.db, k, async ({ db = pool.db }) => {
               await adapter.query(db, 'SELECT 1')
               await adapter.query(pool.db, 'SELECT 2')
               done += 1

@@ -1,7 +1,7 @@
 import { LockLostError } from '@pglock/core'
 import { describe, expect, it } from 'vitest'
 import type { AdapterUnderTest } from '../adapter.ts'
-import { aborted, describeFeature, outcome, sleep } from './helpers.ts'
+import { aborted, describeFeature, outcome, scopesOf, sleep } from './helpers.ts'
 
 /**
  * Lost locks: a terminated holder aborts `lock.signal` / `lease.signal` with `LockLostError`.
@@ -39,7 +39,7 @@ export function describeLoss(adapter: AdapterUnderTest): void {
         },
       )
 
-      for (const scope of ['session', 'transaction'] as const) {
+      for (const scope of scopesOf(adapter.caps)) {
         it.skipIf(!caps.survivesConnectionLoss)(
           `aborts lease.signal and rejects withLock with LockLostError when the holder dies (${scope} scope)`,
           async () => {

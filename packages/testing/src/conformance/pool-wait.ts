@@ -1,7 +1,7 @@
 import { LockTimeoutError } from '@pglock/core'
 import { describe, expect, it } from 'vitest'
 import type { AdapterUnderTest } from '../adapter.ts'
-import { describeFeature, outcome, sleep } from './helpers.ts'
+import { describeFeature, outcome, scopesOf, sleep } from './helpers.ts'
 
 /**
  * `timeoutMs` bounds the whole acquire, the wait for a pooled connection included: with the only
@@ -21,7 +21,7 @@ export function describePoolWait(adapter: AdapterUnderTest): void {
   const { lib } = adapter
   describeFeature(adapter, ({ key, open }) => {
     describe('timeouts while the pool is exhausted', () => {
-      for (const scope of ['session', 'transaction'] as const) {
+      for (const scope of scopesOf(adapter.caps)) {
         it(`counts the wait for a pooled connection in timeoutMs and leaves the pool intact (${scope} scope)`, async () => {
           const pool = await open('pool', 1)
           const k = key(`pool-wait-${scope}`)

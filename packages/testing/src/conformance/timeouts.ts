@@ -1,7 +1,7 @@
 import { LockTimeoutError } from '@pglock/core'
 import { describe, expect, it } from 'vitest'
 import type { AdapterUnderTest } from '../adapter.ts'
-import { describeFeature, outcome } from './helpers.ts'
+import { describeFeature, outcome, scopesOf } from './helpers.ts'
 
 /**
  * `timeoutMs`: rejects with `LockTimeoutError` on time, and `0` is a single try.
@@ -19,7 +19,7 @@ export function describeTimeouts(adapter: AdapterUnderTest): void {
   const { lib } = adapter
   describeFeature(adapter, ({ key, observer, open }) => {
     describe('timeouts', () => {
-      for (const scope of ['session', 'transaction'] as const) {
+      for (const scope of scopesOf(adapter.caps)) {
         it(`rejects with LockTimeoutError close to timeoutMs and leaves nothing waiting (${scope} scope)`, async () => {
           const [a, b] = [await open(), await open()]
           const k = key(`timeout-${scope}`)

@@ -3,7 +3,7 @@ import { channel, tracingChannel } from 'node:diagnostics_channel'
 import { type LockKey, LockLostError, LockTimeoutError, resolveLockId } from '@pglock/core'
 import { describe, expect, it, onTestFinished } from 'vitest'
 import type { AdapterUnderTest } from '../adapter.ts'
-import { aborted, describeFeature, outcome, sleep } from './helpers.ts'
+import { aborted, describeFeature, outcome, scopesOf, sleep } from './helpers.ts'
 
 /** One event a subscriber saw: `<channel>:<event>` (or `lost`), and a copy of its context as it was then. */
 interface Seen {
@@ -48,8 +48,9 @@ function only(seen: readonly Seen[], name: string, where: (context: Record<strin
 
 const TRACE = ['start', 'end', 'asyncStart', 'asyncEnd']
 
-/** The adapter name an adapter under test reports in `LockExecutor.adapter`, from its test name. */
-function adapterName(name: string): string {
+/** The adapter name an adapter under test reports in `LockExecutor.adapter`, from its test name (multiplexed or not). */
+function adapterName(test: string): string {
+  const name = test.replace(/ multiplexed$/, '')
   if (name.startsWith('kysely')) return 'kysely'
   return name.replace(/^drizzle-/, 'drizzle/')
 }
@@ -129,47 +130,50 @@ export function describeTracing(adapter: AdapterUnderTest): void {
         expect(await observer.holders(k)).toEqual([])
       })
 
-      it('traces a transaction-scoped withLock, committed and rolled back, as acquire, run and release', async () => {
-        const pool = await open()
-        const k = key('trace-transaction')
-        const seen = record(k)
-        expect(await lib.withLock(pool.db, k, () => 'committed', { scope: 'transaction', mode: 'shared' })).toBe('committed')
-        const failure = new Error('fn failed')
-        const rolledBack = await outcome(
-          lib.withLock(
-            pool.db,
-            k,
-            async () => {
-              throw failure
-            },
-            { scope: 'transaction', mode: 'shared' },
-          ),
-        )
-        expect(rolledBack).toEqual({ ok: false, error: failure })
-        const acquire = TRACE.map((event) => `acquire:${event}`)
-        const release = TRACE.map((event) => `release:${event}`)
-        expect(names(seen)).toEqual([
-          ...[...acquire, ...TRACE.map((event) => `run:${event}`), ...release],
-          ...[...acquire, 'run:start', 'run:end', 'run:error', 'run:asyncStart', 'run:asyncEnd', ...release],
-        ])
-        const lock = {
-          key: k,
-          lockId: resolveLockId(k).value,
-          mode: 'shared',
-          scope: 'transaction',
-          adapter: name,
-          pid: expect.any(Number),
-        }
-        for (const event of seen.filter(({ name }) => name === 'acquire:asyncEnd')) {
-          expect(event.context).toMatchObject({ ...lock, outcome: 'acquired' })
-        }
-        expect(only(seen, 'run:error')).toMatchObject({ ...lock, error: failure })
-        for (const event of seen.filter(({ name }) => name === 'release:asyncEnd')) {
-          expect(event.context).toMatchObject({ ...lock, released: true })
-          expect(event.context.heldMs).toBeGreaterThanOrEqual(0)
-        }
-        expect(await observer.holders(k)).toEqual([])
-      })
+      it.skipIf(caps.transactionScope === false)(
+        'traces a transaction-scoped withLock, committed and rolled back, as acquire, run and release',
+        async () => {
+          const pool = await open()
+          const k = key('trace-transaction')
+          const seen = record(k)
+          expect(await lib.withLock(pool.db, k, () => 'committed', { scope: 'transaction', mode: 'shared' })).toBe('committed')
+          const failure = new Error('fn failed')
+          const rolledBack = await outcome(
+            lib.withLock(
+              pool.db,
+              k,
+              async () => {
+                throw failure
+              },
+              { scope: 'transaction', mode: 'shared' },
+            ),
+          )
+          expect(rolledBack).toEqual({ ok: false, error: failure })
+          const acquire = TRACE.map((event) => `acquire:${event}`)
+          const release = TRACE.map((event) => `release:${event}`)
+          expect(names(seen)).toEqual([
+            ...[...acquire, ...TRACE.map((event) => `run:${event}`), ...release],
+            ...[...acquire, 'run:start', 'run:end', 'run:error', 'run:asyncStart', 'run:asyncEnd', ...release],
+          ])
+          const lock = {
+            key: k,
+            lockId: resolveLockId(k).value,
+            mode: 'shared',
+            scope: 'transaction',
+            adapter: name,
+            pid: expect.any(Number),
+          }
+          for (const event of seen.filter(({ name }) => name === 'acquire:asyncEnd')) {
+            expect(event.context).toMatchObject({ ...lock, outcome: 'acquired' })
+          }
+          expect(only(seen, 'run:error')).toMatchObject({ ...lock, error: failure })
+          for (const event of seen.filter(({ name }) => name === 'release:asyncEnd')) {
+            expect(event.context).toMatchObject({ ...lock, released: true })
+            expect(event.context.heldMs).toBeGreaterThanOrEqual(0)
+          }
+          expect(await observer.holders(k)).toEqual([])
+        },
+      )
 
       it.skipIf(!caps.survivesConnectionLoss)('reports each outcome of a failed acquire: busy, timeout, aborted, error', async () => {
         const [holder, other] = [await open(), await open()]
@@ -182,7 +186,7 @@ export function describeTracing(adapter: AdapterUnderTest): void {
           const abort = new Error('caller gave up')
           setTimeout(() => controller.abort(abort), 100)
           const abortion = await outcome(lib.withLock(other.db, k, () => 'never', { signal: controller.signal }))
-          const waiting = outcome(lib.withLock(other.db, k, () => 'never', { scope: 'transaction' }))
+          const waiting = outcome(lib.withLock(other.db, k, () => 'never', { scope: scopesOf(caps).at(-1) }))
           await observer.until('a waiter in Postgres', async () => (await observer.waiters(k)).length === 1)
           await observer.terminate((await observer.waiters(k))[0] as number)
           return { busy, timeout, abortion, abort, failed: await waiting }
@@ -204,7 +208,7 @@ export function describeTracing(adapter: AdapterUnderTest): void {
         expect(ends[2]?.waitedMs).toBeGreaterThanOrEqual(190)
         expect(ends[3]).toMatchObject({ error: results.abort })
         expect(ends[3]?.waitedMs).toBeGreaterThanOrEqual(90)
-        expect(ends[4]).toMatchObject({ scope: 'transaction', error: results.failed.ok ? undefined : results.failed.error })
+        expect(ends[4]).toMatchObject({ scope: scopesOf(caps).at(-1), error: results.failed.ok ? undefined : results.failed.error })
         expect(names(seen, 'acquire:error')).toHaveLength(3)
         expect(names(seen, 'run:')).toHaveLength(4)
         expect(await observer.holders(k)).toEqual([])
@@ -262,12 +266,12 @@ export function describeTracing(adapter: AdapterUnderTest): void {
               await observer.terminate((await observer.holders(k))[0] as number)
               await aborted(signal)
             },
-            { scope: 'transaction' },
+            { scope: scopesOf(caps).at(-1) },
           ),
         )
         expect(result.ok ? undefined : result.error).toBeInstanceOf(LockLostError)
         const lost = only(seen, 'lost')
-        expect(lost).toMatchObject({ key: k, scope: 'transaction', adapter: name })
+        expect(lost).toMatchObject({ key: k, scope: scopesOf(caps).at(-1), adapter: name })
         expect(lost.error).toBeInstanceOf(LockLostError)
         expect(names(seen, 'release:')).toEqual([])
       })
@@ -286,14 +290,14 @@ export function describeTracing(adapter: AdapterUnderTest): void {
         run.start.bindStore(inFn, (context) => context.key)
         onTestFinished(() => void run.start.unbindStore(inFn))
         const running = caller.run('caller 1', () =>
-          lib.withLock(pool.db, k, async ({ db }) => {
+          lib.withLock(pool.db, k, async ({ db = pool.db }) => {
             await adapter.query(db, 'SELECT 1')
             return [inFn.getStore(), caller.getStore()]
           }),
         )
         expect(atStart).toEqual(['caller 1']) // published before withLock returned
         const seenInFn = await running
-        await caller.run('caller 2', () => lib.tryWithLock(pool.db, k, () => 'ok', { scope: 'transaction' }))
+        await caller.run('caller 2', () => lib.tryWithLock(pool.db, k, () => 'ok', { scope: scopesOf(caps).at(-1) }))
         expect(atStart).toEqual(['caller 1', 'caller 2'])
         expect(seenInFn).toEqual([k, 'caller 1'])
       })
@@ -317,7 +321,7 @@ export function describeTracing(adapter: AdapterUnderTest): void {
           await lib.withLock(pool.db, k, async () => (await observer.holders(k)).length, {
             scope: caps.sessionOnPool ? 'session' : 'transaction',
           }),
-          await lib.tryWithLock(pool.db, k, async () => (await observer.holders(k)).length, { scope: 'transaction' }),
+          await lib.tryWithLock(pool.db, k, async () => (await observer.holders(k)).length, { scope: scopesOf(caps).at(-1) }),
         ])
         expect(value).toEqual([1, { acquired: true, value: 1 }])
         expect(uncaught.length).toBeGreaterThanOrEqual(16)

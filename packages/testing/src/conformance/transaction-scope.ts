@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { LockTimeoutError } from '@pglock/core'
 import { describe, expect, it } from 'vitest'
 import type { AdapterUnderTest } from '../adapter.ts'
-import { describeFeature, outcome, sleep } from './helpers.ts'
+import { describeFeature, outcome, scopesOf, sleep } from './helpers.ts'
 
 /**
  * Transaction scope: the lock lives exactly as long as its transaction, in `withLock` and in a caller's transaction.
@@ -19,7 +19,7 @@ import { describeFeature, outcome, sleep } from './helpers.ts'
 export function describeTransactionScope(adapter: AdapterUnderTest): void {
   const { caps, lib } = adapter
   describeFeature(adapter, ({ key, observer, open, pid }) => {
-    describe('transaction scope', () => {
+    describe.skipIf(caps.transactionScope === false)('transaction scope', () => {
       it('holds the lock inside fn and drops it at commit', async () => {
         const pool = await open()
         const k = key('xact')
@@ -169,7 +169,7 @@ export function describeTransactionScope(adapter: AdapterUnderTest): void {
         async () => {
           const pool = await open()
           const k = key('failed-tx')
-          for (const scope of ['session', 'transaction'] as const) {
+          for (const scope of scopesOf(adapter.caps)) {
             const failure = await outcome(
               (adapter.inTransaction as NonNullable<typeof adapter.inTransaction>)(pool.db, async (tx) => {
                 await adapter.query(tx, 'SELECT 1 / 0').catch(() => undefined)
