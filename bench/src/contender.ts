@@ -50,5 +50,10 @@ export interface Contender {
   readonly floorRatioTarget?: number
   /** Why the pool-pressure scenario does not apply to it; unset when it does. */
   readonly noPoolPressure?: string
+  /**
+   * Whether it can hold 1,000 locks at once on a pool of `--workers` connections (the hold-many
+   * scenario): multiplexed locks can; a lock that pins a connection each cannot.
+   */
+  readonly holdsMany?: boolean
   open(target: BenchTarget): Promise<OpenContender>
 }

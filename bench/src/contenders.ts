@@ -111,6 +111,41 @@ export function pglockContenders<Handle>(adapter: {
   ]
 }
 
+/** What an adapter's `multiplex(pool)` returns, as the bench calls it. */
+interface Multiplexed {
+  withLock<T>(key: number, fn: (lease: { readonly signal: AbortSignal }) => T | PromiseLike<T>): Promise<T>
+}
+
+/**
+ * The row of one adapter's multiplexed session locks (`multiplex(pool)`): many locks on few
+ * connections. Its `fn` gets no `db` (a multiplexed lease has none), so a section runs without one.
+ */
+export function multiplexedContender<Handle>(adapter: {
+  readonly name: string
+  readonly multiplex: (db: Handle) => Multiplexed
+  readonly openPool: (target: BenchTarget) => Promise<OpenPool<Handle>>
+  readonly sessionFloor: string
+}): Contender {
+  return {
+    name: `pglock ${adapter.name} session, multiplexed`,
+    role: 'variant',
+    scope: 'session',
+    floor: adapter.sessionFloor,
+    cycleDescription: `multiplex(pool).withLock(key, fn) from @pglock/${adapter.name}: locks share the pool's connections`,
+    holdsMany: true,
+    async open(target) {
+      const pool = await adapter.openPool(target)
+      const locks = adapter.multiplex(pool.db)
+      return {
+        cycle: (key, section) => locks.withLock(key, () => section(undefined)),
+        poolQuery: (sql) => pool.poolQuery(sql),
+        connections: () => pool.connections(),
+        close: () => pool.close(),
+      }
+    },
+  }
+}
+
 /** A node-postgres pool tagged with the contender's `application_name`. */
 export function openPgPool(target: BenchTarget): pg.Pool {
   const pool = new pg.Pool({ connectionString: target.url, max: target.poolSize, application_name: target.applicationName })
@@ -633,6 +668,13 @@ export const CONTENDERS: readonly Contender[] = [
     sessionFloor: RAW_POSTGRES_JS_SESSION,
     transactionFloor: RAW_POSTGRES_JS_TRANSACTION,
     fencedRows: true,
+  }),
+  multiplexedContender({ name: 'pg', multiplex: pglockPg.multiplex, openPool: openPgPoolForPglock, sessionFloor: RAW_PG_SESSION }),
+  multiplexedContender({
+    name: 'postgres-js',
+    multiplex: pglockPostgresJs.multiplex as (db: unknown) => Multiplexed,
+    openPool: openPostgresJsPool,
+    sessionFloor: RAW_POSTGRES_JS_SESSION,
   }),
   ...pglockContenders({
     name: 'drizzle/pg',

@@ -5,11 +5,11 @@ import { runPoolPressure } from './pool-pressure.js'
 import { ascending, quantile } from './stats.js'
 
 /** The scenarios, in the order they run and print. */
-export const SCENARIOS = ['uncontended', 'contended', 'distinct-keys', 'pool-pressure'] as const
+export const SCENARIOS = ['uncontended', 'contended', 'distinct-keys', 'hold-many', 'pool-pressure'] as const
 export type ScenarioName = (typeof SCENARIOS)[number]
 
 /** The scenarios measured in slices, one contender open at a time. */
-export type SlicedScenario = 'contended' | 'distinct-keys'
+export type SlicedScenario = 'contended' | 'distinct-keys' | 'hold-many'
 
 export interface BenchSettings {
   readonly url: string
@@ -256,9 +256,40 @@ async function distinctKeys(run: SliceRun): Promise<Slice> {
   )
 }
 
+/** Locks the hold-many scenario holds at once. */
+export const HOLD_MANY = 1_000
+
+/**
+ * (e) 1,000 locks on distinct keys, all held at once, then all released: a slice is one such
+ * round, its cycles the 1,000 locks, its time the wall time from the first acquire to the last
+ * release, its connections the most the pool had open. Only for contenders that can hold that
+ * many on a pool of `--workers` connections (multiplexed locks).
+ */
+async function holdMany({ open, meter, applicationName }: SliceRun): Promise<Slice> {
+  const first = freshKeys(HOLD_MANY)
+  let inside = 0
+  let maxConnections = 0
+  let everyoneIn: () => void = () => undefined
+  const allHeld = new Promise<void>((resolve) => (everyoneIn = resolve))
+  const section: CriticalSection = () => {
+    inside += 1
+    maxConnections = Math.max(maxConnections, open.connections())
+    if (inside === HOLD_MANY) everyoneIn()
+    return allHeld
+  }
+  const backends = await meter.backends(applicationName)
+  const before = meter.mark(backends)
+  const startedAt = performance.now()
+  await Promise.all(Array.from({ length: HOLD_MANY }, (_, index) => open.cycle(first + index, section)))
+  const elapsedMs = performance.now() - startedAt
+  maxConnections = Math.max(maxConnections, open.connections())
+  return { cycles: HOLD_MANY, elapsedMs, maxConnections, cpu: CpuMeter.spent(before, meter.mark(backends)) }
+}
+
 const SLICED: Record<SlicedScenario, (run: SliceRun) => Promise<Slice>> = {
   contended,
   'distinct-keys': distinctKeys,
+  'hold-many': holdMany,
 }
 
 /**
@@ -333,5 +364,7 @@ export function measurePoolPressure(contender: Contender, settings: BenchSetting
 
 /** Whether `contender` takes part in `scenario`, and if not, why. */
 export function skipReason(scenario: ScenarioName, contender: Contender): string | undefined {
+  if (scenario === 'hold-many' && contender.holdsMany !== true)
+    return `pins a connection per lock: ${HOLD_MANY} held at once need ${HOLD_MANY} connections`
   return scenario === 'pool-pressure' ? contender.noPoolPressure : undefined
 }
