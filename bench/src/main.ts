@@ -49,6 +49,7 @@ pnpm bench --memory [options]   10^6 lock cycles, heap sampled after forced GC
   --batch MS             uncontended: all contenders open, taking turns of MS each (default 25)
   --warmup MS            warm-up before each slice, not measured (default 150)
   --workers N            workers in the contended and distinct-keys scenarios (default 8)
+  --pool N               pool size in the contended, distinct-keys and hold-many scenarios (default: --workers)
   --scenarios LIST       comma-separated: ${SCENARIOS.join(',')}
   --contenders LIST      comma-separated substrings of contender names (floors are always kept)
   --pressure-timeout MS  after this the pool-pressure run counts as a deadlock (default 5000)
@@ -75,6 +76,7 @@ function parseFlags() {
       batch: { type: 'string' },
       warmup: { type: 'string' },
       workers: { type: 'string' },
+      pool: { type: 'string' },
       scenarios: { type: 'string' },
       contenders: { type: 'string' },
       'pressure-timeout': { type: 'string' },
@@ -102,6 +104,7 @@ function parseFlags() {
     batchMs: positiveInteger('batch', values.batch, 25),
     warmupMs: positiveInteger('warmup', values.warmup, 150),
     workers: positiveInteger('workers', values.workers, 8),
+    poolSize: values.pool === undefined ? undefined : positiveInteger('pool', values.pool, 8),
     pressureTimeoutMs: positiveInteger('pressure-timeout', values['pressure-timeout'], 5_000),
     scenarios,
     contenderFilter: values.contenders?.split(',').filter(Boolean),
@@ -146,6 +149,7 @@ async function runBench(flags: Flags, database: BenchDatabase): Promise<void> {
     batchMs: flags.batchMs,
     warmupMs: flags.warmupMs,
     workers: flags.workers,
+    poolSize: flags.poolSize ?? flags.workers,
     pressureTasks: 200,
     pressurePoolSize: 10,
     pressureTimeoutMs: flags.pressureTimeoutMs,
@@ -159,7 +163,7 @@ async function runBench(flags: Flags, database: BenchDatabase): Promise<void> {
     [
       `${flags.repeats} repeats of ${flags.durationMs} ms per contender and scenario, interleaved across contenders:`,
       `uncontended in turns of ${flags.batchMs} ms, the others in ${flags.slices} slices (each after ${flags.warmupMs} ms warm-up);`,
-      `${flags.workers} workers; load average ${about.loadAverage.join(' ')}\n`,
+      `${flags.workers} workers on pools of ${flags.poolSize ?? flags.workers}; load average ${about.loadAverage.join(' ')}\n`,
     ].join(' '),
   )
   const startedAt = performance.now()

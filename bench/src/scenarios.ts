@@ -22,6 +22,8 @@ export interface BenchSettings {
   readonly warmupMs: number
   /** concurrent workers in the contended and distinct-keys scenarios */
   readonly workers: number
+  /** the pool size of every contender in the sliced scenarios (`--pool`, default `workers`) */
+  readonly poolSize: number
   readonly pressureTasks: number
   readonly pressurePoolSize: number
   readonly pressureTimeoutMs: number
@@ -304,7 +306,7 @@ export async function measureThroughputSlice(
 ): Promise<Slice> {
   const target: BenchTarget = {
     url: settings.url,
-    poolSize: settings.workers,
+    poolSize: settings.poolSize,
     applicationName: `pglock-bench-${process.pid}-${scenario}`,
   }
   const open = await contender.open(target)
