@@ -135,6 +135,13 @@ export interface MultiplexedLocks {
 }
 
 const DEFAULT_MAX_LOCKS = 1000
+/**
+ * A burst of acquires queues its tries on one connection, one round trip each (node-postgres runs
+ * one statement at a time): past this backlog, a second connection shares the tries. Never more
+ * than {@link BURST_CONNECTIONS} for that; held locks alone never open another.
+ */
+const BUSY_BACKLOG = 4
+const BURST_CONNECTIONS = 2
 const MAX_LOCKS_LIMIT = 1_000_000
 
 function checkOptions(options: unknown): { maxLocks: number; keepAliveMs: number | undefined } {
@@ -226,9 +233,17 @@ class Multiplexer implements SharedConnectionOwner {
     this.#connections.delete(connection)
   }
 
-  /** A published connection that can take a lock of `token` (in mode `shared` or not), or a new one, opening, that others share until it is full. */
+  /**
+   * The published connection that can take a lock of `token` (in mode `shared` or not) and has the
+   * shortest backlog, or a new one, opening, that others share until it is full: when none can,
+   * or when the best is busy and fewer than {@link BURST_CONNECTIONS} are open.
+   */
   #pick(token: string, shared: boolean): SharedConnection {
-    for (const connection of this.#connections) if (connection.accepts(token, this.#maxLocks, shared)) return connection
+    let best: SharedConnection | undefined
+    for (const connection of this.#connections) {
+      if (connection.accepts(token, this.#maxLocks, shared) && (best === undefined || connection.backlog < best.backlog)) best = connection
+    }
+    if (best !== undefined && (best.backlog < BUSY_BACKLOG || this.#connections.size >= BURST_CONNECTIONS)) return best
     const executor = this.executor
     const opened = Shared.open(this, this.#keepAliveMs, () => (executor.connect as NonNullable<LockExecutor<unknown>['connect']>)())
     this.#connections.add(opened)
@@ -246,9 +261,7 @@ class Multiplexer implements SharedConnectionOwner {
       const shared = this.#pick(spec.token, spec.mode === 'shared')
       let slot = shared.attach(spec.token)
       connection = slot.pinned
-      const ready = shared.ready
-      if (ready !== undefined) await interruptible(ready, { signal: wait.signal, deadline: checkoutDeadline(wait), abandon: noop })
-      const tried = await takeLock(connection, spec, tryOnly(wait), SESSION)
+      const tried = await this.#try(shared, connection, spec, wait)
       if (tried !== false) {
         shared.publish(pidOf(tried))
         return this.#held(slot, spec, tried, ticket)
@@ -272,6 +285,18 @@ class Multiplexer implements SharedConnectionOwner {
       return this.#held(slot, spec, granted, ticket)
     } catch (error) {
       return giveUp(error, spec, wait, ticket, connection)
+    }
+  }
+
+  /** The try on a shared connection, once it is connected, counted in its backlog from the start. */
+  async #try(shared: SharedConnection, connection: Pinned<undefined>, spec: LockSpec, wait: Wait): ReturnType<typeof takeLock> {
+    shared.trying += 1
+    try {
+      const ready = shared.ready
+      if (ready !== undefined) await interruptible(ready, { signal: wait.signal, deadline: checkoutDeadline(wait), abandon: noop })
+      return await takeLock(connection, spec, tryOnly(wait), SESSION)
+    } finally {
+      shared.trying -= 1
     }
   }
 

@@ -40,6 +40,8 @@ export class SharedConnection {
   readonly #tokens = new Map<string, number>()
   /** the locks on it, held or being taken */
   slots = 0
+  /** the locks being tried on it now: with the statements queued, how far behind it runs */
+  trying = 0
   #queue: Queued[] = []
   #running: Queued | undefined
   #listeners = new Set<Listener>()
@@ -98,6 +100,11 @@ export class SharedConnection {
     if (this.#published) this.#startKeepAlive()
     this.#pump()
     if (opened) this.#retireIfIdle()
+  }
+
+  /** How many statements would run before a new one: a busy connection is slow to answer a try. */
+  get backlog(): number {
+    return this.trying + this.#queue.length
   }
 
   /** Resolves once the connection is checked out (at once for most); rejects if that failed. */
