@@ -84,6 +84,9 @@ export async function startReplicatedPostgres(options: ReplicatedPostgresOptions
   const cleanupOnExit = (): void => forceCleanup(root, [primaryDir, standbyDir])
   process.on('exit', cleanupOnExit)
   const run = (file: string, args: string[]) => runAs(user, file, args)
+  const own = async (path: string) => {
+    if (user.uid !== undefined && user.gid !== undefined) await chown(path, user.uid, user.gid)
+  }
 
   const destroy = once(async () => {
     try {
@@ -99,12 +102,12 @@ export async function startReplicatedPostgres(options: ReplicatedPostgresOptions
   })
 
   try {
-    if (user.uid !== undefined) await chown(root, user.uid, user.gid)
+    await own(root)
     const password = randomBytes(16).toString('hex')
     const [primaryPort, standbyPort] = [await freePort(), await freePort()]
     const passwordFile = join(root, 'password')
     await writeFile(passwordFile, `${password}\n`, { mode: 0o600 })
-    if (user.uid !== undefined) await chown(passwordFile, user.uid, user.gid)
+    await own(passwordFile)
     await run(bin.initdb, [
       `--pgdata=${primaryDir}`,
       '--auth=scram-sha-256',
@@ -156,16 +159,14 @@ export async function startReplicatedPostgres(options: ReplicatedPostgresOptions
     await run(bin.pg_ctl, ['stop', '-D', primaryDir, '-m', 'fast', '-w'])
 
     await mkdir(standbyDir, { mode: 0o700 })
-    if (user.uid !== undefined) await chown(standbyDir, user.uid, user.gid)
+    await own(standbyDir)
     await run('cp', ['-Rp', `${primaryDir}/.`, standbyDir])
     await writeFile(join(standbyDir, 'standby.signal'), '')
     await appendFile(
       join(standbyDir, 'postgresql.conf'),
       `primary_conninfo = 'host=127.0.0.1 port=${primaryPort} user=postgres password=${password} application_name=${STANDBY_NAME}'\n`,
     )
-    for (const file of ['standby.signal', 'postgresql.conf']) {
-      if (user.uid !== undefined) await chown(join(standbyDir, file), user.uid, user.gid)
-    }
+    for (const file of ['standby.signal', 'postgresql.conf']) await own(join(standbyDir, file))
 
     await start(primaryDir, primaryPort, primarySettings)
     await start(standbyDir, standbyPort, [])
