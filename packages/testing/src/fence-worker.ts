@@ -1,0 +1,123 @@
+/**
+ * A worker process of the failover suite: loads an adapter under test and increments a counter
+ * row under a fenced lock, over and over, through a failover. Each write is conditional on the
+ * lock's fencing token (`... WHERE id = 1 AND fence < token`) and tells which server took it; a
+ * cycle that fails (the primary is gone) is retried after a pause. Stops when the parent says
+ * `stop`, then sends every cycle's outcome and exits.
+ */
+import type { Lease } from '@pglock/core'
+import type { AdapterUnderTest } from './adapter.ts'
+
+/** What the parent passes in `PGLOCK_FENCE_WORKER`. */
+export interface FenceWorkerOptions {
+  readonly url: string
+  readonly adapter: string
+  readonly applicationName: string
+  readonly key: string
+  readonly counter: string
+  readonly scope: 'session' | 'transaction'
+}
+
+/**
+ * One lock cycle as the worker saw it. `acked`: the write returned one row and its commit was
+ * acknowledged (in session scope the statement commits on its own; in transaction scope, once
+ * `withLock` resolved). `rejected`: the write matched no row, the fence was ahead of the token.
+ * `unknown`: the token was handed out, then the connection died before an answer on the write or
+ * its commit. Tokens travel as decimal text.
+ */
+export interface FenceCycle {
+  readonly token: string
+  readonly outcome: 'acked' | 'rejected' | 'unknown'
+  /** the port of the server that answered the write (`inet_server_port()`), when it answered */
+  readonly port?: number
+  /** that server's clock at the write */
+  readonly at?: string
+  /** the cycle's place in this worker's sequence */
+  readonly seq: number
+}
+
+/** What the parent may say: stop after the cycle under way. */
+export type FenceWorkerCommand = { readonly stop: true }
+
+/** What the worker sends: after each acknowledged write, how many each server took; then every cycle at the end. */
+export type FenceWorkerMessage = { readonly ackedByPort: Readonly<Record<string, number>> } | { readonly cycles: readonly FenceCycle[] }
+
+/**
+ * The token of a fenced lease. Until the core hands one out, the same value the core takes: the
+ * xid of a fresh transaction after the grant (session scope), or of the lock's own transaction.
+ *
+ * @example
+ * ```ts
+ * await withLock(pool, 'job', async (lease) => console.log(await tokenOf(adapter, lease)))
+ * ```
+ */
+export async function tokenOf(adapter: AdapterUnderTest, lease: Lease<unknown>): Promise<bigint> {
+  const given = (lease as { fencingToken?: bigint }).fencingToken
+  if (typeof given === 'bigint') return given
+  const [row] = await adapter.query(lease.db, 'SELECT pg_current_xact_id()::text AS token')
+  return BigInt(String(row?.token))
+}
+
+// until the core's `fencing` option lands, tokenOf() takes the token itself
+const FENCING = {}
+
+async function run(options: FenceWorkerOptions): Promise<void> {
+  const orphaned = () => process.exit(2)
+  process.on('disconnect', orphaned)
+  const adapter = (await import(options.adapter)).default as AdapterUnderTest
+  const pool = await adapter.openPool({ url: options.url, applicationName: options.applicationName, max: 1 })
+  let stop = false
+  process.on('message', () => {
+    stop = true
+  })
+  const send = (message: FenceWorkerMessage) => process.send?.(message)
+  const cycles: FenceCycle[] = []
+  const ackedByPort: Record<string, number> = {}
+  try {
+    for (let seq = 0; !stop; seq += 1) {
+      let token: bigint | undefined
+      let answer: { port: number; at: string } | undefined
+      let wrote: boolean | undefined
+      const done = () => {
+        const outcome = wrote ? 'acked' : 'rejected'
+        cycles.push({ token: String(token), outcome, seq, ...answer })
+      }
+      try {
+        await adapter.lib.withLock(
+          pool.db,
+          options.key,
+          async (lease) => {
+            token = await tokenOf(adapter, lease)
+            const rows = await adapter.query(
+              lease.db,
+              `UPDATE ${options.counter} SET value = value + 1, fence = '${token}' WHERE id = 1 AND fence < '${token}'
+               RETURNING inet_server_port() AS port, clock_timestamp()::text AS at`,
+            )
+            wrote = rows.length === 1
+            answer = { port: Number(rows[0]?.port), at: String(rows[0]?.at) }
+            // in session scope the UPDATE committed on its own: its answer is the acknowledgement
+            if (options.scope === 'session') done()
+          },
+          { scope: options.scope, ...FENCING },
+        )
+        if (options.scope === 'transaction') done()
+      } catch {
+        const answered = options.scope === 'session' && wrote !== undefined
+        if (token !== undefined && !answered) cycles.push({ token: String(token), outcome: 'unknown', seq })
+        await new Promise((resolve) => setTimeout(resolve, 20))
+        continue
+      }
+      if (wrote && answer) {
+        ackedByPort[answer.port] = (ackedByPort[answer.port] ?? 0) + 1
+        send({ ackedByPort })
+      }
+    }
+  } finally {
+    await pool.close()
+  }
+  send({ cycles })
+  process.off('disconnect', orphaned)
+  process.disconnect?.()
+}
+
+if (process.env.PGLOCK_FENCE_WORKER !== undefined) await run(JSON.parse(process.env.PGLOCK_FENCE_WORKER) as FenceWorkerOptions)
