@@ -65,7 +65,9 @@ async function run(options: FenceWorkerOptions): Promise<void> {
   const orphaned = () => process.exit(2)
   process.on('disconnect', orphaned)
   const adapter = (await import(options.adapter)).default as AdapterUnderTest
-  const pool = await adapter.openPool({ url: options.url, applicationName: options.applicationName, max: 1 })
+  const open = () => adapter.openPool({ url: options.url, applicationName: options.applicationName, max: 1 })
+  let pool = await open()
+  const closing: Promise<void>[] = []
   let stop = false
   process.on('message', () => {
     stop = true
@@ -104,6 +106,11 @@ async function run(options: FenceWorkerOptions): Promise<void> {
       } catch {
         const answered = options.scope === 'session' && wrote !== undefined
         if (token !== undefined && !answered) cycles.push({ token: String(token), outcome: 'unknown', seq })
+        // a pool that does not recover from a lost connection (postgres.js 3.4) is replaced, as its users must
+        if (!adapter.caps.poolRecovers) {
+          closing.push(pool.close().catch(() => undefined))
+          pool = await open()
+        }
         await new Promise((resolve) => setTimeout(resolve, 20))
         continue
       }
@@ -113,7 +120,7 @@ async function run(options: FenceWorkerOptions): Promise<void> {
       }
     }
   } finally {
-    await pool.close()
+    await Promise.all([pool.close(), ...closing])
   }
   send({ cycles })
   process.off('disconnect', orphaned)

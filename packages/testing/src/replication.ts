@@ -7,6 +7,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import pg from 'pg'
 import { createDatabase, embeddedPostgresBinaries, freePort } from './database.ts'
+import { FaultProxy } from './fault-proxy.ts'
 
 const DATABASE_NAME = 'pglock_test'
 const STANDBY_NAME = 'pglock_standby'
@@ -26,6 +27,11 @@ export interface ReplicatedPostgresOptions {
    * and the standby may lag behind.
    */
   readonly mode?: ReplicationMode
+  /**
+   * Streams the WAL through a {@link FaultProxy} (`replicationLink`), so that a test can put a
+   * network between the servers: latency (a standby in another zone), a blackhole, a reset.
+   */
+  readonly replicationLink?: boolean
 }
 
 /** One server of a {@link ReplicatedPostgres} pair. */
@@ -44,6 +50,8 @@ export interface ReplicatedPostgres {
   readonly mode: ReplicationMode
   readonly primary: ReplicaServer
   readonly standby: ReplicaServer
+  /** The proxy the standby streams through, when asked for with `replicationLink`. */
+  readonly replicationLink: FaultProxy | undefined
   /** Stops the primary with `pg_ctl stop -m immediate`: every session ends at once, nothing is flushed, as in a crash. */
   crashPrimary(): Promise<void>
   /** Promotes the standby (`pg_ctl promote`) and waits until `pg_is_in_recovery()` is false there. */
@@ -81,6 +89,7 @@ export async function startReplicatedPostgres(options: ReplicatedPostgresOptions
   const root = await mkdtemp(join(tmpdir(), 'pglock-test-replication-'))
   const primaryDir = join(root, 'primary')
   const standbyDir = join(root, 'standby')
+  let link: FaultProxy | undefined
   const cleanupOnExit = (): void => forceCleanup(root, [primaryDir, standbyDir])
   process.on('exit', cleanupOnExit)
   const run = (file: string, args: string[]) => runAs(user, file, args)
@@ -90,6 +99,7 @@ export async function startReplicatedPostgres(options: ReplicatedPostgresOptions
 
   const destroy = once(async () => {
     try {
+      await link?.close()
       for (const dir of [primaryDir, standbyDir]) {
         if (existsSync(join(dir, 'postmaster.pid')))
           await run(bin.pg_ctl, ['stop', '-D', dir, '-m', 'immediate', '-w']).catch(() => undefined)
@@ -162,9 +172,11 @@ export async function startReplicatedPostgres(options: ReplicatedPostgresOptions
     await own(standbyDir)
     await run('cp', ['-Rp', `${primaryDir}/.`, standbyDir])
     await writeFile(join(standbyDir, 'standby.signal'), '')
+    if (options.replicationLink) link = await FaultProxy.start(urlOf(password, primaryPort, 'postgres'))
+    const upstreamPort = link ? Number(new URL(link.url).port) : primaryPort
     await appendFile(
       join(standbyDir, 'postgresql.conf'),
-      `primary_conninfo = 'host=127.0.0.1 port=${primaryPort} user=postgres password=${password} application_name=${STANDBY_NAME}'\n`,
+      `primary_conninfo = 'host=127.0.0.1 port=${upstreamPort} user=postgres password=${password} application_name=${STANDBY_NAME}'\n`,
     )
     for (const file of ['standby.signal', 'postgresql.conf']) await own(join(standbyDir, file))
 
@@ -191,6 +203,7 @@ export async function startReplicatedPostgres(options: ReplicatedPostgresOptions
       mode,
       primary,
       standby,
+      replicationLink: link,
       async crashPrimary() {
         await run(bin.pg_ctl, ['stop', '-D', primaryDir, '-m', 'immediate', '-w'])
       },
