@@ -35,7 +35,8 @@ export interface OpenContender {
  */
 export interface Contender {
   readonly name: string
-  readonly role: 'floor' | 'pglock' | 'peer'
+  /** `variant`: a pglock row with an option that costs server work of its own (fencing), shown beside, not judged. */
+  readonly role: 'floor' | 'pglock' | 'peer' | 'variant'
   readonly scope: 'session' | 'transaction'
   /** The contender whose cycles per second this one is divided by, for the ratio column. */
   readonly floor: string

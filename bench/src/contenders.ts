@@ -60,14 +60,16 @@ export function pglockContenders<Handle>(adapter: {
   readonly transactionFloor: string
   /** pglock sends `BEGIN` with the lock (one round trip fewer than its floor), so it must beat the floor */
   readonly sendsBegin?: boolean
+  /** also rows with `fencing: true`, to show what a token costs */
+  readonly fencedRows?: boolean
 }): Contender[] {
   const packageName = adapter.packageName ?? `@pglock/${adapter.name}`
   const toQueryable = adapter.leaseQueryable ?? ((db: any) => db as Queryable)
   const open =
-    (scope: 'session' | 'transaction') =>
+    (scope: 'session' | 'transaction', fencing = false) =>
     async (target: BenchTarget): Promise<OpenContender> => {
       const pool = await adapter.openPool(target)
-      const options = { scope }
+      const options = fencing ? { scope, fencing } : { scope }
       return {
         cycle: (key, section) => adapter.lib.withLock(pool.db, key, (lease) => section(toQueryable(lease.db)), options),
         poolQuery: (sql) => pool.poolQuery(sql),
@@ -94,6 +96,18 @@ export function pglockContenders<Handle>(adapter: {
       cycleDescription: `withLock(pool, key, fn, { scope: 'transaction' }) from ${packageName}`,
       open: open('transaction'),
     },
+    ...(adapter.fencedRows !== true
+      ? []
+      : (['session', 'transaction'] as const).map(
+          (scope): Contender => ({
+            name: `pglock ${adapter.name} ${scope}, fencing`,
+            role: 'variant',
+            scope,
+            floor: scope === 'session' ? adapter.sessionFloor : adapter.transactionFloor,
+            cycleDescription: `withLock(pool, key, fn, { scope: '${scope}', fencing: true }) from ${packageName}`,
+            open: open(scope, true),
+          }),
+        )),
   ]
 }
 
@@ -609,6 +623,7 @@ export const CONTENDERS: readonly Contender[] = [
     sessionFloor: RAW_PG_SESSION,
     transactionFloor: RAW_PG_TRANSACTION,
     sendsBegin: true,
+    fencedRows: true,
   }),
   ...pglockContenders({
     name: 'postgres-js',
@@ -617,6 +632,7 @@ export const CONTENDERS: readonly Contender[] = [
     leaseQueryable: postgresJsQueryable,
     sessionFloor: RAW_POSTGRES_JS_SESSION,
     transactionFloor: RAW_POSTGRES_JS_TRANSACTION,
+    fencedRows: true,
   }),
   ...pglockContenders({
     name: 'drizzle/pg',

@@ -12,8 +12,18 @@ import type { LockKey, LockMode, LockScope } from './types.js'
  *   bare pool with `createLock`).
  * - `RELEASE_FAILED`: the unlock statement failed on a connection pglock may not close; the lock is
  *   still held and `release()` may be called again.
+ * - `STANDBY`: the server is in recovery (a hot standby), where an advisory lock would be local to
+ *   that standby; nothing was taken.
  */
-export type PgLockErrorCode = 'INVALID_KEY' | 'INVALID_ARGUMENT' | 'TIMEOUT' | 'LOST' | 'ALREADY_HELD' | 'UNSUPPORTED' | 'RELEASE_FAILED'
+export type PgLockErrorCode =
+  | 'INVALID_KEY'
+  | 'INVALID_ARGUMENT'
+  | 'TIMEOUT'
+  | 'LOST'
+  | 'ALREADY_HELD'
+  | 'UNSUPPORTED'
+  | 'RELEASE_FAILED'
+  | 'STANDBY'
 
 /** What an error knows about the lock it concerns; every field is optional. */
 export interface PgLockErrorDetails {
@@ -200,6 +210,32 @@ export class UnsupportedError extends PgLockError {
 export class ReleaseFailedError extends PgLockError {
   constructor(message: string, details: PgLockErrorDetails = {}) {
     super('RELEASE_FAILED', message, details)
+  }
+}
+
+/**
+ * The server is in recovery (a hot standby, or a replica a pool was pointed at by mistake).
+ * Advisory locks there are local to that standby and not replicated, so two services on two
+ * replicas would both "hold" the same lock: pglock refuses, before taking anything. A standby that
+ * is promoted accepts locks at once (every lock statement checks again).
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await withLock(pool, 'job:7', run)
+ * } catch (error) {
+ *   if (error instanceof StandbyError) console.error('DATABASE_URL points at a replica')
+ *   else throw error
+ * }
+ * ```
+ */
+export class StandbyError extends PgLockError {
+  constructor(details: PgLockErrorDetails = {}) {
+    super(
+      'STANDBY',
+      `lock ${describeKey(details.key)} was refused: the server is in recovery (a standby), where advisory locks are local to it and not replicated; connect to the primary`,
+      details,
+    )
   }
 }
 

@@ -23,6 +23,8 @@ export class Holding<Db> implements LossWatcher {
   readonly pid: number | undefined
   /** the mark of the caller's transaction the lock lives in, when asked for (see `tx-marks.ts`) */
   readonly mark: string | undefined
+  /** the fencing token, when the acquire asked for one */
+  readonly fencingToken: bigint | undefined
   readonly ticket: GateTicket
   /** the place in the gate of the connection itself, where other handles on it queue */
   readonly onConnection: GateTicket
@@ -47,6 +49,8 @@ export class Holding<Db> implements LossWatcher {
     this.pid = pidOf(granted)
     const mark = granted.tx
     this.mark = typeof mark === 'string' ? mark : undefined
+    const fence = granted.fence
+    this.fencingToken = typeof fence === 'string' ? BigInt(fence) : undefined
     this.ticket = ticket
     this.onConnection = onConnection
   }

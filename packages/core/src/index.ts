@@ -8,6 +8,7 @@ export {
   type PgLockErrorCode,
   type PgLockErrorDetails,
   ReleaseFailedError,
+  StandbyError,
   UnsupportedError,
 } from './errors.js'
 export type { ListHoldersOptions, LockHolder } from './holders.js'

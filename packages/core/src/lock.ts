@@ -125,6 +125,23 @@ export class Lock<Db = unknown> implements AsyncDisposable {
   }
 
   /**
+   * With `fencing: true`, the fencing token of the current grant, while held (and after a loss until
+   * `release()`): a `bigint` larger than that of every earlier holder of any key in the cluster.
+   * Else `undefined`.
+   *
+   * @example
+   * ```ts
+   * const lock = await createLock(pool, 'job:7', { fencing: true }).acquire()
+   * await pool.query('UPDATE jobs SET done = true, fence = $1 WHERE id = 7 AND fence < $1', [lock.fencingToken])
+   * ```
+   */
+  get fencingToken(): bigint | undefined {
+    const holding = this.#holding
+    if (holding === undefined) return undefined
+    return !holding.settled || holding.lost.aborted ? holding.fencingToken : undefined
+  }
+
+  /**
    * Takes the lock if it is free, without waiting. Resolves `true` when taken, `false` when
    * another holder has it (nothing is left held or checked out).
    *

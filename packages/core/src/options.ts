@@ -1,7 +1,7 @@
 import { InvalidArgumentError, LockTimeoutError, type PgLockErrorDetails } from './errors.js'
 import { type LockId, lockIdToken, resolveLockId } from './keys.js'
 import { primeValues } from './sql.js'
-import type { KeyHash, LockKey, LockMode, LockOptions, LockScope, WithLockOptions } from './types.js'
+import type { AcquireOptions, KeyHash, LockKey, LockMode, LockOptions, LockScope, WithLockOptions } from './types.js'
 
 const MAX_TIMEOUT_MS = 2_147_483_647
 
@@ -14,6 +14,8 @@ export interface LockSpec {
   readonly scope: LockScope
   readonly mode: LockMode
   readonly keepAliveMs: number | undefined
+  /** take a fencing token with each acquire, unless the acquire says otherwise */
+  readonly fencing: boolean
   readonly details: PgLockErrorDetails
 }
 
@@ -25,6 +27,8 @@ export interface Wait {
   readonly signal: AbortSignal | undefined
   /** when `timeoutMs` runs out (a `performance.now()` time): it bounds every step of the acquire */
   readonly deadline: number | undefined
+  /** answer a fencing token with the grant */
+  readonly fencing: boolean
 }
 
 /** @internal One `withLock` call, resolved once: the lock, the wait and the function. */
@@ -56,8 +60,8 @@ function checkMs(name: string, value: unknown, details: PgLockErrorDetails, min:
 const NO_OPTIONS: LockOptions = Object.freeze({})
 
 /** The options each call takes: a misspelt one (`timeout` for `timeoutMs`) fails rather than being ignored. */
-const LOCK_OPTIONS: ReadonlySet<string> = new Set(['scope', 'mode', 'keyHash', 'keepAliveMs'])
-const ACQUIRE_OPTIONS: ReadonlySet<string> = new Set(['timeoutMs', 'signal'])
+const LOCK_OPTIONS: ReadonlySet<string> = new Set(['scope', 'mode', 'keyHash', 'keepAliveMs', 'fencing'])
+const ACQUIRE_OPTIONS: ReadonlySet<string> = new Set(['timeoutMs', 'signal', 'fencing'])
 const WITH_LOCK_OPTIONS: ReadonlySet<string> = new Set([...LOCK_OPTIONS, ...ACQUIRE_OPTIONS])
 
 function checkNames(options: object, known: ReadonlySet<string>, details: PgLockErrorDetails): void {
@@ -75,6 +79,7 @@ function checkSpecOptions(key: LockKey, options: unknown, known: ReadonlySet<str
   checkNames(options as object, known, { key })
   const checked = options as LockOptions
   const { scope, mode, keepAliveMs } = checked
+  checkFencing(checked.fencing, { key })
   if (scope !== undefined && scope !== 'session' && scope !== 'transaction') {
     throw new InvalidArgumentError(`scope must be 'session' or 'transaction', got ${String(scope)}`, { key })
   }
@@ -83,6 +88,12 @@ function checkSpecOptions(key: LockKey, options: unknown, known: ReadonlySet<str
   }
   if (keepAliveMs !== undefined) checkMs('keepAliveMs', keepAliveMs, { key }, 1)
   return checked
+}
+
+function checkFencing(fencing: unknown, details: PgLockErrorDetails): void {
+  if (fencing !== undefined && typeof fencing !== 'boolean') {
+    throw new InvalidArgumentError(`fencing must be a boolean, got ${typeof fencing}`, details)
+  }
 }
 
 /** A key resolved to its lock id, and the id's token for the in-memory gates. */
@@ -120,6 +131,7 @@ class Spec implements LockSpec {
     readonly scope: LockScope,
     readonly mode: LockMode,
     readonly keepAliveMs: number | undefined,
+    readonly fencing: boolean,
   ) {}
 
   get details(): PgLockErrorDetails {
@@ -129,31 +141,41 @@ class Spec implements LockSpec {
 
 /** @internal Validates a key and the options of `createLock`/`withLock`, before any SQL. */
 export function resolveSpec(key: LockKey, options: unknown): LockSpec {
-  const { scope = 'session', mode = 'exclusive', keepAliveMs, keyHash } = checkSpecOptions(key, options, LOCK_OPTIONS)
+  const { scope = 'session', mode = 'exclusive', keepAliveMs, keyHash, fencing = false } = checkSpecOptions(key, options, LOCK_OPTIONS)
   const { id, token } = resolveKey(key, keyHash)
-  return new Spec(key, id, token, scope, mode, keepAliveMs)
+  return new Spec(key, id, token, scope, mode, keepAliveMs, fencing)
 }
 
 /**
  * @internal Validates the options of one wait, before any SQL, and starts its clock: `timeoutMs`
  * bounds the whole acquire from here, the wait for a pooled connection included.
  */
-export function resolveWait(options: unknown, spec: Pick<LockSpec, 'details'>, noWait: boolean, known = ACQUIRE_OPTIONS): Wait {
-  if (options === undefined) return noWait ? NO_WAIT : WAIT
+export function resolveWait(options: unknown, spec: Pick<LockSpec, 'details' | 'fencing'>, noWait: boolean, known = ACQUIRE_OPTIONS): Wait {
+  if (options === undefined) return bare(noWait, spec.fencing)
   if (!isObject(options)) checkObject(options, spec.details)
-  if (known !== WITH_LOCK_OPTIONS) checkNames(options as object, known, spec.details)
-  const { timeoutMs: given, signal } = options as WithLockOptions
+  if (known !== WITH_LOCK_OPTIONS) {
+    checkNames(options as object, known, spec.details)
+    checkFencing((options as AcquireOptions).fencing, spec.details)
+  }
+  const { timeoutMs: given, signal, fencing = spec.fencing } = options as WithLockOptions
   if (signal !== undefined && !(signal instanceof AbortSignal)) {
     throw new InvalidArgumentError('signal must be an AbortSignal', spec.details)
   }
   // error details are made only for an error
   const timeoutMs = given === undefined ? undefined : checkMs('timeoutMs', given, spec.details, 0)
-  if (timeoutMs === undefined && signal === undefined) return noWait ? NO_WAIT : WAIT
-  return { noWait, timeoutMs, signal, deadline: timeoutMs === undefined ? undefined : performance.now() + timeoutMs }
+  if (timeoutMs === undefined && signal === undefined) return bare(noWait, fencing)
+  return { noWait, timeoutMs, signal, deadline: timeoutMs === undefined ? undefined : performance.now() + timeoutMs, fencing }
 }
 
-const WAIT: Wait = { noWait: false, timeoutMs: undefined, signal: undefined, deadline: undefined }
-const NO_WAIT: Wait = { noWait: true, timeoutMs: undefined, signal: undefined, deadline: undefined }
+const WAIT: Wait = { noWait: false, timeoutMs: undefined, signal: undefined, deadline: undefined, fencing: false }
+const NO_WAIT: Wait = { noWait: true, timeoutMs: undefined, signal: undefined, deadline: undefined, fencing: false }
+const FENCED_WAIT: Wait = { ...WAIT, fencing: true }
+const FENCED_NO_WAIT: Wait = { ...NO_WAIT, fencing: true }
+
+/** A wait with neither a timeout nor a signal: one of four frozen objects. */
+function bare(noWait: boolean, fencing: boolean): Wait {
+  return fencing ? (noWait ? FENCED_NO_WAIT : FENCED_WAIT) : noWait ? NO_WAIT : WAIT
+}
 
 /** One `withLock` call: its spec, its wait and its function in one object. */
 class Request<F> extends Spec implements LockRequest<F> {
@@ -169,19 +191,20 @@ class Request<F> extends Spec implements LockRequest<F> {
     scope: LockScope,
     mode: LockMode,
     keepAliveMs: number | undefined,
+    fencing: boolean,
     noWait: boolean,
     readonly fn: F,
   ) {
-    super(key, id, token, scope, mode, keepAliveMs)
+    super(key, id, token, scope, mode, keepAliveMs, fencing)
     this.noWait = noWait
   }
 }
 
 /** @internal Validates everything a `withLock` call was given, before any SQL. */
 export function resolveRequest<F>(key: LockKey, fn: F, options: unknown, noWait: boolean): LockRequest<F> {
-  const { scope = 'session', mode = 'exclusive', keepAliveMs, keyHash } = checkSpecOptions(key, options, WITH_LOCK_OPTIONS)
+  const { scope = 'session', mode = 'exclusive', keepAliveMs, keyHash, fencing = false } = checkSpecOptions(key, options, WITH_LOCK_OPTIONS)
   const { id, token } = resolveKey(key, keyHash)
-  const request = new Request(key, id, token, scope, mode, keepAliveMs, noWait, fn)
+  const request = new Request(key, id, token, scope, mode, keepAliveMs, fencing, noWait, fn)
   if (options !== undefined) {
     // its names were checked with the lock's own
     const wait = resolveWait(options, request, noWait, WITH_LOCK_OPTIONS)

@@ -25,31 +25,58 @@ function call(fn: LockFunction, id: LockId, mode: LockMode): string {
 
 type PreparedFunction = 'lock' | 'try' | 'xact' | 'try_xact' | 'unlock'
 
+/** What pglock's guard raises with, as invalid integer input (SQLSTATE 22P02), on a server in recovery. */
+export const IN_RECOVERY = 'pglock: the server is in recovery'
+/** What the guard raises with when `fencing` finds the transaction holding an xid already. */
+export const XID_ASSIGNED = 'pglock: the transaction has an xid already'
+
 /**
- * Name and text of every prepared lock call, by function, mode and id kind: built once. Like
- * their text forms, each session call answers `pid`, and the unlock unlocks only on the backend
- * given as its last parameter (or anywhere, when that is null).
+ * The one-time filter every lock statement carries, which Postgres evaluates before the lock call:
+ * on a standby it raises, so nothing is taken there and the rest of the message is skipped. With
+ * fencing it also refuses a transaction that has an xid already: its token could be older than the
+ * last holder's.
+ */
+const GUARD = ` WHERE (CASE WHEN pg_is_in_recovery() THEN '${IN_RECOVERY}' END)::int4 IS NULL`
+const FENCED_GUARD = ` WHERE (CASE WHEN pg_is_in_recovery() THEN '${IN_RECOVERY}' WHEN pg_current_xact_id_if_assigned() IS NOT NULL THEN '${XID_ASSIGNED}' END)::int4 IS NULL`
+
+/** The fencing token: an xid, assigned after the grant (the lock call comes first), never reused. */
+const TOKEN = 'pg_current_xact_id()::text'
+
+function guard(fencing: boolean): string {
+  return fencing ? FENCED_GUARD : GUARD
+}
+
+/** The columns of a lock statement: a try answers `acquired`, or with fencing a token only when it acquired. */
+function lockColumns(lock: string, noWait: boolean, fencing: boolean): string {
+  if (!fencing) return noWait ? `${lock} AS acquired` : lock
+  return noWait ? `CASE WHEN ${lock} THEN ${TOKEN} END AS fence` : `${lock}, ${TOKEN} AS fence`
+}
+
+/**
+ * Name and text of every prepared lock call, by function, mode, id kind and fencing: built when
+ * first asked. Like their text forms, each session call answers `pid`, and the unlock unlocks only
+ * on the backend given as its last parameter (or anywhere, when that is null).
  */
 type Prepared = { readonly name: string; readonly text: string }
-const PREPARED = {} as Record<PreparedFunction, Record<LockMode, Record<LockId['kind'], Prepared>>>
-for (const fn of ['lock', 'try', 'xact', 'try_xact', 'unlock'] as const) {
-  PREPARED[fn] = {} as Record<LockMode, Record<LockId['kind'], Prepared>>
-  for (const mode of ['exclusive', 'shared'] as const) {
-    PREPARED[fn][mode] = {} as Record<LockId['kind'], Prepared>
-    for (const [kind, parameters, pid] of [
-      ['int64', '$1::int8', '$2::int4'],
-      ['pair', '$1::int4, $2::int4', '$3::int4'],
-    ] as const) {
-      const name = `${FUNCTION_NAMES[fn]}${mode === 'shared' ? '_shared' : ''}`
-      const call = `${name}(${parameters})`
-      const answer =
-        fn === 'unlock'
-          ? `CASE WHEN ${pid} IS NULL OR pg_backend_pid() = ${pid} THEN ${call} END AS released`
-          : `${call}${fn === 'try' || fn === 'try_xact' ? ' AS acquired' : ''}`
-      const pidColumn = fn === 'xact' || fn === 'try_xact' ? '' : ', pg_backend_pid() AS pid'
-      PREPARED[fn][mode][kind] = { name: `pglock_${name}_${kind}`, text: `SELECT ${answer}${pidColumn}` }
-    }
+const PREPARED = new Map<string, Prepared>()
+
+function prepared(fn: PreparedFunction, mode: LockMode, kind: LockId['kind'], fencing: boolean): Prepared {
+  const id = `${fn} ${mode} ${kind} ${fencing}`
+  let statement = PREPARED.get(id)
+  if (statement === undefined) {
+    const [parameters, pid] = kind === 'int64' ? ['$1::int8', '$2::int4'] : ['$1::int4, $2::int4', '$3::int4']
+    const name = `${FUNCTION_NAMES[fn]}${mode === 'shared' ? '_shared' : ''}`
+    const lock = `${name}(${parameters})`
+    const noWait = fn === 'try' || fn === 'try_xact'
+    const session = fn !== 'xact' && fn !== 'try_xact'
+    const text =
+      fn === 'unlock'
+        ? `SELECT CASE WHEN ${pid} IS NULL OR pg_backend_pid() = ${pid} THEN ${lock} END AS released, pg_backend_pid() AS pid`
+        : `SELECT ${lockColumns(lock, noWait, fencing)}${session ? ', pg_backend_pid() AS pid' : ''}${guard(fencing)}`
+    statement = { name: `pglock_${name}_${kind}${fencing ? '_fenced' : ''}`, text }
+    PREPARED.set(id, statement)
   }
+  return statement
 }
 
 /** The lock id as statement parameters, kept for the id last asked: a lock's unlock follows its lock. */
@@ -71,24 +98,27 @@ function valuesOf(id: LockId): readonly string[] {
 }
 
 /** The statement last built for each prepared function: a lock's next cycle usually asks the same again. */
-const lastCall = {} as Record<PreparedFunction, { id: LockId; mode: LockMode; pid: number | undefined; statement: PreparedStatement }>
+const lastCall = {} as Record<
+  PreparedFunction,
+  { id: LockId; mode: LockMode; pid: number | undefined; fencing: boolean; statement: PreparedStatement }
+>
 
-function preparedCall(fn: PreparedFunction, id: LockId, mode: LockMode, pid?: number): PreparedStatement {
+function preparedCall(fn: PreparedFunction, id: LockId, mode: LockMode, pid?: number, fencing = false): PreparedStatement {
   const last = lastCall[fn]
-  if (last !== undefined && last.id === id && last.mode === mode && last.pid === pid) return last.statement
-  const { name, text } = PREPARED[fn][mode][id.kind]
+  if (last !== undefined && last.id === id && last.mode === mode && last.pid === pid && last.fencing === fencing) return last.statement
+  const { name, text } = prepared(fn, mode, id.kind, fencing)
   const values = valuesOf(id)
   const statement: PreparedStatement =
     fn === 'unlock'
       ? { name, text, values: [...values, pid !== undefined && Number.isSafeInteger(pid) ? String(pid) : null] }
       : { name, text, values }
-  lastCall[fn] = { id, mode, pid, statement }
+  lastCall[fn] = { id, mode, pid, fencing, statement }
   return statement
 }
 
 /** The bare statement that takes a session or transaction lock (`noWait`: the try form), as a prepared statement. */
-export function preparedLock(id: LockId, mode: LockMode, noWait: boolean, transaction: boolean): PreparedStatement {
-  return preparedCall(transaction ? (noWait ? 'try_xact' : 'xact') : noWait ? 'try' : 'lock', id, mode)
+export function preparedLock(id: LockId, mode: LockMode, noWait: boolean, transaction: boolean, fencing: boolean): PreparedStatement {
+  return preparedCall(transaction ? (noWait ? 'try_xact' : 'xact') : noWait ? 'try' : 'lock', id, mode, undefined, fencing)
 }
 
 /** {@link unlockSql} as a prepared statement. */
@@ -103,8 +133,23 @@ function withLockTimeout(statement: string, timeoutMs: number | undefined): stri
     `SELECT set_config('pglock.lock_timeout', current_setting('lock_timeout'), true)`,
     `SET LOCAL lock_timeout = ${Math.max(1, Math.ceil(timeoutMs))}`,
     statement,
-    `SELECT set_config('lock_timeout', current_setting('pglock.lock_timeout'), true)`,
+    // the saved value, or (sent apart, as some drivers must, after the save ended) the current one
+    `SELECT set_config('lock_timeout', COALESCE(NULLIF(current_setting('pglock.lock_timeout', true), ''), current_setting('lock_timeout')), true)`,
   ]
+}
+
+/**
+ * A session lock under a `lock_timeout`, as one statement: the subquery saves the setting and sets
+ * the timeout before the lock call waits, and the last column puts the setting back (which matters
+ * inside a caller's transaction; elsewhere the statement's own transaction ends it). One statement
+ * answers with its rows on every driver, where some drop the rows of a text of several.
+ */
+function sessionLockWithin(lock: string, timeoutMs: number, fencing: boolean): string {
+  const timeout = Math.max(1, Math.ceil(timeoutMs))
+  return (
+    `SELECT ${lockColumns(lock, false, fencing)}, pg_backend_pid() AS pid, set_config('lock_timeout', t.saved, true) AS restored` +
+    ` FROM (SELECT current_setting('lock_timeout') AS saved, set_config('lock_timeout', '${timeout}', true) OFFSET 0) t${guard(fencing)}`
+  )
 }
 
 /** How the statement that takes a lock is framed. */
@@ -127,6 +172,8 @@ export interface AcquirePlan {
   readonly savepoint?: { readonly name: string; readonly keepOpen: boolean } | undefined
   /** Transaction scope: answer `pid` too (session scope always does), for a traced lock. */
   readonly pid?: boolean | undefined
+  /** Answer in column `fence` a fencing token taken after the grant (for a try: only when acquired). */
+  readonly fencing?: boolean | undefined
   /**
    * Transaction scope on a caller's transaction: answer in column `tx` the mark of the transaction
    * the lock was taken in, setting it to this fresh value if the transaction has none yet.
@@ -135,24 +182,27 @@ export interface AcquirePlan {
 }
 
 /** The last `BEGIN` with a lock built: the next transaction usually locks the same id. */
-let lastBegin: { id: LockId; mode: LockMode; pid: boolean; sql: string } | undefined
+let lastBegin: { id: LockId; mode: LockMode; pid: boolean; fencing: boolean; sql: string } | undefined
 
 /** `BEGIN` and the transaction lock, in one round trip: the usual transaction lock, nothing around it. */
-function beginWithLock(id: LockId, mode: LockMode, pid: boolean): string {
-  if (lastBegin?.id !== id || lastBegin.mode !== mode || lastBegin.pid !== pid) {
-    lastBegin = { id, mode, pid, sql: `BEGIN; SELECT ${call('xact', id, mode)}${pid ? ', pg_backend_pid() AS pid' : ''}` }
+function beginWithLock(id: LockId, mode: LockMode, pid: boolean, fencing: boolean): string {
+  if (lastBegin?.id !== id || lastBegin.mode !== mode || lastBegin.pid !== pid || lastBegin.fencing !== fencing) {
+    const columns = `${lockColumns(call('xact', id, mode), false, fencing)}${pid ? ', pg_backend_pid() AS pid' : ''}`
+    lastBegin = { id, mode, pid, fencing, sql: `BEGIN; SELECT ${columns}${guard(fencing)}` }
   }
   return lastBegin.sql
 }
 
 /**
  * The SQL text that takes a lock. One round trip however it is framed: `BEGIN`, a savepoint and
- * a `lock_timeout` all travel with the lock call itself. In session scope (and for a traced
- * transaction lock) its last statement also answers `pid`, the backend that took the lock, unless
- * it is a `RELEASE SAVEPOINT`: later statements check they run there, and traces name it.
+ * a `lock_timeout` all travel with the lock call itself, and the guard (see {@link GUARD}) with the
+ * lock statement. In session scope (and for a traced transaction lock) its last statement also
+ * answers `pid`, the backend that took the lock, and with fencing `fence`, the token: later
+ * statements check they run there, and traces name it.
  */
 export function acquireSql(plan: AcquirePlan): string {
   const transaction = plan.scope === 'transaction'
+  const fencing = plan.fencing === true
   // the usual transaction lock: BEGIN sent with the lock, nothing around it
   if (
     transaction &&
@@ -162,10 +212,14 @@ export function acquireSql(plan: AcquirePlan): string {
     plan.savepoint === undefined &&
     plan.mark === undefined
   ) {
-    return beginWithLock(plan.id, plan.mode, plan.pid === true)
+    return beginWithLock(plan.id, plan.mode, plan.pid === true, fencing)
   }
   const fn: LockFunction = plan.noWait ? (transaction ? 'try_xact' : 'try') : transaction ? 'xact' : 'lock'
-  const statement = `SELECT ${call(fn, plan.id, plan.mode)}${plan.noWait ? ' AS acquired' : ''}`
+  if (!transaction && !plan.noWait && plan.timeoutMs !== undefined && plan.savepoint === undefined && !plan.begin) {
+    return sessionLockWithin(call(fn, plan.id, plan.mode), plan.timeoutMs, fencing)
+  }
+  // a try is always the last statement, so its token can sit on it; a wait's goes on the last statement
+  const statement = `SELECT ${lockColumns(call(fn, plan.id, plan.mode), plan.noWait, fencing && plan.noWait)}`
   const parts = plan.noWait ? [statement] : withLockTimeout(statement, plan.timeoutMs)
   const { savepoint } = plan
   if (savepoint !== undefined) {
@@ -180,9 +234,15 @@ export function acquireSql(plan: AcquirePlan): string {
     if (plan.noWait) parts[parts.length - 1] += `, ${markSql(plan.mark)} AS tx`
     else parts.push(`SELECT ${markSql(plan.mark)} AS tx`)
   }
+  if (fencing && !plan.noWait) {
+    if (parts[parts.length - 1]?.startsWith('SELECT ')) parts[parts.length - 1] += `, ${TOKEN} AS fence`
+    else parts.push(`SELECT ${TOKEN} AS fence`)
+  }
   // the backend, when the last statement can say it (not after RELEASE SAVEPOINT)
   if ((!transaction || plan.pid === true) && parts[parts.length - 1]?.startsWith('SELECT '))
     parts[parts.length - 1] += ', pg_backend_pid() AS pid'
+  const at = parts.findIndex((part) => part.startsWith(statement))
+  parts[at] += guard(fencing)
   return parts.join('; ')
 }
 

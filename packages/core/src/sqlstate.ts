@@ -7,6 +7,9 @@ export const NO_ACTIVE_SQL_TRANSACTION = '25P01'
 /** The SQLSTATE of any statement sent inside a transaction that has already failed. */
 export const IN_FAILED_SQL_TRANSACTION = '25P02'
 
+/** The SQLSTATE of invalid input for a type: pglock's lock guard raises it (see `sql.ts`). */
+export const INVALID_TEXT_REPRESENTATION = '22P02'
+
 /** @internal The SQLSTATE of a driver error, if it has one. */
 export function sqlState(error: unknown): string | undefined {
   const code = (error as { code?: unknown } | null)?.code

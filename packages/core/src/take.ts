@@ -1,9 +1,16 @@
 import type { Pinned } from './connection.js'
-import { ReleaseFailedError } from './errors.js'
+import { ReleaseFailedError, StandbyError, UnsupportedError } from './errors.js'
 import type { PreparedStatement, Row } from './executor.js'
 import { type LockSpec, timedOut, type Wait } from './options.js'
-import { acquireSql, preparedLock, rollbackToSavepointSql, unlockIfHeldSql } from './sql.js'
-import { IN_FAILED_SQL_TRANSACTION, LOCK_NOT_AVAILABLE, NO_ACTIVE_SQL_TRANSACTION, QUERY_CANCELED, sqlState } from './sqlstate.js'
+import { acquireSql, IN_RECOVERY, preparedLock, rollbackToSavepointSql, unlockIfHeldSql, XID_ASSIGNED } from './sql.js'
+import {
+  IN_FAILED_SQL_TRANSACTION,
+  INVALID_TEXT_REPRESENTATION,
+  LOCK_NOT_AVAILABLE,
+  NO_ACTIVE_SQL_TRANSACTION,
+  QUERY_CANCELED,
+  sqlState,
+} from './sqlstate.js'
 import { tracing } from './tracing.js'
 import { DeadlineExceeded, remainingMs } from './wait.js'
 
@@ -31,9 +38,25 @@ export const SESSION: Framing = { kind: 'session' }
 /**
  * The first row a granted lock statement answered: `pid` is the backend holding the lock, when the
  * statement said (session locks do); `tx` the mark of the transaction it lives in, when asked for
- * (see `tx-marks.ts`).
+ * (see `tx-marks.ts`); `fence` the fencing token, as decimal text, when asked for.
  */
 export type Granted = Row
+
+/** Which refusal of the lock statement's guard (see `sql.ts`) a failure is, if it is one. */
+function refusal(error: unknown): typeof IN_RECOVERY | typeof XID_ASSIGNED | undefined {
+  for (let e = error, depth = 0; e !== undefined && e !== null && depth < 3; e = (e as { cause?: unknown }).cause, depth += 1) {
+    if (sqlState(e) !== INVALID_TEXT_REPRESENTATION) continue
+    const message = String((e as { message?: unknown }).message)
+    if (message.includes(IN_RECOVERY)) return IN_RECOVERY
+    if (message.includes(XID_ASSIGNED)) return XID_ASSIGNED
+  }
+  return undefined
+}
+
+/** A granted row of a try (`acquired`, or with fencing a token only when acquired). */
+function acquired(row: Row | undefined): boolean {
+  return row?.acquired === true || typeof row?.fence === 'string'
+}
 
 const NO_ROW: Row = Object.freeze({})
 /** Runs `sql` again while a late cancel request keeps hitting it; a cancel is delivered once. */
@@ -60,6 +83,8 @@ async function undo(connection: Pinned<unknown>, spec: LockSpec, framing: Framin
     return
   }
   if (framing.kind === 'savepoint' && sqlState(failure) === NO_ACTIVE_SQL_TRANSACTION) return
+  // the guard refused before the lock call: a session holds nothing to undo
+  if (framing.kind === 'session' && refusal(failure) !== undefined) return
   const sql =
     framing.kind === 'session'
       ? unlockIfHeldSql(spec.id, spec.mode)
@@ -83,6 +108,9 @@ async function undo(connection: Pinned<unknown>, spec: LockSpec, framing: Framin
 
 function failureFor(error: unknown, spec: LockSpec, wait: Wait, framing: Framing): unknown {
   if (wait.signal?.aborted) return wait.signal.reason
+  const refused = refusal(error)
+  if (refused === IN_RECOVERY) return new StandbyError({ ...spec.details, cause: error })
+  if (refused === XID_ASSIGNED) return xidAssigned(spec, error)
   if (framing.kind === 'savepoint' && sqlState(error) === NO_ACTIVE_SQL_TRANSACTION) return new NotInTransaction()
   if (sqlState(error) === LOCK_NOT_AVAILABLE || error instanceof DeadlineExceeded) return timedOut(spec, wait, error)
   return error
@@ -118,7 +146,7 @@ export function takeLock(
   if (onAbort !== undefined) signal?.addEventListener('abort', onAbort, { once: true })
   let sent: Promise<readonly Row[]>
   try {
-    sent = connection.send(lockStatement(connection, spec, framing, noWait, noWait ? undefined : left, mark))
+    sent = connection.send(lockStatement(connection, spec, framing, noWait, noWait ? undefined : left, mark, wait.fencing))
     // while the statement waits, a lost connection also cancels the wait on the server
     connection.cancelOnLoss = true
   } catch (error) {
@@ -128,7 +156,11 @@ export function takeLock(
   return sent.then<Granted | false, Granted | false>(
     (rows) => {
       stopWaiting(connection, signal, onAbort)
-      if (!signal?.aborted && (!noWait || rows[0]?.acquired === true)) return rows[0] ?? NO_ROW
+      const row = rows[0]
+      if (!signal?.aborted && (!noWait || acquired(row))) {
+        if (!wait.fencing || typeof row?.fence === 'string') return row ?? NO_ROW
+        return notGranted(connection, spec, wait, framing, undefined, noToken(spec), cancelled)
+      }
       return notGranted(connection, spec, wait, framing, rows, undefined, cancelled)
     },
     (error: unknown) => {
@@ -138,6 +170,18 @@ export function takeLock(
       return notGranted(connection, spec, wait, framing, undefined, error, cancelled)
     },
   )
+}
+
+function xidAssigned(spec: LockSpec, cause: unknown): UnsupportedError {
+  return new UnsupportedError(
+    "fencing: true needs a transaction that has written nothing before the lock (it has a transaction id already, and a token taken now could be older than the last holder's): take the lock first in the transaction, or let withLock open the transaction",
+    { ...spec.details, cause },
+  )
+}
+
+/** The lock was granted but the driver dropped the row with its token: refused rather than unfenced. */
+function noToken(spec: LockSpec): UnsupportedError {
+  return new UnsupportedError('fencing: true, but the driver returned no fencing token with the lock', spec.details)
 }
 
 /** The lock statement answered or failed: a loss or an abort no longer cancels it. */
@@ -157,12 +201,13 @@ function lockStatement(
   noWait: boolean,
   timeoutMs: number | undefined,
   mark: string | undefined,
+  fencing: boolean,
 ): string | PreparedStatement {
   const session = framing.kind === 'session'
   // a transaction lock answers its backend only for traces, which name it: one column less otherwise
   const pid = !session && tracing()
   const bare = session || (framing.kind === 'driver-transaction' && mark === undefined && !pid)
-  if (bare && connection.prepares && (noWait || timeoutMs === undefined)) return preparedLock(spec.id, spec.mode, noWait, !session)
+  if (bare && connection.prepares && (noWait || timeoutMs === undefined)) return preparedLock(spec.id, spec.mode, noWait, !session, fencing)
   return acquireSql({
     id: spec.id,
     mode: spec.mode,
@@ -173,6 +218,7 @@ function lockStatement(
     savepoint: framing.kind === 'savepoint' ? { name: framing.name, keepOpen: framing.keepOpen } : undefined,
     mark,
     pid,
+    fencing,
   })
 }
 

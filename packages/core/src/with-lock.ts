@@ -31,6 +31,10 @@ class LockLease<Db> implements Lease<Db> {
   get signal(): AbortSignal {
     return this.#holding.lost.signal
   }
+
+  get fencingToken(): bigint | undefined {
+    return this.#holding.fencingToken
+  }
 }
 
 /** @internal The function a user passes to `withLock`. */

@@ -1,6 +1,10 @@
 import { describe, expect, it } from 'vitest'
 import { createLock, MemoryPostgres, tryWithLock, withLock } from './memory.ts'
 
+/** The guard every lock statement carries: it raises on a standby before the lock call. */
+const GUARD = " WHERE (CASE WHEN pg_is_in_recovery() THEN 'pglock: the server is in recovery' END)::int4 IS NULL"
+const GUARD_RE = GUARD.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+
 function sqlOf(server: MemoryPostgres): string[] {
   return server.log.map((entry) => entry.sql)
 }
@@ -18,7 +22,7 @@ describe('SQL framing', () => {
         )
         expect(new Set(server.log.map((entry) => entry.pid))).toEqual(new Set([server.log[0]?.pid]))
         expect(sqlOf(server)).toEqual([
-          `SELECT pg_advisory_lock('7'::int8), pg_backend_pid() AS pid`,
+          `SELECT pg_advisory_lock('7'::int8), pg_backend_pid() AS pid${GUARD}`,
           expect.stringMatching(
             /^SELECT CASE WHEN .*pg_backend_pid\(\) = '?\d+'?(::int4)? THEN pg_advisory_unlock\('7'::int8\) END AS released, pg_backend_pid\(\) AS pid$/,
           ),
@@ -29,13 +33,13 @@ describe('SQL framing', () => {
         const server = new MemoryPostgres()
         await withLock(server.pool({ prepared }), [3, 4], async ({ db }) => db.query('SELECT 1'))
         expect(server.roundTrips()).toBe(3)
-        expect(sqlOf(server)[0]).toBe(`SELECT pg_advisory_lock('3'::int4, '4'::int4), pg_backend_pid() AS pid`)
+        expect(sqlOf(server)[0]).toBe(`SELECT pg_advisory_lock('3'::int4, '4'::int4), pg_backend_pid() AS pid${GUARD}`)
       })
 
       it('tries a shared lock with the try form, answering acquired', async () => {
         const server = new MemoryPostgres()
         expect(await tryWithLock(server.pool({ prepared }), 9n, () => 'ok', { mode: 'shared' })).toEqual({ acquired: true, value: 'ok' })
-        expect(sqlOf(server)[0]).toBe(`SELECT pg_try_advisory_lock_shared('9'::int8) AS acquired, pg_backend_pid() AS pid`)
+        expect(sqlOf(server)[0]).toBe(`SELECT pg_try_advisory_lock_shared('9'::int8) AS acquired, pg_backend_pid() AS pid${GUARD}`)
         expect(server.roundTrips()).toBe(2)
       })
     })
@@ -45,7 +49,7 @@ describe('SQL framing', () => {
     const server = new MemoryPostgres()
     const pool = server.pool()
     await withLock(pool, 11, () => undefined, { scope: 'transaction' })
-    expect(sqlOf(server)).toEqual([`BEGIN; SELECT pg_advisory_xact_lock('11'::int8)`, 'COMMIT'])
+    expect(sqlOf(server)).toEqual([`BEGIN; SELECT pg_advisory_xact_lock('11'::int8)${GUARD}`, 'COMMIT'])
     expect(server.locks()).toEqual([])
     expect(pool.checkedOut).toBe(0)
   })
@@ -53,21 +57,30 @@ describe('SQL framing', () => {
   it('rolls the transaction back when fn throws', async () => {
     const server = new MemoryPostgres()
     await expect(withLock(server.pool(), 12, () => Promise.reject(new Error('fn')), { scope: 'transaction' })).rejects.toThrow('fn')
-    expect(sqlOf(server)).toEqual([`BEGIN; SELECT pg_advisory_xact_lock('12'::int8)`, 'ROLLBACK'])
+    expect(sqlOf(server)).toEqual([`BEGIN; SELECT pg_advisory_xact_lock('12'::int8)${GUARD}`, 'ROLLBACK'])
     expect(server.locks()).toEqual([])
   })
 
-  it('wraps a timed wait in a local lock_timeout in the same round trip, restoring the old value', async () => {
+  it('wraps a timed wait in a local lock_timeout in the same statement, restoring the old value', async () => {
     const server = new MemoryPostgres()
     await withLock(server.pool(), 13, () => undefined, { timeoutMs: 250 })
     const [acquire] = sqlOf(server)
-    expect(acquire?.split('; ')).toEqual([
-      `SELECT set_config('pglock.lock_timeout', current_setting('lock_timeout'), true)`,
-      'SET LOCAL lock_timeout = 250',
-      `SELECT pg_advisory_lock('13'::int8)`,
-      `SELECT set_config('lock_timeout', current_setting('pglock.lock_timeout'), true), pg_backend_pid() AS pid`,
-    ])
+    expect(acquire).toBe(
+      `SELECT pg_advisory_lock('13'::int8), pg_backend_pid() AS pid, set_config('lock_timeout', t.saved, true) AS restored` +
+        ` FROM (SELECT current_setting('lock_timeout') AS saved, set_config('lock_timeout', '250', true) OFFSET 0) t${GUARD}`,
+    )
     expect(server.roundTrips()).toBe(2)
+  })
+
+  it('keeps the lock_timeout of a caller transaction around a timed session lock in it', async () => {
+    const server = new MemoryPostgres()
+    const client = server.connect()
+    await client.query('BEGIN')
+    await client.query(`SELECT set_config('lock_timeout', '7000', true)`)
+    const lock = await createLock(client, 18).acquire({ timeoutMs: 250 })
+    expect(await client.query(`SELECT current_setting('lock_timeout') AS now`)).toEqual([{ now: '7000ms' }])
+    await lock.release()
+    await client.query('COMMIT')
   })
 
   it('takes a transaction lock in a caller transaction under a savepoint, released after fn', async () => {
@@ -76,7 +89,7 @@ describe('SQL framing', () => {
     await client.query('BEGIN')
     await withLock(client, 14, () => undefined, { scope: 'transaction' })
     expect(sqlOf(server).slice(1)).toEqual([
-      expect.stringMatching(/^SAVEPOINT pglock_\d+; SELECT pg_advisory_xact_lock\('14'::int8\)$/),
+      expect.stringMatching(new RegExp(`^SAVEPOINT pglock_\\d+; SELECT pg_advisory_xact_lock\\('14'::int8\\)${GUARD_RE}$`)),
       expect.stringMatching(/^RELEASE SAVEPOINT pglock_\d+$/),
     ])
     expect(server.locks()).toHaveLength(1)
@@ -90,7 +103,10 @@ describe('SQL framing', () => {
     await client.query('BEGIN')
     const lock = await createLock(client, 16, { scope: 'transaction' }).acquire()
     expect(sqlOf(server)[1]).toMatch(
-      /^SAVEPOINT pglock_\d+; SELECT pg_advisory_xact_lock\('16'::int8\); RELEASE SAVEPOINT pglock_\d+; SELECT COALESCE\(NULLIF\(current_setting\('pglock.tx', true\), ''\), set_config\('pglock.tx', '[a-z0-9.]+', true\)\) AS tx$/,
+      new RegExp(
+        `^SAVEPOINT pglock_\\d+; SELECT pg_advisory_xact_lock\\('16'::int8\\)${GUARD_RE}; RELEASE SAVEPOINT pglock_\\d+; ` +
+          `SELECT COALESCE\\(NULLIF\\(current_setting\\('pglock.tx', true\\), ''\\), set_config\\('pglock.tx', '[a-z0-9.]+', true\\)\\) AS tx$`,
+      ),
     )
     expect(server.roundTrips()).toBe(2)
     expect(await lock.release()).toBe(false)
@@ -102,6 +118,6 @@ describe('SQL framing', () => {
   it('lets the driver open the transaction when the executor offers one', async () => {
     const server = new MemoryPostgres()
     await withLock(server.pool({ driverTransactions: true }), 15, () => undefined, { scope: 'transaction' })
-    expect(sqlOf(server)).toEqual(['BEGIN', `SELECT pg_advisory_xact_lock('15'::int8)`, 'COMMIT'])
+    expect(sqlOf(server)).toEqual(['BEGIN', `SELECT pg_advisory_xact_lock('15'::int8)${GUARD}`, 'COMMIT'])
   })
 })

@@ -52,7 +52,7 @@ describe('option resolution and validation', () => {
   it('names the unknown option and the ones it takes', async () => {
     const server = new MemoryPostgres()
     await expect(withLock(server.pool(), 'k', fn, { timeout: 100 } as never)).rejects.toThrow(
-      'unknown option "timeout": expected one of scope, mode, keyHash, keepAliveMs, timeoutMs, signal',
+      'unknown option "timeout": expected one of scope, mode, keyHash, keepAliveMs, fencing, timeoutMs, signal',
     )
   })
 
@@ -71,7 +71,7 @@ describe('option resolution and validation', () => {
     expect([lock.scope, lock.mode]).toEqual(['session', 'exclusive'])
     await lock.acquire()
     expect(server.log.map((entry) => entry.sql)).toEqual([
-      'SELECT pg_advisory_lock($1::int8), pg_backend_pid() AS pid'.replace('$1', `'${lock.id.value}'`),
+      `SELECT pg_advisory_lock('${lock.id.value}'::int8), pg_backend_pid() AS pid WHERE (CASE WHEN pg_is_in_recovery() THEN 'pglock: the server is in recovery' END)::int4 IS NULL`,
     ])
     await lock.release()
   })

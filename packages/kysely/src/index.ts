@@ -33,6 +33,7 @@ export {
   type ReleaseTraceContext,
   type RunTraceContext,
   resolveLockId,
+  StandbyError,
   type TryWithLockResult,
   UnsupportedError,
   type WithLockOptions,

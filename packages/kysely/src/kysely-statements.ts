@@ -64,7 +64,8 @@ export async function learnStatements(exec: Exec, { kind, inBlock }: TextContext
 
 /**
  * Runs SQL text pglock wrote; resolves to the rows of its last statement. PostgresDialect drops
- * the rows of a text of several, so `BEGIN`/`SAVEPOINT` … `SELECT` goes in two round trips; where
+ * the rows of a text of several, so a last `SELECT` (which answers the backend and the fencing
+ * token) goes in a round trip of its own; where
  * several are refused (kysely-postgres-js 5) they go one by one, in `BEGIN` … `COMMIT` if needed.
  *
  * @example
@@ -82,7 +83,7 @@ async function runSeveral(exec: Exec, sql: string, statements: readonly string[]
   const first = statements[0] ?? ''
   const last = statements[statements.length - 1] ?? ''
   if (single.has(kind)) return oneByOne(exec, statements, !inBlock && !TRANSACTION_CONTROL.test(first))
-  if (/^(BEGIN|SAVEPOINT)\b/i.test(first) && /^SELECT\b/i.test(last)) {
+  if (/^SELECT\b/i.test(last)) {
     await exec(statements.slice(0, -1).join('; '))
     return (await exec(last)) as readonly Row[]
   }

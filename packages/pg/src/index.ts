@@ -34,6 +34,7 @@ export {
   type ReleaseTraceContext,
   type RunTraceContext,
   resolveLockId,
+  StandbyError,
   type TryWithLockResult,
   UnsupportedError,
   type WithLockOptions,

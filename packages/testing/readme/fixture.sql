@@ -14,3 +14,6 @@ CREATE TABLE ledger (id serial PRIMARY KEY, account integer NOT NULL, amount int
 
 CREATE TABLE jobs (id integer PRIMARY KEY, started_at timestamptz, finished_at timestamptz);
 INSERT INTO jobs (id) VALUES (7);
+
+CREATE TABLE reports (id integer PRIMARY KEY, body text, fence xid8 NOT NULL DEFAULT '0');
+INSERT INTO reports (id) VALUES (7);

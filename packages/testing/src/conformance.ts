@@ -1,6 +1,7 @@
 import type { AdapterUnderTest } from './adapter.ts'
 import { describeAbort } from './conformance/abort.ts'
 import { describeExclusion } from './conformance/exclusion.ts'
+import { describeFencing } from './conformance/fencing.ts'
 import { describeHandles } from './conformance/handles.ts'
 import { describeHolders } from './conformance/holders.ts'
 import { describeKeys } from './conformance/keys.ts'
@@ -40,4 +41,5 @@ export function describeConformance(adapter: AdapterUnderTest): void {
   describeRoundTrips(adapter)
   describeLoad(adapter)
   describeTracing(adapter)
+  describeFencing(adapter)
 }

@@ -20,6 +20,8 @@ export interface CycleWorkerOptions {
   readonly scope: 'session' | 'transaction'
   /** `exclusive`: every cycle writes; `shared`: one cycle in four writes, the others read under a shared lock. */
   readonly mode: 'exclusive' | 'shared'
+  /** Instead: take each lock with `fencing: true` and insert its token into this table (columns `worker`, `token`). */
+  readonly fenced?: string | undefined
 }
 
 const options = JSON.parse(process.env.PGLOCK_CYCLE_WORKER ?? '{}') as CycleWorkerOptions
@@ -27,7 +29,16 @@ const adapter = (await import(options.adapter)).default as AdapterUnderTest
 const pool = await adapter.openPool({ url: options.url, applicationName: options.applicationName, max: 2 })
 const tick = () => new Promise((resolve) => setImmediate(resolve))
 try {
-  for (let cycle = 0; cycle < options.cycles; cycle += 1) {
+  const { fenced } = options
+  for (let cycle = 0; fenced !== undefined && cycle < options.cycles; cycle += 1) {
+    await adapter.lib.withLock(
+      pool.db,
+      options.key,
+      ({ db, fencingToken }) => adapter.query(db, `INSERT INTO ${fenced} (worker, token) VALUES (${options.worker}, '${fencingToken}')`),
+      { scope: options.scope, fencing: true },
+    )
+  }
+  for (let cycle = 0; fenced === undefined && cycle < options.cycles; cycle += 1) {
     const writer = options.mode === 'exclusive' || (cycle + options.worker) % 4 === 0
     await adapter.lib.withLock(
       pool.db,

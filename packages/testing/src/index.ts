@@ -4,6 +4,7 @@ export { abortedWithin, Bench, type BenchHandle, type BenchOpenOptions, SOAK, sc
 export { describePgBouncer } from './bouncer.ts'
 export { describeAbort } from './conformance/abort.ts'
 export { describeExclusion } from './conformance/exclusion.ts'
+export { describeFencing } from './conformance/fencing.ts'
 export { describeHandles } from './conformance/handles.ts'
 export { aborted, sleep } from './conformance/helpers.ts'
 export { describeHolders } from './conformance/holders.ts'

@@ -26,6 +26,9 @@ export class MemoryPostgres {
   readonly #misunderstood: string[] = []
   readonly #onMisunderstood: (error: MemoryPostgresError) => void
   #nextPid = 1000
+  #nextXid = 1000n
+  /** Whether the server is a standby in recovery (`pg_is_in_recovery()`); a test may promote it. */
+  inRecovery = false
 
   constructor(options: MemoryPostgresOptions = {}) {
     this.#onMisunderstood =
@@ -34,6 +37,12 @@ export class MemoryPostgres {
         process.nextTick(() => {
           throw error
         }))
+  }
+
+  /** @internal Assigns the next transaction id, as Postgres does: in increasing order, never reused. */
+  _assignXid(): bigint {
+    this.#nextXid += 1n
+    return this.#nextXid
   }
 
   /** Opens a pool of at most `max` connections (default 10), each a backend of its own. */
@@ -653,9 +662,13 @@ class Backend {
   /** custom settings ever defined: they read `''` once their transaction-local value is gone */
   readonly defined = new Set<string>()
   savepoints: Savepoint[] = []
+  /** the transaction id of the transaction now open, once `pg_current_xact_id()` assigned one */
+  xid: bigint | undefined
   /** the one client of this backend: the physical connection as drivers' handles reach it */
   client: MemoryClient | undefined
   #chain: Promise<unknown> = Promise.resolve()
+  /** the row of the subquery in FROM of the statement being evaluated, by its alias */
+  #scope: { readonly alias: string; readonly row: Row } | undefined
   readonly #stalls: ((error: unknown) => void)[] = []
 
   constructor(
@@ -781,8 +794,19 @@ class Backend {
     if (fromLocks !== null) return this.#unlockIfHeld(fromLocks)
     const select = /^SELECT (.+)$/.exec(sql)
     if (select === null) throw this.server._misunderstood(sql)
+    // FROM (a one-row subquery) first, then WHERE, then the columns, as Postgres evaluates them
+    const [selected, where] = splitTopLevel(select[1] as string, ' WHERE ')
+    const [columns, from] = splitTopLevel(selected as string, ' FROM ')
+    this.#scope = undefined
+    if (from !== undefined) {
+      const subquery = /^\((SELECT .+) OFFSET 0\) (\w+)$/s.exec(from)
+      if (subquery === null) throw this.server._misunderstood(sql)
+      const [inner] = await this.#statement(subquery[1] as string)
+      this.#scope = { alias: subquery[2] as string, row: inner ?? {} }
+    }
+    if (where !== undefined && !(await this.#condition(where))) return []
     const row: Record<string, unknown> = {}
-    for (const item of splitTopLevel(select[1] as string, ',')) {
+    for (const item of splitTopLevel(columns as string, ',')) {
       const aliased = /^(.+) AS (\w+)$/.exec(item)
       const expression = aliased === null ? item : (aliased[1] as string)
       row[aliased === null ? columnName(item) : (aliased[2] as string)] = await this.#evaluate(expression)
@@ -833,12 +857,27 @@ class Backend {
   async #evaluate(expression: string): Promise<unknown> {
     const e = expression.trim()
     if (e === 'pg_backend_pid()') return this.pid
+    const column = /^(\w+)\.(\w+)$/.exec(e)
+    const scope = this.#scope
+    if (column !== null && scope !== undefined && scope.alias === column[1]) return scope.row[column[2] as string] ?? null
     if (/^-?\d+$/.test(e)) return Number(e)
     if (/^NULL(::\w+)?$/.test(e)) return null
     const literal = /^'([^']*)'(?:::(\w+))?$/.exec(e)
     if (literal !== null) return literal[2] === undefined ? literal[1] : castInteger(literal[1] as string, literal[2])
-    const when = /^CASE WHEN (.+) THEN (.+) END$/.exec(e)
-    if (when !== null) return (await this.#condition(when[1] as string)) ? this.#evaluate(when[2] as string) : null
+    const caseOf = /^CASE WHEN (.+) END$/s.exec(e)
+    if (caseOf !== null) {
+      for (const branch of splitTopLevel(caseOf[1] as string, ' WHEN ')) {
+        const [condition, value] = splitTopLevel(branch, ' THEN ')
+        if (value === undefined) throw this.server._misunderstood(e)
+        if (await this.#condition(condition as string)) return this.#evaluate(value)
+      }
+      return null
+    }
+    const cast = castOf(e)
+    if (cast !== undefined) {
+      const value = await this.#evaluate(cast.expression)
+      return value === null ? null : cast.type === 'text' ? String(value) : castInteger(String(value), cast.type)
+    }
     const call = parseCall(e)
     if (call === undefined) throw this.server._misunderstood(e)
     const lock = /^pg_(try_)?advisory_(xact_)?(lock|unlock)(_shared)?$/.exec(call.name)
@@ -851,6 +890,14 @@ class Backend {
       return this.#lock(lockTag(call.args), mode, lock[2] === undefined ? 'session' : 'xact', lock[1] !== undefined)
     }
     switch (call.name) {
+      case 'pg_is_in_recovery':
+        return this.server.inRecovery
+      case 'pg_current_xact_id':
+        if (this.server.inRecovery) throw new MemoryPostgresError('25006', 'cannot assign TransactionIds during recovery')
+        this.xid ??= this.server._assignXid()
+        return this.xid
+      case 'pg_current_xact_id_if_assigned':
+        return this.xid ?? null
       case 'COALESCE':
         for (const arg of call.args) {
           const value = await this.#evaluate(arg)
@@ -877,12 +924,25 @@ class Backend {
 
   async #condition(condition: string): Promise<boolean> {
     for (const term of splitTopLevel(condition, ' OR ')) {
-      const isNull = /^(.+) IS NULL$/.exec(term)
+      const notNull = /^(.+) IS NOT NULL$/s.exec(term)
+      if (notNull !== null) {
+        if ((await this.#evaluate(notNull[1] as string)) !== null) return true
+        continue
+      }
+      const isNull = /^(.+) IS NULL$/s.exec(term)
       if (isNull !== null) {
         if ((await this.#evaluate(isNull[1] as string)) === null) return true
         continue
       }
       const equals = splitTopLevel(term, ' = ')
+      if (equals.length === 1) {
+        // a boolean expression: a function such as pg_try_advisory_lock, or NOT one
+        const not = /^NOT (.+)$/s.exec(term)
+        const value = await this.#evaluate(not === null ? term : (not[1] as string))
+        if (typeof value !== 'boolean') throw this.server._misunderstood(condition)
+        if (value !== (not !== null)) return true
+        continue
+      }
       if (equals.length !== 2) throw this.server._misunderstood(condition)
       const [a, b] = [await this.#evaluate(equals[0] as string), await this.#evaluate(equals[1] as string)]
       if (a !== null && b !== null && Number(a) === Number(b)) return true
@@ -944,6 +1004,7 @@ class Backend {
   }
 
   #endTransaction(): void {
+    this.xid = undefined
     for (const { lock, mode } of this.xactLocks.splice(0)) lock.drop(this, mode, 'xact')
     this.local = new Map()
     this.savepoints = []
@@ -992,6 +1053,9 @@ function castInteger(text: string, type: string | undefined): bigint | number | 
     if (value !== BigInt.asIntN(64, value)) throw new MemoryPostgresError('22003', `value "${text}" is out of range for type bigint`)
     return value
   }
+  if ((type === 'int4' || type === 'int8') && !/^\s*-?\d+\s*$/.test(text)) {
+    throw new MemoryPostgresError('22P02', `invalid input syntax for type ${type === 'int4' ? 'integer' : 'bigint'}: "${text}"`)
+  }
   if (type === 'int4') {
     const value = Number(text)
     if (!Number.isInteger(value) || value !== (value | 0))
@@ -1006,6 +1070,19 @@ function parseMs(value: string): number {
   const match = /^(\d+)(ms|s|min)?$/.exec(value.trim())
   if (match === null) throw new MemoryPostgresError('22023', `invalid value for parameter "lock_timeout": "${value}"`)
   return Number(match[1]) * (match[2] === 's' ? 1_000 : match[2] === 'min' ? 60_000 : 1)
+}
+
+/** `(expression)::type` or `call(...)::type`, for the types pglock casts to; else `undefined`. */
+function castOf(expression: string): { expression: string; type: string } | undefined {
+  const match = /^(.+)::(text|int4|int8)$/s.exec(expression)
+  if (match === null) return undefined
+  const inner = (match[1] as string).trim()
+  if (inner.startsWith("'")) return undefined
+  const parenthesized = /^\((.*)\)$/s.exec(inner)
+  if (parenthesized !== null && splitTopLevel(parenthesized[1] as string, ')').length === 1) {
+    return { expression: parenthesized[1] as string, type: match[2] as string }
+  }
+  return parseCall(inner) === undefined ? undefined : { expression: inner, type: match[2] as string }
 }
 
 function columnName(expression: string): string {

@@ -13,7 +13,8 @@ export const PROCESSES = scaled(3, 8)
 /** Lock cycles per process: 15 under `pnpm test`, 500 under `pnpm test:soak`. */
 export const CYCLES = scaled(15, 500)
 
-function runWorker(options: CycleWorkerOptions): Promise<number | null> {
+/** Runs one cycle worker (`cycle-worker.ts`) in an OS process of its own; resolves to its exit code. */
+export function runWorker(options: CycleWorkerOptions): Promise<number | null> {
   return new Promise((resolve, reject) => {
     const child = fork(WORKER, [], {
       execArgv: ['--import', 'tsx'],
