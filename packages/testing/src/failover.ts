@@ -1,10 +1,10 @@
 import { fork } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
-import { LockLostError } from '@pglock/core'
+import { LockLostError, StandbyError } from '@pglock/core'
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest'
 import type { AdapterUnderTest } from './adapter.ts'
-import { abortedWithin, Bench, type BenchHandle, settleWithin } from './bench.ts'
+import { abortedWithin, Bench, type BenchHandle, scaled, settleWithin } from './bench.ts'
 import { sleep } from './conformance/helpers.ts'
 import { FaultProxy } from './fault-proxy.ts'
 import { type FenceCycle, type FenceWorkerCommand, type FenceWorkerMessage, type FenceWorkerOptions, tokenOf } from './fence-worker.ts'
@@ -25,6 +25,8 @@ const FENCE_BEFORE = 40
 const FENCE_AFTER_EACH = 10
 /** One-way latency of the replication link in the measurement of what replication loses: a standby in another zone. */
 const LINK_LATENCY_MS = 20
+/** The measurement runs against an asynchronous standby; under `pnpm test:soak` against a synchronous one too, for comparison. */
+const REPLICATION_MODES = scaled<readonly ReplicationMode[]>(['asynchronous'], ['asynchronous', 'synchronous'])
 /** Fenced locks taken before the crash in that measurement, then after the failover. */
 const RATE_BEFORE = 300
 const RATE_AFTER = 100
@@ -189,6 +191,55 @@ export function describeFailover(adapter: AdapterUnderTest): void {
     describe('the primary crashes', () => {
       const fixture = cluster(adapter, 'failover-crash', 'synchronous')
 
+      it('refuses every lock on the standby with STANDBY, and takes nothing there', async () => {
+        const c = fixture()
+        const { bench } = c
+        const onStandby = await bench.open({ url: c.servers.standby.url, max: 2 })
+        const standby = new Observer(c.servers.standby.url)
+        try {
+          const key = bench.key('standby')
+          const attempts: [string, () => Promise<unknown>][] = []
+          for (const scope of ['session', 'transaction'] as const) {
+            for (const fencing of [false, true]) {
+              const label = `${scope} scope${fencing ? ', fenced' : ''}`
+              attempts.push([`withLock (${label})`, () => lib.withLock(onStandby.db, key, () => 'ran on a standby', { scope, fencing })])
+              attempts.push([
+                `tryWithLock (${label})`,
+                () => lib.tryWithLock(onStandby.db, key, () => 'ran on a standby', { scope, fencing }),
+              ])
+            }
+          }
+          attempts.push([`withLock with timeoutMs`, () => lib.withLock(onStandby.db, key, () => 'ran on a standby', { timeoutMs: 1_000 })])
+          if (caps.sessionOnPool) {
+            for (const fencing of [false, true]) {
+              attempts.push([
+                `createLock().acquire()${fencing ? ' fenced' : ''}`,
+                () => lib.createLock(onStandby.db, key, { fencing }).acquire(),
+              ])
+              attempts.push([
+                `createLock().tryAcquire()${fencing ? ' fenced' : ''}`,
+                () => lib.createLock(onStandby.db, key, { fencing }).tryAcquire(),
+              ])
+            }
+          }
+          for (const [label, attempt] of attempts) {
+            const result = await settleWithin(attempt(), SETTLE_BOUND_MS)
+            expect(result, label).toMatchObject({ state: 'rejected', error: expect.any(StandbyError) })
+            expect((result as { error: unknown }).error, label).toMatchObject({ code: 'STANDBY', key })
+            const advisory = await standby.query<{ count: string }>("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            expect(Number(advisory[0]?.count), `${label}: no advisory lock on the standby`).toBe(0)
+          }
+          const [row] = await standby.query<{ recovery: boolean }>('SELECT pg_is_in_recovery() AS recovery')
+          expect(row?.recovery, 'these were refused by a server in recovery').toBe(true)
+          // the same pool, pointed at the primary, takes the same lock: the refusal is the standby's
+          expect(await lib.withLock((await bench.open({ max: 1 })).db, key, () => 'ran on the primary', { fencing: true })).toBe(
+            'ran on the primary',
+          )
+        } finally {
+          await standby.close()
+        }
+      })
+
       it('fails every holder with LockLostError, settles every waiter, and works through the same pools once the standby is promoted', async () => {
         const c = fixture()
         const { bench } = c
@@ -198,6 +249,18 @@ export function describeFailover(adapter: AdapterUnderTest): void {
         const key = bench.key('crash')
         const xactKey = bench.key('crash-xact')
         const handleKey = bench.key('crash-handle')
+
+        // a pool pointed at the standby (by mistake, or in advance): refused now, working once it is promoted
+        const onStandby = await bench.open({ url: c.servers.standby.url, max: 1 })
+        expect(
+          await settleWithin(
+            lib.withLock(onStandby.db, key, () => 'ran'),
+            SETTLE_BOUND_MS,
+          ),
+        ).toMatchObject({
+          state: 'rejected',
+          error: expect.any(StandbyError),
+        })
 
         const handle = caps.sessionOnPool ? await lib.createLock(a.db, handleKey).acquire() : undefined
         const handleLost = handle && abortedWithin(handle.signal, SETTLE_BOUND_MS * 3)
@@ -247,6 +310,10 @@ export function describeFailover(adapter: AdapterUnderTest): void {
         duringOutage.catch(() => undefined)
 
         await failover(c)
+        expect(
+          await lib.withLock(onStandby.db, key, () => 'the verdict was not cached', { fencing: true }),
+          'the promoted standby takes locks at once',
+        ).toBe('the verdict was not cached')
 
         const outcome = await settleWithin(duringOutage, SETTLE_BOUND_MS)
         expect(outcome.state, 'a lock asked for between the crash and the promotion settles').not.toBe('pending')
@@ -403,7 +470,7 @@ export function describeFailover(adapter: AdapterUnderTest): void {
     })
 
     describe('what asynchronous replication loses', () => {
-      for (const mode of ['asynchronous', 'synchronous'] as const) {
+      for (const mode of REPLICATION_MODES) {
         describe(mode, () => {
           const fixture = cluster(adapter, `failover-${mode}`, mode, true)
 
@@ -419,15 +486,20 @@ export function describeFailover(adapter: AdapterUnderTest): void {
             type Taken = { token: bigint; port?: number }
             let current = pool
             const take = async (key: string, into: Taken[]): Promise<void> => {
-              await lib.withLock(current.db, key, async (lease) => {
-                const taken: Taken = { token: await tokenOf(adapter, lease) }
-                into.push(taken)
-                const [row] = await adapter.query(
-                  lease.db,
-                  `INSERT INTO ${table} VALUES ('${taken.token}', inet_server_port()) RETURNING port`,
-                )
-                taken.port = Number(row?.port)
-              })
+              await lib.withLock(
+                current.db,
+                key,
+                async (lease) => {
+                  const taken: Taken = { token: tokenOf(lease) }
+                  into.push(taken)
+                  const [row] = await adapter.query(
+                    lease.db,
+                    `INSERT INTO ${table} VALUES ('${taken.token}', inet_server_port()) RETURNING port`,
+                  )
+                  taken.port = Number(row?.port)
+                },
+                { fencing: true },
+              )
             }
             const taken: Taken[] = []
             let crashed = false

@@ -43,23 +43,19 @@ export type FenceWorkerCommand = { readonly stop: true }
 export type FenceWorkerMessage = { readonly ackedByPort: Readonly<Record<string, number>> } | { readonly cycles: readonly FenceCycle[] }
 
 /**
- * The token of a fenced lease. Until the core hands one out, the same value the core takes: the
- * xid of a fresh transaction after the grant (session scope), or of the lock's own transaction.
+ * The token of a lease taken with `fencing: true`; throws if there is none, so that a lease without
+ * a token can never pass for a fenced one.
  *
  * @example
  * ```ts
- * await withLock(pool, 'job', async (lease) => console.log(await tokenOf(adapter, lease)))
+ * await withLock(pool, 'job', async (lease) => console.log(tokenOf(lease)), { fencing: true })
  * ```
  */
-export async function tokenOf(adapter: AdapterUnderTest, lease: Lease<unknown>): Promise<bigint> {
-  const given = (lease as { fencingToken?: bigint }).fencingToken
-  if (typeof given === 'bigint') return given
-  const [row] = await adapter.query(lease.db, 'SELECT pg_current_xact_id()::text AS token')
-  return BigInt(String(row?.token))
+export function tokenOf(lease: Lease<unknown>): bigint {
+  const token = lease.fencingToken
+  if (typeof token !== 'bigint') throw new Error(`a fenced lease has no fencing token (${String(token)})`)
+  return token
 }
-
-// until the core's `fencing` option lands, tokenOf() takes the token itself
-const FENCING = {}
 
 async function run(options: FenceWorkerOptions): Promise<void> {
   const orphaned = () => process.exit(2)
@@ -89,7 +85,7 @@ async function run(options: FenceWorkerOptions): Promise<void> {
           pool.db,
           options.key,
           async (lease) => {
-            token = await tokenOf(adapter, lease)
+            token = tokenOf(lease)
             const rows = await adapter.query(
               lease.db,
               `UPDATE ${options.counter} SET value = value + 1, fence = '${token}' WHERE id = 1 AND fence < '${token}'
@@ -100,7 +96,7 @@ async function run(options: FenceWorkerOptions): Promise<void> {
             // in session scope the UPDATE committed on its own: its answer is the acknowledgement
             if (options.scope === 'session') done()
           },
-          { scope: options.scope, ...FENCING },
+          { scope: options.scope, fencing: true },
         )
         if (options.scope === 'transaction') done()
       } catch {

@@ -176,7 +176,9 @@ export async function startReplicatedPostgres(options: ReplicatedPostgresOptions
     const upstreamPort = link ? Number(new URL(link.url).port) : primaryPort
     await appendFile(
       join(standbyDir, 'postgresql.conf'),
-      `primary_conninfo = 'host=127.0.0.1 port=${upstreamPort} user=postgres password=${password} application_name=${STANDBY_NAME}'\n`,
+      // retry the primary every 100 ms, not every 5 s: it may still be starting when the standby first asks
+      `primary_conninfo = 'host=127.0.0.1 port=${upstreamPort} user=postgres password=${password} application_name=${STANDBY_NAME}'\n` +
+        "wal_retrieve_retry_interval = '100ms'\n",
     )
     for (const file of ['standby.signal', 'postgresql.conf']) await own(join(standbyDir, file))
 
