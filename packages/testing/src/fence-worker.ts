@@ -57,6 +57,9 @@ export function tokenOf(lease: Lease<unknown>): bigint {
   return token
 }
 
+/** How long one cycle may take before the worker gives up on its pool (a driver may leave a call pending forever after a loss). */
+const CYCLE_BOUND_MS = 5_000
+
 async function run(options: FenceWorkerOptions): Promise<void> {
   const orphaned = () => process.exit(2)
   process.on('disconnect', orphaned)
@@ -71,56 +74,78 @@ async function run(options: FenceWorkerOptions): Promise<void> {
   const send = (message: FenceWorkerMessage) => process.send?.(message)
   const cycles: FenceCycle[] = []
   const ackedByPort: Record<string, number> = {}
-  try {
-    for (let seq = 0; !stop; seq += 1) {
-      let token: bigint | undefined
-      let answer: { port: number; at: string } | undefined
-      let wrote: boolean | undefined
-      const done = () => {
-        const outcome = wrote ? 'acked' : 'rejected'
-        cycles.push({ token: String(token), outcome, seq, ...answer })
-      }
-      try {
-        await adapter.lib.withLock(
-          pool.db,
-          options.key,
-          async (lease) => {
-            token = tokenOf(lease)
-            const rows = await adapter.query(
-              lease.db,
-              `UPDATE ${options.counter} SET value = value + 1, fence = '${token}' WHERE id = 1 AND fence < '${token}'
-               RETURNING inet_server_port() AS port, clock_timestamp()::text AS at`,
-            )
-            wrote = rows.length === 1
-            answer = { port: Number(rows[0]?.port), at: String(rows[0]?.at) }
-            // in session scope the UPDATE committed on its own: its answer is the acknowledgement
-            if (options.scope === 'session') done()
-          },
-          { scope: options.scope, fencing: true },
-        )
-        if (options.scope === 'transaction') done()
-      } catch {
-        const answered = options.scope === 'session' && wrote !== undefined
-        if (token !== undefined && !answered) cycles.push({ token: String(token), outcome: 'unknown', seq })
-        // a pool that does not recover from a lost connection (postgres.js 3.4) is replaced, as its users must
-        if (!adapter.caps.poolRecovers) {
-          closing.push(pool.close().catch(() => undefined))
-          pool = await open()
-        }
-        await new Promise((resolve) => setTimeout(resolve, 20))
-        continue
-      }
-      if (wrote && answer) {
+  /** cycles given up on while pending: their token, if they got one, has an unknown outcome unless they end */
+  const abandoned = new Set<{ token?: bigint }>()
+
+  /** One lock cycle; records its own outcome whenever it ends, even after the worker gave up waiting for it. */
+  const cycle = async (seq: number): Promise<boolean> => {
+    const state: { token?: bigint } = {}
+    let answer: { port: number; at: string } | undefined
+    let wrote: boolean | undefined
+    const record = (outcome: FenceCycle['outcome']) => {
+      abandoned.delete(state)
+      cycles.push({ token: String(state.token), outcome, seq, ...(outcome === 'unknown' ? {} : answer) })
+      if (outcome === 'acked' && answer) {
         ackedByPort[answer.port] = (ackedByPort[answer.port] ?? 0) + 1
         send({ ackedByPort })
       }
     }
-  } finally {
-    await Promise.all([pool.close(), ...closing])
+    const run = adapter.lib.withLock(
+      pool.db,
+      options.key,
+      async (lease) => {
+        state.token = tokenOf(lease)
+        const rows = await adapter.query(
+          lease.db,
+          `UPDATE ${options.counter} SET value = value + 1, fence = '${state.token}' WHERE id = 1 AND fence < '${state.token}'
+           RETURNING inet_server_port() AS port, clock_timestamp()::text AS at`,
+        )
+        wrote = rows.length === 1
+        answer = { port: Number(rows[0]?.port), at: String(rows[0]?.at) }
+        // in session scope the UPDATE committed on its own: its answer is the acknowledgement
+        if (options.scope === 'session') record(wrote ? 'acked' : 'rejected')
+      },
+      { scope: options.scope, fencing: true },
+    )
+    const ended = run.then(
+      () => {
+        if (options.scope === 'transaction') record(wrote ? 'acked' : 'rejected')
+        return true
+      },
+      () => {
+        const answered = options.scope === 'session' && wrote !== undefined
+        if (state.token !== undefined && !answered) record('unknown')
+        else abandoned.delete(state)
+        return false
+      },
+    )
+    abandoned.add(state)
+    let timer: NodeJS.Timeout | undefined
+    const bound = new Promise<'stuck'>((resolve) => {
+      timer = setTimeout(() => resolve('stuck'), CYCLE_BOUND_MS)
+    })
+    const outcome = await Promise.race([ended, bound]).finally(() => clearTimeout(timer))
+    return outcome === true
   }
-  send({ cycles })
+
+  try {
+    for (let seq = 0; !stop; seq += 1) {
+      if (await cycle(seq)) continue
+      // a pool that does not recover from a lost connection (postgres.js 3.4), or left a call pending, is replaced
+      if (!adapter.caps.poolRecovers || abandoned.size > 0) {
+        closing.push(pool.close().catch(() => undefined))
+        pool = await open()
+      }
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+  } finally {
+    await pool.close()
+    await Promise.race([Promise.all(closing), new Promise((resolve) => setTimeout(resolve, CYCLE_BOUND_MS))])
+  }
+  for (const { token } of abandoned) if (token !== undefined) cycles.push({ token: String(token), outcome: 'unknown', seq: -1 })
   process.off('disconnect', orphaned)
-  process.disconnect?.()
+  // exit once the parent has the cycles: a call the driver left pending must not keep this process alive
+  process.send?.({ cycles } satisfies FenceWorkerMessage, () => process.exit(0))
 }
 
 if (process.env.PGLOCK_FENCE_WORKER !== undefined) await run(JSON.parse(process.env.PGLOCK_FENCE_WORKER) as FenceWorkerOptions)
