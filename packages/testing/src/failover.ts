@@ -393,6 +393,52 @@ export function describeFailover(adapter: AdapterUnderTest): void {
       }, 60_000)
     })
 
+    describe('a fenced holder cut off by the crash', () => {
+      const fixture = cluster(adapter, 'failover-stale', 'synchronous')
+
+      // A known defect, pinned down: a token is the xid of a transaction that wrote no WAL, so its
+      // commit is asynchronous and even a synchronous standby need not have seen it. The promoted
+      // standby hands the same xids out again, here below the cut-off holder's token, so that
+      // holder's late write (`fence < its token`) would pass over the new holder's. Once the core
+      // makes the token durable before handing it out, the last assertion fails: turn it round.
+      it('hands out again, after the failover, the tokens of a holder cut off by it (known defect: tokens are not durable)', async () => {
+        const c = fixture()
+        const { bench } = c
+        const pool = await bench.open({ max: 2 })
+        // fenced locks taken and released before: each token takes an xid the standby may never hear of
+        for (let i = 0; i < 5; i += 1) await lib.withLock(pool.db, bench.key(`before-${i}`), () => undefined, { fencing: true })
+        const key = bench.key('stale')
+        let stale: bigint | undefined
+        let entered: () => void = () => undefined
+        const inside = new Promise<void>((resolve) => {
+          entered = resolve
+        })
+        const held = lib.withLock(
+          pool.db,
+          key,
+          async ({ fencingToken, signal }) => {
+            stale = fencingToken
+            entered()
+            await abortedWithin(signal, SETTLE_BOUND_MS * 3)
+          },
+          { fencing: true },
+        )
+        held.catch(() => undefined)
+        await inside
+        await c.servers.crashPrimary()
+        expect(await settleWithin(held, SETTLE_BOUND_MS)).toMatchObject({ state: 'rejected', error: expect.any(LockLostError) })
+        await failover(c)
+        const after = await poolAfter(bench, pool)
+        await expectBack(bench, after, bench.key('back'))
+        const fresh = await lib.withLock(after.db, key, (lease) => lease.fencingToken, { fencing: true })
+        console.log(`failover ${adapter.name}: the cut-off holder's token ${stale}, the first token after the failover ${fresh}`)
+        expect(typeof stale).toBe('bigint')
+        expect(fresh, 'the defect: the first token after the failover is not larger than the cut-off holder’s').toBeLessThanOrEqual(
+          stale as bigint,
+        )
+      }, 60_000)
+    })
+
     describe('a fenced counter across a failover', () => {
       const fixture = cluster(adapter, 'failover-fence', 'synchronous')
 
