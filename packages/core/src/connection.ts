@@ -73,7 +73,7 @@ export class Pinned<Db> {
       : (this.#raw.execute as NonNullable<LockConnection<Db>['execute']>)(statement)
   }
 
-  cancel(): Promise<void> {
+  cancel(): Promise<void | false> {
     return this.#raw.cancel()
   }
 

@@ -97,8 +97,11 @@ export interface LockConnection<Db> {
    * or the protocol's CancelRequest). Resolves once the request has been delivered; the
    * statement it cancels then rejects with SQLSTATE `57014` (or completes, if it finished
    * first; the core handles both). Never rejects for a connection that is already gone.
+   * Resolves `false` when no cancel can be sent at all (the server gave no backend key, as RDS
+   * Proxy does not): the core then closes a connection it owns rather than wait on a lock wait
+   * nobody can stop.
    */
-  cancel(): Promise<void>
+  cancel(): Promise<void | false>
 
   /**
    * Calls `listener` when the connection fails or ends while pinned (a socket error, the server

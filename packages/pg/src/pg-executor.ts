@@ -238,7 +238,7 @@ class PgConnection<C extends AnyClient> implements PinnedClient<C> {
       : laneOf(client).execute(statement)
   }
 
-  cancel(): Promise<void> {
+  cancel(): Promise<void | false> {
     return cancelBackend(this.#client)
   }
 

@@ -20,6 +20,7 @@ import {
   CONNECTION_CLOSED,
   cancelV3,
   cancelV3Backend,
+  cannotCancel,
   type DriverQuery,
   generationOf,
   hookClose,
@@ -237,9 +238,10 @@ class V3Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
     return this.#raw === undefined ? this.#executeThenLearn(text, values) : this.#send(text, values, PREPARED)
   }
 
-  async cancel(): Promise<void> {
+  async cancel(): Promise<void | false> {
     const query = this.#running
     if (query === undefined) return
+    if (cannotCancel(query)) return false
     if (!this.lost) return cancelQuery(query).catch(() => undefined)
     const backend = backendKeyOf(query)
     if (backend !== null) await cancelV3Backend(query, backend).catch(() => undefined)
