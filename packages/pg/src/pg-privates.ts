@@ -15,7 +15,7 @@
  */
 import { createRequire } from 'node:module'
 import { UnsupportedError } from '@pglock/core'
-import { sendCancelRequest } from '@pglock/core/adapter'
+import { type CancelOutcome, sendCancelRequest } from '@pglock/core/adapter'
 import type { ClientBase, QueryResult } from 'pg'
 
 let version: string | undefined
@@ -151,7 +151,7 @@ export function neverConnected(client: ClientBase): boolean {
  * await cancelBackend(client)
  * ```
  */
-export function cancelBackend(client: ClientBase): Promise<void | false> {
+export function cancelBackend(client: ClientBase): Promise<CancelOutcome> {
   const { processID, secretKey, connectionParameters } = privates(client)
   const { host = 'localhost', port = 5432 } = (connectionParameters ?? {}) as { host?: string; port?: number }
   // no BackendKeyData (RDS Proxy sends none): no cancel can be sent

@@ -1,5 +1,6 @@
 import { type LockScope, UnsupportedError } from '@pglock/core'
 import {
+  type CancelOutcome,
   isConnectionFailure,
   type LockConnection,
   type LockExecutor,
@@ -238,7 +239,7 @@ class V3Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
     return this.#raw === undefined ? this.#executeThenLearn(text, values) : this.#send(text, values, PREPARED)
   }
 
-  async cancel(): Promise<void | false> {
+  async cancel(): Promise<CancelOutcome> {
     const query = this.#running
     if (query === undefined) return
     if (cannotCancel(query)) return false
