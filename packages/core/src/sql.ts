@@ -225,10 +225,13 @@ export function acquireSql(plan: AcquirePlan): string {
   if (savepoint !== undefined) {
     parts.unshift(`SAVEPOINT ${savepoint.name}`)
     if (!savepoint.keepOpen) {
-      if (plan.noWait) parts.splice(1, 0, `RELEASE SAVEPOINT ${savepoint.name}`)
+      // a try stays last, to answer: its guard runs alone before the savepoint goes, so that a
+      // refusal can still be rolled back to it
+      if (plan.noWait) parts.splice(1, 0, `SELECT 1 AS guarded${guard(fencing)}`, `RELEASE SAVEPOINT ${savepoint.name}`)
       else parts.push(`RELEASE SAVEPOINT ${savepoint.name}`)
     }
   }
+  const guardedAlone = plan.noWait && savepoint !== undefined && !savepoint.keepOpen
   if (plan.begin) parts.unshift('BEGIN')
   if (transaction && plan.mark !== undefined) {
     if (plan.noWait) parts[parts.length - 1] += `, ${markSql(plan.mark)} AS tx`
@@ -241,8 +244,10 @@ export function acquireSql(plan: AcquirePlan): string {
   // the backend, when the last statement can say it (not after RELEASE SAVEPOINT)
   if ((!transaction || plan.pid === true) && parts[parts.length - 1]?.startsWith('SELECT '))
     parts[parts.length - 1] += ', pg_backend_pid() AS pid'
-  const at = parts.findIndex((part) => part.startsWith(statement))
-  parts[at] += guard(fencing)
+  if (!guardedAlone) {
+    const at = parts.findIndex((part) => part.startsWith(statement))
+    parts[at] += guard(fencing)
+  }
   return parts.join('; ')
 }
 

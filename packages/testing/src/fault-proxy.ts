@@ -34,6 +34,11 @@ export class FaultProxy {
   readonly url: string
   /** Delay added to every chunk in both directions, in ms. */
   latencyMs = 0
+  /**
+   * Withhold the server's BackendKeyData from connections opened from now on, as RDS Proxy does:
+   * their clients then have no key to send a CancelRequest with.
+   */
+  withholdBackendKey = false
   readonly #server: net.Server
   readonly #links = new Set<Link>()
   #refuse = false
@@ -129,10 +134,12 @@ export class FaultProxy {
     const server = net.connect(this.#port, this.#host)
     const link: Link = { client, server, roundTrips: 0, blackholed: false, pending: Buffer.alloc(0) }
     this.#links.add(link)
+    const withhold = this.withholdBackendKey ? { pending: Buffer.alloc(0) } : undefined
     const forward = (from: net.Socket, to: net.Socket, count: boolean) => {
-      from.on('data', (chunk: Buffer) => {
+      from.on('data', (received: Buffer) => {
         if (link.blackholed) return
-        if (count) this.#count(link, chunk)
+        if (count) this.#count(link, received)
+        const chunk = count && withhold !== undefined ? withoutBackendKey(withhold, received) : received
         const send = () => {
           if (!link.blackholed && !to.destroyed) to.write(chunk)
         }
@@ -174,4 +181,18 @@ export class FaultProxy {
 function upstreamOf(databaseUrl: string): { host: string; port: number } {
   const target = new URL(databaseUrl)
   return { host: target.hostname || '127.0.0.1', port: Number(target.port || 5432) }
+}
+
+/** The server's stream with its BackendKeyData ('K') messages taken out; an unfinished message waits for the rest. */
+function withoutBackendKey(state: { pending: Buffer }, chunk: Buffer): Buffer {
+  let buffer = state.pending.length > 0 ? Buffer.concat([state.pending, chunk]) : chunk
+  const kept: Buffer[] = []
+  while (buffer.length >= 5) {
+    const end = 1 + buffer.readInt32BE(1)
+    if (buffer.length < end) break
+    if (buffer[0] !== 0x4b) kept.push(buffer.subarray(0, end))
+    buffer = buffer.subarray(end)
+  }
+  state.pending = Buffer.from(buffer)
+  return Buffer.concat(kept)
 }

@@ -1,6 +1,8 @@
 import { LockTimeoutError } from '@pglock/core'
-import { describe, expect, it } from 'vitest'
+import { describe, expect, it, onTestFinished } from 'vitest'
 import type { AdapterUnderTest } from '../adapter.ts'
+import { settleWithin } from '../bench.ts'
+import { FaultProxy } from '../fault-proxy.ts'
 import { describeFeature, outcome, sleep } from './helpers.ts'
 
 /**
@@ -17,7 +19,7 @@ import { describeFeature, outcome, sleep } from './helpers.ts'
  */
 export function describeAbort(adapter: AdapterUnderTest): void {
   const { lib } = adapter
-  describeFeature(adapter, ({ key, observer, open }) => {
+  describeFeature(adapter, ({ key, observer, open, url }) => {
     describe('abort', () => {
       for (const scope of ['session', 'transaction'] as const) {
         it(`cancels the wait in Postgres, not just the promise (${scope} scope)`, async () => {
@@ -32,6 +34,29 @@ export function describeAbort(adapter: AdapterUnderTest): void {
             expect(await waiting).toEqual({ ok: false, error: reason })
             expect(await observer.waiters(k)).toEqual([])
           })
+          expect(await lib.withLock(b.db, k, () => 'usable', { scope })).toBe('usable')
+        })
+      }
+
+      for (const scope of ['session', 'transaction'] as const) {
+        it(`settles an abort where the server gives no cancel key, as RDS Proxy, leaving nothing held (${scope} scope)`, async () => {
+          const proxy = await FaultProxy.start(url)
+          onTestFinished(() => proxy.close())
+          proxy.withholdBackendKey = true
+          const [a, b] = [await open(), await open('pool', 2, proxy.url)]
+          const k = key(`abort-no-key-${scope}`)
+          // a lock on each connection first: postgres.js 3.4 tells which connection a lock runs on only from its second
+          await Promise.all([k, key('abort-no-key-other')].map((each) => lib.withLock(b.db, each, () => sleep(50), { scope })))
+          await lib.withLock(a.db, k, async () => {
+            const controller = new AbortController()
+            const waiting = outcome(lib.withLock(b.db, k, () => 'ran', { scope, signal: controller.signal }))
+            await observer.until('the second pool waits in Postgres', async () => (await observer.waiters(k)).length === 1)
+            const reason = new Error('caller gave up')
+            controller.abort(reason)
+            // the lock is still held here: without a cancel, only closing the connection can end the wait
+            expect(await settleWithin(waiting, 5_000)).toEqual({ state: 'fulfilled', value: { ok: false, error: reason } })
+          })
+          await observer.until('nothing holds or waits for the key', async () => (await observer.locks(k)).length === 0)
           expect(await lib.withLock(b.db, k, () => 'usable', { scope })).toBe('usable')
         })
       }
