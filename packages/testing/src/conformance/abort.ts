@@ -20,17 +20,23 @@ import { describeFeature, outcome, sleep } from './helpers.ts'
 export function describeAbort(adapter: AdapterUnderTest): void {
   const { lib } = adapter
   describeFeature(adapter, ({ key, observer, open, url }) => {
+    /** Starts a `withLock` on `db` that waits in Postgres for `k`, then aborts it. */
+    const abortWhileWaiting = async (db: unknown, k: string, scope: 'session' | 'transaction') => {
+      const controller = new AbortController()
+      const waiting = outcome(lib.withLock(db, k, () => 'ran', { scope, signal: controller.signal }))
+      await observer.until('the second pool waits in Postgres', async () => (await observer.waiters(k)).length === 1)
+      const reason = new Error('caller gave up')
+      controller.abort(reason)
+      return { waiting, reason }
+    }
+
     describe('abort', () => {
       for (const scope of ['session', 'transaction'] as const) {
         it(`cancels the wait in Postgres, not just the promise (${scope} scope)`, async () => {
           const [a, b] = [await open(), await open()]
           const k = key(`abort-${scope}`)
           await lib.withLock(a.db, k, async () => {
-            const controller = new AbortController()
-            const waiting = outcome(lib.withLock(b.db, k, () => 'ran', { scope, signal: controller.signal }))
-            await observer.until('the second pool waits in Postgres', async () => (await observer.waiters(k)).length === 1)
-            const reason = new Error('caller gave up')
-            controller.abort(reason)
+            const { waiting, reason } = await abortWhileWaiting(b.db, k, scope)
             expect(await waiting).toEqual({ ok: false, error: reason })
             expect(await observer.waiters(k)).toEqual([])
           })
@@ -48,11 +54,7 @@ export function describeAbort(adapter: AdapterUnderTest): void {
           // a lock on each connection first: postgres.js 3.4 tells which connection a lock runs on only from its second
           await Promise.all([k, key('abort-no-key-other')].map((each) => lib.withLock(b.db, each, () => sleep(50), { scope })))
           await lib.withLock(a.db, k, async () => {
-            const controller = new AbortController()
-            const waiting = outcome(lib.withLock(b.db, k, () => 'ran', { scope, signal: controller.signal }))
-            await observer.until('the second pool waits in Postgres', async () => (await observer.waiters(k)).length === 1)
-            const reason = new Error('caller gave up')
-            controller.abort(reason)
+            const { waiting, reason } = await abortWhileWaiting(b.db, k, scope)
             // the lock is still held here: without a cancel, only closing the connection can end the wait
             expect(await settleWithin(waiting, 5_000)).toEqual({ state: 'fulfilled', value: { ok: false, error: reason } })
           })
