@@ -52,8 +52,12 @@ function cluster(adapter: AdapterUnderTest, suite: string, mode: ReplicationMode
     proxy = await FaultProxy.start(servers.primary.url)
   }, 120_000)
   afterAll(async () => {
-    await proxy?.close()
-    await servers?.destroy()
+    // the servers first: a proxy that clients keep dialling through must not keep them running
+    try {
+      await servers?.destroy()
+    } finally {
+      await settleWithin(proxy?.close() ?? Promise.resolve(), SETTLE_BOUND_MS)
+    }
   }, 60_000)
   const bench = new Bench(adapter, suite).install(() => (proxy as FaultProxy).url)
   return () => ({ servers: servers as ReplicatedPostgres, proxy: proxy as FaultProxy, bench })

@@ -99,12 +99,14 @@ export async function startReplicatedPostgres(options: ReplicatedPostgresOptions
 
   const destroy = once(async () => {
     try {
-      await link?.close()
       for (const dir of [primaryDir, standbyDir]) {
         if (existsSync(join(dir, 'postmaster.pid')))
           await run(bin.pg_ctl, ['stop', '-D', dir, '-m', 'immediate', '-w']).catch(() => undefined)
         killPostmaster(dir, 'SIGKILL')
       }
+      // after the servers: closing the link waits for its connections, which the servers' end ends
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([link?.close(), new Promise((resolve) => (timer = setTimeout(resolve, 5_000)))]).finally(() => clearTimeout(timer))
     } finally {
       await rm(root, { recursive: true, force: true })
       process.off('exit', cleanupOnExit)
