@@ -39,8 +39,13 @@ export const XID_ASSIGNED = 'pglock: the transaction has an xid already'
 const GUARD = ` WHERE (CASE WHEN pg_is_in_recovery() THEN '${IN_RECOVERY}' END)::int4 IS NULL`
 const FENCED_GUARD = ` WHERE (CASE WHEN pg_is_in_recovery() THEN '${IN_RECOVERY}' WHEN pg_current_xact_id_if_assigned() IS NOT NULL THEN '${XID_ASSIGNED}' END)::int4 IS NULL`
 
-/** The fencing token: an xid, assigned after the grant (the lock call comes first), never reused. */
-const TOKEN = 'pg_current_xact_id()::text'
+/**
+ * The fencing token: an xid, assigned after the grant (the lock call comes first). A transactional
+ * WAL record gives that xid first, so that the transaction's commit is a durable one (flushed, and
+ * acknowledged by a synchronous standby): an xid that wrote nothing commits asynchronously, and a
+ * crash or a failover could hand it out again.
+ */
+const TOKEN = "(CASE WHEN pg_logical_emit_message(true, 'pglock', '') IS NOT NULL THEN pg_current_xact_id()::text END)"
 
 function guard(fencing: boolean): string {
   return fencing ? FENCED_GUARD : GUARD
