@@ -11,7 +11,7 @@ export {
   type ScopedLockFunctions,
 } from './bind.js'
 export { type BackendKey, sendCancelRequest } from './cancel-request.js'
-export type { LockConnection, LockExecutor, PreparedStatement, Row } from './executor.js'
+export type { CancelOutcome, LockConnection, LockExecutor, PreparedStatement, Row } from './executor.js'
 export { type AfterLoss, describeValue, lastRows, runInDriverTransaction, wrongHandle } from './helpers.js'
 export { type LossTracker, trackLoss } from './loss.js'
 export { bindMultiplex } from './multiplex.js'

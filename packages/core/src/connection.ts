@@ -1,5 +1,5 @@
 import { PgLockError } from './errors.js'
-import type { LockConnection, PreparedStatement, Row } from './executor.js'
+import type { CancelOutcome, LockConnection, PreparedStatement, Row } from './executor.js'
 import { isConnectionFailure } from './sqlstate.js'
 
 type Listener = (cause: unknown) => void
@@ -73,7 +73,7 @@ export class Pinned<Db> {
       : (this.#raw.execute as NonNullable<LockConnection<Db>['execute']>)(statement)
   }
 
-  cancel(): Promise<void> {
+  cancel(): Promise<CancelOutcome> {
     return this.#raw.cancel()
   }
 

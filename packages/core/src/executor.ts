@@ -17,6 +17,13 @@ export interface PreparedStatement {
 }
 
 /**
+ * What {@link LockConnection.cancel} resolves to: `false` when no cancel could be sent at all,
+ * else nothing (`void`, so that a `cancel(): Promise<void>` written before it still fits).
+ */
+// biome-ignore lint/suspicious/noConfusingVoidType: void keeps adapters whose cancel resolves to nothing assignable
+export type CancelOutcome = void | false
+
+/**
  * One physical connection, pinned for the life of a lock. Adapters implement this; the core
  * never sees the driver behind it.
  *
@@ -97,8 +104,11 @@ export interface LockConnection<Db> {
    * or the protocol's CancelRequest). Resolves once the request has been delivered; the
    * statement it cancels then rejects with SQLSTATE `57014` (or completes, if it finished
    * first; the core handles both). Never rejects for a connection that is already gone.
+   * Resolves `false` when no cancel can be sent at all (the server gave no backend key, as RDS
+   * Proxy does not): the core then closes a connection it owns rather than wait on a lock wait
+   * nobody can stop.
    */
-  cancel(): Promise<void>
+  cancel(): Promise<CancelOutcome>
 
   /**
    * Calls `listener` when the connection fails or ends while pinned (a socket error, the server

@@ -151,7 +151,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
    * if (await createLock(pool, 'cron:nightly').tryAcquire()) await runNightly()
    * ```
    */
-  async tryAcquire(options?: { readonly signal?: AbortSignal | undefined }): Promise<boolean> {
+  async tryAcquire(options?: Pick<AcquireOptions, 'signal' | 'fencing'>): Promise<boolean> {
     return this.#take(options, true)
   }
 

@@ -39,8 +39,13 @@ export const XID_ASSIGNED = 'pglock: the transaction has an xid already'
 const GUARD = ` WHERE (CASE WHEN pg_is_in_recovery() THEN '${IN_RECOVERY}' END)::int4 IS NULL`
 const FENCED_GUARD = ` WHERE (CASE WHEN pg_is_in_recovery() THEN '${IN_RECOVERY}' WHEN pg_current_xact_id_if_assigned() IS NOT NULL THEN '${XID_ASSIGNED}' END)::int4 IS NULL`
 
-/** The fencing token: an xid, assigned after the grant (the lock call comes first), never reused. */
-const TOKEN = 'pg_current_xact_id()::text'
+/**
+ * The fencing token: an xid, assigned after the grant (the lock call comes first). A transactional
+ * WAL record gives that xid first, so that the transaction's commit is a durable one (flushed, and
+ * acknowledged by a synchronous standby): an xid that wrote nothing commits asynchronously, and a
+ * crash or a failover could hand it out again.
+ */
+const TOKEN = "(CASE WHEN pg_logical_emit_message(true, 'pglock', '') IS NOT NULL THEN pg_current_xact_id()::text END)"
 
 function guard(fencing: boolean): string {
   return fencing ? FENCED_GUARD : GUARD
@@ -225,10 +230,13 @@ export function acquireSql(plan: AcquirePlan): string {
   if (savepoint !== undefined) {
     parts.unshift(`SAVEPOINT ${savepoint.name}`)
     if (!savepoint.keepOpen) {
-      if (plan.noWait) parts.splice(1, 0, `RELEASE SAVEPOINT ${savepoint.name}`)
+      // a try stays last, to answer: its guard runs alone before the savepoint goes, so that a
+      // refusal can still be rolled back to it
+      if (plan.noWait) parts.splice(1, 0, `SELECT 1 AS guarded${guard(fencing)}`, `RELEASE SAVEPOINT ${savepoint.name}`)
       else parts.push(`RELEASE SAVEPOINT ${savepoint.name}`)
     }
   }
+  const guardedAlone = plan.noWait && savepoint !== undefined && !savepoint.keepOpen
   if (plan.begin) parts.unshift('BEGIN')
   if (transaction && plan.mark !== undefined) {
     if (plan.noWait) parts[parts.length - 1] += `, ${markSql(plan.mark)} AS tx`
@@ -241,8 +249,10 @@ export function acquireSql(plan: AcquirePlan): string {
   // the backend, when the last statement can say it (not after RELEASE SAVEPOINT)
   if ((!transaction || plan.pid === true) && parts[parts.length - 1]?.startsWith('SELECT '))
     parts[parts.length - 1] += ', pg_backend_pid() AS pid'
-  const at = parts.findIndex((part) => part.startsWith(statement))
-  parts[at] += guard(fencing)
+  if (!guardedAlone) {
+    const at = parts.findIndex((part) => part.startsWith(statement))
+    parts[at] += guard(fencing)
+  }
   return parts.join('; ')
 }
 

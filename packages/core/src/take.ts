@@ -149,7 +149,10 @@ export function takeLock(
     signal === undefined
       ? undefined
       : () => {
-          cancelled = connection.cancel().catch(noop)
+          cancelled = connection.cancel().then((sent) => {
+            // nothing can stop the wait on the server: closing the connection ends it instead
+            if (sent === false && connection.owned) return connection.releaseQuietly(true, signal.reason)
+          }, noop)
         }
   if (onAbort !== undefined) signal?.addEventListener('abort', onAbort, { once: true })
   let sent: Promise<readonly Row[]>

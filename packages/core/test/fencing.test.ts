@@ -63,6 +63,19 @@ describe('fencing tokens', () => {
     await client.query('COMMIT')
   })
 
+  it('is refused to a try in a caller transaction with a transaction id, which stays usable', async () => {
+    const server = new MemoryPostgres()
+    const client = server.connect()
+    await client.query('BEGIN')
+    await client.query('SELECT pg_current_xact_id()')
+    const lock = createLock(client, 'tried-late', { scope: 'transaction', fencing: true })
+    await expect(lock.tryAcquire()).rejects.toMatchObject({ code: 'UNSUPPORTED' })
+    expect(holders(server, 'tried-late')).toEqual([])
+    expect(await client.query('SELECT 1 AS one')).toEqual([{ one: 1 }])
+    expect(await createLock(client, 'tried-late', { scope: 'transaction' }).tryAcquire()).toBe(true)
+    await client.query('COMMIT')
+  })
+
   it('in a caller transaction with no transaction id yet, is given', async () => {
     const server = new MemoryPostgres()
     const client = server.connect()
@@ -117,6 +130,8 @@ describe('the standby guard', () => {
     const client = server.connect()
     await client.query('BEGIN')
     await expect(createLock(client, 'standby-tx', { scope: 'transaction' }).acquire()).rejects.toMatchObject({ code: 'STANDBY' })
+    expect(await client.query('SELECT 1 AS one')).toEqual([{ one: 1 }])
+    await expect(createLock(client, 'standby-tx', { scope: 'transaction' }).tryAcquire()).rejects.toMatchObject({ code: 'STANDBY' })
     expect(await client.query('SELECT 1 AS one')).toEqual([{ one: 1 }])
     await client.query('ROLLBACK')
   })

@@ -1,5 +1,13 @@
 import { InvalidArgumentError } from '@pglock/core'
-import { type LockConnection, type LockExecutor, lastRows, type PreparedStatement, type Row, wrongHandle } from '@pglock/core/adapter'
+import {
+  type CancelOutcome,
+  type LockConnection,
+  type LockExecutor,
+  lastRows,
+  type PreparedStatement,
+  type Row,
+  wrongHandle,
+} from '@pglock/core/adapter'
 import type { ClientBase, Pool, PoolClient } from 'pg'
 import { cancelBackend, checkClient, looksLikeClient, neverConnected, submit, unusable } from './pg-privates.js'
 
@@ -238,7 +246,7 @@ class PgConnection<C extends AnyClient> implements PinnedClient<C> {
       : laneOf(client).execute(statement)
   }
 
-  cancel(): Promise<void> {
+  cancel(): Promise<CancelOutcome> {
     return cancelBackend(this.#client)
   }
 

@@ -15,7 +15,7 @@
  */
 import { createRequire } from 'node:module'
 import { UnsupportedError } from '@pglock/core'
-import { sendCancelRequest } from '@pglock/core/adapter'
+import { type CancelOutcome, sendCancelRequest } from '@pglock/core/adapter'
 import type { ClientBase, QueryResult } from 'pg'
 
 let version: string | undefined
@@ -151,12 +151,15 @@ export function neverConnected(client: ClientBase): boolean {
  * await cancelBackend(client)
  * ```
  */
-export function cancelBackend(client: ClientBase): Promise<void> {
+export function cancelBackend(client: ClientBase): Promise<CancelOutcome> {
   const { processID, secretKey, connectionParameters } = privates(client)
   const { host = 'localhost', port = 5432 } = (connectionParameters ?? {}) as { host?: string; port?: number }
-  if (typeof processID !== 'number' || typeof secretKey !== 'number') return Promise.resolve()
+  // no BackendKeyData (RDS Proxy sends none): no cancel can be sent
+  if (typeof processID !== 'number' || typeof secretKey !== 'number') return NO_CANCEL
   return sendCancelRequest(host, port, { pid: processID, secret: secretKey })
 }
+
+const NO_CANCEL: Promise<false> = Promise.resolve(false)
 
 /** node-postgres' own `Query` class, which its JavaScript `Client` exposes as `Client.Query`. */
 interface SubmittableQuery {

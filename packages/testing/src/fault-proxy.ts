@@ -34,28 +34,46 @@ export class FaultProxy {
   readonly url: string
   /** Delay added to every chunk in both directions, in ms. */
   latencyMs = 0
+  /**
+   * Withhold the server's BackendKeyData from connections opened from now on, as RDS Proxy does:
+   * their clients then have no key to send a CancelRequest with.
+   */
+  withholdBackendKey = false
   readonly #server: net.Server
   readonly #links = new Set<Link>()
   #refuse = false
+  #host: string
+  #port: number
 
-  private constructor(server: net.Server, url: string) {
+  private constructor(server: net.Server, url: string, host: string, port: number) {
     this.#server = server
     this.url = url
+    this.#host = host
+    this.#port = port
   }
 
   /** Starts a proxy on a free loopback port in front of the server `databaseUrl` names. */
   static async start(databaseUrl: string): Promise<FaultProxy> {
-    const target = new URL(databaseUrl)
-    const host = target.hostname || '127.0.0.1'
-    const port = Number(target.port || 5432)
+    const { host, port } = upstreamOf(databaseUrl)
     const server = net.createServer()
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
     const url = new URL(databaseUrl)
     url.hostname = '127.0.0.1'
     url.port = String((server.address() as net.AddressInfo).port)
-    const proxy = new FaultProxy(server, url.toString())
-    server.on('connection', (client) => proxy.#accept(client, host, port))
+    const proxy = new FaultProxy(server, url.toString(), host, port)
+    server.on('connection', (client) => proxy.#accept(client))
     return proxy
+  }
+
+  /**
+   * Sends new connections to the server `databaseUrl` names from now on, the way a virtual IP or
+   * a DNS name moves in a failover. Connections open now stay on their old server until it (or
+   * {@link reset}) ends them. The proxy's own `url` does not change: only host and port are taken.
+   */
+  retarget(databaseUrl: string): void {
+    const { host, port } = upstreamOf(databaseUrl)
+    this.#host = host
+    this.#port = port
   }
 
   /** Connections open now. */
@@ -108,18 +126,20 @@ export class FaultProxy {
     await new Promise<void>((resolve) => this.#server.close(() => resolve()))
   }
 
-  #accept(client: net.Socket, host: string, port: number): void {
+  #accept(client: net.Socket): void {
     if (this.#refuse) {
       client.resetAndDestroy()
       return
     }
-    const server = net.connect(port, host)
+    const server = net.connect(this.#port, this.#host)
     const link: Link = { client, server, roundTrips: 0, blackholed: false, pending: Buffer.alloc(0) }
     this.#links.add(link)
+    const withhold = this.withholdBackendKey ? { pending: Buffer.alloc(0) } : undefined
     const forward = (from: net.Socket, to: net.Socket, count: boolean) => {
-      from.on('data', (chunk: Buffer) => {
+      from.on('data', (received: Buffer) => {
         if (link.blackholed) return
-        if (count) this.#count(link, chunk)
+        if (count) this.#count(link, received)
+        const chunk = count && withhold !== undefined ? withoutBackendKey(withhold, received) : received
         const send = () => {
           if (!link.blackholed && !to.destroyed) to.write(chunk)
         }
@@ -129,6 +149,10 @@ export class FaultProxy {
     }
     forward(client, server, false)
     forward(server, client, true)
+    // an upstream that cannot be reached (a crashed primary) refuses the client, as the server's own port would
+    server.once('error', () => {
+      if (server.connecting && !client.destroyed) client.resetAndDestroy()
+    })
     const end = () => {
       if (!this.#links.delete(link)) return
       this.#closedRoundTrips += link.roundTrips
@@ -152,4 +176,23 @@ export class FaultProxy {
     }
     link.pending = Buffer.from(buffer)
   }
+}
+
+function upstreamOf(databaseUrl: string): { host: string; port: number } {
+  const target = new URL(databaseUrl)
+  return { host: target.hostname || '127.0.0.1', port: Number(target.port || 5432) }
+}
+
+/** The server's stream with its BackendKeyData ('K') messages taken out; an unfinished message waits for the rest. */
+function withoutBackendKey(state: { pending: Buffer }, chunk: Buffer): Buffer {
+  let buffer = state.pending.length > 0 ? Buffer.concat([state.pending, chunk]) : chunk
+  const kept: Buffer[] = []
+  while (buffer.length >= 5) {
+    const end = 1 + buffer.readInt32BE(1)
+    if (buffer.length < end) break
+    if (buffer[0] !== 0x4b) kept.push(buffer.subarray(0, end))
+    buffer = buffer.subarray(end)
+  }
+  state.pending = Buffer.from(buffer)
+  return Buffer.concat(kept)
 }

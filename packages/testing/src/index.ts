@@ -19,6 +19,7 @@ export { describeTracing } from './conformance/tracing.ts'
 export { describeTransactionScope } from './conformance/transaction-scope.ts'
 export { describeConformance } from './conformance.ts'
 export { type EmbeddedPostgres, type EmbeddedPostgresOptions, startEmbeddedPostgres } from './database.ts'
+export { describeFailover } from './failover.ts'
 export { FaultProxy, type ProxiedConnection } from './fault-proxy.ts'
 export { describeFaults, FAULT_ROUNDS, FaultTally } from './faults.ts'
 export { describeLossPoints, LOSS_TRIALS } from './loss-points.ts'
@@ -36,4 +37,11 @@ export { type PgBouncer, type PgBouncerOptions, startPgBouncer } from './pgbounc
 export { CYCLES, describeProcesses, PROCESSES } from './processes.ts'
 export { describeRaces, holdUntilReleased, RACE_ROUNDS } from './races.ts'
 export { describeReliability } from './reliability.ts'
+export {
+  type ReplicaServer,
+  type ReplicatedPostgres,
+  type ReplicatedPostgresOptions,
+  type ReplicationMode,
+  startReplicatedPostgres,
+} from './replication.ts'
 export { describeRestart, RESTARTS } from './restart.ts'

@@ -864,6 +864,8 @@ class Backend {
     if (/^NULL(::\w+)?$/.test(e)) return null
     const literal = /^'([^']*)'(?:::(\w+))?$/.exec(e)
     if (literal !== null) return literal[2] === undefined ? literal[1] : castInteger(literal[1] as string, literal[2])
+    const wrapped = /^\((.*)\)$/s.exec(e)
+    if (wrapped !== null && splitTopLevel(wrapped[1] as string, ')').length === 1) return this.#evaluate(wrapped[1] as string)
     const caseOf = /^CASE WHEN (.+) END$/s.exec(e)
     if (caseOf !== null) {
       for (const branch of splitTopLevel(caseOf[1] as string, ' WHEN ')) {
@@ -898,6 +900,10 @@ class Backend {
         return this.xid
       case 'pg_current_xact_id_if_assigned':
         return this.xid ?? null
+      case 'pg_logical_emit_message':
+        // a transactional message gives the transaction its xid, as it writes WAL
+        if (call.args[0] === 'true') this.xid ??= this.server._assignXid()
+        return '0/0'
       case 'COALESCE':
         for (const arg of call.args) {
           const value = await this.#evaluate(arg)

@@ -1,6 +1,7 @@
 import type { AdapterUnderTest } from './adapter.ts'
 import { describeBadInput } from './bad-input.ts'
 import { describePgBouncer } from './bouncer.ts'
+import { describeFailover } from './failover.ts'
 import { describeFaults } from './faults.ts'
 import { describeLossPoints } from './loss-points.ts'
 import { describeModel } from './model.ts'
@@ -10,7 +11,7 @@ import { describeRestart } from './restart.ts'
 
 /**
  * Every reliability suite for one adapter, in one call: faults (resets, blackholes, cut waiters,
- * refused connections), Postgres restarts, races at volume, processes at volume, the model-based
+ * refused connections), Postgres restarts, failover to a promoted standby, races at volume, processes at volume, the model-based
  * property test, bad input, PgBouncer and the loss points. Each suite checks for leaks after every
  * test and at the end of its suite. Counts are small under `pnpm test` and large under `pnpm test:soak`.
  *
@@ -28,6 +29,7 @@ import { describeRestart } from './restart.ts'
 export function describeReliability(adapter: AdapterUnderTest): void {
   describeFaults(adapter)
   describeRestart(adapter)
+  describeFailover(adapter)
   describeRaces(adapter)
   describeProcesses(adapter)
   describeModel(adapter)

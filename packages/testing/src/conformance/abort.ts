@@ -1,6 +1,8 @@
 import { LockTimeoutError } from '@pglock/core'
-import { describe, expect, it } from 'vitest'
+import { describe, expect, it, onTestFinished } from 'vitest'
 import type { AdapterUnderTest } from '../adapter.ts'
+import { settleWithin } from '../bench.ts'
+import { FaultProxy } from '../fault-proxy.ts'
 import { describeFeature, outcome, scopesOf, sleep } from './helpers.ts'
 
 /**
@@ -17,21 +19,46 @@ import { describeFeature, outcome, scopesOf, sleep } from './helpers.ts'
  */
 export function describeAbort(adapter: AdapterUnderTest): void {
   const { lib } = adapter
-  describeFeature(adapter, ({ key, observer, open }) => {
+  describeFeature(adapter, ({ key, observer, open, url }) => {
+    /** Starts a `withLock` on `db` that waits in Postgres for `k`, then aborts it. */
+    const abortWhileWaiting = async (db: unknown, k: string, scope: 'session' | 'transaction') => {
+      const controller = new AbortController()
+      const waiting = outcome(lib.withLock(db, k, () => 'ran', { scope, signal: controller.signal }))
+      await observer.until('the second pool waits in Postgres', async () => (await observer.waiters(k)).length === 1)
+      const reason = new Error('caller gave up')
+      controller.abort(reason)
+      return { waiting, reason }
+    }
+
     describe('abort', () => {
       for (const scope of scopesOf(adapter.caps)) {
         it(`cancels the wait in Postgres, not just the promise (${scope} scope)`, async () => {
           const [a, b] = [await open(), await open()]
           const k = key(`abort-${scope}`)
           await lib.withLock(a.db, k, async () => {
-            const controller = new AbortController()
-            const waiting = outcome(lib.withLock(b.db, k, () => 'ran', { scope, signal: controller.signal }))
-            await observer.until('the second pool waits in Postgres', async () => (await observer.waiters(k)).length === 1)
-            const reason = new Error('caller gave up')
-            controller.abort(reason)
+            const { waiting, reason } = await abortWhileWaiting(b.db, k, scope)
             expect(await waiting).toEqual({ ok: false, error: reason })
             expect(await observer.waiters(k)).toEqual([])
           })
+          expect(await lib.withLock(b.db, k, () => 'usable', { scope })).toBe('usable')
+        })
+      }
+
+      for (const scope of scopesOf(adapter.caps)) {
+        it(`settles an abort where the server gives no cancel key, as RDS Proxy, leaving nothing held (${scope} scope)`, async () => {
+          const proxy = await FaultProxy.start(url)
+          onTestFinished(() => proxy.close())
+          proxy.withholdBackendKey = true
+          const [a, b] = [await open(), await open('pool', 2, proxy.url)]
+          const k = key(`abort-no-key-${scope}`)
+          // a lock on each connection first: postgres.js 3.4 tells which connection a lock runs on only from its second
+          await Promise.all([k, key('abort-no-key-other')].map((each) => lib.withLock(b.db, each, () => sleep(50), { scope })))
+          await lib.withLock(a.db, k, async () => {
+            const { waiting, reason } = await abortWhileWaiting(b.db, k, scope)
+            // the lock is still held here: without a cancel, only closing the connection can end the wait
+            expect(await settleWithin(waiting, 5_000)).toEqual({ state: 'fulfilled', value: { ok: false, error: reason } })
+          })
+          await observer.until('nothing holds or waits for the key', async () => (await observer.locks(k)).length === 0)
           expect(await lib.withLock(b.db, k, () => 'usable', { scope })).toBe('usable')
         })
       }
