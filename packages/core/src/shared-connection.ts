@@ -1,5 +1,5 @@
 import { Pinned } from './connection.js'
-import type { LockConnection, PreparedStatement, Row } from './executor.js'
+import type { CancelOutcome, LockConnection, PreparedStatement, Row } from './executor.js'
 import { PROBE_SQL, pidOf } from './sql.js'
 
 type Statement = string | PreparedStatement
@@ -204,8 +204,12 @@ export class SharedConnection {
     this.#retireIfIdle()
   }
 
-  /** Cancels the statement running now, only on a private connection: a shared one runs only statements that never wait. */
-  cancel(): Promise<void> {
+  /**
+   * Cancels the statement running now, only on a private connection: a shared one runs only
+   * statements that never wait. `false` when no cancel could be sent (the lock then closes the
+   * private connection to end its wait).
+   */
+  cancel(): Promise<CancelOutcome> {
     const pinned = this.#pinned
     if (this.#published || pinned === undefined) return DONE
     return pinned.cancel()
@@ -325,7 +329,7 @@ export class Slot implements LockConnection<undefined> {
     return this.#shared.send(sql)
   }
 
-  cancel(): Promise<void> {
+  cancel(): Promise<CancelOutcome> {
     return this.#shared.cancel()
   }
 
@@ -350,4 +354,4 @@ function inline(statement: PreparedStatement): string {
 }
 
 const noop = () => undefined
-const DONE: Promise<void> = Promise.resolve()
+const DONE: Promise<CancelOutcome> = Promise.resolve()
