@@ -22,7 +22,7 @@ export interface MultiplexWorkerOptions {
 }
 
 /** Concurrent tasks per process: fewer than the pool's connections, which waiting locks and the work inside locks share. */
-const TASKS = 5
+const TASKS = 4
 const options = JSON.parse(process.env.PGLOCK_MULTIPLEX_WORKER ?? '{}') as MultiplexWorkerOptions
 const adapter = (await import(options.adapter)).default as AdapterUnderTest
 const pool = await adapter.openPool({ url: options.url, applicationName: options.applicationName, max: TASKS + 3 })

@@ -51,8 +51,20 @@ export function describeAbort(adapter: AdapterUnderTest): void {
           proxy.withholdBackendKey = true
           const [a, b] = [await open(), await open('pool', 2, proxy.url)]
           const k = key(`abort-no-key-${scope}`)
-          // a lock on each connection first: postgres.js 3.4 tells which connection a lock runs on only from its second
-          await Promise.all([k, key('abort-no-key-other')].map((each) => lib.withLock(b.db, each, () => sleep(50), { scope })))
+          // a lock on each connection first: postgres.js 3.4 tells which connection a lock runs on only from its second.
+          // Both keys held elsewhere, so that each of b's locks waits on a connection of its own (multiplexed ones too)
+          const other = key('abort-no-key-other')
+          let warming: Promise<unknown> | undefined
+          await lib.withLock(a.db, k, () =>
+            lib.withLock(a.db, other, async () => {
+              warming = Promise.all([k, other].map((each) => lib.withLock(b.db, each, () => undefined, { scope })))
+              await observer.until(
+                'b waits for both keys',
+                async () => (await observer.waiters(k)).length === 1 && (await observer.waiters(other)).length === 1,
+              )
+            }),
+          )
+          await warming
           await lib.withLock(a.db, k, async () => {
             const { waiting, reason } = await abortWhileWaiting(b.db, k, scope)
             // the lock is still held here: without a cancel, only closing the connection can end the wait
