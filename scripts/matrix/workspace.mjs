@@ -95,10 +95,15 @@ export function installedVersions(dir, name) {
   return [...new Set(versions)].sort()
 }
 
-/** The adapter's test files, relative to the workspace root. */
+/**
+ * The adapter's test files, relative to the workspace root. The conformance suite in multiplexed
+ * mode (`multiplexed-conformance.test.ts`) repeats the driver calls of the plain one: it runs in
+ * `pnpm test`, once per adapter, which keeps CI's matrix within its time; the multiplex suite itself
+ * runs in every cell.
+ */
 export function testFiles(dir, adapterDir) {
   return readdirSync(join(dir, adapterDir, 'test'), { recursive: true })
-    .filter((file) => String(file).endsWith('.test.ts'))
+    .filter((file) => String(file).endsWith('.test.ts') && !String(file).endsWith('multiplexed-conformance.test.ts'))
     .map((file) => `${adapterDir}/test/${file}`)
     .sort()
 }
