@@ -17,8 +17,12 @@ const WORKER = fileURLToPath(new URL('./multiplex-worker.ts', import.meta.url))
 export const MULTIPLEX_PROCESSES = 8
 /** Keys the processes share, picked at random each cycle. */
 export const MULTIPLEX_KEYS = 50
-/** Lock cycles per process, over its few concurrent tasks: 500 under `pnpm test`, 5,000 (100 per key) under `pnpm test:soak`. */
-export const MULTIPLEX_CYCLES = scaled(500, 5_000)
+/**
+ * Lock cycles per process, over its few concurrent tasks: 5,000 (100 per key), as the issue asks,
+ * under `pnpm test` and `pnpm test:soak`; 500 in a matrix cell, which runs it again for each driver
+ * version and must keep CI within its time.
+ */
+export const MULTIPLEX_CYCLES = process.env.PGLOCK_MATRIX_PROBE === undefined ? 5_000 : 500
 /** Rounds of the abort and timeout race: 1,000 under `pnpm test`, 5,000 under `pnpm test:soak`. */
 export const MULTIPLEX_RACE_ROUNDS = scaled(1_000, 5_000)
 
