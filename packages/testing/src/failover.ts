@@ -9,10 +9,9 @@ import { sleep } from './conformance/helpers.ts'
 import { FaultProxy } from './fault-proxy.ts'
 import { type FenceCycle, type FenceWorkerCommand, type FenceWorkerMessage, type FenceWorkerOptions, tokenOf } from './fence-worker.ts'
 import { Observer } from './observer.ts'
+import { expectOutageSettled, holdUntilLost, SETTLE_BOUND_MS } from './outage.ts'
 import { type ReplicatedPostgres, type ReplicationMode, startReplicatedPostgres } from './replication.ts'
 
-/** How long any promise may stay pending once the primary is gone, before the test calls it stuck. */
-const SETTLE_BOUND_MS = 5_000
 /** The keep-alive interval of the holders cut off by the partition. */
 const KEEP_ALIVE_MS = 200
 
@@ -67,26 +66,6 @@ function cluster(adapter: AdapterUnderTest, suite: string, mode: ReplicationMode
 async function failover({ servers, proxy }: Cluster): Promise<void> {
   await servers.promote()
   proxy.retarget(servers.standby.url)
-}
-
-/** A `withLock` that signals once its callback runs, then holds until its signal aborts. */
-function holdUntilLost(adapter: AdapterUnderTest, db: unknown, key: string, options: Record<string, unknown>) {
-  let entered: () => void = () => undefined
-  const inside = new Promise<void>((resolve) => {
-    entered = resolve
-  })
-  const done = adapter.lib.withLock(
-    db,
-    key,
-    async ({ signal }) => {
-      entered()
-      await abortedWithin(signal, SETTLE_BOUND_MS * 3)
-      return 'finished after the loss'
-    },
-    options,
-  )
-  done.catch(() => undefined)
-  return { inside, done }
 }
 
 /** One fence worker: its cycles once it exits, and a way to talk to it. */
@@ -292,22 +271,12 @@ export function describeFailover(adapter: AdapterUnderTest): void {
 
         await c.servers.crashPrimary()
 
-        if (handle !== undefined && handleLost !== undefined) {
-          expect((await handleLost).reason).toBeInstanceOf(LockLostError)
-          expect(handle.isHeld).toBe(false)
-          expect(await settleWithin(handle.release(), SETTLE_BOUND_MS)).toEqual({ state: 'fulfilled', value: false })
-        }
-        for (const holder of holders) {
-          expect(await settleWithin(holder.done, SETTLE_BOUND_MS)).toMatchObject({ state: 'rejected', error: expect.any(LockLostError) })
-        }
-        // a waiter may be granted the lock in the moment between the holder's backend exiting and its own
-        for (const waiter of waiters) {
-          const result = await settleWithin(waiter, SETTLE_BOUND_MS)
-          expect(result.state, 'a waiter settles once the primary is gone').not.toBe('pending')
-          expect((result as { error: unknown }).error, 'a dead session holds nothing, so nothing failed to release').not.toMatchObject({
-            code: 'RELEASE_FAILED',
-          })
-        }
+        await expectOutageSettled({
+          handle: handle && handleLost && { lock: handle, lost: handleLost },
+          holders,
+          waiters,
+          server: 'the primary',
+        })
         // Asked for while no server takes the address: node-postgres fails it at once, postgres.js
         // retries the connection until the address works again. Either way it must settle.
         const duringOutage = lib.withLock(b.db, bench.key('outage'), () => 'ran')

