@@ -440,7 +440,8 @@ export function describeFailover(adapter: AdapterUnderTest): void {
           await waitFor(
             `${FENCE_AFTER_EACH} increments per process on the promoted standby`,
             () => workers.every((worker) => (worker.progress[promoted] ?? 0) >= FENCE_AFTER_EACH),
-            30_000,
+            // a postgres.js 3.4 worker replaces its pool after each failure, 5 s a stuck cycle: slow on a busy machine
+            60_000,
           )
         } finally {
           for (const worker of workers) worker.tell({ stop: true })
@@ -483,7 +484,7 @@ export function describeFailover(adapter: AdapterUnderTest): void {
         )
         expect(BigInt(row?.fence ?? -1), 'the fence holds the last token written').toBe(max(written))
         await bench.expectClean(applicationName)
-      }, 60_000)
+      }, 120_000)
     })
 
     describe('what asynchronous replication loses', () => {
