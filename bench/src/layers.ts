@@ -12,7 +12,10 @@ import type { BenchTarget, Contender, CriticalSection, OpenContender, Queryable 
 import { openPgPool, openPostgresJs } from './contenders.js'
 
 /** pglock's session statements (core/src/sql.ts, `PREPARED`): they answer `pid`, and the unlock checks it. */
-const LOCK = { name: 'pglock_pg_advisory_lock_int64', text: 'SELECT pg_advisory_lock($1::int8), pg_backend_pid() AS pid' }
+const LOCK = {
+  name: 'pglock_pg_advisory_lock_int64',
+  text: "SELECT pg_advisory_lock($1::int8), pg_backend_pid() AS pid WHERE (CASE WHEN pg_is_in_recovery() THEN 'pglock: the server is in recovery' END)::int4 IS NULL",
+}
 const UNLOCK = {
   name: 'pglock_pg_advisory_unlock_int64',
   text: 'SELECT CASE WHEN $2::int4 IS NULL OR pg_backend_pid() = $2::int4 THEN pg_advisory_unlock($1::int8) END AS released, pg_backend_pid() AS pid',

@@ -23,6 +23,7 @@ import {
   cancelV3Backend,
   cannotCancel,
   type DriverQuery,
+  driverName,
   generationOf,
   hookClose,
   keepErrorsOwn,
@@ -404,6 +405,19 @@ function prepares(pool: object): boolean {
   return (pool as { options?: { prepare?: unknown } }).options?.prepare !== false
 }
 
+/** 3.4 never settles a `reserve()` that opens a connection while `fetch_types` is false (porsager/postgres#751). */
+function reserveNeverSettles(sql: Sql<any>): boolean {
+  return (sql as { options?: { fetch_types?: unknown } }).options?.fetch_types === false && generationOf(sql as never) === 3
+}
+
+function reserveRefused(): UnsupportedError {
+  return new UnsupportedError(
+    `${driverName()} never settles sql.reserve() on a new connection while fetch_types is false ` +
+      '(https://github.com/porsager/postgres/issues/751), and a session lock on a Sql reserves one. ' +
+      'Keep fetch_types on, lock in transaction scope, or use postgres.js 4',
+  )
+}
+
 /** A postgres.js handle is a function: anything else reads as its kind, a function as what it is not. */
 function notAHandle(db: unknown) {
   return wrongHandle(
@@ -482,6 +496,7 @@ function poolExecutor(sql: Sql<any>): LockExecutor<unknown> {
   const begin = sql.begin as (callback: (transaction: TransactionSql<any>) => Promise<unknown>) => Promise<unknown>
   const reservedOptions: PinOptions = { owned: true, release: true, pool: sql, prepare, endpoint: endpointOf(sql) }
   const transactionOptions = transactionOptionsOf(sql)
+  let refused: UnsupportedError | null | undefined
   const pin = (reserved: ReservedSql<any>): LockConnection<unknown> => {
     try {
       return pinPostgresJs(reserved, reserved, reservedOptions)
@@ -496,6 +511,8 @@ function poolExecutor(sql: Sql<any>): LockExecutor<unknown> {
     queueKey: sql,
     query: queryThrough(sql),
     connect() {
+      refused ??= reserveNeverSettles(sql) ? reserveRefused() : null
+      if (refused !== null) return Promise.reject(refused)
       const closing = untilClosed(sql)
       return closing === undefined ? sql.reserve().then(pin) : closing.then(() => sql.reserve()).then(pin)
     },

@@ -80,4 +80,28 @@ describe(`postgres-js: postgres.js ${installedVersion()}`, () => {
       await sql.end({ timeout: 0.2 })
     }
   })
+  it('with fetch_types off: on 3.4 refuses a session lock on a Sql before any SQL (its reserve() would never settle), and locks in transaction scope; on 4.x locks in both', async () => {
+    const applicationName = `${prefix}:fetch-types`
+    const sql = postgres(url, { max: 1, fetch_types: false, connection: { application_name: applicationName }, onnotice: () => undefined })
+    try {
+      const session = await withLock(sql, key('fetch-types'), async () => (await observer.locks(key('fetch-types'))).length).then(
+        (held) => ({ held }),
+        (error: unknown) => ({ error }),
+      )
+      if (installedVersion().startsWith('3.')) {
+        expect(session).toEqual({ error: expect.any(UnsupportedError) })
+        expect(String((session as { error: Error }).error.message)).toContain('porsager/postgres/issues/751')
+        expect(await observer.backends(applicationName), 'no connection was opened').toEqual([])
+      } else {
+        expect(session).toEqual({ held: 1 })
+      }
+      const held = await withLock(sql, key('fetch-types'), async () => (await observer.locks(key('fetch-types'))).length, {
+        scope: 'transaction',
+      })
+      expect(held).toBe(1)
+      expect(await observer.locks(key('fetch-types'))).toEqual([])
+    } finally {
+      await sql.end({ timeout: 0.2 })
+    }
+  })
 })

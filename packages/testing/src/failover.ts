@@ -7,7 +7,14 @@ import type { AdapterUnderTest } from './adapter.ts'
 import { abortedWithin, Bench, type BenchHandle, scaled, settleWithin } from './bench.ts'
 import { sleep } from './conformance/helpers.ts'
 import { FaultProxy } from './fault-proxy.ts'
-import { type FenceCycle, type FenceWorkerCommand, type FenceWorkerMessage, type FenceWorkerOptions, tokenOf } from './fence-worker.ts'
+import {
+  type FenceCycle,
+  type FenceProgress,
+  type FenceWorkerCommand,
+  type FenceWorkerMessage,
+  type FenceWorkerOptions,
+  tokenOf,
+} from './fence-worker.ts'
 import { Observer } from './observer.ts'
 import { expectOutageSettled, holdUntilLost, SETTLE_BOUND_MS } from './outage.ts'
 import { type ReplicatedPostgres, type ReplicationMode, startReplicatedPostgres } from './replication.ts'
@@ -70,9 +77,11 @@ async function failover({ servers, proxy }: Cluster): Promise<void> {
 
 /** One fence worker: its cycles once it exits, and a way to talk to it. */
 interface FenceWorker {
-  /** acknowledged writes so far, by the port of the server that took them */
-  readonly progress: Record<string, number>
+  /** the worker's last word on how it is getting on */
+  readonly progress: FenceProgress
   readonly cycles: Promise<readonly FenceCycle[]>
+  /** how the worker ended, once it has: a worker that dies early fails the test at once */
+  readonly exited: () => string | undefined
   tell(command: FenceWorkerCommand): void
 }
 
@@ -83,26 +92,37 @@ function startFenceWorker(options: FenceWorkerOptions): FenceWorker {
     env: { ...process.env, PGLOCK_FENCE_WORKER: JSON.stringify(options) },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   })
-  const progress: Record<string, number> = {}
+  const progress: { -readonly [K in keyof FenceProgress]: FenceProgress[K] } = { ackedByPort: {}, failed: 0, stuck: 0, driverDropped: 0 }
+  let exited: string | undefined
   const cycles = new Promise<readonly FenceCycle[]>((resolve, reject) => {
     let result: readonly FenceCycle[] | undefined
     child.on('message', (message: FenceWorkerMessage) => {
       if ('cycles' in message) result = message.cycles
-      else Object.assign(progress, message.ackedByPort)
+      else Object.assign(progress, message.progress)
     })
     child.once('error', reject)
-    child.once('exit', (code) => (code === 0 && result ? resolve(result) : reject(new Error(`a fence worker exited with ${code}`))))
+    child.once('exit', (code, signal) => {
+      exited = `exit code ${code}, signal ${signal}`
+      code === 0 && result ? resolve(result) : reject(new Error(`a fence worker exited with ${code}`))
+    })
   })
   cycles.catch(() => undefined)
   onTestFinished(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
   })
-  return { progress, cycles, tell: (command) => child.connected && child.send(command) }
+  return { progress, cycles, exited: () => exited, tell: (command) => child.connected && child.send(command) }
 }
 
-async function waitFor(what: string, probe: () => boolean, timeoutMs: number): Promise<void> {
+/** Waits until `probe` holds; `failed` names a state no wait can mend, and ends it at once. */
+async function waitFor(
+  what: string,
+  probe: () => boolean,
+  timeoutMs: number,
+  watch?: { state(): string; failed(): boolean },
+): Promise<void> {
   for (const deadline = Date.now() + timeoutMs; !probe(); await sleep(20)) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting until ${what}`)
+    const why = watch?.failed() ? 'gave up' : Date.now() > deadline ? `timed out after ${timeoutMs} ms` : undefined
+    if (why !== undefined) throw new Error(`${why} waiting until ${what}${watch ? `; ${watch.state()}` : ''}`)
   }
 }
 
@@ -433,15 +453,22 @@ export function describeFailover(adapter: AdapterUnderTest): void {
         )
         const promoted = String(c.servers.standby.port)
         try {
-          const acked = () => workers.reduce((sum, worker) => sum + Object.values(worker.progress).reduce((x, y) => x + y, 0), 0)
-          await waitFor(`${FENCE_BEFORE} increments before the crash`, () => acked() >= FENCE_BEFORE, 30_000)
+          const acked = () =>
+            workers.reduce((sum, worker) => sum + Object.values(worker.progress.ackedByPort).reduce((x, y) => x + y, 0), 0)
+          const watch = {
+            state: () =>
+              `workers: ${JSON.stringify(workers.map((worker) => ({ ...worker.progress, exited: worker.exited() })))}, promoted: port ${promoted}`,
+            failed: () => workers.some((worker) => worker.exited() !== undefined),
+          }
+          await waitFor(`${FENCE_BEFORE} increments before the crash`, () => acked() >= FENCE_BEFORE, 30_000, watch)
           await c.servers.crashPrimary()
           await failover(c)
           await waitFor(
             `${FENCE_AFTER_EACH} increments per process on the promoted standby`,
-            () => workers.every((worker) => (worker.progress[promoted] ?? 0) >= FENCE_AFTER_EACH),
+            () => workers.every((worker) => (worker.progress.ackedByPort[promoted] ?? 0) >= FENCE_AFTER_EACH),
             // a postgres.js 3.4 worker replaces its pool after each failure, 5 s a stuck cycle: slow on a busy machine
             60_000,
+            watch,
           )
         } finally {
           for (const worker of workers) worker.tell({ stop: true })
@@ -470,7 +497,8 @@ export function describeFailover(adapter: AdapterUnderTest): void {
         console.log(
           `failover ${adapter.name} fenced counter: ${cycles.length} cycles, ${count('acked')} acknowledged, ${count('unknown')} unknown,` +
             ` ${count('rejected')} rejected; counter ${row?.value}; tokens before up to ${max(handedBefore)} (written up to ${max(writtenBefore)}),` +
-            ` after from ${min(after)}; ${repeated.length} token(s) handed out before the crash not below the first one after (${repeated.join(', ')})`,
+            ` after from ${min(after)}; ${repeated.length} token(s) handed out before the crash not below the first one after (${repeated.join(', ')})` +
+            `; driver-dropped rejections (porsager/postgres#1192): ${workers.reduce((sum, worker) => sum + worker.progress.driverDropped, 0)}`,
         )
         expect(Number(row?.value), 'no acknowledged increment was lost').toBeGreaterThanOrEqual(count('acked'))
         expect(Number(row?.value), 'every increment counted was asked for').toBeLessThanOrEqual(count('acked') + count('unknown'))
@@ -490,14 +518,14 @@ export function describeFailover(adapter: AdapterUnderTest): void {
     describe('what asynchronous replication loses', () => {
       for (const mode of REPLICATION_MODES) {
         describe(mode, () => {
-          const fixture = cluster(adapter, `failover-${mode}`, mode, true)
+          const fixture = cluster(adapter, `failover-$mode`, mode, true)
 
           it(`hands out tokens after the failover that are larger than every token whose write was replicated (standby ${LINK_LATENCY_MS} ms away)`, async () => {
             const c = fixture()
             const { bench } = c
             ;(c.servers.replicationLink as FaultProxy).latencyMs = LINK_LATENCY_MS
-            const table = `pglock_tokens_${randomBytes(4).toString('hex')}`
-            await bench.observer.query(`CREATE TABLE ${table} (token xid8 NOT NULL, port int NOT NULL)`)
+            const table = `pglock_tokens_$randomBytes(4).toString('hex')`
+            await bench.observer.query(`CREATE TABLE $table(token xid8 NOT NULL, port int NOT NULL)`)
             const pool = await bench.open({ max: 8 })
             const keys = Array.from({ length: 8 }, (_, i) => bench.key(`rate-${i}`))
             /** a token handed out, and the port of the server its write went to, if it was acknowledged */

@@ -39,8 +39,20 @@ export interface FenceCycle {
 /** What the parent may say: stop after the cycle under way. */
 export type FenceWorkerCommand = { readonly stop: true }
 
-/** What the worker sends: after each acknowledged write, how many each server took; then every cycle at the end. */
-export type FenceWorkerMessage = { readonly ackedByPort: Readonly<Record<string, number>> } | { readonly cycles: readonly FenceCycle[] }
+/** How a worker is getting on: acknowledged writes by the port of the server that took them, and what went wrong. */
+export interface FenceProgress {
+  readonly ackedByPort: Readonly<Record<string, number>>
+  /** cycles that failed, and cycles given up on while pending */
+  readonly failed: number
+  readonly stuck: number
+  /** the last failure, for a test that times out */
+  readonly lastError?: string | undefined
+  /** rejections postgres.js 3.4 dropped while a new connection fetched its array types (porsager/postgres#1192) */
+  readonly driverDropped: number
+}
+
+/** What the worker sends: its progress after each acknowledged write or failure; then every cycle at the end. */
+export type FenceWorkerMessage = { readonly progress: FenceProgress } | { readonly cycles: readonly FenceCycle[] }
 
 /**
  * The token of a lease taken with `fencing: true`; throws if there is none, so that a lease without
@@ -74,6 +86,14 @@ async function run(options: FenceWorkerOptions): Promise<void> {
   const send = (message: FenceWorkerMessage) => process.send?.(message)
   const cycles: FenceCycle[] = []
   const ackedByPort: Record<string, number> = {}
+  const failures: { failed: number; stuck: number; lastError?: string; driverDropped: number } = { failed: 0, stuck: 0, driverDropped: 0 }
+  const report = () => send({ progress: { ackedByPort, ...failures } })
+  // postgres.js 3.4 drops the promise of a new connection's array-types fetch, so a connection cut
+  // during it ends the process (porsager/postgres#1192, see the README); every other rejection still does
+  process.on('unhandledRejection', (reason) => {
+    if (!String((reason as { query?: unknown } | null)?.query).includes('typarray')) throw reason
+    failures.driverDropped += 1
+  })
   /** cycles given up on while pending: their token, if they got one, has an unknown outcome unless they end */
   const abandoned = new Set<{ token?: bigint }>()
 
@@ -87,7 +107,7 @@ async function run(options: FenceWorkerOptions): Promise<void> {
       cycles.push({ token: String(state.token), outcome, seq, ...(outcome === 'unknown' ? {} : answer) })
       if (outcome === 'acked' && answer) {
         ackedByPort[answer.port] = (ackedByPort[answer.port] ?? 0) + 1
-        send({ ackedByPort })
+        report()
       }
     }
     const run = adapter.lib.withLock(
@@ -112,7 +132,10 @@ async function run(options: FenceWorkerOptions): Promise<void> {
         if (options.scope === 'transaction') record(wrote ? 'acked' : 'rejected')
         return true
       },
-      () => {
+      (error: unknown) => {
+        failures.failed += 1
+        failures.lastError = error instanceof Error ? `${error.name}: ${error.message}` : String(error)
+        report()
         const answered = options.scope === 'session' && wrote !== undefined
         if (state.token !== undefined && !answered) record('unknown')
         else abandoned.delete(state)
@@ -125,6 +148,10 @@ async function run(options: FenceWorkerOptions): Promise<void> {
       timer = setTimeout(() => resolve('stuck'), CYCLE_BOUND_MS)
     })
     const outcome = await Promise.race([ended, bound]).finally(() => clearTimeout(timer))
+    if (outcome === 'stuck') {
+      failures.stuck += 1
+      report()
+    }
     return outcome === true
   }
 
