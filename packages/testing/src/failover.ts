@@ -518,14 +518,14 @@ export function describeFailover(adapter: AdapterUnderTest): void {
     describe('what asynchronous replication loses', () => {
       for (const mode of REPLICATION_MODES) {
         describe(mode, () => {
-          const fixture = cluster(adapter, `failover-$mode`, mode, true)
+          const fixture = cluster(adapter, `failover-${mode}`, mode, true)
 
           it(`hands out tokens after the failover that are larger than every token whose write was replicated (standby ${LINK_LATENCY_MS} ms away)`, async () => {
             const c = fixture()
             const { bench } = c
             ;(c.servers.replicationLink as FaultProxy).latencyMs = LINK_LATENCY_MS
-            const table = `pglock_tokens_$randomBytes(4).toString('hex')`
-            await bench.observer.query(`CREATE TABLE $table(token xid8 NOT NULL, port int NOT NULL)`)
+            const table = `pglock_tokens_${randomBytes(4).toString('hex')}`
+            await bench.observer.query(`CREATE TABLE ${table} (token xid8 NOT NULL, port int NOT NULL)`)
             const pool = await bench.open({ max: 8 })
             const keys = Array.from({ length: 8 }, (_, i) => bench.key(`rate-${i}`))
             /** a token handed out, and the port of the server its write went to, if it was acknowledged */
