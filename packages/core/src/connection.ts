@@ -4,6 +4,9 @@ import { isConnectionFailure } from './sqlstate.js'
 
 type Listener = (cause: unknown) => void
 
+/** @internal Marks a connection no user code may get a handle on (a multiplexed lock's slot). */
+export const LENDS_NO_DB: unique symbol = Symbol('pglock.lendsNoDb')
+
 /** @internal What watches a held lock's connection, without a closure of its own (see {@link Pinned.watch}). */
 export interface LossWatcher {
   connectionLost(cause: unknown): void
@@ -16,8 +19,9 @@ export interface LossWatcher {
  */
 export class Pinned<Db> {
   readonly #raw: LockConnection<Db>
-  db: Db
   readonly owned: boolean
+  /** Whether user code gets a handle on this connection: a multiplexed lock's shared one lends none. */
+  readonly lendsDb: boolean
   #lost = false
   #cause: unknown
   #released = false
@@ -31,10 +35,15 @@ export class Pinned<Db> {
 
   constructor(raw: LockConnection<Db>) {
     this.#raw = raw
-    this.db = raw.db
     this.owned = raw.owned
+    this.lendsDb = (raw as { readonly [LENDS_NO_DB]?: true })[LENDS_NO_DB] !== true
     // at once: a driver may treat an error on a connection nobody listens to as unhandled
     this.#unsubscribe = raw.onLost((cause) => this.report(cause))
+  }
+
+  /** The connection's handle, read when user code reads `lease.db` (see `LockConnection.db`). */
+  get db(): Db {
+    return this.#raw.db
   }
 
   /** The physical connection, where other handles on it queue (see `LockConnection.connectionKey`). */

@@ -44,7 +44,10 @@ export type CancelOutcome = void | false
  * ```
  */
 export interface LockConnection<Db> {
-  /** The handle users get as `lease.db`: queries through it run on this connection. */
+  /**
+   * The handle users get as `lease.db`: queries through it run on this connection. Read only when
+   * user code reads `lease.db`, so an adapter may make it a getter that builds the handle then.
+   */
   readonly db: Db
 
   /**

@@ -1,4 +1,4 @@
-import { Pinned } from './connection.js'
+import { LENDS_NO_DB, Pinned } from './connection.js'
 import type { CancelOutcome, LockConnection, PreparedStatement, Row } from './executor.js'
 import { PROBE_SQL, pidOf } from './sql.js'
 
@@ -299,6 +299,7 @@ export class SharedConnection {
  */
 export class Slot implements LockConnection<undefined> {
   readonly db = undefined
+  readonly [LENDS_NO_DB] = true
   readonly owned = true
   /** the slot as the core's pipeline sees every connection */
   readonly pinned: Pinned<undefined>

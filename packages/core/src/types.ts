@@ -98,7 +98,8 @@ export interface WithLockOptions extends LockOptions, AcquireOptions {}
 export interface Lease<Db> {
   /**
    * The driver-native handle on the lock's own connection (session scope) or transaction
-   * (transaction scope). Queries through it run where the lock is held.
+   * (transaction scope). Queries through it run where the lock is held. A getter, like `signal`:
+   * read or destructure it; spreading the lease (`{ ...lease }`) does not copy it.
    */
   readonly db: Db
   /**

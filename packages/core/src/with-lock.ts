@@ -16,16 +16,19 @@ import { interruptible, untilLost } from './wait.js'
 import { connectionLostError } from './watch.js'
 
 /**
- * The lease `withLock` hands to `fn`. `signal` is a getter on the prototype, so that its
- * `AbortSignal` is made only if `fn` reads it (destructuring reads it; spreading the lease does not).
+ * The lease `withLock` hands to `fn`. `db` and `signal` are getters on the prototype, so that
+ * neither is made unless `fn` reads it (destructuring reads it; spreading the lease does not):
+ * a driver's handle may cost to build (a Drizzle database on a pinned connection).
  */
 class LockLease<Db> implements Lease<Db> {
-  readonly db: Db
   readonly #holding: Holding<Db>
 
-  constructor(db: Db, holding: Holding<Db>) {
-    this.db = db
+  constructor(holding: Holding<Db>) {
     this.#holding = holding
+  }
+
+  get db(): Db {
+    return this.#holding.db
   }
 
   get signal(): AbortSignal {
@@ -168,9 +171,8 @@ async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db,
   holding.watch(request.keepAliveMs)
   let value: T
   try {
-    const { db } = holding.connection
     // only a multiplexed lock's connection has no db (see `shared-connection.ts`)
-    const lease = db === undefined ? (new SignalLease(holding) as unknown as LockLease<Db>) : new LockLease(db, holding)
+    const lease = holding.connection.lendsDb ? new LockLease(holding) : (new SignalLease(holding) as unknown as LockLease<Db>)
     const out = runFn(request, lease, holding)
     value = isThenable(out) ? await out : out
   } catch (error) {
@@ -395,7 +397,7 @@ async function holdWhileRunning<Db, T>(
     else watchInDriverTransaction(holding, request.keepAliveMs, driver)
     let value: T
     try {
-      const out = runFn(request, new LockLease(holding.db, holding), holding)
+      const out = runFn(request, new LockLease(holding), holding)
       value = isThenable(out) ? await out : out
     } catch (error) {
       if (driver !== undefined) driver.ran = true
