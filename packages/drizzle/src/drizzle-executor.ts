@@ -1,5 +1,14 @@
 import { InvalidArgumentError, type LockScope, UnsupportedError } from '@pglock/core'
-import { bindScopedExecutor, type LeaseDbOf, type LockConnection, type LockExecutor, type ScopedLockFunctions } from '@pglock/core/adapter'
+import {
+  bindScopedExecutor,
+  type CancelOutcome,
+  type LeaseDbOf,
+  type LockConnection,
+  type LockExecutor,
+  type PreparedStatement,
+  type Row,
+  type ScopedLockFunctions,
+} from '@pglock/core/adapter'
 import { entityKind } from 'drizzle-orm'
 import type { PgDialect } from 'drizzle-orm/pg-core'
 import { dialectOf, sessionOptionsOf, transactionClientOf } from './drizzle-privates.js'
@@ -135,6 +144,63 @@ function rebind<Db>(connection: LockConnection<unknown>, db: Db): LockConnection
   return connection as LockConnection<Db>
 }
 
+/**
+ * A pooled connection whose `lease.db`, a Drizzle database on its client, is built when first
+ * read: most locks never read it, and building one costs more than the lock (postgres.js 4 lends
+ * a new client per lock).
+ */
+class LazyDatabase implements LockConnection<unknown> {
+  protected readonly inner: LockConnection<unknown>
+  readonly #client: object
+  readonly #boundOn: (client: object) => Bound
+
+  constructor(inner: LockConnection<unknown>, boundOn: (client: object) => Bound) {
+    this.inner = inner
+    this.#client = inner.db as object
+    this.#boundOn = boundOn
+  }
+
+  get db(): unknown {
+    return this.#boundOn(this.#client).db
+  }
+
+  get owned(): boolean {
+    return this.inner.owned
+  }
+
+  get connectionKey(): object | undefined {
+    return this.inner.connectionKey
+  }
+
+  transactionDb(): unknown {
+    const { db, transactionDb } = this.#boundOn(this.#client)
+    return transactionDb === undefined ? db : transactionDb()
+  }
+
+  query(sql: string): Promise<readonly Row[]> {
+    return this.inner.query(sql)
+  }
+
+  cancel(): Promise<CancelOutcome> {
+    return this.inner.cancel()
+  }
+
+  onLost(listener: (cause: unknown) => void): () => void {
+    return this.inner.onLost(listener)
+  }
+
+  release(options: { readonly destroy: boolean; readonly cause?: unknown }): void | Promise<void> {
+    return this.inner.release(options)
+  }
+}
+
+/** {@link LazyDatabase} on a connection that runs pglock's lock calls as prepared statements. */
+class PreparedLazyDatabase extends LazyDatabase {
+  execute(statement: PreparedStatement): Promise<readonly Row[]> {
+    return (this.inner.execute as NonNullable<LockConnection<unknown>['execute']>)(statement)
+  }
+}
+
 /** What `drizzle()` took to build `db`, to build another on a pinned connection. */
 interface DatabaseParts {
   readonly dialect: PgDialect
@@ -247,23 +313,19 @@ function databaseExecutor(driver: DrizzleDriver, db: DrizzleShape): LockExecutor
   let classes: DrizzleClasses | undefined
   const classesOf = async (): Promise<DrizzleClasses> => (classes ??= await driver.classes())
   if (inner.kind === 'pool') {
-    // A pool lends the same clients again and again: one database per client.
+    // A pool lends the same clients again and again (node-postgres): one database per client,
+    // built when `lease.db` is first read, as most locks never read it.
     const boundByClient = new WeakMap<object, Bound>()
-    const attach = (connection: LockConnection<unknown>): LockConnection<unknown> | Promise<LockConnection<unknown>> => {
-      const client = connection.db as object
-      try {
-        let bound = boundByClient.get(client)
-        if (bound === undefined) {
-          bound = bindDatabase(classes as DrizzleClasses, parts, client, transaction === undefined)
-          boundByClient.set(client, bound)
-        }
-        rebind(connection, bound.db)
-        if (bound.transactionDb !== undefined) connection.transactionDb = bound.transactionDb
-        return connection
-      } catch (error) {
-        return Promise.resolve(connection.release({ destroy: false })).then(() => Promise.reject(error))
+    const boundOn = (client: object): Bound => {
+      let bound = boundByClient.get(client)
+      if (bound === undefined) {
+        bound = bindDatabase(classes as DrizzleClasses, parts, client, transaction === undefined)
+        boundByClient.set(client, bound)
       }
+      return bound
     }
+    const attach = (connection: LockConnection<unknown>): LockConnection<unknown> =>
+      connection.execute === undefined ? new LazyDatabase(connection, boundOn) : new PreparedLazyDatabase(connection, boundOn)
     // `then` rather than `async`/`await`: no promise of its own per lock once the classes are loaded
     const connect = (): Promise<LockConnection<unknown>> =>
       classes === undefined ? classesOf().then(() => pin().then(attach)) : pin().then(attach)
