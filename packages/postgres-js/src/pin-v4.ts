@@ -139,6 +139,20 @@ class LeaseWatch {
   }
 }
 
+/**
+ * An owned pin's one reaction on its lease's `closed`, which lets go of the pin at release: V8's
+ * scavenger keeps a lease alive past its lock (postgres.js's own objects point at it), and through
+ * a reaction holding the pin it would keep the whole lock, which then goes to old space.
+ */
+class LeaseRelay {
+  listener: LeaseListener | undefined
+
+  constructor(lease: V4Lease, listener: LeaseListener) {
+    this.listener = listener
+    lease.closed.then(undefined, (cause: unknown) => this.listener?.leaseClosed(cause))
+  }
+}
+
 const leaseWatches = new WeakMap<V4Lease, LeaseWatch>()
 
 function leaseWatchOf(lease: V4Lease): LeaseWatch {
@@ -166,6 +180,7 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListen
   #scope: object | undefined
   #watching = false
   #unwatch: (() => void) | undefined
+  #relay: LeaseRelay | undefined
   #running: Query | undefined
   #last: Query | undefined
   #released = false
@@ -212,6 +227,7 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListen
   release({ destroy }: { readonly destroy: boolean }): void {
     this.#released = true
     this.#unwatch?.()
+    if (this.#relay !== undefined) this.#relay.listener = undefined
     if (!this.owned) return
     if (!this.#closed && this.#last !== undefined && (destroy || this.lost)) destroyV4Connection(this.#last)
     if (this.#giveBack) (this.#handle as ReservedSql<any>).release()
@@ -278,8 +294,8 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListen
     const connection = this.#connection
     if (connection !== undefined) {
       this.#watching = true
-      // an owned handle's lease ends with this lock, and the reaction with it
-      if (this.owned) connection.lease.closed.then(undefined, (cause: unknown) => this.leaseClosed(cause))
+      // an owned handle's lease ends with this lock: its relay lets go of the pin at release
+      if (this.owned) this.#relay = new LeaseRelay(connection.lease, this)
       else {
         const watch = leaseWatchOf(connection.lease)
         this.#unwatch = () => watch.delete(this)
