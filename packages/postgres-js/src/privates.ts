@@ -102,11 +102,30 @@ export function keepErrorsOwn<Q extends DriverQuery>(query: Q): Q {
   const target = query as Q & { catch: unknown; watch?: unknown }
   target.catch = itself
   const watch = target.watch
-  if (typeof watch === 'function') {
-    target.watch = (onFulfilled: unknown, onRejected: unknown) =>
-      onFulfilled === null || onFulfilled === undefined ? query : watch.call(query, onFulfilled, onRejected)
-  }
+  if (typeof watch === 'function') target.watch = watchKeepingErrors(watch as Watch)
   return query
+}
+
+type Watch = (this: unknown, onFulfilled: unknown, onRejected: unknown) => unknown
+
+/** The `watch` made for postgres.js's own `watch` last seen: one postgres.js shares one across its statements. */
+let keptWatch: { readonly of: Watch; readonly watch: Watch } | undefined
+
+/**
+ * A statement's `watch` that adds no error-only handler. Shared, and holding no statement: a
+ * closure over each statement, set on it, kept V8's scavenger from freeing the statement with
+ * its lock, and through it the transaction's lease and the whole lock went to old space.
+ */
+function watchKeepingErrors(of: Watch): Watch {
+  if (keptWatch?.of !== of) {
+    keptWatch = {
+      of,
+      watch(onFulfilled, onRejected) {
+        return onFulfilled === null || onFulfilled === undefined ? this : of.call(this, onFulfilled, onRejected)
+      },
+    }
+  }
+  return keptWatch.watch
 }
 
 /** A statement's `catch` that adds no handler: postgres.js calls it as a method of the statement. */
