@@ -1,7 +1,7 @@
 import { checkOut } from './checkout.js'
 import { Pinned } from './connection.js'
 import type { LockExecutor } from './executor.js'
-import { claimConnectionGate, enterConnectionGate, enterConnectionGateNow, enterGate, enterGateNow, type GateTicket } from './gate.js'
+import { enterConnectionGate, enterConnectionGateNow, enterGate, enterGateNow, type GateTicket } from './gate.js'
 import { Holding } from './holding.js'
 import { multiplexers } from './multiplex-hook.js'
 import { type LockSpec, timedOut, type Wait } from './options.js'
@@ -68,7 +68,7 @@ async function holdShared<Db>(
   }
 }
 
-/** The lock is granted: claim the connection's gate if not entered yet, keep the savepoint if asked. */
+/** The lock is granted: keep the savepoint if asked. An owned connection's gate is claimed when its handle is first handed out (see `Holding.db`). */
 function held<Db>(
   executor: LockExecutor<Db>,
   spec: LockSpec,
@@ -78,18 +78,13 @@ function held<Db>(
   granted: Granted,
   entered: GateTicket | undefined,
 ): Holding<Db> | Promise<Holding<Db>> {
-  let onConnection = entered
-  if (onConnection === undefined) {
-    endTransactionLocks(connection.connectionKey)
-    onConnection = claimConnectionGate(connection, executor.queueKey, spec.token)
-  }
-  const holding = new Holding(connection, spec, take.framing, granted, ticket, onConnection)
+  if (entered === undefined) endTransactionLocks(connection.connectionKey)
+  const holding = new Holding(connection, spec, take.framing, granted, ticket, entered, executor.queueKey)
   if (take.keepSavepoint !== true || take.framing.kind !== 'savepoint') return holding
-  const claimed = onConnection
   return keepSavepoint(connection, take.framing.name).then(
     () => holding,
     (error: unknown) => {
-      if (entered === undefined) claimed.leave()
+      if (entered === undefined) holding.onConnection.leave()
       throw error
     },
   )

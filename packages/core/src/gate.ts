@@ -245,10 +245,10 @@ export function enterConnectionGateNow(
 }
 
 /**
- * @internal Claims the gate of a connection pglock owns, once its lock is granted: no other handle
- * can reach that connection before `lease.db` is handed out, so this never waits, and it runs
- * without a promise on every pooled lock. {@link NO_TICKET} when there is no such gate (or, which
- * cannot happen, it is taken).
+ * @internal Claims the gate of a connection pglock owns, when its handle is first handed out
+ * (`lease.db`, `lock.db`): no other handle can reach that connection before, so this never waits,
+ * and a lock whose handle nobody reads never touches the gate. {@link NO_TICKET} when there is no
+ * such gate (or, which cannot happen, it is taken).
  */
 export function claimConnectionGate(
   connection: { readonly connectionKey: object | undefined },

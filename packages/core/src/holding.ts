@@ -1,7 +1,7 @@
 import { type LossWatcher, type Pinned, RELEASED } from './connection.js'
 import { describeKey, LockLostError, ReleaseFailedError, UnsupportedError } from './errors.js'
 import type { PreparedStatement, Row } from './executor.js'
-import type { GateTicket } from './gate.js'
+import { claimConnectionGate, type GateTicket, NO_TICKET } from './gate.js'
 import { LazyAbort } from './lazy-abort.js'
 import type { LockSpec } from './options.js'
 import { pidOf, preparedUnlock, rollbackToSavepointSql, unlockSql } from './sql.js'
@@ -26,8 +26,10 @@ export class Holding<Db> implements LossWatcher {
   /** the fencing token, when the acquire asked for one */
   readonly fencingToken: bigint | undefined
   readonly ticket: GateTicket
-  /** the place in the gate of the connection itself, where other handles on it queue */
-  readonly onConnection: GateTicket
+  /** the place in the gate of the connection itself, once taken (see {@link onConnection}) */
+  #onConnection: GateTicket | undefined
+  /** on a connection pglock owns: the queue key its gate is claimed against when its handle is first handed out */
+  readonly #claimAgainst: object | undefined
   /** for a lock in a caller's transaction: that transaction, which ends the lock unseen */
   transaction: TransactionHold | undefined
   /** whether the lock is over for pglock (unlocked, ended with its transaction, or lost) */
@@ -42,7 +44,19 @@ export class Holding<Db> implements LossWatcher {
   /** resolves the commit or rollback in flight: a loss meanwhile rejects it at once with the loss */
   #finished: ((outcome: undefined | Promise<void>) => void) | undefined
 
-  constructor(connection: Pinned<Db>, spec: LockSpec, framing: Framing, granted: Granted, ticket: GateTicket, onConnection: GateTicket) {
+  /**
+   * `onConnection`: the place taken in the connection's gate; `undefined` on a connection pglock
+   * owns, whose gate is claimed against `claimAgainst` only when its handle is first handed out.
+   */
+  constructor(
+    connection: Pinned<Db>,
+    spec: LockSpec,
+    framing: Framing,
+    granted: Granted,
+    ticket: GateTicket,
+    onConnection: GateTicket | undefined,
+    claimAgainst?: object,
+  ) {
     this.connection = connection
     this.spec = spec
     this.framing = framing
@@ -52,7 +66,13 @@ export class Holding<Db> implements LossWatcher {
     const fence = granted.fence
     this.fencingToken = typeof fence === 'string' ? BigInt(fence) : undefined
     this.ticket = ticket
-    this.onConnection = onConnection
+    this.#onConnection = onConnection
+    this.#claimAgainst = claimAgainst
+  }
+
+  /** The place in the gate of the connection itself, where other handles on it queue. */
+  get onConnection(): GateTicket {
+    return this.#onConnection ?? NO_TICKET
   }
 
   /** Aborted with `LockLostError` once the lock is lost; made when first asked for. */
@@ -68,6 +88,10 @@ export class Holding<Db> implements LossWatcher {
 
   /** `lease.db`: the driver's transaction handle where pglock sent `BEGIN` itself, else the connection's handle. */
   get db(): Db {
+    // nothing can reach a connection pglock owns before its handle is out: the claim never waits
+    if (this.#onConnection === undefined && this.#claimAgainst !== undefined && !this.settled) {
+      this.#onConnection = claimConnectionGate(this.connection, this.#claimAgainst, this.spec.token)
+    }
     return this.framing.kind === 'begin' ? this.connection.transactionDb() : this.connection.db
   }
 

@@ -121,7 +121,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
   get db(): Db | undefined {
     const holding = this.#holding
     if (holding === undefined) return undefined
-    return !holding.settled || holding.lost.aborted ? holding.connection.db : undefined
+    return !holding.settled || holding.lost.aborted ? holding.db : undefined
   }
 
   /**
