@@ -186,16 +186,29 @@ export interface AcquirePlan {
   readonly mark?: string | undefined
 }
 
-/** The last `BEGIN` with a lock built: the next transaction usually locks the same id. */
-let lastBegin: { id: LockId; mode: LockMode; pid: boolean; fencing: boolean; sql: string } | undefined
-
 /** `BEGIN` and the transaction lock, in one round trip: the usual transaction lock, nothing around it. */
 function beginWithLock(id: LockId, mode: LockMode, pid: boolean, fencing: boolean): string {
-  if (lastBegin?.id !== id || lastBegin.mode !== mode || lastBegin.pid !== pid || lastBegin.fencing !== fencing) {
-    const columns = `${lockColumns(call('xact', id, mode), false, fencing)}${pid ? ', pg_backend_pid() AS pid' : ''}`
-    lastBegin = { id, mode, pid, fencing, sql: `BEGIN; SELECT ${columns}${guard(fencing)}` }
-  }
-  return lastBegin.sql
+  const columns = `${lockColumns(call('xact', id, mode), false, fencing)}${pid ? ', pg_backend_pid() AS pid' : ''}`
+  return `BEGIN; SELECT ${columns}${guard(fencing)}`
+}
+
+/**
+ * The last text {@link acquireSql} built for a plan without a savepoint or a mark (whose names are
+ * new each time): a lock's next acquire usually asks for the same text again.
+ */
+let lastAcquire: { plan: AcquirePlan; sql: string } | undefined
+
+function samePlan(a: AcquirePlan, b: AcquirePlan): boolean {
+  return (
+    a.id === b.id &&
+    a.mode === b.mode &&
+    a.scope === b.scope &&
+    a.noWait === b.noWait &&
+    a.timeoutMs === b.timeoutMs &&
+    a.begin === b.begin &&
+    a.pid === b.pid &&
+    a.fencing === b.fencing
+  )
 }
 
 /**
@@ -206,6 +219,12 @@ function beginWithLock(id: LockId, mode: LockMode, pid: boolean, fencing: boolea
  * statements check they run there, and traces name it.
  */
 export function acquireSql(plan: AcquirePlan): string {
+  if (plan.savepoint !== undefined || plan.mark !== undefined) return buildAcquireSql(plan)
+  if (lastAcquire === undefined || !samePlan(lastAcquire.plan, plan)) lastAcquire = { plan, sql: buildAcquireSql(plan) }
+  return lastAcquire.sql
+}
+
+function buildAcquireSql(plan: AcquirePlan): string {
   const transaction = plan.scope === 'transaction'
   const fencing = plan.fencing === true
   // the usual transaction lock: BEGIN sent with the lock, nothing around it
@@ -276,10 +295,19 @@ export function rollbackToSavepointSql(savepoint: string): string {
  * nothing is unlocked, so a lock another client holds on that backend is left alone.
  */
 export function unlockSql(id: LockId, mode: LockMode, pid?: number): string {
+  const last = lastUnlock
+  if (last !== undefined && last.id === id && last.mode === mode && last.pid === pid) return last.sql
   const unlock = call('unlock', id, mode)
-  if (pid === undefined || !Number.isSafeInteger(pid)) return `SELECT ${unlock} AS released, pg_backend_pid() AS pid`
-  return `SELECT CASE WHEN pg_backend_pid() = ${pid} THEN ${unlock} END AS released, pg_backend_pid() AS pid`
+  const sql =
+    pid === undefined || !Number.isSafeInteger(pid)
+      ? `SELECT ${unlock} AS released, pg_backend_pid() AS pid`
+      : `SELECT CASE WHEN pg_backend_pid() = ${pid} THEN ${unlock} END AS released, pg_backend_pid() AS pid`
+  lastUnlock = { id, mode, pid, sql }
+  return sql
 }
+
+/** The last unlock text built: a lock's unlock follows its lock, on the same backend as last time. */
+let lastUnlock: { id: LockId; mode: LockMode; pid: number | undefined; sql: string } | undefined
 
 /** A keep-alive probe; answers in `pid` the backend it ran on. */
 export const PROBE_SQL = 'SELECT pg_backend_pid() AS pid'
