@@ -98,14 +98,12 @@ export interface WithLockOptions extends LockOptions, AcquireOptions {}
 export interface Lease<Db> {
   /**
    * The driver-native handle on the lock's own connection (session scope) or transaction
-   * (transaction scope). Queries through it run where the lock is held. A getter, like `signal`:
-   * read or destructure it; spreading the lease (`{ ...lease }`) does not copy it.
+   * (transaction scope). Queries through it run where the lock is held.
    */
   readonly db: Db
   /**
-   * Aborts with `LockLostError` if the lock is lost while your function runs. It is a getter,
-   * made on first read (already aborted if the lock was lost before): read or destructure it,
-   * e.g. `async ({ db, signal }) => ...`; spreading the lease (`{ ...lease }`) does not copy it.
+   * Aborts with `LockLostError` if the lock is lost while your function runs. Made on first read
+   * (already aborted if the lock was lost before), e.g. `async ({ db, signal }) => ...`.
    */
   readonly signal: AbortSignal
   /**
