@@ -183,6 +183,13 @@ export interface LockExecutor<Db> {
   connect?(): Promise<LockConnection<Db>>
 
   /**
+   * Optional, for `'pool'` executors: whether the pool takes no new work (its `end()` was called).
+   * A multiplexed lock asks it before each acquire, as it reuses connections already checked out
+   * and would otherwise keep taking locks, and keep the pool's `end()` waiting, during a shutdown.
+   */
+  closed?(): boolean
+
+  /**
    * For `'connection'` executors: whether the connection is inside a transaction block now.
    * Return `undefined` when the driver cannot tell; the core then finds out from Postgres
    * (a `SAVEPOINT` fails outside a transaction block).

@@ -252,6 +252,9 @@ class Multiplexer implements SharedConnectionOwner {
 
   /** The acquire pipeline of a multiplexed lock: gate, try on a shared connection, else wait on one of its own. */
   async acquire(spec: LockSpec, wait: Wait): Promise<Holding<undefined> | undefined> {
+    if (this.executor.closed?.() === true) {
+      throw new UnsupportedError('the pool has ended (its end() was called): a multiplexed lock takes no new locks on it', spec.details)
+    }
     let ticket: GateTicket | undefined
     let connection: Pinned<undefined> | undefined
     try {
@@ -334,6 +337,7 @@ export function multiplexLocks(executor: LockExecutor<unknown>, options?: Multip
     adapter: executor.adapter,
     queueKey: executor.queueKey,
     connect: executor.connect.bind(executor),
+    ...(executor.closed === undefined ? {} : { closed: executor.closed.bind(executor) }),
   }
   const multiplexer = new Multiplexer(own, maxLocks, keepAliveMs)
   multiplexers.set(own, (spec, wait) => multiplexer.acquire(spec, wait))

@@ -268,10 +268,11 @@ function transactionExecutor(driver: DrizzleDriver, tx: DrizzleShape): LockExecu
   }
 }
 
-/** The client's own `query`: a statement of pglock's reads the same through Drizzle's handle. */
-function queryOf(inner: LockExecutor<unknown>): Pick<LockExecutor<unknown>, 'query'> {
+/** The client's own `query` and `closed`: a statement of pglock's reads the same through Drizzle's handle. */
+function queryOf(inner: LockExecutor<unknown>): Pick<LockExecutor<unknown>, 'query' | 'closed'> {
   const query = inner.query?.bind(inner)
-  return query === undefined ? {} : { query }
+  const closed = inner.closed?.bind(inner)
+  return { ...(query === undefined ? {} : { query }), ...(closed === undefined ? {} : { closed }) }
 }
 
 /**

@@ -295,7 +295,15 @@ export function pgExecutor<H extends PgHandle>(db: H): LockExecutor<PgLeaseDb<H>
 
 function describe(db: object): LockExecutor<unknown> {
   if (isPool(db)) {
-    return { kind: 'pool', adapter: 'pg', queueKey: db, connect: () => checkOut(db), query: async (sql) => lastRows(await db.query(sql)) }
+    return {
+      kind: 'pool',
+      adapter: 'pg',
+      queueKey: db,
+      connect: () => checkOut(db),
+      // pg-pool sets `ending` in end(), and refuses connect() from then on
+      closed: () => (db as { readonly ending?: unknown }).ending === true,
+      query: async (sql) => lastRows(await db.query(sql)),
+    }
   }
   if (isClient(db)) {
     if (neverConnected(db)) {
