@@ -98,12 +98,15 @@ export interface WithLockOptions extends LockOptions, AcquireOptions {}
 export interface Lease<Db> {
   /**
    * The driver-native handle on the lock's own connection (session scope) or transaction
-   * (transaction scope). Queries through it run where the lock is held.
+   * (transaction scope). Queries through it run where the lock is held. Like every member of the
+   * lease, a getter: read or destructure it (`async ({ db, signal }) => ...`); spreading the lease
+   * (`{ ...lease }`) copies none of them.
    */
   readonly db: Db
   /**
    * Aborts with `LockLostError` if the lock is lost while your function runs. Made on first read
-   * (already aborted if the lock was lost before), e.g. `async ({ db, signal }) => ...`.
+   * (already aborted if the lock was lost before), e.g. `async ({ db, signal }) => ...`; spreading
+   * the lease (`{ ...lease }`) does not copy it.
    */
   readonly signal: AbortSignal
   /**
