@@ -171,7 +171,7 @@ const noop = (): void => undefined
 class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListener {
   readonly db: Db
   readonly owned: boolean
-  readonly #handle: Handle
+  protected readonly handle: Handle
   readonly #transaction: TransactionSql<any> | undefined
   readonly #giveBack: boolean
   readonly #endpoint: Endpoint | undefined
@@ -190,7 +190,7 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListen
     super()
     this.db = db
     this.owned = owned
-    this.#handle = handle
+    this.handle = handle
     this.#transaction = isTransactionSql(handle) ? handle : undefined
     this.#giveBack = giveBack
     this.#endpoint = endpoint
@@ -203,14 +203,14 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListen
   }
 
   get connectionKey(): object | undefined {
-    if (this.#transaction === undefined) return this.#handle
+    if (this.#transaction === undefined) return this.handle
     if (this.#scope !== undefined) return this.#scope
     if (this.#connection !== undefined) return (this.#scope = scopeOfConnection(this.#connection))
     return this.#name === undefined ? undefined : scopeOf(this.#name)
   }
 
   query(sql: string): Promise<readonly Row[]> {
-    return this.send(sql, NO_VALUES, false)
+    return this.lost ? Promise.reject(this.cause) : this.send(this.handle.unsafe(sql, NO_VALUES, AS_TEXT) as unknown as Query)
   }
 
   /** pglock sends its own CancelRequest: 4.x's half-closes its socket at once, which PgBouncer 1.18 drops. */
@@ -230,7 +230,7 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListen
     if (this.#relay !== undefined) this.#relay.listener = undefined
     if (!this.owned) return
     if (!this.#closed && this.#last !== undefined && (destroy || this.lost)) destroyV4Connection(this.#last)
-    if (this.#giveBack) (this.#handle as ReservedSql<any>).release()
+    if (this.#giveBack) (this.handle as ReservedSql<any>).release()
   }
 
   /** The lease's connection closed: a method, so that a handle's `LeaseWatch` holds no closure per lock. */
@@ -241,9 +241,7 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListen
   }
 
   /** A `then` chain rather than `async`: awaiting a postgres.js query (a Promise subclass) costs an extra job. */
-  protected send(sql: string, values: readonly (string | null)[], prepared: boolean): Promise<readonly Row[]> {
-    if (this.lost) return Promise.reject(this.cause)
-    const query = this.#handle.unsafe(sql, values as string[], prepared ? PREPARED : AS_TEXT) as unknown as Query
+  protected send(query: Query): Promise<readonly Row[]> {
     if (this.#transaction !== undefined) keepErrorsOwn(query)
     const stopNaming = this.#watching || leasesReadable === true ? undefined : startNaming()
     this.#running = query
@@ -283,9 +281,9 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListen
   }
 
   #fail(cause: unknown): void {
-    if (!this.owned && !this.lost) brokenHandles.set(this.#handle, cause)
-    handleConnections.delete(this.#handle)
-    handleNames.delete(this.#handle)
+    if (!this.owned && !this.lost) brokenHandles.set(this.handle, cause)
+    handleConnections.delete(this.handle)
+    handleNames.delete(this.handle)
     this.report(cause)
   }
 
@@ -317,24 +315,53 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListen
     if (this.#connection !== undefined || this.#name !== undefined) return
     this.#connection = readLease(query, settled)
     if (this.#connection !== undefined) {
-      if (!this.owned) handleConnections.set(this.#handle, this.#connection)
+      if (!this.owned) handleConnections.set(this.handle, this.#connection)
       return
     }
     this.#name = nameOf(outcome)
-    if (this.#name !== undefined && !this.owned) handleNames.set(this.#handle, this.#name)
+    if (this.#name !== undefined && !this.owned) handleNames.set(this.handle, this.#name)
   }
 }
 
 /** A pin that runs the bare lock calls as named prepared statements. */
 class PreparedV4Pin<Db> extends V4Pin<Db> {
-  execute({ text, values }: PreparedStatement): Promise<readonly Row[]> {
-    return this.send(text, values, true)
+  execute(statement: PreparedStatement): Promise<readonly Row[]> {
+    if (this.lost) return Promise.reject(this.cause)
+    const { strings, order } = templateOf(statement.text)
+    const { values } = statement
+    const query = this.handle(strings, ...(order === undefined ? values : order.map((index) => values[index])))
+    return this.send(query as unknown as Query)
   }
 }
 
-const NO_VALUES: readonly string[] = []
-const AS_TEXT = { prepare: false }
-const PREPARED = { prepare: true }
+/** A prepared text as a tagged template: `strings` between its parameters, `order` the value each takes when not 1, 2, 3... */
+interface Template {
+  readonly strings: TemplateStringsArray
+  readonly order: readonly number[] | undefined
+}
+
+const templates = new Map<string, Template>()
+
+/**
+ * pglock's prepared texts as tagged templates, made once per text: 4.x finds a template's
+ * statement by the identity of its strings, where `unsafe()` joins and hashes the whole text on
+ * every call.
+ */
+function templateOf(text: string): Template {
+  let template = templates.get(text)
+  if (template === undefined) {
+    const parts = text.split(/\$(\d+)/)
+    const strings = parts.filter((_, index) => index % 2 === 0)
+    const order = parts.filter((_, index) => index % 2 === 1).map((number) => Number(number) - 1)
+    const inOrder = order.every((value, index) => value === index)
+    template = { strings: Object.assign(strings, { raw: strings.slice() }), order: inOrder ? undefined : order }
+    templates.set(text, template)
+  }
+  return template
+}
+
+const NO_VALUES: string[] = []
+const AS_TEXT = { prepare: false } as const
 
 /** Pins a 4.x connection; `giveBack` releases an owned `ReservedSql` to its pool. */
 export function pinV4<Db>(
