@@ -44,6 +44,12 @@ export const DRIVER_VERSIONS = [
   { adapter: 'postgres-js', spec: '^4.2' },
   { adapter: 'drizzle', spec: '0.45.x' },
   { adapter: 'drizzle', spec: '^1.0.0-rc.0' },
+  {
+    adapter: 'drizzle',
+    spec: '0.45.x',
+    with: { postgres: '^4.2' },
+    note: 'Drizzle over postgres.js 4: the Drizzle package tests on 3.4 otherwise',
+  },
   { adapter: 'kysely', spec: '0.28.x' },
   { adapter: 'kysely', spec: '0.29.x', minNode: 22 },
   { adapter: 'kysely', spec: '^0.30.0-beta.0', minNode: 22 },
