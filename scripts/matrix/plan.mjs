@@ -48,7 +48,7 @@ export const DRIVER_VERSIONS = [
     adapter: 'drizzle',
     spec: '0.45.x',
     with: { postgres: '^4.2' },
-    note: 'Drizzle over postgres.js 4: the Drizzle package tests on 3.4 otherwise',
+    note: 'the Drizzle package itself tests on postgres.js 3.4',
   },
   { adapter: 'kysely', spec: '0.28.x' },
   { adapter: 'kysely', spec: '0.29.x', minNode: 22 },
