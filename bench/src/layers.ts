@@ -18,7 +18,7 @@ const LOCK = {
 }
 const UNLOCK = {
   name: 'pglock_pg_advisory_unlock_int64',
-  text: 'SELECT CASE WHEN $2::int4 IS NULL OR pg_backend_pid() = $2::int4 THEN pg_advisory_unlock($1::int8) END AS released, pg_backend_pid() AS pid',
+  text: 'SELECT CASE WHEN pg_backend_pid() = COALESCE($1::int4, pg_backend_pid()) THEN pg_advisory_unlock($2::int8) END AS released, pg_backend_pid() AS pid',
 }
 
 interface Connection {
@@ -46,7 +46,7 @@ function pgLayers(): Contender[] {
         const client = await pool.connect()
         const [{ pid }] = (await client.query({ ...LOCK, values: [String(key)] })).rows as [{ pid: number }]
         await section(client)
-        await client.query({ ...UNLOCK, values: [String(key), String(pid)] })
+        await client.query({ ...UNLOCK, values: [String(pid), String(key)] })
         client.release()
       },
       poolQuery: undefined,
@@ -100,7 +100,7 @@ function adapterSession(
         connection.execute === undefined ? connection.query(statement.text) : connection.execute({ ...statement, values: params })
       const [row] = await run(LOCK, values)
       await section(toQueryable(connection.db))
-      await run(UNLOCK, [...values, String(row?.pid)])
+      await run(UNLOCK, [String(row?.pid), ...values])
       await connection.release({ destroy: false })
     },
     poolQuery: undefined,

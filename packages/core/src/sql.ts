@@ -60,7 +60,8 @@ function lockColumns(lock: string, noWait: boolean, fencing: boolean): string {
 /**
  * Name and text of every prepared lock call, by function, mode, id kind and fencing: built when
  * first asked. Like their text forms, each session call answers `pid`, and the unlock unlocks only
- * on the backend given as its last parameter (or anywhere, when that is null).
+ * on the backend given as its first parameter (or anywhere, when that is null). Each text uses each
+ * parameter once, in order, so that a driver may send it as a tagged template (postgres.js 4).
  */
 type Prepared = { readonly name: string; readonly text: string }
 const PREPARED = new Map<string, Prepared>()
@@ -69,14 +70,16 @@ function prepared(fn: PreparedFunction, mode: LockMode, kind: LockId['kind'], fe
   const id = `${fn} ${mode} ${kind} ${fencing}`
   let statement = PREPARED.get(id)
   if (statement === undefined) {
-    const [parameters, pid] = kind === 'int64' ? ['$1::int8', '$2::int4'] : ['$1::int4, $2::int4', '$3::int4']
+    // the unlock checks its backend (`$1`) before the id's parameters come
+    const first = fn === 'unlock' ? 2 : 1
+    const parameters = kind === 'int64' ? `$${first}::int8` : `$${first}::int4, $${first + 1}::int4`
     const name = `${FUNCTION_NAMES[fn]}${mode === 'shared' ? '_shared' : ''}`
     const lock = `${name}(${parameters})`
     const noWait = fn === 'try' || fn === 'try_xact'
     const session = fn !== 'xact' && fn !== 'try_xact'
     const text =
       fn === 'unlock'
-        ? `SELECT CASE WHEN ${pid} IS NULL OR pg_backend_pid() = ${pid} THEN ${lock} END AS released, pg_backend_pid() AS pid`
+        ? `SELECT CASE WHEN pg_backend_pid() = COALESCE($1::int4, pg_backend_pid()) THEN ${lock} END AS released, pg_backend_pid() AS pid`
         : `SELECT ${lockColumns(lock, noWait, fencing)}${session ? ', pg_backend_pid() AS pid' : ''}${guard(fencing)}`
     statement = { name: `pglock_${name}_${kind}${fencing ? '_fenced' : ''}`, text }
     PREPARED.set(id, statement)
@@ -115,7 +118,7 @@ function preparedCall(fn: PreparedFunction, id: LockId, mode: LockMode, pid?: nu
   const values = valuesOf(id)
   const statement: PreparedStatement =
     fn === 'unlock'
-      ? { name, text, values: [...values, pid !== undefined && Number.isSafeInteger(pid) ? String(pid) : null] }
+      ? { name, text, values: [pid !== undefined && Number.isSafeInteger(pid) ? String(pid) : null, ...values] }
       : { name, text, values }
   lastCall[fn] = { id, mode, pid, fencing, statement }
   return statement

@@ -1,4 +1,6 @@
 import { describe, expect, it } from 'vitest'
+import { resolveLockId } from '../src/index.js'
+import { preparedLock, preparedUnlock } from '../src/sql.js'
 import { createLock, MemoryPostgres, tryWithLock, withLock } from './memory.ts'
 
 /** The guard every lock statement carries: it raises on a standby before the lock call. */
@@ -24,7 +26,7 @@ describe('SQL framing', () => {
         expect(sqlOf(server)).toEqual([
           `SELECT pg_advisory_lock('7'::int8), pg_backend_pid() AS pid${GUARD}`,
           expect.stringMatching(
-            /^SELECT CASE WHEN .*pg_backend_pid\(\) = '?\d+'?(::int4)? THEN pg_advisory_unlock\('7'::int8\) END AS released, pg_backend_pid\(\) AS pid$/,
+            /^SELECT CASE WHEN pg_backend_pid\(\) = (\d+|COALESCE\('\d+'::int4, pg_backend_pid\(\)\)) THEN pg_advisory_unlock\('7'::int8\) END AS released, pg_backend_pid\(\) AS pid$/,
           ),
         ])
       })
@@ -123,5 +125,21 @@ describe('SQL framing', () => {
     const server = new MemoryPostgres()
     await withLock(server.pool({ driverTransactions: true }), 15, () => undefined, { scope: 'transaction' })
     expect(sqlOf(server)).toEqual(['BEGIN', `SELECT pg_advisory_xact_lock('15'::int8)${GUARD}`, 'COMMIT'])
+  })
+
+  it('uses each parameter of a prepared text once, in order, as a tagged template needs', () => {
+    const statements = [resolveLockId(7), resolveLockId([3, 4])].flatMap((id) =>
+      (['exclusive', 'shared'] as const).flatMap((mode) => [
+        preparedUnlock(id, mode, 1001),
+        ...[true, false].flatMap((noWait) =>
+          [true, false].flatMap((transaction) => [true, false].map((fencing) => preparedLock(id, mode, noWait, transaction, fencing))),
+        ),
+      ]),
+    )
+    expect(statements).toHaveLength(36)
+    for (const { text, values } of statements) {
+      const parameters = [...text.matchAll(/\$(\d+)/g)].map((match) => Number(match[1]))
+      expect(parameters).toEqual(values.map((_, index) => index + 1))
+    }
   })
 })

@@ -327,37 +327,26 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListen
 class PreparedV4Pin<Db> extends V4Pin<Db> {
   execute(statement: PreparedStatement): Promise<readonly Row[]> {
     if (this.lost) return Promise.reject(this.cause)
-    const { strings, order } = templateOf(statement.text)
-    const { values } = statement
-    const query = this.handle(strings, ...(order === undefined ? values : order.map((index) => values[index])))
+    const query = this.handle(templateOf(statement.text), ...statement.values)
     return this.send(query as unknown as Query)
   }
 }
 
-/** A prepared text as a tagged template: `strings` between its parameters, `order` the value each takes when not 1, 2, 3... */
-interface Template {
-  readonly strings: TemplateStringsArray
-  readonly order: readonly number[] | undefined
-}
-
-const templates = new Map<string, Template>()
+const templates = new Map<string, TemplateStringsArray>()
 
 /**
  * pglock's prepared texts as tagged templates, made once per text: 4.x finds a template's
  * statement by the identity of its strings, where `unsafe()` joins and hashes the whole text on
- * every call.
+ * every call. The core's texts use each parameter once, in order ($1, $2, ...).
  */
-function templateOf(text: string): Template {
-  let template = templates.get(text)
-  if (template === undefined) {
-    const parts = text.split(/\$(\d+)/)
-    const strings = parts.filter((_, index) => index % 2 === 0)
-    const order = parts.filter((_, index) => index % 2 === 1).map((number) => Number(number) - 1)
-    const inOrder = order.every((value, index) => value === index)
-    template = { strings: Object.assign(strings, { raw: strings.slice() }), order: inOrder ? undefined : order }
-    templates.set(text, template)
+function templateOf(text: string): TemplateStringsArray {
+  let strings = templates.get(text)
+  if (strings === undefined) {
+    const parts = text.split(/\$\d+/)
+    strings = Object.assign(parts, { raw: parts.slice() })
+    templates.set(text, strings)
   }
-  return template
+  return strings
 }
 
 const NO_VALUES: string[] = []
