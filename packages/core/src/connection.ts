@@ -30,6 +30,8 @@ export class Pinned<Db> {
   #listener: Listener | undefined
   #more: Set<Listener> | undefined
   #watcher: LossWatcher | undefined
+  /** whether the driver was asked to hear a loss as it happens (see `LockConnection.watchLoss`) */
+  #promptly = false
   /** Set while a lock statement waits: a loss then also cancels the wait on the server (see `takeLock`). */
   cancelOnLoss = false
 
@@ -111,10 +113,25 @@ export class Pinned<Db> {
     watcher?.connectionLost(cause)
   }
 
-  /** {@link onLost} for the one held lock on the connection, told at once if the connection was lost. */
-  watch(watcher: LossWatcher): void {
-    if (this.#lost) watcher.connectionLost(this.#cause)
-    else this.#watcher = watcher
+  /**
+   * {@link onLost} for the one held lock on the connection, told at once if the connection was lost.
+   * `promptly: false` leaves the driver free to let the next statement find a loss, until
+   * {@link hearPromptly}.
+   */
+  watch(watcher: LossWatcher, promptly = true): void {
+    if (this.#lost) {
+      watcher.connectionLost(this.#cause)
+      return
+    }
+    this.#watcher = watcher
+    if (promptly) this.hearPromptly()
+  }
+
+  /** Asks the driver to hear a loss as it happens from now on; one that happened already is reported before this returns. */
+  hearPromptly(): void {
+    if (this.#promptly || this.#lost || this.#released) return
+    this.#promptly = true
+    this.#raw.watchLoss?.()
   }
 
   unwatch(watcher: LossWatcher): void {
@@ -125,6 +142,7 @@ export class Pinned<Db> {
   onLost(listener: Listener): () => void {
     if (!this.#lost && this.#unsubscribe === undefined && !this.#released)
       this.#unsubscribe = this.#raw.onLost((cause) => this.report(cause))
+    this.hearPromptly()
     if (this.#lost) {
       listener(this.#cause)
       return noop

@@ -125,6 +125,16 @@ export interface LockConnection<Db> {
   onLost(listener: (cause: unknown) => void): () => void
 
   /**
+   * Optional. Called once the core needs a loss heard as it happens: something reads the lock's
+   * `signal`, a handle or a keep-alive holds the lock, or a tracing subscriber listens. Until then
+   * an adapter whose watch costs something per lock may leave a loss for the next statement to
+   * find: a `withLock` whose `fn` never reads its `signal` learns of the loss at its unlock. A loss
+   * that happened already should be reported before this returns. Leave it out when
+   * {@link LockConnection.onLost} hears every loss anyway.
+   */
+  watchLoss?(): void
+
+  /**
    * Gives the connection back. With `destroy: false` an owned connection returns to its pool;
    * with `destroy: true` it is closed instead, so that a session whose lock state is unknown
    * never goes back to the pool. For connections pglock does not own, both are no-ops. The core

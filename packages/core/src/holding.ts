@@ -75,9 +75,13 @@ export class Holding<Db> implements LossWatcher {
     return this.#onConnection ?? NO_TICKET
   }
 
-  /** Aborted with `LockLostError` once the lock is lost; made when first asked for. */
+  /** Aborted with `LockLostError` once the lock is lost; made when first asked for, which asks for prompt notice of a loss. */
   get lost(): LazyAbort {
-    this.#lost ??= new LazyAbort()
+    if (this.#lost === undefined) {
+      this.#lost = new LazyAbort()
+      // a loss that happened already aborts it before it is returned
+      if (this.#watching) this.connection.hearPromptly()
+    }
     return this.#lost
   }
 
@@ -95,15 +99,19 @@ export class Holding<Db> implements LossWatcher {
     return this.framing.kind === 'begin' ? this.connection.transactionDb() : this.connection.db
   }
 
-  /** Watches the connection until the lock ends; `onLost` decides what a loss does (by default, {@link lose}). */
-  watch(keepAliveMs: number | undefined, onLost?: (error: LockLostError) => void): void {
+  /**
+   * Watches the connection until the lock ends; `onLost` decides what a loss does (by default, {@link lose}).
+   * `lazily`: nothing shows the loss before the unlock unless someone reads {@link lost}, so the
+   * driver need not hear it as it happens until then (see `LockConnection.watchLoss`).
+   */
+  watch(keepAliveMs: number | undefined, onLost?: (error: LockLostError) => void, lazily = false): void {
     this.#onLost = onLost
     if (keepAliveMs !== undefined) {
       this.#stopKeepAlive = watchConnection(this.connection, keepAliveMs, (error) => this.#heard(error), this.spec.details, this.pid)
       return
     }
     this.#watching = true
-    this.connection.watch(this)
+    this.connection.watch(this, !lazily || this.#lost !== undefined)
   }
 
   /** @internal Called by the connection, once, when it is lost while watched. */
@@ -227,7 +235,7 @@ export class Holding<Db> implements LossWatcher {
     connection.failed(error)
     if (this.settled) return false
     if (isConnectionFailure(error)) {
-      this.lose(new LockLostError(`lock ${describeKey(spec.key)} was lost: its connection failed`, { ...spec.details, cause: error }), true)
+      this.lose(connectionLostError(error, spec.details), true)
       return false
     }
     if (!connection.owned) {

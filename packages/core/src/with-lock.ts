@@ -170,7 +170,8 @@ async function inSession<Db, T>(executor: LockExecutor<Db>, request: Request<Db,
   }
   const holding = await acquire(executor, request, request, SESSION_TAKE)
   if (holding === undefined) return NOT_ACQUIRED
-  holding.watch(request.keepAliveMs)
+  // nothing shows a loss before the unlock unless fn reads the signal, or a trace listens
+  holding.watch(request.keepAliveMs, undefined, request.trace === undefined)
   let value: T
   try {
     // only a multiplexed lock's connection has no db (see `shared-connection.ts`)

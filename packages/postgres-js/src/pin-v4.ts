@@ -179,6 +179,8 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListen
   #name: ConnectionName | undefined
   #scope: object | undefined
   #watching = false
+  /** an owned pin hears its lease close only once asked to (see `watchLoss`) */
+  #promptly = false
   #unwatch: (() => void) | undefined
   #relay: LeaseRelay | undefined
   #running: Query | undefined
@@ -231,6 +233,15 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListen
     if (!this.owned) return
     if (!this.#closed && this.#last !== undefined && (destroy || this.lost)) destroyV4Connection(this.#last)
     if (this.#giveBack) (this.handle as ReservedSql<any>).release()
+  }
+
+  /** The reaction on `lease.closed` is most of an owned pin's own cost, so it is made only when asked for. */
+  watchLoss(): void {
+    this.#promptly = true
+    const connection = this.#connection
+    // a connection that closed stays closed (4.x opens a new one in its place)
+    if (this.owned && connection?.closed != null) this.leaseClosed(connection.lease.error ?? connection.closed)
+    else this.#watch()
   }
 
   /** The lease's connection closed: a method, so that a handle's `LeaseWatch` holds no closure per lock. */
@@ -291,8 +302,9 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListen
     if (this.#watching || this.#released || this.lost) return
     const connection = this.#connection
     if (connection !== undefined) {
+      // an owned handle's lease ends with this lock: watched once asked, its relay lets go of the pin at release
+      if (this.owned && !this.#promptly) return
       this.#watching = true
-      // an owned handle's lease ends with this lock: its relay lets go of the pin at release
       if (this.owned) this.#relay = new LeaseRelay(connection.lease, this)
       else {
         const watch = leaseWatchOf(connection.lease)

@@ -238,6 +238,8 @@ interface V4Connection {
 /** A 4.x lease (a `ReservedSql`'s or `TransactionSql`'s hold on a connection): `closed` rejects when its connection closes. */
 export interface V4Lease {
   readonly closed: Promise<never>
+  /** The error its connection closed with, set as `closed` rejects; `null` while open. */
+  readonly error?: unknown
 }
 
 /** A 4.x pool connection as a statement sent on a lease carries it: named by `id`, `host` and `port`. */

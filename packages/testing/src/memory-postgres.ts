@@ -254,6 +254,13 @@ export interface MemoryPoolOptions {
    * @default false
    */
   readonly driverTransactions?: boolean
+  /**
+   * Hear a loss only once the core asks (`LockConnection.watchLoss`), as the postgres.js 4 adapter
+   * does on connections it owns; until then the next statement finds it. {@link MemoryPool.lossWatches}
+   * counts the asks.
+   * @default false
+   */
+  readonly watchesLossWhenAsked?: boolean
 }
 
 /**
@@ -285,6 +292,9 @@ export class MemoryPool {
   readonly max: number
   readonly prepared: boolean
   readonly driverTransactions: boolean
+  readonly watchesLossWhenAsked: boolean
+  /** How many times the core asked a connection of this pool to hear a loss as it happens. */
+  lossWatches = 0
   readonly #idle: Backend[] = []
   readonly #all = new Set<Backend>()
   readonly #queue: ((backend: Backend) => void)[] = []
@@ -295,6 +305,7 @@ export class MemoryPool {
     this.max = options.max ?? 10
     this.prepared = options.prepared ?? true
     this.driverTransactions = options.driverTransactions ?? false
+    this.watchesLossWhenAsked = options.watchesLossWhenAsked ?? false
   }
 
   /** Connections lent and not yet given back. */
@@ -492,6 +503,12 @@ function lockConnection(client: MemoryClient, owned: boolean, pool: MemoryPool |
   const backend = client._backend
   let released = false
   const listeners = new Set<(cause: unknown) => void>()
+  const lazy = pool?.watchesLossWhenAsked === true
+  let watched = !lazy
+  const hear = (once: (cause: unknown) => void) => {
+    if (backend.alive) backend.lostListeners.add(once)
+    else once(backend.endedBy)
+  }
   const connection: LockConnection<MemoryClient> = {
     db: client,
     owned,
@@ -508,7 +525,7 @@ function lockConnection(client: MemoryClient, owned: boolean, pool: MemoryPool |
         listener(cause)
       }
       listeners.add(once)
-      backend.lostListeners.add(once)
+      if (watched) hear(once)
       return () => {
         listeners.delete(once)
         backend.lostListeners.delete(once)
@@ -520,6 +537,14 @@ function lockConnection(client: MemoryClient, owned: boolean, pool: MemoryPool |
       for (const listener of listeners) backend.lostListeners.delete(listener)
       pool?._checkIn(backend, destroy)
     },
+  }
+  if (lazy) {
+    connection.watchLoss = () => {
+      ;(pool as MemoryPool).lossWatches += 1
+      if (watched || released) return
+      watched = true
+      for (const once of [...listeners]) hear(once)
+    }
   }
   if (client.prepared) connection.execute = async (statement: PreparedStatement) => backend.query(substitute(statement), statement.name)
   return connection

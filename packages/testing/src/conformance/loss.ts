@@ -70,6 +70,7 @@ export function describeLoss(adapter: AdapterUnderTest): void {
             const pool = await open()
             const k = key(`lost-unread-${scope}`)
             let late: AbortSignal | undefined
+            let abortedWhenRead: boolean | undefined
             const result = await outcome(
               lib.withLock(
                 pool.db,
@@ -79,15 +80,41 @@ export function describeLoss(adapter: AdapterUnderTest): void {
                   await observer.terminate(holder as number)
                   await sleep(1_200) // past the slowest detection: Kysely probes once a second
                   late = lease.signal
+                  abortedWhenRead = late.aborted
                   return 'finished anyway'
                 },
                 { scope },
               ),
             )
-            expect(late?.aborted).toBe(true)
+            expect(abortedWhenRead).toBe(true)
             expect(late?.reason).toBeInstanceOf(LockLostError)
             expect(result.ok).toBe(false)
             expect((result as { error: unknown }).error).toBeInstanceOf(LockLostError)
+          },
+        )
+
+        it.skipIf(!caps.survivesConnectionLoss)(
+          `rejects withLock with LockLostError when fn never reads lease.signal (${scope} scope)`,
+          async () => {
+            const pool = await open()
+            const k = key(`lost-never-read-${scope}`)
+            const result = await outcome(
+              lib.withLock(
+                pool.db,
+                k,
+                async () => {
+                  const [holder] = await observer.holders(k)
+                  await observer.terminate(holder as number)
+                  await sleep(200)
+                  return 'finished anyway'
+                },
+                { scope },
+              ),
+            )
+            expect(result.ok).toBe(false)
+            expect((result as { error: unknown }).error).toMatchObject({ code: 'LOST', key: k })
+            expect(await observer.holders(k)).toEqual([])
+            expect(await lib.withLock(pool.db, k, () => 'pool still works', { scope })).toBe('pool still works')
           },
         )
       }
