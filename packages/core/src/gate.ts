@@ -58,6 +58,11 @@ class Gates {
    * ticket that still points at it has left.
    */
   spare: Entry | undefined
+  /**
+   * The key of gates made for a key that lives no longer than one lock (the handle of a connection
+   * pglock owns): they leave {@link gates} once empty, where a dead key would stay until a full GC.
+   */
+  transientKey: object | undefined
 
   find(token: string): Entry | undefined {
     const { single } = this
@@ -86,22 +91,25 @@ class Gates {
     else if (this.more?.get(entry.token) === entry) this.more.delete(entry.token)
     else return
     this.spare = entry
+    const key = this.transientKey
+    if (key !== undefined && this.single === undefined && (this.more === undefined || this.more.size === 0)) gates.delete(key)
   }
 }
 
 const gates = new WeakMap<object, Gates>()
 
-function gatesOf(scope: object): Gates {
+function gatesOf(scope: object, transient = false): Gates {
   let found = gates.get(scope)
   if (found === undefined) {
     found = new Gates()
+    if (transient) found.transientKey = scope
     gates.set(scope, found)
   }
   return found
 }
 
-function entryFor(scope: object, token: string): Entry {
-  return gatesOf(scope).entryFor(token)
+function entryFor(scope: object, token: string, transient?: boolean): Entry {
+  return gatesOf(scope, transient).entryFor(token)
 }
 
 function compatible(entry: Entry, exclusive: boolean): boolean {
@@ -257,5 +265,5 @@ export function claimConnectionGate(
 ): GateTicket {
   const own = connection.connectionKey
   if (own === undefined || own === queueKey) return NO_TICKET
-  return tryEnter(entryFor(own, token), true) ?? NO_TICKET
+  return tryEnter(entryFor(own, token, true), true) ?? NO_TICKET
 }
