@@ -235,7 +235,7 @@ class V4Pin<Db> extends PinLoss implements PostgresJsConnection<Db>, LeaseListen
     if (this.#giveBack) (this.handle as ReservedSql<any>).release()
   }
 
-  /** The reaction on `lease.closed` is most of an owned pin's own cost, so it is made only when asked for. */
+  /** An owned pin's reaction on `lease.closed` costs a promise reaction and two objects per lock: made only when asked for. */
   watchLoss(): void {
     this.#promptly = true
     const connection = this.#connection
