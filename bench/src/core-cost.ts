@@ -21,7 +21,7 @@ import { parseArgs } from 'node:util'
 import { benchPackages } from './packages.js'
 import { place, summarize } from './profile-summary.js'
 import { formatNumber, formatSpread, table } from './report.js'
-import { rotation } from './scenarios.js'
+import { turnOrder } from './scenarios.js'
 import { type Spread, spread } from './stats.js'
 import { subscribeToPglock } from './subscriber.js'
 
@@ -221,7 +221,7 @@ async function main(): Promise<void> {
   for (const name of names) await loop(CYCLES[name] as () => Promise<unknown>, cycles)
   const cpu = new Map<string, number[]>(names.map((name) => [name, []]))
   for (let round = 0; round < rounds; round += 1) {
-    for (const name of rotation(names, round)) {
+    for (const name of turnOrder(names, round)) {
       const before = process.cpuUsage()
       await loop(CYCLES[name] as () => Promise<unknown>, cycles)
       const spent = process.cpuUsage(before)

@@ -28,7 +28,7 @@ import {
   measurePoolPressure,
   measureThroughputSlice,
   measureUncontended,
-  rotation,
+  turnOrder,
   type Sample,
   SCENARIOS,
   type ScenarioName,
@@ -175,7 +175,7 @@ async function runBench(flags: Flags, database: BenchDatabase): Promise<void> {
     const samples = new Map<string, Sample[]>(taking.map((contender) => [contender.name, []]))
     for (let repeat = 0; repeat < flags.repeats; repeat += 1) {
       if (scenario === 'pool-pressure') {
-        for (const contender of rotation(taking, repeat)) {
+        for (const contender of turnOrder(taking, repeat)) {
           progress(`${scenario}: repeat ${repeat + 1}/${flags.repeats}, ${contender.name}`)
           samples.get(contender.name)?.push(await measurePoolPressure(contender, settings))
         }
@@ -189,7 +189,7 @@ async function runBench(flags: Flags, database: BenchDatabase): Promise<void> {
       }
       const slices = new Map<string, Slice[]>(taking.map((contender) => [contender.name, []]))
       for (let slice = 0; slice < settings.slices; slice += 1) {
-        for (const contender of rotation(taking, repeat * settings.slices + slice)) {
+        for (const contender of turnOrder(taking, repeat * settings.slices + slice)) {
           progress(`${scenario}: repeat ${repeat + 1}/${flags.repeats}, slice ${slice + 1}/${settings.slices}, ${contender.name}`)
           slices.get(contender.name)?.push(await measureThroughputSlice(scenario, contender, settings, meter))
         }

@@ -20,7 +20,7 @@ import { layerContenders } from './layers.js'
 import { benchPackages, driverVersions } from './packages.js'
 import { area, type CpuProfile, type ProfileNode, place, summarize } from './profile-summary.js'
 import { formatDifference, formatNumber, formatSpread, table } from './report.js'
-import { rotation } from './scenarios.js'
+import { turnOrder } from './scenarios.js'
 import { spread } from './stats.js'
 
 const RESULTS_DIR = fileURLToPath(new URL('../../bench-results/', import.meta.url))
@@ -189,7 +189,7 @@ async function main(): Promise<void> {
       opened.map(({ contender }) => [contender.name, { user: [], system: [] }]),
     )
     for (let round = 0; round < rounds; round += 1) {
-      for (const { contender, open, key } of rotation(opened, round)) {
+      for (const { contender, open, key } of turnOrder(opened, round)) {
         const spent = await cpuPerCycle(open, key, cycles)
         cpu.get(contender.name)?.user.push(spent.user)
         cpu.get(contender.name)?.system.push(spent.system)

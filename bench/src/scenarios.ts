@@ -141,8 +141,8 @@ function emptySection(): void {}
 
 /**
  * (a) One worker, one key, nobody else: the cost of a lock cycle itself. Every contender is
- * open at once (one connection each) and they take turns in batches of `batchMs`, rotating
- * the order each round, so that load from elsewhere falls on all of them alike. Resolves to
+ * open at once (one connection each) and they take turns in batches of `batchMs`, in an order
+ * shuffled each round (see {@link turnOrder}), so that load from elsewhere falls on all of them alike. Resolves to
  * one slice per contender: its batches summed.
  */
 export async function measureUncontended(
@@ -168,7 +168,7 @@ export async function measureUncontended(
     )
     const rounds = Math.max(1, Math.round(settings.durationMs / settings.batchMs))
     for (let round = 0; round < rounds; round += 1) {
-      for (const { contender, open, key, backends } of rotation(opened, repeat * rounds + round)) {
+      for (const { contender, open, key, backends } of turnOrder(opened, repeat * rounds + round)) {
         const before = meter.mark(backends)
         const { cycles, elapsedMs } = await loopFor(1, settings.batchMs, () => open.cycle(key, emptySection))
         const cpu = CpuMeter.spent(before, meter.mark(backends))
@@ -196,10 +196,32 @@ export async function measureUncontended(
   }
 }
 
-/** The order contenders run in during turn `turn`: rotated, so that no one always goes first. */
-export function rotation<T>(items: readonly T[], turn: number): T[] {
-  const shift = items.length === 0 ? 0 : turn % items.length
-  return [...items.slice(shift), ...items.slice(0, shift)]
+/**
+ * The order contenders run in during turn `turn`: shuffled, seeded by the turn so that a run can be
+ * repeated. A rotation kept every contender behind the same neighbour, and what a neighbour leaves
+ * behind then fell on one contender only: after a library that opens a connection per cycle, the
+ * server is still busy ending it, and a ping-pong on a core that is kept awake runs faster. The
+ * floors, first in the list, always followed the last contender.
+ */
+export function turnOrder<T>(items: readonly T[], turn: number): T[] {
+  const order = [...items]
+  const random = mulberry32(turn)
+  for (let index = order.length - 1; index > 0; index -= 1) {
+    const other = Math.floor(random() * (index + 1))
+    ;[order[index], order[other]] = [order[other] as T, order[index] as T]
+  }
+  return order
+}
+
+/** A small seeded PRNG (mulberry32): the same turn gives the same order. */
+function mulberry32(seed: number): () => number {
+  let state = seed | 0
+  return () => {
+    state = (state + 0x6d2b79f5) | 0
+    let t = Math.imul(state ^ (state >>> 15), 1 | state)
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296
+  }
 }
 
 /**
