@@ -28,12 +28,12 @@ import {
   measurePoolPressure,
   measureThroughputSlice,
   measureUncontended,
-  turnOrder,
   type Sample,
   SCENARIOS,
   type ScenarioName,
   type Slice,
   skipReason,
+  turnOrder,
 } from './scenarios.js'
 import { SUBSCRIBER_ENV, subscribeIfAsked } from './subscriber.js'
 import { judgeSpeed, judgeTargets } from './targets.js'
