@@ -189,6 +189,10 @@ class LazyDatabase implements LockConnection<unknown> {
     return this.inner.onLost(listener)
   }
 
+  watchLoss(): void {
+    this.inner.watchLoss?.()
+  }
+
   release(options: { readonly destroy: boolean; readonly cause?: unknown }): void | Promise<void> {
     return this.inner.release(options)
   }
