@@ -121,7 +121,7 @@ function postgresJsLayers(): Contender[] {
           const reserved = await sql.reserve()
           const [row] = await reserved.unsafe(LOCK.text, [String(key)], { prepare: true })
           await section(queryable(reserved))
-          await reserved.unsafe(UNLOCK.text, [String(key), String(row?.pid)], { prepare: true })
+          await reserved.unsafe(UNLOCK.text, [String(row?.pid), String(key)], { prepare: true })
           reserved.release()
         },
         poolQuery: undefined,
