@@ -1,7 +1,15 @@
 import { InvalidArgumentError, type LockScope, UnsupportedError } from '@pglock/core'
-import { isConnectionFailure, type LockConnection, type LockExecutor, type Row, runInDriverTransaction } from '@pglock/core/adapter'
+import {
+  isConnectionFailure,
+  type LockConnection,
+  type LockExecutor,
+  type PreparedStatement,
+  type Row,
+  runInDriverTransaction,
+} from '@pglock/core/adapter'
 import { CompiledQuery, type DatabaseConnection, type Kysely, type QueryResult, type Transaction } from 'kysely'
 import { mayRefuse, refuseUnsettling } from './kysely-dialects.js'
+import { forgetNames, runNamed, takesNames } from './kysely-prepared.js'
 import {
   type ConnectionSource,
   checkHandle,
@@ -292,6 +300,13 @@ class KyselyConnection<Db extends Kysely<any>> implements LockConnection<Db>, Te
     return this.#send(text, sql)
   }
 
+  /** A bare session call as a named statement (see {@link PreparedKyselyConnection}). */
+  executeNamed(statement: PreparedStatement): Promise<readonly Row[]> {
+    const text = new Sent()
+    this.#sent = text
+    return this.#exec(text, statement.text, true, statement)
+  }
+
   async #send(text: Sent, sql: string): Promise<readonly Row[]> {
     const run = (statement: string) => this.#exec(text, statement, false)
     try {
@@ -307,14 +322,15 @@ class KyselyConnection<Db extends Kysely<any>> implements LockConnection<Db>, Te
     if (this.#sent === text) this.#sent = undefined
   }
 
-  /** With `last`, the text ends with this statement. */
-  async #exec(text: Sent, sql: string, last: boolean): Promise<readonly Row[]> {
-    const tag = takesSeveral(this.kind) !== false ? nextTag() : undefined
+  /** With `last`, the text ends with this statement; `named`: it runs as that prepared statement, untagged. */
+  async #exec(text: Sent, sql: string, last: boolean, named?: PreparedStatement): Promise<readonly Row[]> {
+    const tag = named === undefined && takesSeveral(this.kind) !== false ? nextTag() : undefined
     const statement = tag === undefined ? sql : tagged(tag, sql)
     text.tag = tag
     text.statement = statement
     try {
-      const { rows } = await this.#connections((connection) => this.#run(connection, text, tag, statement))
+      const { rows } = await this.#connections((connection) => this.#run(connection, text, tag, statement, named))
+      if (named !== undefined) this.#checkBackend(rows)
       this.#answered = tag
       return rows as readonly Row[]
     } catch (error) {
@@ -335,16 +351,45 @@ class KyselyConnection<Db extends Kysely<any>> implements LockConnection<Db>, Te
     text: Sent,
     tag: string | undefined,
     statement: string,
+    named: PreparedStatement | undefined,
   ): Promise<QueryResult<unknown>> {
     if (this.#scope === undefined) this.#adopt(connection)
-    if (this.cancels && !collected.has(connection)) return this.#collectThenRun(connection, text, tag, statement)
-    if (tag === undefined && this.#instance !== undefined && this.#learning === undefined) {
-      // not awaited: both dialects send it ahead of the statement, postgres.js in the same round trip
-      this.#learning = connection.executeQuery(CompiledQuery.raw(BACKEND_SQL)).then(({ rows }) => (this.#learnt = backendOf(rows)), ignore)
-    }
+    if (this.cancels && !collected.has(connection)) return this.#collectThenRun(connection, text, tag, statement, named)
+    if (tag === undefined && this.#instance !== undefined && this.#learning === undefined)
+      this.#learnBackend(connection, named !== undefined)
     text.running = true
     text.begin()
-    return connection.executeQuery(CompiledQuery.raw(statement))
+    return named === undefined ? connection.executeQuery(CompiledQuery.raw(statement)) : runNamed(connection, named)
+  }
+
+  /**
+   * The backend an untagged statement runs on, for a cancel to find it. Not awaited: both dialects
+   * send it ahead of the statement, postgres.js in the same round trip. A named statement's
+   * connection learns it once: its backend is checked against each answer (see {@link #checkBackend}).
+   */
+  #learnBackend(connection: DatabaseConnection, once: boolean): void {
+    const known = once ? backends.get(connection) : undefined
+    if (known !== undefined) {
+      this.#learnt = known
+      this.#learning = Promise.resolve(known)
+      return
+    }
+    this.#learning = connection.executeQuery(CompiledQuery.raw(BACKEND_SQL)).then(({ rows }) => {
+      const backend = backendOf(rows)
+      if (once && backend !== undefined) backends.set(connection, backend)
+      return (this.#learnt = backend)
+    }, ignore)
+  }
+
+  /** A named statement answered from another backend than the one learnt: a pooling proxy, where names cannot be kept. */
+  #checkBackend(rows: readonly unknown[]): void {
+    const pid = (rows[0] as { pid?: unknown } | undefined)?.pid
+    const scope = this.#scope
+    if (typeof pid !== 'number' || scope === undefined) return
+    const known = backends.get(scope)
+    if (known === undefined || known.pid === pid) return
+    backends.delete(scope)
+    forgetNames(scope)
   }
 
   async #collectThenRun(
@@ -352,10 +397,11 @@ class KyselyConnection<Db extends Kysely<any>> implements LockConnection<Db>, Te
     text: Sent,
     tag: string | undefined,
     statement: string,
+    named: PreparedStatement | undefined,
   ): Promise<QueryResult<unknown>> {
     await connection.collectSessionInfo?.()
     collected.add(connection)
-    return this.#run(connection, text, tag, statement)
+    return this.#run(connection, text, tag, statement, named)
   }
 
   #report(cause: unknown): void {
@@ -542,6 +588,26 @@ class KyselyConnection<Db extends Kysely<any>> implements LockConnection<Db>, Te
   }
 }
 
+/** A checkout outside a transaction block whose class takes named statements: the bare session calls run prepared. */
+class PreparedKyselyConnection<Db extends Kysely<any>> extends KyselyConnection<Db> {
+  execute(statement: PreparedStatement): Promise<readonly Row[]> {
+    return this.executeNamed(statement)
+  }
+}
+
+/** A session checkout (`transaction` false) or a handle's connection, prepared where its class allows. */
+function checkout<Db extends Kysely<any>>(
+  db: Db,
+  connections: ConnectionSource,
+  scope: DatabaseConnection | ConnectionClass,
+  instance: Kysely<any> | undefined,
+  pin: Pin | undefined,
+): KyselyConnection<Db> {
+  const kind = scope instanceof ConnectionClass ? scope.kind : (Object.getPrototypeOf(scope) ?? scope)
+  const Connection = !db.isTransaction && takesNames(kind) ? PreparedKyselyConnection : KyselyConnection
+  return new Connection(db, connections, scope, instance, pin, false)
+}
+
 /** `known`: the class of the instance's connections, when the connection need not be seen before the lock statement. */
 function pin(instance: Kysely<any>, known: ConnectionClass | undefined): Promise<LockConnection<Kysely<any>>> {
   const pinning = new Pin()
@@ -550,11 +616,11 @@ function pin(instance: Kysely<any>, known: ConnectionClass | undefined): Promise
       instances.set(db, instance)
       const connections = connectionsOf(db, false)
       if (known !== undefined) {
-        resolve(new KyselyConnection(db, connections, known, instance, pinning, false))
+        resolve(checkout(db, connections, known, instance, pinning))
         return pinning.held
       }
       return connections(itself).then((scope) => {
-        const connection = new KyselyConnection(db, connections, scope, instance, pinning, false)
+        const connection = checkout(db, connections, scope, instance, pinning)
         learnClass(instance, connection)
         resolve(connection)
         return pinning.held
@@ -678,7 +744,7 @@ function executorFor(db: Kysely<any>): LockExecutor<Kysely<any>> {
       queueKey: db,
       connect: async () => {
         const connections = connectionsOf(db)
-        return new KyselyConnection(db, connections, await connections(itself), instance, undefined, false)
+        return checkout(db, connections, await connections(itself), instance, undefined)
       },
       inTransaction: () => (db.isTransaction ? true : undefined),
       query: runThrough(db) as (sql: string) => Promise<readonly Row[]>,
