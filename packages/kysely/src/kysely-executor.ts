@@ -9,7 +9,7 @@ import {
 } from '@pglock/core/adapter'
 import { CompiledQuery, type DatabaseConnection, type Kysely, type QueryResult, type Transaction } from 'kysely'
 import { mayRefuse, refuseUnsettling } from './kysely-dialects.js'
-import { forgetNames, runNamed, takesNames } from './kysely-prepared.js'
+import { forgetNames, probed, probeNames, runNamed, takesNames } from './kysely-prepared.js'
 import {
   type ConnectionSource,
   checkHandle,
@@ -355,6 +355,7 @@ class KyselyConnection<Db extends Kysely<any>> implements LockConnection<Db>, Te
   ): Promise<QueryResult<unknown>> {
     if (this.#scope === undefined) this.#adopt(connection)
     if (this.cancels && !collected.has(connection)) return this.#collectThenRun(connection, text, tag, statement, named)
+    if (named !== undefined && !probed(connection)) return this.#probeThenRun(connection, text, tag, statement, named)
     if (tag === undefined && this.#instance !== undefined && this.#learning === undefined)
       this.#learnBackend(connection, named !== undefined)
     text.running = true
@@ -390,6 +391,19 @@ class KyselyConnection<Db extends Kysely<any>> implements LockConnection<Db>, Te
     if (known === undefined || known.pid === pid) return
     backends.delete(scope)
     forgetNames(scope)
+  }
+
+  /** A connection's first named statement: a probe decides whether names go through, and learns its backend. */
+  async #probeThenRun(
+    connection: DatabaseConnection & ConnectionControl,
+    text: Sent,
+    tag: string | undefined,
+    statement: string,
+    named: PreparedStatement,
+  ): Promise<QueryResult<unknown>> {
+    const backend = backendOf((await probeNames(connection, BACKEND_SQL)).rows)
+    if (backend !== undefined) backends.set(connection, backend)
+    return this.#run(connection, text, tag, statement, named)
   }
 
   async #collectThenRun(

@@ -3,7 +3,7 @@
  * the node-postgres client as it is, and node-postgres takes a `{ text, name }` there, so the
  * bare session calls are parsed once per connection, as `@pglock/pg` sends them.
  */
-import type { PreparedStatement } from '@pglock/core/adapter'
+import { isConnectionFailure, type PreparedStatement } from '@pglock/core/adapter'
 import { CompiledQuery, type DatabaseConnection } from 'kysely'
 
 /** Kysely's connection class over a node-postgres pool (not exported, so known by name, in 0.28 to 0.30). */
@@ -13,13 +13,16 @@ const POSTGRES_CONNECTION = 'PostgresConnection'
 const FOREIGN_STATEMENT_STATES = new Set(['26000', '42P05'])
 
 /**
- * Connections that send pglock's statements unnamed: the client refused a name (a pool of another
- * kind than node-postgres; Kysely's connection class is the same for every pool), or the server
- * dropped or shares pglock's statements.
+ * Connections that send pglock's statements unnamed: a name failed there before any lock statement
+ * (a pool of another kind than node-postgres, or a Kysely `log` function that reads the query as a
+ * string), or the server dropped or shares pglock's statements.
  */
 const unprepared = new WeakSet<DatabaseConnection>()
-/** Connections that ran a named statement: their client takes names. */
+/** Connections on which a named statement without effects ran, through Kysely's logging too: lock statements go named there. */
 const named = new WeakSet<DatabaseConnection>()
+
+/** The name of the side-effect-free statement that {@link probeNames} sends. */
+const PROBE_NAME = 'pglock_backend'
 
 /** What node-postgres reads as a named statement; reads as its text anywhere a string is expected. */
 class NamedText {
@@ -56,20 +59,49 @@ export function takesNames(kind: object): boolean {
  * ```
  */
 export function runNamed(connection: DatabaseConnection, statement: PreparedStatement) {
-  if (unprepared.has(connection)) return connection.executeQuery(unnamed(statement))
-  const sql = new NamedText(statement.text, statement.name) as unknown as string
-  return connection.executeQuery(CompiledQuery.raw(sql, statement.values as unknown[])).then(
+  if (unprepared.has(connection) || !named.has(connection)) return connection.executeQuery(unnamed(statement))
+  // only errors raised before the statement ran are retried: a lock statement must never run twice
+  return connection.executeQuery(namedQuery(statement.text, statement.name, statement.values)).catch((error: unknown) => {
+    if (!isForeign(error)) throw error
+    unprepared.add(connection)
+    return connection.executeQuery(unnamed(statement))
+  })
+}
+
+/**
+ * Whether {@link probeNames} has decided, for this connection, between named and unnamed statements.
+ *
+ * @example
+ * ```ts
+ * if (!probed(connection)) await probeNames(connection, 'SELECT pg_backend_pid() AS pid')
+ * ```
+ */
+export function probed(connection: DatabaseConnection): boolean {
+  return named.has(connection) || unprepared.has(connection)
+}
+
+/**
+ * Runs `sql`, a statement without effects, named: the first on each connection. If it fails
+ * without the server's word on it (a client that takes only a string, a `log` function that calls
+ * string methods on the query), the connection's statements go unnamed from then on, and `sql`
+ * runs again as text. Resolves to its result.
+ *
+ * @example
+ * ```ts
+ * const { rows } = await probeNames(connection, 'SELECT pg_backend_pid() AS pid')
+ * ```
+ */
+export function probeNames(connection: DatabaseConnection, sql: string) {
+  return connection.executeQuery(namedQuery(sql, PROBE_NAME, [])).then(
     (result) => {
-      if (!named.has(connection)) named.add(connection)
+      named.add(connection)
       return result
     },
     (error: unknown) => {
-      const code = (error as { code?: unknown } | null)?.code
-      const foreign = typeof code === 'string' && FOREIGN_STATEMENT_STATES.has(code)
-      // a client that takes only a string throws before sending anything: node-postgres refuses bad input with a TypeError too
-      if (!foreign && (named.has(connection) || !(error instanceof TypeError))) throw error
+      // the server answered: a name is not what failed (a dead connection fails the text too)
+      if (!isForeign(error) && !isConnectionFailure(error)) throw error
       unprepared.add(connection)
-      return connection.executeQuery(unnamed(statement))
+      return connection.executeQuery(CompiledQuery.raw(sql))
     },
   )
 }
@@ -85,6 +117,15 @@ export function runNamed(connection: DatabaseConnection, statement: PreparedStat
  */
 export function forgetNames(connection: DatabaseConnection): void {
   unprepared.add(connection)
+}
+
+function isForeign(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code
+  return typeof code === 'string' && FOREIGN_STATEMENT_STATES.has(code)
+}
+
+function namedQuery(text: string, name: string, values: readonly unknown[]) {
+  return CompiledQuery.raw(new NamedText(text, name) as unknown as string, values as unknown[])
 }
 
 function unnamed(statement: PreparedStatement) {

@@ -5,8 +5,11 @@ import { Kysely, PostgresDialect, sql } from 'kysely'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest'
 
-/** A Kysely on a one-connection node-postgres pool; `stringsOnly`: its client refuses anything but a string, as another pool might. */
-function open(url: string, stringsOnly = false): Kysely<any> {
+/**
+ * A Kysely on a one-connection node-postgres pool; `stringsOnly`: its client refuses anything but a
+ * string, as another pool might; `log`: Kysely's query logger.
+ */
+function open(url: string, stringsOnly = false, log?: (event: { query: { sql: string } }) => void): Kysely<any> {
   const pool = new pg.Pool({ connectionString: url, application_name: `pglock-t-${randomBytes(5).toString('hex')}`, max: 1 })
   pool.on('error', () => undefined)
   pool.on('connect', (client) => {
@@ -18,7 +21,7 @@ function open(url: string, stringsOnly = false): Kysely<any> {
       return query(text, values)
     }
   })
-  const db = new Kysely<any>({ dialect: new PostgresDialect({ pool }) })
+  const db = new Kysely<any>({ dialect: new PostgresDialect({ pool }), ...(log === undefined ? {} : { log }) })
   onTestFinished(() => db.destroy())
   return db
 }
@@ -48,7 +51,7 @@ describe('Kysely over PostgresDialect: the session calls as prepared statements'
       return (await sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`.execute(lease.db)).rows[0]?.pid
     })
     expect(holder).toBeTypeOf('number')
-    expect(await preparedNames(db)).toEqual(['pglock_pg_advisory_lock_int64', 'pglock_pg_advisory_unlock_int64'])
+    expect(await preparedNames(db)).toEqual(['pglock_backend', 'pglock_pg_advisory_lock_int64', 'pglock_pg_advisory_unlock_int64'])
     expect(await observer.locks(k)).toEqual([])
   })
 
@@ -77,5 +80,24 @@ describe('Kysely over PostgresDialect: the session calls as prepared statements'
     }
     expect(await preparedNames(db)).toEqual([])
     expect(await observer.locks(k)).toEqual([])
+  })
+
+  it('leaves nothing held under a log function that reads each query as a string', async () => {
+    const logged: string[] = []
+    const db = open(inject('databaseUrl'), false, (event) => {
+      logged.push(event.query.sql.trim())
+    })
+    const k = key('string-logger')
+    const lock = createLock(db, k)
+    for (let round = 0; round < 3; round += 1) {
+      await lock.acquire()
+      expect(await observer.holders(k)).toHaveLength(1)
+      expect(await lock.release()).toBe(true)
+      expect(await observer.locks(k)).toEqual([])
+    }
+    const elsewhere = createLock(open(inject('databaseUrl')), k)
+    expect(await elsewhere.tryAcquire()).toBe(true)
+    expect(await elsewhere.release()).toBe(true)
+    expect(logged.filter((sql) => sql.includes('pg_advisory_lock'))).toHaveLength(3)
   })
 })
