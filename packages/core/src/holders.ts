@@ -1,6 +1,6 @@
-import { InvalidArgumentError, InvalidKeyError, UnsupportedError } from './errors.js'
+import { InvalidArgumentError, UnsupportedError } from './errors.js'
 import type { LockExecutor, Row } from './executor.js'
-import { type LockId, lockIdToken, pgLocksRow, resolveLockId } from './keys.js'
+import { checkKeyHash, type LockId, lockIdToken, pgLocksRow, resolveLockId } from './keys.js'
 import type { KeyHash, LockKey, LockMode } from './types.js'
 
 /**
@@ -95,12 +95,7 @@ function hashesOf(keyHash: unknown): readonly KeyHash[] {
   if (keyHash === undefined) return DEFAULT_HASHES
   const hashes: readonly unknown[] = Array.isArray(keyHash) ? keyHash : [keyHash]
   if (hashes.length === 0) throw new InvalidArgumentError('keyHash must be a hash or a non-empty list of them, got []')
-  for (const each of hashes) {
-    if (each !== 'sha1-int64' && each !== 'postgres-lock-0.1' && typeof each !== 'function') {
-      throw new InvalidKeyError(`keyHash must be 'sha1-int64', 'postgres-lock-0.1' or a function, got ${String(each)}`)
-    }
-  }
-  return hashes as readonly KeyHash[]
+  return hashes.map(checkKeyHash)
 }
 
 const DEFAULT_HASHES: readonly KeyHash[] = ['sha1-int64']
@@ -179,8 +174,8 @@ function holderOf(row: Row, wanted: Wanted | undefined): LockHolder {
  * read-only statement on the handle `executor` describes. Adapters export it bound to their
  * driver, through `bindExecutor`. Options are checked before any SQL.
  *
- * @throws `InvalidArgumentError` for malformed options, `InvalidKeyError` for a key or `keyHash`
- * that cannot name a lock, `UnsupportedError` for an executor without `query`.
+ * @throws `InvalidArgumentError` for malformed options (an unknown `keyHash` too), `InvalidKeyError`
+ * for a key that cannot name a lock, `UnsupportedError` for an executor without `query`.
  * @example
  * ```ts
  * const holders = await listHolders(pgExecutor(pool), { keys: ['invoice:42'] })

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import { InvalidKeyError } from './errors.js'
+import { InvalidArgumentError, InvalidKeyError } from './errors.js'
 import type { KeyHash, LockKey } from './types.js'
 
 const INT64_MIN = -(2n ** 63n)
@@ -57,6 +57,17 @@ function hashString(key: string, keyHash: KeyHash): bigint {
   return id
 }
 
+/** @internal A `keyHash` option: a wrong one is a wrong option (`INVALID_ARGUMENT`), whatever the key. */
+export function checkKeyHash(keyHash: unknown): KeyHash {
+  if (keyHash === 'sha1-int64' || keyHash === 'postgres-lock-0.1' || typeof keyHash === 'function') return keyHash as KeyHash
+  throw new InvalidArgumentError(`keyHash must be 'sha1-int64', 'postgres-lock-0.1' or a function, got ${describeValue(keyHash)}`)
+}
+
+/** A value as an error message shows it: a string quoted, so that `'100'` does not read as `100`. */
+export function describeValue(value: unknown): string {
+  return typeof value === 'string' ? `the string ${JSON.stringify(value)}` : typeof value === 'bigint' ? `${value}n` : String(value)
+}
+
 /**
  * Validates a key and turns it into the lock id Postgres will see. Throws `InvalidKeyError`
  * (code `INVALID_KEY`) for anything that cannot name an advisory lock.
@@ -66,13 +77,11 @@ function hashString(key: string, keyHash: KeyHash): bigint {
  * resolveLockId(42)                                  // { kind: 'int64', value: 42n }
  * resolveLockId('x', { keyHash: 'postgres-lock-0.1' }) // the Python 0.1.x id
  * resolveLockId(1.5)                                 // throws InvalidKeyError
+ * resolveLockId('x', { keyHash: 'md5' })             // throws InvalidArgumentError
  * ```
  */
 export function resolveLockId(key: unknown, options: { readonly keyHash?: KeyHash | undefined } = {}): LockId {
-  const keyHash = options.keyHash ?? 'sha1-int64'
-  if (keyHash !== 'sha1-int64' && keyHash !== 'postgres-lock-0.1' && typeof keyHash !== 'function') {
-    throw new InvalidKeyError(`keyHash must be 'sha1-int64', 'postgres-lock-0.1' or a function, got ${String(keyHash)}`)
-  }
+  const keyHash = checkKeyHash(options.keyHash ?? 'sha1-int64')
   if (typeof key === 'string') return { kind: 'int64', value: hashString(key, keyHash) }
   if (typeof key === 'bigint') {
     if (key < INT64_MIN || key > INT64_MAX) throw new InvalidKeyError(`key ${key}n is outside the int64 range`, { key })

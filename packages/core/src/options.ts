@@ -1,5 +1,5 @@
 import { InvalidArgumentError, LockTimeoutError, type PgLockErrorDetails } from './errors.js'
-import { type LockId, lockIdToken, resolveLockId } from './keys.js'
+import { describeValue, type LockId, lockIdToken, resolveLockId } from './keys.js'
 import { primeValues } from './sql.js'
 import type { AcquireOptions, KeyHash, LockKey, LockMode, LockOptions, LockScope, WithLockOptions } from './types.js'
 
@@ -50,7 +50,7 @@ function checkMs(name: string, value: unknown, details: PgLockErrorDetails, min:
   if (value === undefined) return undefined
   if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > MAX_TIMEOUT_MS) {
     throw new InvalidArgumentError(
-      `${name} must be a finite number of milliseconds from ${min} to ${MAX_TIMEOUT_MS}, got ${String(value)}`,
+      `${name} must be a finite number of milliseconds from ${min} to ${MAX_TIMEOUT_MS}, got ${describeValue(value)}`,
       details,
     )
   }
@@ -81,10 +81,10 @@ function checkSpecOptions(key: LockKey, options: unknown, known: ReadonlySet<str
   const { scope, mode, keepAliveMs } = checked
   checkFencing(checked.fencing, { key })
   if (scope !== undefined && scope !== 'session' && scope !== 'transaction') {
-    throw new InvalidArgumentError(`scope must be 'session' or 'transaction', got ${String(scope)}`, { key })
+    throw new InvalidArgumentError(`scope must be 'session' or 'transaction', got ${describeValue(scope)}`, { key })
   }
   if (mode !== undefined && mode !== 'exclusive' && mode !== 'shared') {
-    throw new InvalidArgumentError(`mode must be 'exclusive' or 'shared', got ${String(mode)}`, { key })
+    throw new InvalidArgumentError(`mode must be 'exclusive' or 'shared', got ${describeValue(mode)}`, { key })
   }
   if (keepAliveMs !== undefined) checkMs('keepAliveMs', keepAliveMs, { key }, 1)
   return checked

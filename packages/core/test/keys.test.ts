@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { InvalidKeyError, PgLockError, pgLocksRow, postgresLock01, resolveLockId, sha1Int64 } from '../src/index.js'
+import { InvalidArgumentError, InvalidKeyError, PgLockError, pgLocksRow, postgresLock01, resolveLockId, sha1Int64 } from '../src/index.js'
 
 /** Computed with Python's hashlib, the way postgresql-lock and postgres-lock 0.1 hash str keys. */
 const vectors: [string, bigint, bigint][] = [
@@ -24,7 +24,7 @@ describe('string keys', () => {
     expect(resolveLockId('x', { keyHash: () => 7n })).toEqual({ kind: 'int64', value: 7n })
     expect(() => resolveLockId('x', { keyHash: () => 2n ** 63n })).toThrow(InvalidKeyError)
     expect(() => resolveLockId('x', { keyHash: (() => 1) as unknown as () => bigint })).toThrow(InvalidKeyError)
-    expect(() => resolveLockId('x', { keyHash: 'md5' as never })).toThrow(InvalidKeyError)
+    expect(() => resolveLockId('x', { keyHash: 'md5' as never })).toThrow(InvalidArgumentError)
   })
 })
 

@@ -29,7 +29,7 @@ describe('option resolution and validation', () => {
     ['fn that is not a function', (s) => withLock(s.pool(), 'k', 'fn' as never), 'INVALID_ARGUMENT'],
     ['fn missing in transaction scope', (s) => withLock(s.pool(), 'k', undefined as never, { scope: 'transaction' }), 'INVALID_ARGUMENT'],
     ['tryAcquire options that are not an object', (s) => createLock(s.pool(), 'k').tryAcquire(7 as never), 'INVALID_ARGUMENT'],
-    ['an unknown key hash', (s) => withLock(s.pool(), 'k', fn, { keyHash: 'md5' as never }), 'INVALID_KEY'],
+    ['an unknown key hash', (s) => withLock(s.pool(), 'k', fn, { keyHash: 'md5' as never }), 'INVALID_ARGUMENT'],
     ['transaction scope on createLock of a pool', async (s) => createLock(s.pool(), 'k', { scope: 'transaction' }), 'UNSUPPORTED'],
     ['a misspelt withLock option', (s) => withLock(s.pool(), 'k', fn, { timeout: 100 } as never), 'INVALID_ARGUMENT'],
     [
@@ -53,6 +53,16 @@ describe('option resolution and validation', () => {
     const server = new MemoryPostgres()
     await expect(withLock(server.pool(), 'k', fn, { timeout: 100 } as never)).rejects.toThrow(
       'unknown option "timeout": expected one of scope, mode, keyHash, keepAliveMs, fencing, timeoutMs, signal',
+    )
+  })
+
+  it('says when a number came as a string', async () => {
+    const server = new MemoryPostgres()
+    await expect(withLock(server.pool(), 'k', fn, { timeoutMs: '5000' } as never)).rejects.toThrow(
+      'timeoutMs must be a finite number of milliseconds from 0 to 2147483647, got the string "5000"',
+    )
+    await expect(withLock(server.pool(), 'k', fn, { scope: 'Session' } as never)).rejects.toThrow(
+      `scope must be 'session' or 'transaction', got the string "Session"`,
     )
   })
 

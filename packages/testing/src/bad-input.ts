@@ -27,7 +27,7 @@ const BAD_LOCK_OPTIONS: [string, unknown, string][] = [
   ['keepAliveMs NaN', { keepAliveMs: Number.NaN }, 'INVALID_ARGUMENT'],
   ['keepAliveMs Infinity', { keepAliveMs: Number.POSITIVE_INFINITY }, 'INVALID_ARGUMENT'],
   ['keepAliveMs as a string', { keepAliveMs: '100' }, 'INVALID_ARGUMENT'],
-  ['an unknown keyHash', { keyHash: 'md5' }, 'INVALID_KEY'],
+  ['an unknown keyHash', { keyHash: 'md5' }, 'INVALID_ARGUMENT'],
 ]
 
 const BAD_WAIT_OPTIONS: [string, unknown][] = [

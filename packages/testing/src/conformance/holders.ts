@@ -296,8 +296,8 @@ export function describeHolders(adapter: AdapterUnderTest): void {
         ['a key of 2^64', { keys: [2n ** 64n] }, 'INVALID_KEY'],
         ['a pair out of int32', { keys: [[2 ** 31, 0]] }, 'INVALID_KEY'],
         ['a null key', { keys: ['invoice:42', null] }, 'INVALID_KEY'],
-        ['an unknown keyHash', { keyHash: 'md5' }, 'INVALID_KEY'],
-        ['an unknown keyHash in a list', { keys: ['invoice:42'], keyHash: ['sha1-int64', 'md5'] }, 'INVALID_KEY'],
+        ['an unknown keyHash', { keyHash: 'md5' }, 'INVALID_ARGUMENT'],
+        ['an unknown keyHash in a list', { keys: ['invoice:42'], keyHash: ['sha1-int64', 'md5'] }, 'INVALID_ARGUMENT'],
       ]
       for (const [label, options, code] of malformed) {
         it(`refuses ${label} as options with ${code} before any SQL`, async () => {
