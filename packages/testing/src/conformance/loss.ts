@@ -39,6 +39,25 @@ export function describeLoss(adapter: AdapterUnderTest): void {
         },
       )
 
+      it.skipIf(!caps.sessionOnPool || caps.leaseDb === false)(
+        'rejects withLock with LockLostError when fn unlocked the key through lease.db behind its back',
+        async () => {
+          const pool = await open()
+          const k = key('unlocked-behind')
+          const result = await outcome(
+            lib.withLock(pool.db, k, async ({ db }) => {
+              await adapter.query(db, 'SELECT pg_advisory_unlock_all()')
+              expect(await observer.holders(k)).toEqual([])
+              return 'ran'
+            }),
+          )
+          expect(result.ok).toBe(false)
+          expect((result as { error: unknown }).error).toMatchObject({ code: 'LOST', key: k })
+          expect(await lib.withLock(pool.db, k, () => 'pool still works')).toBe('pool still works')
+          expect(await observer.holders(k)).toEqual([])
+        },
+      )
+
       for (const scope of scopesOf(adapter.caps)) {
         it.skipIf(!caps.survivesConnectionLoss)(
           `aborts lease.signal and rejects withLock with LockLostError when the holder dies (${scope} scope)`,
