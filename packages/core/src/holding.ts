@@ -214,8 +214,10 @@ export class Holding<Db> implements LossWatcher {
     }
     this.stopWatching()
     if (!released) {
+      // something ended the lock behind pglock's back (`DISCARD ALL`, an unlock through `lease.db`):
+      // the session's state is unknown, so an owned connection is closed, not pooled
       const { spec } = this
-      this.lose(new LockLostError(`lock ${describeKey(spec.key)} was no longer held when released`, spec.details), false)
+      this.lose(new LockLostError(`lock ${describeKey(spec.key)} was no longer held when released`, spec.details), true)
       return false
     }
     const releasing = this.connection.release(false)

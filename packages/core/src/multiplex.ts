@@ -5,10 +5,10 @@ import { InvalidArgumentError, UnsupportedError } from './errors.js'
 import type { LockExecutor } from './executor.js'
 import { type GateTicket, NO_TICKET } from './gate.js'
 import { Holding } from './holding.js'
-import type { LockId } from './keys.js'
+import { describeValue, type LockId } from './keys.js'
 import { Lock } from './lock.js'
 import { multiplexers } from './multiplex-hook.js'
-import { type LockSpec, resolveRequest, resolveSpec, timedOut, type Wait } from './options.js'
+import { checkMs, type LockSpec, resolveRequest, resolveSpec, timedOut, type Wait } from './options.js'
 import { SharedConnection as Shared, type SharedConnection, type SharedConnectionOwner, type Slot } from './shared-connection.js'
 import { pidOf } from './sql.js'
 import { SESSION, takeLock } from './take.js'
@@ -101,8 +101,8 @@ export interface MultiplexedLock extends AsyncDisposable {
   readonly signal: AbortSignal
   /** With `fencing: true`, the fencing token of the current grant, while held; else `undefined`. */
   readonly fencingToken: bigint | undefined
-  /** Takes the lock if it is free, without waiting; `false` when another holder has it. */
-  tryAcquire(options?: Pick<AcquireOptions, 'signal' | 'fencing'>): Promise<boolean>
+  /** Takes the lock if it is free, without waiting for it (`timeoutMs` bounds the wait for a connection); `false` when another holder has it. */
+  tryAcquire(options?: AcquireOptions): Promise<boolean>
   /** Waits until the lock is granted (within `timeoutMs`, until `signal` aborts) and resolves to this handle. */
   acquire(options?: AcquireOptions): Promise<this>
   /** Releases the lock: one statement on its connection; `false` (no SQL) when not held. */
@@ -160,16 +160,10 @@ function checkOptions(options: unknown): { maxLocks: number; keepAliveMs: number
     (!Number.isSafeInteger(maxLocksPerConnection) || maxLocksPerConnection < 1 || maxLocksPerConnection > MAX_LOCKS_LIMIT)
   ) {
     throw new InvalidArgumentError(
-      `maxLocksPerConnection must be an integer from 1 to ${MAX_LOCKS_LIMIT}, got ${String(maxLocksPerConnection)}`,
+      `maxLocksPerConnection must be an integer from 1 to ${MAX_LOCKS_LIMIT}, got ${describeValue(maxLocksPerConnection)}`,
     )
   }
-  if (
-    keepAliveMs !== undefined &&
-    (typeof keepAliveMs !== 'number' || !Number.isFinite(keepAliveMs) || keepAliveMs < 1 || keepAliveMs > 2_147_483_647)
-  ) {
-    throw new InvalidArgumentError(`keepAliveMs must be a finite number of milliseconds from 1 to 2147483647, got ${String(keepAliveMs)}`)
-  }
-  return { maxLocks: maxLocksPerConnection ?? DEFAULT_MAX_LOCKS, keepAliveMs }
+  return { maxLocks: maxLocksPerConnection ?? DEFAULT_MAX_LOCKS, keepAliveMs: checkMs('keepAliveMs', keepAliveMs, {}, 1) }
 }
 
 /**

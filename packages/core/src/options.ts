@@ -46,7 +46,8 @@ function checkObject(options: unknown, details: PgLockErrorDetails): void {
   }
 }
 
-function checkMs(name: string, value: unknown, details: PgLockErrorDetails, min: number): number | undefined {
+/** @internal A duration option in ms, from `min` to what a timer takes; `undefined` when not given. */
+export function checkMs(name: string, value: unknown, details: PgLockErrorDetails, min: number): number | undefined {
   if (value === undefined) return undefined
   if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > MAX_TIMEOUT_MS) {
     throw new InvalidArgumentError(

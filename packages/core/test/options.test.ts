@@ -1,4 +1,6 @@
 import { describe, expect, it } from 'vitest'
+import { memoryExecutor } from '../../testing/src/memory-postgres.ts'
+import { multiplexLocks } from '../src/multiplex.js'
 import { createLock, MemoryPostgres, tryWithLock, withLock } from './memory.ts'
 
 const fn = async () => 'ran'
@@ -63,6 +65,12 @@ describe('option resolution and validation', () => {
     )
     await expect(withLock(server.pool(), 'k', fn, { scope: 'Session' } as never)).rejects.toThrow(
       `scope must be 'session' or 'transaction', got the string "Session"`,
+    )
+    expect(() => multiplexLocks(memoryExecutor(server.pool()), { keepAliveMs: '5000' } as never)).toThrow(
+      'keepAliveMs must be a finite number of milliseconds from 1 to 2147483647, got the string "5000"',
+    )
+    expect(() => multiplexLocks(memoryExecutor(server.pool()), { maxLocksPerConnection: '10' } as never)).toThrow(
+      'maxLocksPerConnection must be an integer from 1 to 1000000, got the string "10"',
     )
   })
 
