@@ -143,7 +143,8 @@ export class Lock<Db = unknown> implements AsyncDisposable {
 
   /**
    * Takes the lock if it is free, without waiting. Resolves `true` when taken, `false` when
-   * another holder has it (nothing is left held or checked out).
+   * another holder has it (nothing is left held or checked out). It does wait for a pooled
+   * connection: `timeoutMs` bounds that wait (`LockTimeoutError`), as it does for `tryWithLock`.
    *
    * @throws `AlreadyHeldError` if this handle holds (or is acquiring) its lock.
    * @example
@@ -151,7 +152,7 @@ export class Lock<Db = unknown> implements AsyncDisposable {
    * if (await createLock(pool, 'cron:nightly').tryAcquire()) await runNightly()
    * ```
    */
-  async tryAcquire(options?: Pick<AcquireOptions, 'signal' | 'fencing'>): Promise<boolean> {
+  async tryAcquire(options?: AcquireOptions): Promise<boolean> {
     return this.#take(options, true)
   }
 

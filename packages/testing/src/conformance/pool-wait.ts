@@ -39,6 +39,22 @@ export function describePoolWait(adapter: AdapterUnderTest): void {
           expect(await lib.withLock(pool.db, k, () => 'again', { scope })).toBe('again')
         })
       }
+
+      it('bounds the try forms by timeoutMs too: they wait for a connection, never for the lock', async () => {
+        const pool = await open('pool', 1)
+        const k = key('pool-wait-try')
+        const busy = adapter.query(pool.db, 'SELECT pg_sleep(0.6)')
+        await sleep(50)
+        const tried = await outcome(lib.tryWithLock(pool.db, k, () => 'ran', { timeoutMs: 100 }))
+        expect(tried.ok ? tried.value : tried.error).toMatchObject({ code: 'TIMEOUT', timeoutMs: 100, key: k })
+        const lock = lib.createLock(pool.db, k)
+        const acquired = await outcome(lock.tryAcquire({ timeoutMs: 100 }))
+        expect(acquired.ok ? acquired.value : acquired.error).toMatchObject({ code: 'TIMEOUT', timeoutMs: 100, key: k })
+        expect(lock.isHeld).toBe(false)
+        await busy
+        expect(await lock.tryAcquire({ timeoutMs: 2_000 })).toBe(true)
+        expect(await lock.release()).toBe(true)
+      })
     })
   })
 }
