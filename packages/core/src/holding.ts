@@ -215,9 +215,11 @@ export class Holding<Db> implements LossWatcher {
     this.stopWatching()
     if (!released) {
       // something ended the lock behind pglock's back (`DISCARD ALL`, an unlock through `lease.db`):
-      // the session's state is unknown, so an owned connection is closed, not pooled
+      // the session's state is unknown, so a connection user code could reach is closed, not pooled
+      // (a multiplexed one, which it cannot, carries other locks)
       const { spec } = this
-      this.lose(new LockLostError(`lock ${describeKey(spec.key)} was no longer held when released`, spec.details), true)
+      const error = new LockLostError(`lock ${describeKey(spec.key)} was no longer held when released`, spec.details)
+      this.lose(error, this.connection.lendsDb)
       return false
     }
     const releasing = this.connection.release(false)
