@@ -279,3 +279,8 @@ export function describeKey(key: LockKey | undefined): string {
   if (Array.isArray(key)) return `[${key.join(', ')}]`
   return String(key)
 }
+
+/** @internal Formats an option's value for messages: a string quoted, so that `'100'` does not read as `100`. */
+export function describeValue(value: unknown): string {
+  return typeof value === 'string' ? `the string ${JSON.stringify(value)}` : typeof value === 'bigint' ? `${value}n` : String(value)
+}

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import { InvalidArgumentError, InvalidKeyError } from './errors.js'
+import { describeValue, InvalidArgumentError, InvalidKeyError } from './errors.js'
 import type { KeyHash, LockKey } from './types.js'
 
 const INT64_MIN = -(2n ** 63n)
@@ -61,11 +61,6 @@ function hashString(key: string, keyHash: KeyHash): bigint {
 export function checkKeyHash(keyHash: unknown): KeyHash {
   if (keyHash === 'sha1-int64' || keyHash === 'postgres-lock-0.1' || typeof keyHash === 'function') return keyHash as KeyHash
   throw new InvalidArgumentError(`keyHash must be 'sha1-int64', 'postgres-lock-0.1' or a function, got ${describeValue(keyHash)}`)
-}
-
-/** A value as an error message shows it: a string quoted, so that `'100'` does not read as `100`. */
-export function describeValue(value: unknown): string {
-  return typeof value === 'string' ? `the string ${JSON.stringify(value)}` : typeof value === 'bigint' ? `${value}n` : String(value)
 }
 
 /**

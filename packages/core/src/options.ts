@@ -1,5 +1,5 @@
-import { InvalidArgumentError, LockTimeoutError, type PgLockErrorDetails } from './errors.js'
-import { describeValue, type LockId, lockIdToken, resolveLockId } from './keys.js'
+import { describeValue, InvalidArgumentError, LockTimeoutError, type PgLockErrorDetails } from './errors.js'
+import { type LockId, lockIdToken, resolveLockId } from './keys.js'
 import { primeValues } from './sql.js'
 import type { AcquireOptions, KeyHash, LockKey, LockMode, LockOptions, LockScope, WithLockOptions } from './types.js'
 
